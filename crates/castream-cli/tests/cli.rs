@@ -1,0 +1,53 @@
+//! The `castream` binary's error paths, as a user meets them.
+
+use std::path::Path;
+use std::process::Command;
+
+fn castream(args: &[&str]) -> (bool, String) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new(env!("CARGO_BIN_EXE_castream")).args(args).current_dir(root).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn a_pending_target_says_what_it_needs_and_fails() {
+    let results = tempfile::tempdir().unwrap();
+    let (ok, text) = castream(&["reproduce", "table3", "--results", results.path().to_str().unwrap()]);
+    assert!(!ok);
+    assert!(text.contains("table3: not yet available: needs"), "{text}");
+    assert_eq!(std::fs::read_dir(results.path()).unwrap().count(), 0, "a pending target wrote something");
+}
+
+#[test]
+fn an_unknown_spec_lists_the_available_ones() {
+    let (ok, text) = castream(&["reproduce", "tabel1"]);
+    assert!(!ok);
+    assert!(text.contains("tabel1.toml") && text.contains("table1") && text.contains("data-card"), "{text}");
+}
+
+#[test]
+fn an_unknown_profile_is_rejected_by_the_parser() {
+    let (ok, text) = castream(&["reproduce", "data-card", "--profile", "fast"]);
+    assert!(!ok);
+    assert!(text.contains("unknown profile `fast`"), "{text}");
+}
+
+#[test]
+fn list_shows_every_spec_with_its_status() {
+    let (ok, text) = castream(&["list"]);
+    assert!(ok, "{text}");
+    for name in ["data-card", "table1", "table6", "figure4"] {
+        assert!(text.contains(name), "{name} missing from: {text}");
+    }
+    assert!(text.contains("ready") && text.contains("pending"), "{text}");
+}
+
+#[test]
+fn the_paper_profile_names_the_missing_imagenet_folder() {
+    let results = tempfile::tempdir().unwrap();
+    let (ok, text) =
+        castream(&["reproduce", "data-card", "--profile", "paper", "--results", results.path().to_str().unwrap()]);
+    assert!(!ok);
+    assert!(text.contains("experiments/data-card.toml") && text.contains("/data/imagenet/val"), "{text}");
+    assert!(text.contains("Fix:"), "{text}");
+}

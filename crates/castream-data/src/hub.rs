@@ -1,0 +1,135 @@
+//! Files from the Hugging Face Hub through `hf-hub`, the one way castream reaches the hub: dataset
+//! files (resolved from the local cache only) and, later, model weights.
+//!
+//! The cache is hf-hub's standard layout (`<cache>/<kind>s--<owner>--<name>/{refs,snapshots,blobs}`),
+//! shared with Python's `huggingface_hub`; its location follows `HF_HUB_CACHE` / `HF_HOME` unless a
+//! directory is given.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DataError, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RepoKind {
+    #[default]
+    Model,
+    Dataset,
+}
+
+/// A repository on the hub, as written in a spec: `{ repo = "owner/name", revision = "main" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubRepo {
+    /// `owner/name`.
+    pub repo: String,
+    /// Branch, tag or 40-hex commit.
+    #[serde(default = "default_revision")]
+    pub revision: String,
+    #[serde(default)]
+    pub kind: RepoKind,
+    /// Folder inside the repository holding the files (empty: the root).
+    #[serde(default)]
+    pub subdir: String,
+}
+
+fn default_revision() -> String {
+    "main".into()
+}
+
+/// Whether a look-up may use the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HubAccess {
+    /// Only the local cache (`local_files_only`): never a network request.
+    CacheOnly,
+    /// Download when the cache lacks the file (hf-hub falls back to the cache when offline).
+    Download,
+}
+
+impl HubRepo {
+    pub fn new(repo: &str, kind: RepoKind) -> HubRepo {
+        HubRepo { repo: repo.into(), revision: default_revision(), kind, subdir: String::new() }
+    }
+
+    /// Resolves `filename` (relative to `subdir`) to a local path. `cache_dir` overrides hf-hub's
+    /// default cache location.
+    pub fn fetch(&self, filename: &str, access: HubAccess, cache_dir: Option<&Path>) -> Result<PathBuf> {
+        let (owner, name) = self.repo.split_once('/').ok_or_else(|| DataError::Config {
+            field: "repo".into(),
+            reason: format!("`{}` is not of the form `owner/name`", self.repo),
+        })?;
+        let mut builder = hf_hub::HFClient::builder();
+        if let Some(dir) = cache_dir {
+            builder = builder.cache_dir(dir);
+        }
+        let client = builder.build_sync().map_err(|e| DataError::Hub(e.to_string()))?;
+        let path = if self.subdir.is_empty() { filename.to_string() } else { format!("{}/{filename}", self.subdir) };
+        let local_files_only = access == HubAccess::CacheOnly;
+        let result = match self.kind {
+            RepoKind::Model => client
+                .model(owner, name)
+                .download_file()
+                .filename(&path)
+                .revision(&self.revision)
+                .local_files_only(local_files_only)
+                .send(),
+            RepoKind::Dataset => client
+                .dataset(owner, name)
+                .download_file()
+                .filename(&path)
+                .revision(&self.revision)
+                .local_files_only(local_files_only)
+                .send(),
+        };
+        result.map_err(|e| DataError::Hub(format!("{}@{}: {path}: {e}", self.repo, self.revision)))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Lays out a file in hf-hub's cache format (refs/main -> commit, snapshot file), as a real
+    /// download would leave it.
+    pub(crate) fn put_in_cache(cache: &Path, repo: &HubRepo, filename: &str, bytes: &[u8]) {
+        let kind = match repo.kind {
+            RepoKind::Model => "models",
+            RepoKind::Dataset => "datasets",
+        };
+        let folder = cache.join(format!("{kind}--{}", repo.repo.replace('/', "--")));
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        std::fs::create_dir_all(folder.join("refs")).unwrap();
+        std::fs::write(folder.join("refs").join(&repo.revision), commit).unwrap();
+        let file = folder.join("snapshots").join(commit).join(filename);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, bytes).unwrap();
+    }
+
+    #[test]
+    fn resolves_from_a_prefilled_cache_without_network() {
+        let cache = tempfile::tempdir().unwrap();
+        let mut repo = HubRepo::new("someone/weights", RepoKind::Model);
+        repo.subdir = "v1".into();
+        put_in_cache(cache.path(), &repo, "v1/model.safetensors", b"abc");
+        let path = repo.fetch("model.safetensors", HubAccess::CacheOnly, Some(cache.path())).unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn a_file_missing_from_the_cache_is_an_error_naming_repo_and_file() {
+        let cache = tempfile::tempdir().unwrap();
+        let repo = HubRepo::new("someone/data", RepoKind::Dataset);
+        put_in_cache(cache.path(), &repo, "a.bin", b"abc");
+        let err = repo.fetch("b.bin", HubAccess::CacheOnly, Some(cache.path())).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("someone/data") && msg.contains("b.bin"), "{msg}");
+    }
+
+    #[test]
+    fn a_malformed_repo_id_is_a_config_error() {
+        let err = HubRepo::new("no-slash", RepoKind::Model).fetch("x", HubAccess::CacheOnly, None).unwrap_err();
+        assert!(matches!(err, DataError::Config { .. }), "{err}");
+    }
+}

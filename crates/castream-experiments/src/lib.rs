@@ -1,0 +1,13 @@
+//! The experiments runner: TOML specs in (`spec`), targets run under a profile (`targets`),
+//! tables (`tables`, polars), charts and picture grids (`charts`, `grid`, plotters) and a run
+//! record (`record`) out, published atomically (`atomic`) by `runner`.
+
+pub mod atomic;
+pub mod charts;
+pub mod grid;
+pub mod progress;
+pub mod record;
+pub mod runner;
+pub mod spec;
+pub mod tables;
+pub mod targets;

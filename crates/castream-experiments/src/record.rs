@@ -1,0 +1,90 @@
+//! `run.json`: everything needed to tell how a result was produced.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// A dataset split a run read, with its content hash.
+#[derive(Debug, Clone, Serialize)]
+pub struct DataRecord {
+    pub dataset: String,
+    pub split: String,
+    pub images: usize,
+    pub sha256: String,
+    pub origin: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub spec: String,
+    pub spec_file: String,
+    pub target: String,
+    pub profile: String,
+    /// The profile's settings as used, command-line overrides applied.
+    pub settings: serde_json::Value,
+    pub overrides: Vec<String>,
+    pub commit: String,
+    /// Whether the working tree had uncommitted changes.
+    pub dirty: bool,
+    pub castream_version: &'static str,
+    pub versions: BTreeMap<String, String>,
+    pub device: String,
+    pub threads: usize,
+    pub seeds: BTreeMap<String, u64>,
+    pub data: Vec<DataRecord>,
+    /// SHA-256 of the ordered list of evaluated image identifiers.
+    pub image_list_sha256: Option<String>,
+    pub started_unix: u64,
+    pub wall_seconds: f64,
+    pub outputs: Vec<String>,
+}
+
+impl RunRecord {
+    pub fn new(spec: &str, spec_file: &Path, target: &str, profile: &str, settings: serde_json::Value) -> RunRecord {
+        let (commit, dirty) = git_state(spec_file.parent().unwrap_or(Path::new(".")));
+        RunRecord {
+            spec: spec.into(),
+            spec_file: spec_file.display().to_string(),
+            target: target.into(),
+            profile: profile.into(),
+            settings,
+            overrides: Vec::new(),
+            commit,
+            dirty,
+            castream_version: env!("CARGO_PKG_VERSION"),
+            versions: env!("CASTREAM_VERSIONS")
+                .split(';')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            device: "cpu".into(),
+            threads: rayon::current_num_threads(),
+            seeds: BTreeMap::new(),
+            data: Vec::new(),
+            image_list_sha256: None,
+            started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            wall_seconds: 0.0,
+            outputs: Vec::new(),
+        }
+    }
+}
+
+/// HEAD's commit and whether the tree is dirty; "unknown" outside a git checkout.
+fn git_state(dir: &Path) -> (String, bool) {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "HEAD"]) {
+        Some(commit) => (commit, git(&["status", "--porcelain"]).is_some_and(|s| !s.is_empty())),
+        None => ("unknown".into(), false),
+    }
+}

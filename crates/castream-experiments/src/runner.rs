@@ -1,0 +1,100 @@
+//! `reproduce`: load a spec, run its target under a profile into a staging directory, write
+//! `run.json`, and publish `results/<profile>/<name>/` atomically.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+
+use crate::atomic::{self, StagedDir};
+use crate::record::RunRecord;
+use crate::spec::{available_specs, Profile, Spec};
+use crate::targets::{self, missing_parts, NotYetAvailable, RunContext};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub experiments: PathBuf,
+    pub results: PathBuf,
+    pub profile: Profile,
+    /// Overrides the spec's `images`.
+    pub images: Option<usize>,
+    /// Overrides the spec's `seed`.
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Written { dir: PathBuf, seconds: f64 },
+    Pending(NotYetAvailable),
+}
+
+/// Runs one spec by name. A target whose parts are missing is an error here: the user asked for it.
+pub fn reproduce(name: &str, opts: &Options) -> Result<PathBuf> {
+    match run_spec(&Spec::load(&spec_path(&opts.experiments, name))?, opts)? {
+        Outcome::Written { dir, .. } => Ok(dir),
+        Outcome::Pending(p) => Err(p.into()),
+    }
+}
+
+/// Runs every spec in the experiments directory. Targets whose parts are missing are reported as
+/// pending, not run; any other failure is collected and makes the whole call fail at the end.
+pub fn reproduce_all(opts: &Options) -> Result<Vec<(String, Outcome)>> {
+    let names = available_specs(&opts.experiments);
+    if names.is_empty() {
+        bail!("no specs (*.toml) in {}", opts.experiments.display());
+    }
+    let mut outcomes = Vec::new();
+    let mut failures = Vec::new();
+    for name in names {
+        match Spec::load(&spec_path(&opts.experiments, &name)).and_then(|spec| run_spec(&spec, opts)) {
+            Ok(outcome) => outcomes.push((name, outcome)),
+            Err(e) => failures.push(format!("{name}: {e:#}")),
+        }
+    }
+    if !failures.is_empty() {
+        bail!("{} of the specs failed:\n{}", failures.len(), failures.join("\n"));
+    }
+    Ok(outcomes)
+}
+
+fn spec_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.toml"))
+}
+
+fn run_spec(spec: &Spec, opts: &Options) -> Result<Outcome> {
+    let mut settings = spec.settings(opts.profile)?.clone();
+    if let Some(needs) = missing_parts(spec.target) {
+        return Ok(Outcome::Pending(NotYetAvailable { target: spec.name.clone(), needs }));
+    }
+    let mut overrides = Vec::new();
+    if let Some(n) = opts.images {
+        settings.images = Some(n);
+        overrides.push(format!("images={n}"));
+    }
+    if let Some(seed) = opts.seed {
+        settings.seed = seed;
+        overrides.push(format!("seed={seed}"));
+    }
+    let target = serde_json::to_value(spec.target)?.as_str().unwrap_or_default().to_string();
+    let mut record =
+        RunRecord::new(&spec.name, &spec.path, &target, opts.profile.name(), serde_json::to_value(&settings)?);
+    record.overrides = overrides;
+    let staged = StagedDir::begin(&opts.results.join(opts.profile.name()).join(&spec.name))?;
+    let started = Instant::now();
+    targets::run(&mut RunContext {
+        spec,
+        profile: opts.profile,
+        settings: &settings,
+        out: staged.path(),
+        record: &mut record,
+    })?;
+    record.wall_seconds = started.elapsed().as_secs_f64();
+    let mut outputs: Vec<String> = std::fs::read_dir(staged.path())?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_>>()?;
+    outputs.sort();
+    record.outputs = outputs;
+    atomic::write(&staged.path().join("run.json"), serde_json::to_string_pretty(&record)?.as_bytes())?;
+    let seconds = record.wall_seconds;
+    Ok(Outcome::Written { dir: staged.commit()?, seconds })
+}

@@ -1,0 +1,278 @@
+//! `data-card`: class counts per split, statistics of the generated scenes, and a picture grid of
+//! scenes with their ground-truth boxes. Proof that data, runner, polars and plotters work end to
+//! end, and the place where the quick profile's scene statistics are measured.
+
+use anyhow::{bail, Context, Result};
+use castream_data::batching::batch_indices;
+use castream_data::discovery::{DatasetName, Locator};
+use castream_data::image_folder::{load_image, ImageList};
+use castream_data::labelled::{hex, Split};
+use castream_data::scenes::SceneSet;
+use polars::prelude::*;
+use sha2::{Digest, Sha256};
+
+use super::RunContext;
+use crate::charts::GroupedBars;
+use crate::grid::{Grid, Tile};
+use crate::progress;
+use crate::record::DataRecord;
+use crate::spec::Profile;
+use crate::tables::Table;
+
+/// Scenes shown in the grid unless the spec's `images` says otherwise.
+const DEFAULT_GRID_IMAGES: usize = 32;
+/// Unseen-class (MNIST) scenes shown under the Fashion-MNIST ones.
+const UNSEEN_IMAGES: usize = 8;
+const GRID_COLUMNS: usize = 8;
+
+pub fn run(ctx: &mut RunContext) -> Result<()> {
+    match ctx.profile {
+        Profile::Quick => quick(ctx),
+        Profile::Paper => paper(ctx),
+    }
+}
+
+/// Class counts of one dataset split, as rows (dataset, split, class_id, class, count).
+#[derive(Default)]
+struct CountRows {
+    dataset: Vec<String>,
+    split: Vec<String>,
+    class_id: Vec<u32>,
+    class: Vec<String>,
+    count: Vec<u32>,
+}
+
+impl CountRows {
+    fn push(&mut self, dataset: &str, split: &str, classes: &[String], counts: &[usize]) {
+        for (i, (name, &c)) in classes.iter().zip(counts).enumerate() {
+            self.dataset.push(dataset.into());
+            self.split.push(split.into());
+            self.class_id.push(i as u32);
+            self.class.push(name.clone());
+            self.count.push(c as u32);
+        }
+    }
+
+    fn table(self) -> Result<Table> {
+        let frame = df!(
+            "dataset" => self.dataset,
+            "split" => self.split,
+            "class_id" => self.class_id,
+            "class" => self.class,
+            "count" => self.count,
+        )?;
+        Ok(Table::new("class_counts", "Images per class and split", frame))
+    }
+}
+
+fn quick(ctx: &mut RunContext) -> Result<()> {
+    let s = ctx.settings;
+    ctx.record.seeds.insert("seed".into(), s.seed);
+    ctx.record.seeds.insert("scenes.seed".into(), s.scenes.seed);
+    let mut counts = CountRows::default();
+    let mut splits = Vec::new();
+    for (name, location) in [(DatasetName::FashionMnist, &s.data.fashion_mnist), (DatasetName::Mnist, &s.data.mnist)] {
+        let located = Locator::from_environment(name).locate(name, location)?;
+        let classes: Vec<String> = name.class_names().iter().map(|c| c.to_string()).collect();
+        let mut series = Vec::new();
+        for split in [Split::Train, Split::Test] {
+            let data = located.load(split)?;
+            ctx.record.data.push(DataRecord {
+                dataset: name.display_name().into(),
+                split: split.name().into(),
+                images: data.len(),
+                sha256: data.sha256.clone(),
+                origin: serde_json::to_value(&located.origin)?,
+            });
+            let c = data.class_counts();
+            counts.push(name.display_name(), split.name(), &classes, &c);
+            series.push((split.name().to_string(), c.iter().map(|&v| v as f64).collect()));
+            splits.push((name, split, data));
+        }
+        GroupedBars {
+            title: &format!("{}: images per class", name.display_name()),
+            y_label: "images",
+            categories: &classes,
+            series: &series,
+        }
+        .write(&ctx.out.join(format!("class_counts_{}", slug(name))))?;
+    }
+    counts
+        .table()?
+        .note("Counts read from the IDX label files; run.json records each file's SHA-256.")
+        .write(ctx.out)?;
+
+    let mut stats = StatRows::default();
+    let mut sets = Vec::new();
+    for (name, split, data) in splits {
+        let set = SceneSet::new(data, name, split, s.scenes.clone())?;
+        stats.measure(&set, s.batch_size)?;
+        sets.push(set);
+    }
+    let mut table = stats.table()?;
+    table.decimals = 4;
+    table
+        .note(format!(
+            "Every scene of every split, {}x{} canvas, items {}-{} px, scene seed {}.",
+            s.scenes.canvas, s.scenes.canvas, s.scenes.item_size[0], s.scenes.item_size[1], s.scenes.seed
+        ))
+        .note("mean/std: per-channel pixel statistics in [0, 1] (the Fashion-MNIST train row is the `normalisation` for quick-profile models).")
+        .note("object: fraction of pixels inside the item mask; box: fraction inside its box; side: pasted item side in pixels.")
+        .write(ctx.out)?;
+
+    let shown = s.images.unwrap_or(DEFAULT_GRID_IMAGES);
+    let pick = |set: &SceneSet, n: usize| -> Result<Vec<usize>> {
+        let order = batch_indices(set.len(), set.len().max(1), Some(s.seed))?;
+        Ok(order.into_iter().flatten().take(n).collect())
+    };
+    let find = |name, split| sets.iter().find(|x| x.dataset == name && x.split == split).expect("loaded above");
+    let (fashion, digits) = (find(DatasetName::FashionMnist, Split::Test), find(DatasetName::Mnist, Split::Test));
+    let (fashion_idx, digit_idx) = (pick(fashion, shown)?, pick(digits, UNSEEN_IMAGES)?);
+    let mut hasher = Sha256::new();
+    for (tag, ids) in [("fashion-mnist/test", &fashion_idx), ("mnist/test", &digit_idx)] {
+        ids.iter().for_each(|i| hasher.update(format!("{tag}/{i}\n")));
+    }
+    ctx.record.image_list_sha256 = Some(hex(&hasher.finalize()));
+    let tiles = |set: &SceneSet, ids: &[usize]| -> Vec<Tile> {
+        set.scenes(ids)
+            .into_iter()
+            .zip(ids)
+            .map(|(scene, i)| Tile {
+                rgb: scene.image,
+                side: set.config.canvas,
+                caption: format!("#{i} {}", set.dataset.class_names()[scene.label]),
+                boxes: scene.bbox.into_iter().collect(),
+            })
+            .collect()
+    };
+    Grid {
+        title: format!("Fashion-MNIST scenes with ground-truth boxes (seed {})", s.scenes.seed),
+        columns: GRID_COLUMNS,
+        scale: 3,
+        rows: vec![
+            (format!("Fashion-MNIST test scenes ({} of {})", fashion_idx.len(), fashion.len()), tiles(fashion, &fashion_idx)),
+            ("MNIST digit scenes (classes unseen in training, for figure4)".into(), tiles(digits, &digit_idx)),
+        ],
+    }
+    .write_png(&ctx.out.join("scenes.png"))
+}
+
+fn slug(name: DatasetName) -> &'static str {
+    match name {
+        DatasetName::FashionMnist => "fashion-mnist",
+        DatasetName::Mnist => "mnist",
+    }
+}
+
+/// Pixel and object statistics of every scene of a split.
+#[derive(Default)]
+struct StatRows {
+    dataset: Vec<String>,
+    split: Vec<String>,
+    scenes: Vec<u32>,
+    mean: [Vec<f64>; 3],
+    std: [Vec<f64>; 3],
+    object: Vec<f64>,
+    boxed: Vec<f64>,
+    side: Vec<f64>,
+}
+
+impl StatRows {
+    fn measure(&mut self, set: &SceneSet, chunk: usize) -> Result<()> {
+        let bar = progress::bar(set.len() as u64, format!("{} {} scenes", set.dataset, set.split.name()));
+        let (mut sum, mut sq) = ([0f64; 3], [0f64; 3]);
+        let (mut object, mut boxed, mut side) = (0f64, 0f64, 0f64);
+        let ids: Vec<usize> = (0..set.len()).collect();
+        let plane = set.config.canvas * set.config.canvas;
+        for batch in ids.chunks(chunk.max(256)) {
+            for scene in set.scenes(batch) {
+                for c in 0..3 {
+                    for &v in &scene.image[c * plane..(c + 1) * plane] {
+                        sum[c] += v as f64;
+                        sq[c] += (v as f64) * (v as f64);
+                    }
+                }
+                object += scene.mask.iter().filter(|&&m| m).count() as f64 / plane as f64;
+                boxed += scene.bbox.map_or(0.0, |b| (b.width() * b.height()) as f64 / plane as f64);
+                side += scene.placement.2 as f64;
+            }
+            bar.inc(batch.len() as u64);
+        }
+        bar.finish_and_clear();
+        let (n, px) = (set.len() as f64, (set.len() * plane) as f64);
+        self.dataset.push(set.dataset.display_name().into());
+        self.split.push(set.split.name().into());
+        self.scenes.push(set.len() as u32);
+        for c in 0..3 {
+            let mean = sum[c] / px;
+            self.mean[c].push(mean);
+            self.std[c].push((sq[c] / px - mean * mean).max(0.0).sqrt());
+        }
+        self.object.push(object / n);
+        self.boxed.push(boxed / n);
+        self.side.push(side / n);
+        Ok(())
+    }
+
+    fn table(self) -> Result<Table> {
+        let [mr, mg, mb] = self.mean;
+        let [sr, sg, sb] = self.std;
+        let frame = df!(
+            "dataset" => self.dataset, "split" => self.split, "scenes" => self.scenes,
+            "mean_r" => mr, "mean_g" => mg, "mean_b" => mb,
+            "std_r" => sr, "std_g" => sg, "std_b" => sb,
+            "object" => self.object, "box" => self.boxed, "side" => self.side,
+        )?;
+        Ok(Table::new("scene_stats", "Scene statistics", frame))
+    }
+}
+
+/// Paper profile: the ImageNet-style set given in the spec (a `name,label` list or class folders).
+fn paper(ctx: &mut RunContext) -> Result<()> {
+    let s = ctx.settings;
+    let spec_file = ctx.spec.path.display();
+    let set = s.data.imagenet.as_ref().with_context(|| {
+        format!("{spec_file}: [paper.data.imagenet] is missing; Fix: set `root` (and `list` for a `name,label` file)")
+    })?;
+    if !set.root.is_dir() {
+        bail!(
+            "{spec_file}: [paper.data.imagenet] root = {:?} is not a folder; Fix: point it to your ImageNet validation images",
+            set.root
+        );
+    }
+    let list = match &set.list {
+        Some(file) => ImageList::from_csv(file, &set.root)?,
+        None => ImageList::from_class_folders(&set.root)?,
+    };
+    let classes = list.entries.iter().map(|e| e.label).max().map_or(0, |m| m + 1);
+    let mut counts = vec![0usize; classes];
+    list.entries.iter().for_each(|e| counts[e.label] += 1);
+    let names: Vec<String> =
+        (0..classes).map(|i| list.classes.get(i).cloned().unwrap_or_else(|| i.to_string())).collect();
+    let mut rows = CountRows::default();
+    rows.push("imagenet", "val", &names, &counts);
+    rows.table()?.note(format!("{} images in {} classes.", list.len(), classes)).write(ctx.out)?;
+
+    let mut hasher = Sha256::new();
+    list.entries.iter().for_each(|e| hasher.update(format!("{},{}\n", e.path.display(), e.label)));
+    ctx.record.image_list_sha256 = Some(hex(&hasher.finalize()));
+    ctx.record.seeds.insert("seed".into(), s.seed);
+
+    let order = batch_indices(list.len(), list.len(), Some(s.seed))?;
+    let ids: Vec<usize> = order.into_iter().flatten().take(s.images.unwrap_or(DEFAULT_GRID_IMAGES)).collect();
+    let side = set.transform.output_size() as usize;
+    let tiles = ids
+        .iter()
+        .map(|&i| {
+            let entry = &list.entries[i];
+            let mut rgb = load_image(&entry.path, set.transform, &s.normalisation)?;
+            s.normalisation.invert(&mut rgb);
+            Ok(Tile { rgb, side, caption: names[entry.label].chars().take(18).collect(), boxes: Vec::new() })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Grid { title: "Evaluation images after the transform".into(), columns: GRID_COLUMNS, scale: 1, rows: vec![(
+        format!("{} of {} images", ids.len(), list.len()),
+        tiles,
+    )] }
+    .write_png(&ctx.out.join("scenes.png"))
+}

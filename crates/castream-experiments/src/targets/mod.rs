@@ -1,0 +1,51 @@
+//! The reproducible targets. Each spec names one; a target reads its settings from the
+//! [`RunContext`] and writes its tables and figures into the run's staging directory.
+
+mod data_card;
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::record::RunRecord;
+use crate::spec::{Profile, Settings, Spec, Target};
+
+pub struct RunContext<'a> {
+    pub spec: &'a Spec,
+    pub profile: Profile,
+    pub settings: &'a Settings,
+    /// The staging directory of this run's outputs.
+    pub out: &'a Path,
+    pub record: &'a mut RunRecord,
+}
+
+/// A catalogue entry whose building blocks are not implemented yet. Reported, never faked.
+#[derive(Debug, thiserror::Error)]
+#[error("{target}: not yet available: needs {needs}")]
+pub struct NotYetAvailable {
+    pub target: String,
+    pub needs: &'static str,
+}
+
+/// What a target still lacks, or `None` when it can run.
+pub fn missing_parts(target: Target) -> Option<&'static str> {
+    use Target::*;
+    match target {
+        DataCard => None,
+        Table1 => Some("the backbones with their trained quick-profile checkpoints and the CA-Stream"),
+        Table4 | Figure1 | Figure3 => Some("the CA-Stream and its frozen-backbone training"),
+        Figure2 | Figure4 => Some("the CAM methods and the CA-Stream"),
+        Table2 | Table3 | Table5 | Table6 => Some("the CAM methods and the interpretability metrics"),
+    }
+}
+
+pub fn run(ctx: &mut RunContext) -> Result<()> {
+    match ctx.spec.target {
+        Target::DataCard => data_card::run(ctx),
+        target => Err(NotYetAvailable {
+            target: ctx.spec.name.clone(),
+            needs: missing_parts(target).expect("only data-card is implemented"),
+        }
+        .into()),
+    }
+}
