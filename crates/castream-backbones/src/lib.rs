@@ -1,2 +1,4 @@
-//! Backbones: ResNet and ConvNeXt with stage taps, strict weight loading and GAP training.
-//! Not implemented yet: the experiments that need it report `not yet available`.
+//! Backbones: ResNet and ConvNeXt with stage taps (the paper's "pretrained, frozen network f"),
+//! strict weight loading, checkpoints and GAP training.
+
+pub mod backbone;
