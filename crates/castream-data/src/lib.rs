@@ -6,6 +6,7 @@
 //! corrupt, and it pulls in arrow's `parquet` and `tokenizers`, duplicating what polars already
 //! builds (several minutes of a cold build on two cores).
 
+pub mod atomic;
 pub mod batching;
 pub mod discovery;
 pub mod error;

@@ -1,8 +1,7 @@
 //! The experiments runner: TOML specs in (`spec`), targets run under a profile (`targets`),
 //! tables (`tables`, polars), charts and picture grids (`charts`, `grid`, plotters) and a run
-//! record (`record`) out, published atomically (`atomic`) by `runner`.
+//! record (`record`) out, published atomically (`castream_data::atomic`) by `runner`.
 
-pub mod atomic;
 pub mod charts;
 pub mod grid;
 pub mod progress;

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 
-use crate::atomic::{self, StagedDir};
+use castream_data::atomic::{self, StagedDir};
 use crate::record::RunRecord;
 use crate::spec::{available_specs, Profile, Spec};
 use crate::targets::{self, missing_parts, NotYetAvailable, RunContext};

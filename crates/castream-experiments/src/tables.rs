@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{ensure, Context, Result};
 use polars::prelude::*;
 
-use crate::atomic;
+use castream_data::atomic;
 
 pub struct Table {
     /// File stem of the outputs.
