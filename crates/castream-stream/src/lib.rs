@@ -1,2 +1,9 @@
-//! The CA-Stream: cross-attention pooling blocks beside a frozen backbone (METHOD.md §2).
-//! Not implemented yet: the experiments that need it report `not yet available`.
+//! The CA-Stream (METHOD.md §2): a learned query `q_0` cross-attends to the backbone's stage
+//! outputs `F_0 … F_4`, one block per tapped stage, each block's pooled vector mapped linearly to the
+//! next query; the last query replaces `GAP(F_4)` as the classifier's input.
+
+pub mod model;
+pub mod stream;
+
+pub use model::{CaModel, FeatureCache, StreamTask};
+pub use stream::{cross_attention, Attention, AttentionScale, CaStream, StreamConfig, StreamOutput};
