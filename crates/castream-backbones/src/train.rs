@@ -45,6 +45,9 @@ pub struct Augment {
 /// A labelled image set the trainer draws batches from.
 pub trait LabelledSet: Sync {
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Normalised images `(B, 3, H, W)` f32 and labels `(B,)` u32 for `indices`.
     fn batch(&self, indices: &[usize], device: &Device) -> Result<(Tensor, Tensor)>;
 }
@@ -91,6 +94,9 @@ impl Progress for () {}
 pub trait Task {
     /// Number of training examples.
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Tensors a checkpoint must hold to resume exactly (trainable ones and state such as
     /// BatchNorm running statistics), by name.
     fn checkpoint_vars(&self) -> Vec<(String, Var)>;

@@ -1,0 +1,242 @@
+//! The layers the backbones are made of, and the store their parameters are registered in. Each
+//! layer keeps tensors that share storage with the store's `Var`s, so loading weights into the
+//! store (`Var::set`) updates the network in place and gradients reach the `Var`s.
+
+use std::collections::BTreeMap;
+
+use candle_core::{Device, Result, Tensor, Var};
+use castream_kernels::{Conv2dParams, Kernels};
+
+use crate::init::Init;
+
+/// Parameters by torchvision/timm name, created while a network is built.
+pub(crate) struct Params {
+    /// `None`: zeros everywhere, for networks whose weights are loaded right after.
+    seed: Option<u64>,
+    device: Device,
+    pub kernels: Kernels,
+    vars: BTreeMap<String, Var>,
+}
+
+impl Params {
+    pub fn new(seed: Option<u64>, device: &Device, kernels: Kernels) -> Params {
+        Params { seed, device: device.clone(), kernels, vars: BTreeMap::new() }
+    }
+
+    pub fn var(&mut self, name: String, shape: &[usize], init: Init) -> Result<Var> {
+        let value = match self.seed {
+            Some(seed) => init.sample(seed, &name, shape, &self.device)?,
+            None => Tensor::zeros(shape, candle_core::DType::F32, &self.device)?,
+        };
+        let var = Var::from_tensor(&value)?;
+        if self.vars.insert(name.clone(), var.clone()).is_some() {
+            candle_core::bail!("parameter `{name}` registered twice");
+        }
+        Ok(var)
+    }
+
+    pub fn tensor(&mut self, name: String, shape: &[usize], init: Init) -> Result<Tensor> {
+        Ok(self.var(name, shape, init)?.as_tensor().clone())
+    }
+
+    pub fn into_vars(self) -> BTreeMap<String, Var> {
+        self.vars
+    }
+}
+
+pub(crate) struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    params: Conv2dParams,
+    kernels: Kernels,
+}
+
+impl Conv2d {
+    /// `shape` is the weight's `(C_out, C_in / groups, k, k)`; `bias` gives the bias initialiser
+    /// when the layer has one.
+    pub fn new(ps: &mut Params, name: &str, shape: [usize; 4], params: Conv2dParams, weight: Init, bias: Option<Init>) -> Result<Conv2d> {
+        Ok(Conv2d {
+            weight: ps.tensor(format!("{name}.weight"), &shape, weight)?,
+            bias: bias.map(|init| ps.tensor(format!("{name}.bias"), &[shape[0]], init)).transpose()?,
+            params,
+            kernels: ps.kernels,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        castream_kernels::conv2d(x, &self.weight, self.bias.as_ref(), self.params, self.kernels)
+    }
+}
+
+/// PyTorch's `BatchNorm2d` (eps 1e-5, momentum 0.1).
+pub(crate) struct BatchNorm2d {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+}
+
+const BN_EPS: f64 = 1e-5;
+const BN_MOMENTUM: f64 = 0.1;
+
+impl BatchNorm2d {
+    pub fn new(ps: &mut Params, name: &str, channels: usize) -> Result<BatchNorm2d> {
+        Ok(BatchNorm2d {
+            weight: ps.tensor(format!("{name}.weight"), &[channels], Init::Constant(1.0))?,
+            bias: ps.tensor(format!("{name}.bias"), &[channels], Init::Constant(0.0))?,
+            running_mean: ps.var(format!("{name}.running_mean"), &[channels], Init::Constant(0.0))?,
+            running_var: ps.var(format!("{name}.running_var"), &[channels], Init::Constant(1.0))?,
+        })
+    }
+
+    /// Training mode normalises with the batch statistics (biased variance, gradients flowing
+    /// through them) and moves the running statistics towards them, the variance unbiased, as
+    /// PyTorch does. Evaluation mode uses the running statistics.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let c = self.weight.dim(0)?;
+        let per_channel = |t: &Tensor| t.reshape((1, c, 1, 1));
+        let (mean, var) = if train {
+            let (b, _, h, w) = x.dims4()?;
+            let n = b * h * w;
+            if n < 2 {
+                candle_core::bail!("BatchNorm in training mode needs more than one value per channel, got input {:?}", x.dims());
+            }
+            let mean = x.mean_keepdim((0, 2, 3))?;
+            let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim((0, 2, 3))?;
+            let m = BN_MOMENTUM;
+            let (bm, bv) = (mean.detach().flatten_all()?, var.detach().flatten_all()?);
+            self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (bm * m)?)?)?;
+            self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (bv * (m * n as f64 / (n - 1) as f64))?)?)?;
+            (mean, var)
+        } else {
+            (per_channel(&self.running_mean.as_detached_tensor())?, per_channel(&self.running_var.as_detached_tensor())?)
+        };
+        let scale = per_channel(&self.weight)?.broadcast_div(&(var + BN_EPS)?.sqrt()?)?;
+        x.broadcast_sub(&mean)?.broadcast_mul(&scale)?.broadcast_add(&per_channel(&self.bias)?)
+    }
+
+    /// `conv` followed by this BatchNorm in evaluation mode, as one convolution with bias: the
+    /// same function, one pass over the activations instead of five.
+    pub fn fold_into(&self, conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
+        let (rm, rv) = (self.running_mean.as_detached_tensor(), self.running_var.as_detached_tensor());
+        let (w, b) = castream_kernels::fold_batchnorm(&conv.weight, conv.bias.as_ref(), &self.weight, &self.bias, &rm, &rv, BN_EPS)?;
+        castream_kernels::conv2d(x, &w, Some(&b), conv.params, conv.kernels)
+    }
+}
+
+pub(crate) struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    pub fn new(ps: &mut Params, name: &str, c_in: usize, c_out: usize, weight: Init, bias: Init) -> Result<Linear> {
+        Ok(Linear {
+            weight: ps.tensor(format!("{name}.weight"), &[c_out, c_in], weight)?,
+            bias: ps.tensor(format!("{name}.bias"), &[c_out], bias)?,
+        })
+    }
+
+    /// Applies the layer to the last dimension of `x`, any leading dimensions.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut dims = x.dims().to_vec();
+        let c_in = dims.pop().unwrap_or(0);
+        let y = x.reshape(((), c_in))?.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?;
+        dims.push(self.weight.dim(0)?);
+        y.reshape(dims)
+    }
+}
+
+/// LayerNorm over one dimension with an affine transform (timm's eps 1e-6): dimension 1 of NCHW
+/// is timm's `LayerNorm2d`, the last dimension its channels-last `LayerNorm`.
+pub(crate) struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+const LN_EPS: f64 = 1e-6;
+
+impl LayerNorm {
+    pub fn new(ps: &mut Params, name: &str, channels: usize) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            weight: ps.tensor(format!("{name}.weight"), &[channels], Init::Constant(1.0))?,
+            bias: ps.tensor(format!("{name}.bias"), &[channels], Init::Constant(0.0))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, dim: usize) -> Result<Tensor> {
+        let mean = x.mean_keepdim(dim)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(dim)?;
+        let normed = centred.broadcast_div(&(var + LN_EPS)?.sqrt()?)?;
+        let mut shape = vec![1; x.rank()];
+        shape[dim] = self.weight.dim(0)?;
+        normed.broadcast_mul(&self.weight.reshape(shape.as_slice())?)?.broadcast_add(&self.bias.reshape(shape.as_slice())?)
+    }
+
+    /// Over the last dimension.
+    pub fn forward_last(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward(x, x.dims().len() - 1)
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    fn close(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5)
+    }
+
+    /// One channel, running mean 2 and variance 4, weight 3, bias 1: `y = 3 (x - 2) / sqrt(4 + eps) + 1`.
+    #[test]
+    fn batchnorm_eval_uses_the_running_statistics() {
+        let mut ps = Params::new(Some(0), &Device::Cpu, Kernels::default());
+        let bn = BatchNorm2d::new(&mut ps, "bn", 1).unwrap();
+        let vars = ps.into_vars();
+        let set = |n: &str, v: f32| vars[n].set(&Tensor::new(&[v], &Device::Cpu).unwrap()).unwrap();
+        set("bn.running_mean", 2.0);
+        set("bn.running_var", 4.0);
+        set("bn.weight", 3.0);
+        set("bn.bias", 1.0);
+        let x = Tensor::new(&[0f32, 2.0, 4.0, 6.0], &Device::Cpu).unwrap().reshape((1, 1, 2, 2)).unwrap();
+        let y = values(&bn.forward(&x, false).unwrap());
+        let s = 3.0 / (4.0f32 + 1e-5).sqrt();
+        assert!(close(&y, &[1.0 - 2.0 * s, 1.0, 1.0 + 2.0 * s, 1.0 + 4.0 * s]), "{y:?}");
+        assert_eq!(values(vars["bn.running_mean"].as_tensor()), [2.0], "evaluation must not move the statistics");
+    }
+
+    /// Batch `1, 2, 3, 4`: mean 2.5, biased variance 1.25 for the output, unbiased 5/3 for the
+    /// running update with momentum 0.1.
+    #[test]
+    fn batchnorm_train_normalises_with_batch_statistics_and_updates_running_ones() {
+        let mut ps = Params::new(Some(0), &Device::Cpu, Kernels::default());
+        let bn = BatchNorm2d::new(&mut ps, "bn", 1).unwrap();
+        let vars = ps.into_vars();
+        let x = Tensor::new(&[1f32, 2.0, 3.0, 4.0], &Device::Cpu).unwrap().reshape((2, 1, 1, 2)).unwrap();
+        let y = values(&bn.forward(&x, true).unwrap());
+        let sd = (1.25f32 + 1e-5).sqrt();
+        assert!(close(&y, &[-1.5 / sd, -0.5 / sd, 0.5 / sd, 1.5 / sd]), "{y:?}");
+        assert!(close(&values(vars["bn.running_mean"].as_tensor()), &[0.25]));
+        assert!(close(&values(vars["bn.running_var"].as_tensor()), &[0.9 + 0.1 * 5.0 / 3.0]));
+        let single = Tensor::zeros((1, 1, 1, 1), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(bn.forward(&single, true).is_err(), "one value per channel has no variance");
+    }
+
+    #[test]
+    fn layernorm_over_channels_equals_layernorm_channels_last() {
+        let mut ps = Params::new(Some(0), &Device::Cpu, Kernels::default());
+        let ln = LayerNorm::new(&mut ps, "ln", 3).unwrap();
+        let vars = ps.into_vars();
+        vars["ln.weight"].set(&Tensor::new(&[1f32, 2.0, 3.0], &Device::Cpu).unwrap()).unwrap();
+        let x = Tensor::arange(0f32, 24.0, &Device::Cpu).unwrap().sqr().unwrap().reshape((2, 3, 2, 2)).unwrap();
+        let a = ln.forward(&x, 1).unwrap();
+        let b = ln.forward_last(&x.permute((0, 2, 3, 1)).unwrap()).unwrap().permute((0, 3, 1, 2)).unwrap();
+        assert!(close(&values(&a), &values(&b)));
+    }
+}

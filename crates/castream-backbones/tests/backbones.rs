@@ -1,0 +1,167 @@
+//! Shapes, stage splitting, training-mode state and determinism of the backbones, on tiny inputs.
+
+use candle_core::{DType, Device, Tensor};
+use castream_backbones::{Arch, BackboneConfig, Model, Stem};
+
+const ALL: [Arch; 6] = [Arch::Resnet18, Arch::Resnet34, Arch::Resnet50, Arch::ConvnextTiny, Arch::ConvnextSmall, Arch::ConvnextBase];
+
+/// A narrow variant: base width 8, one block per ConvNeXt stage.
+fn tiny(arch: Arch, stem: Stem) -> BackboneConfig {
+    let mut c = BackboneConfig::new(arch, 5);
+    c.stem = stem;
+    c.base_width = Some(8);
+    if !arch.is_resnet() {
+        c.depths = Some([1, 1, 1, 1]);
+    }
+    c
+}
+
+fn input(side: usize) -> Tensor {
+    let n = 3 * side * side;
+    Tensor::arange(0u32, n as u32, &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap().affine(1.0 / n as f64, -0.5).unwrap().sin().unwrap().reshape((1, 3, side, side)).unwrap()
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+fn expected_widths(arch: Arch) -> [usize; 5] {
+    if arch == Arch::Resnet50 {
+        [8, 32, 64, 128, 256]
+    } else {
+        [8, 8, 16, 32, 64]
+    }
+}
+
+#[test]
+fn small_stem_on_64px_gives_f0_32x32_and_f4_4x4_for_every_arch() {
+    for arch in ALL {
+        let model = Model::new(tiny(arch, Stem::Small), 0, &Device::Cpu).unwrap();
+        let net = &model.net;
+        assert_eq!(net.stage_widths(), expected_widths(arch), "{}", arch.name());
+        let stages = net.stages(&input(64), false).unwrap();
+        for (l, f) in stages.iter().enumerate() {
+            let side = 32 >> l.saturating_sub(1);
+            assert_eq!(f.dims(), [1, expected_widths(arch)[l], side, side], "{} F_{l}", arch.name());
+        }
+        assert_eq!(net.forward(&input(64), false).unwrap().dims(), [1, 5]);
+    }
+}
+
+#[test]
+fn imagenet_stem_downsamples_by_4_then_by_2_per_stage() {
+    for arch in [Arch::Resnet18, Arch::Resnet50, Arch::ConvnextTiny] {
+        let model = Model::new(tiny(arch, Stem::Imagenet), 0, &Device::Cpu).unwrap();
+        let sides: Vec<usize> = model.net.stages(&input(32), false).unwrap().iter().map(|f| f.dim(3).unwrap()).collect();
+        assert_eq!(sides, [8, 8, 4, 2, 1], "{}", arch.name());
+    }
+}
+
+#[test]
+fn published_configs_have_the_published_stage_widths() {
+    let widths = |arch| Model::new(BackboneConfig::new(arch, 3), 0, &Device::Cpu).unwrap().net.stage_widths();
+    assert_eq!(widths(Arch::Resnet18), [64, 64, 128, 256, 512]);
+    assert_eq!(widths(Arch::Resnet50), [64, 256, 512, 1024, 2048]);
+}
+
+#[test]
+fn forward_from_any_stage_equals_forward() {
+    for arch in [Arch::Resnet18, Arch::Resnet50, Arch::ConvnextTiny] {
+        let model = Model::new(tiny(arch, Stem::Small), 1, &Device::Cpu).unwrap();
+        let x = input(64);
+        let logits = values(&model.net.forward(&x, false).unwrap());
+        for l in 0..=4 {
+            let f = model.net.stages_to(l, &x, false).unwrap();
+            let split = model.net.head(&model.net.forward_from(l, &f, false).unwrap()).unwrap();
+            assert_eq!(values(&split), logits, "{} split at {l}", arch.name());
+        }
+    }
+}
+
+#[test]
+fn training_mode_updates_batchnorm_statistics_and_evaluation_does_not() {
+    let model = Model::new(tiny(Arch::Resnet18, Stem::Small), 0, &Device::Cpu).unwrap();
+    let running_mean = || {
+        let vars = model.named_vars();
+        values(vars.iter().find(|(n, _)| n == "bn1.running_mean").unwrap().1.as_tensor())
+    };
+    let before = running_mean();
+    model.net.forward(&input(64), false).unwrap();
+    assert_eq!(running_mean(), before);
+    let eval = values(&model.net.forward(&input(64), false).unwrap());
+    model.net.forward(&input(64), true).unwrap();
+    assert_ne!(running_mean(), before);
+    assert_ne!(values(&model.net.forward(&input(64), false).unwrap()), eval, "eval must see the new statistics");
+}
+
+#[test]
+fn same_seed_gives_identical_weights_and_a_different_seed_different_ones() {
+    let weights = |seed| -> Vec<Vec<f32>> {
+        Model::new(tiny(Arch::ConvnextTiny, Stem::Small), seed, &Device::Cpu)
+            .unwrap()
+            .trainable_vars()
+            .iter()
+            .map(|(_, v)| values(v.as_tensor()))
+            .collect()
+    };
+    assert_eq!(weights(7), weights(7));
+    let (a, b) = (weights(7), weights(8));
+    let differing = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+    assert!(differing > 0);
+    assert!(a.iter().zip(&b).all(|(x, y)| x != y || x.iter().all(|&v| v == x[0])), "every random parameter changes with the seed");
+}
+
+#[test]
+fn adding_a_layer_leaves_the_other_initial_values_unchanged() {
+    let mut deeper = tiny(Arch::ConvnextTiny, Stem::Small);
+    deeper.depths = Some([2, 1, 1, 1]);
+    let a = Model::new(tiny(Arch::ConvnextTiny, Stem::Small), 3, &Device::Cpu).unwrap();
+    let b = Model::new(deeper, 3, &Device::Cpu).unwrap();
+    let b_vars = b.named_vars();
+    for (name, var) in a.named_vars() {
+        let other = &b_vars.iter().find(|(n, _)| *n == name).unwrap().1;
+        assert_eq!(values(var.as_tensor()), values(other.as_tensor()), "{name}");
+    }
+}
+
+#[test]
+fn initialisation_follows_torchvision_and_timm() {
+    let resnet = Model::new(BackboneConfig::new(Arch::Resnet18, 10), 0, &Device::Cpu).unwrap();
+    let convnext = Model::new(tiny(Arch::ConvnextTiny, Stem::Small), 0, &Device::Cpu).unwrap();
+    let get = |m: &Model, name: &str| values(m.named_vars().into_iter().find(|(n, _)| n == name).unwrap().1.as_tensor());
+    let std = |v: &[f32]| (v.iter().map(|x| (x * x) as f64).sum::<f64>() / v.len() as f64).sqrt();
+    let conv = get(&resnet, "layer1.0.conv1.weight");
+    assert!((std(&conv) - (2.0f64 / (64.0 * 9.0)).sqrt()).abs() < 0.005, "kaiming fan_out: {}", std(&conv));
+    assert!(get(&resnet, "bn1.weight").iter().all(|&v| v == 1.0) && get(&resnet, "bn1.running_var").iter().all(|&v| v == 1.0));
+    assert!(get(&resnet, "fc.bias").iter().all(|v| v.abs() <= 1.0 / 512f32.sqrt()));
+    assert!(get(&convnext, "stages.0.blocks.0.gamma").iter().all(|&v| v == 1e-6));
+    assert!(get(&convnext, "stages.1.downsample.1.bias").iter().all(|&v| v == 0.0));
+    assert!((std(&get(&convnext, "stages.3.blocks.0.mlp.fc1.weight")) - 0.02).abs() < 0.002);
+}
+
+#[test]
+fn gradients_reach_every_trainable_parameter() {
+    for arch in [Arch::Resnet18, Arch::Resnet50, Arch::ConvnextTiny] {
+        let model = Model::new(tiny(arch, Stem::Small), 0, &Device::Cpu).unwrap();
+        let x = Tensor::cat(&[input(64), input(64).affine(-1.0, 0.2).unwrap()], 0).unwrap();
+        for train in [true, false] {
+            let grads = model.net.forward(&x, train).unwrap().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, var) in model.trainable_vars() {
+                assert!(grads.get(var.as_tensor()).is_some(), "{} (train {train}): no gradient for {name}", arch.name());
+            }
+        }
+    }
+}
+
+#[test]
+fn fast_and_candle_kernels_compute_the_same_network() {
+    for arch in [Arch::Resnet50, Arch::ConvnextTiny] {
+        let fast = Model::new(tiny(arch, Stem::Small), 4, &Device::Cpu).unwrap();
+        let mut config = tiny(arch, Stem::Small);
+        config.kernels = castream_kernels::Kernels::Candle;
+        let candle = Model::new(config, 4, &Device::Cpu).unwrap();
+        let (a, b) = (values(&fast.net.forward(&input(64), false).unwrap()), values(&candle.net.forward(&input(64), false).unwrap()));
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-4 * scale.max(1.0)), "{}: {a:?} vs {b:?}", arch.name());
+    }
+}
