@@ -139,11 +139,7 @@ impl Linear {
 
     /// Applies the layer to the last dimension of `x`, any leading dimensions.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut dims = x.dims().to_vec();
-        let c_in = dims.pop().unwrap_or(0);
-        let y = x.reshape(((), c_in))?.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?;
-        dims.push(self.weight.dim(0)?);
-        y.reshape(dims)
+        castream_kernels::linear(x, &self.weight, Some(&self.bias))
     }
 }
 

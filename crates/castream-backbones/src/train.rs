@@ -286,20 +286,9 @@ fn save_checkpoint(task: &dyn Task, optimizer: &Optimizer, state: &CheckpointSta
     castream_data::atomic::write(&checkpoint_path(run_dir), &serialize(&tensors, metadata)?)
 }
 
-/// safetensors bytes of f32 tensors with string metadata (candle's writer takes no metadata).
+/// safetensors bytes with string metadata (candle's own writer takes no metadata).
 fn serialize(tensors: &HashMap<String, Tensor>, metadata: HashMap<String, String>) -> Result<Vec<u8>> {
-    let data: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
-        .iter()
-        .map(|(name, t)| {
-            let values: Vec<f32> = t.flatten_all()?.to_vec1()?;
-            Ok((name.clone(), values.iter().flat_map(|v| v.to_le_bytes()).collect(), t.dims().to_vec()))
-        })
-        .collect::<Result<_>>()?;
-    let views = data
-        .iter()
-        .map(|(n, bytes, shape)| Ok((n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)?)))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(safetensors::serialize(views, Some(metadata))?)
+    Ok(safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))?)
 }
 
 fn restore(task: &dyn Task, optimizer: &mut Optimizer, run_dir: &Path) -> Result<CheckpointState> {

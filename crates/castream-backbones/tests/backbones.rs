@@ -165,3 +165,17 @@ fn fast_and_candle_kernels_compute_the_same_network() {
         assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-4 * scale.max(1.0)), "{}: {a:?} vs {b:?}", arch.name());
     }
 }
+
+/// Multiply-accumulates of the published networks at 224 px, as fvcore and the papers count them
+/// (convolutions and linear layers): ResNet-18 1.814 G, ResNet-50 4.09 G, ConvNeXt-T 4.47 G.
+#[test]
+fn counted_multiply_adds_match_the_published_figures() {
+    use castream_backbones::{Arch, BackboneConfig, Model};
+    let x = candle_core::Tensor::zeros((1, 3, 224, 224), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    for (arch, published) in [(Arch::Resnet18, 1.814e9), (Arch::Resnet50, 4.09e9), (Arch::ConvnextTiny, 4.47e9)] {
+        let model = Model::new(BackboneConfig::new(arch, 1000), 0, &candle_core::Device::Cpu).unwrap();
+        let (_, macs) = castream_kernels::count_macs(|| model.net.forward(&x, false).unwrap());
+        let rel = (macs as f64 - published).abs() / published;
+        assert!(rel < 0.01, "{}: counted {macs} vs published {published}", arch.name());
+    }
+}

@@ -1,9 +1,10 @@
 //! `castream`: the command-line interface. `cargo xtask …` forwards here in release mode.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
+use castream_experiments::quick::TrainOptions;
 use castream_experiments::runner::{self, Options, Outcome};
 use castream_experiments::spec::{available_specs, Profile, Spec};
 use castream_experiments::targets::missing_parts;
@@ -25,6 +26,28 @@ enum Command {
         names: Vec<String>,
         #[command(flatten)]
         run: RunArgs,
+    },
+    /// Train the quick profile's GAP backbones (checkpoints/quick/backbones.toml) that are missing.
+    TrainBackbones {
+        /// Retrain even when a checkpoint from the same recipe exists.
+        #[arg(long)]
+        retrain: bool,
+        /// Continue an interrupted run from its last epoch checkpoint (target/castream/train/).
+        #[arg(long)]
+        resume: bool,
+        /// Train only this backbone of the recipe.
+        #[arg(long)]
+        only: Option<String>,
+    },
+    /// Benchmark the backbones: forward and train-step throughput, our kernels vs candle's ops,
+    /// and ONNX Runtime on the same weights and input (needs scripts/requirements-bench.txt).
+    Bench {
+        /// Timed runs per measurement (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Skip the ONNX Runtime comparison.
+        #[arg(long)]
+        no_onnx: bool,
     },
     /// List the specs and whether each can run yet.
     List {
@@ -87,6 +110,10 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::TrainBackbones { retrain, resume, only } => {
+            castream_experiments::quick::train_backbones(Path::new("."), &TrainOptions { retrain, resume, only })
+        }
+        Command::Bench { runs, no_onnx } => castream_experiments::bench::run(Path::new("."), runs, !no_onnx),
         Command::List { experiments } => {
             for name in available_specs(&experiments) {
                 let spec = Spec::load(&experiments.join(format!("{name}.toml")))?;

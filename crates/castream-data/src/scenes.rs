@@ -307,6 +307,60 @@ impl SceneSet {
     }
 }
 
+/// Pixel and object statistics of a set of scenes, measured in one pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SceneStats {
+    pub scenes: usize,
+    /// Per-channel mean and standard deviation of the pixels in [0, 1].
+    pub mean: [f64; 3],
+    pub std: [f64; 3],
+    /// Mean fraction of the canvas inside the item mask, and inside its box.
+    pub object_fraction: f64,
+    pub box_fraction: f64,
+    /// Mean side of the pasted item, pixels.
+    pub item_side: f64,
+}
+
+impl SceneStats {
+    /// Measures scenes `indices` of `set`, generating them in parallel chunks of `chunk`;
+    /// `on_chunk` receives the number of scenes done in each chunk (for progress bars).
+    pub fn measure(set: &SceneSet, indices: &[usize], chunk: usize, mut on_chunk: impl FnMut(usize)) -> SceneStats {
+        let plane = set.config.canvas * set.config.canvas;
+        let (mut sum, mut sq) = ([0f64; 3], [0f64; 3]);
+        let (mut object, mut boxed, mut side) = (0f64, 0f64, 0f64);
+        for ids in indices.chunks(chunk.max(1)) {
+            for scene in set.scenes(ids) {
+                for (c, channel) in scene.image.chunks_exact(plane).enumerate() {
+                    for &v in channel {
+                        sum[c] += v as f64;
+                        sq[c] += v as f64 * v as f64;
+                    }
+                }
+                object += scene.mask.iter().filter(|&&m| m).count() as f64 / plane as f64;
+                boxed += scene.bbox.map_or(0.0, |b| (b.width() * b.height()) as f64 / plane as f64);
+                side += scene.placement.2 as f64;
+            }
+            on_chunk(ids.len());
+        }
+        let (n, px) = (indices.len().max(1) as f64, (indices.len().max(1) * plane) as f64);
+        let mean = sum.map(|s| s / px);
+        let std = [0, 1, 2].map(|c| (sq[c] / px - mean[c] * mean[c]).max(0.0).sqrt());
+        SceneStats {
+            scenes: indices.len(),
+            mean,
+            std,
+            object_fraction: object / n,
+            box_fraction: boxed / n,
+            item_side: side / n,
+        }
+    }
+
+    /// The normalisation that maps these scenes to zero mean and unit variance per channel.
+    pub fn normalisation(&self) -> Normalisation {
+        Normalisation { mean: self.mean.map(|v| v as f32), std: self.std.map(|v| v as f32) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,6 +461,30 @@ mod tests {
         mask[14] = true; // (2, 3)
         assert_eq!(BBox::of_mask(&mask, 4), Some(BBox { x0: 1, y0: 1, x1: 3, y1: 4 }));
         assert_eq!(BBox::of_mask(&[false; 16], 4), None);
+    }
+
+    #[test]
+    fn scene_stats_match_a_direct_computation() {
+        let items: Vec<u8> = (0..3).flat_map(|_| item()).collect();
+        let source = LabelledImages {
+            images: items,
+            labels: vec![0, 1, 2],
+            rows: 28,
+            cols: 28,
+            classes: 3,
+            sha256: String::new(),
+            files: crate::labelled::SplitFiles { images: "i".into(), labels: "l".into() },
+        };
+        let set = SceneSet::new(source, DatasetName::FashionMnist, Split::Test, SceneConfig::default()).unwrap();
+        let stats = SceneStats::measure(&set, &[0, 2], 1, |_| {});
+        let scenes = [set.scene(0), set.scene(2)];
+        let red: Vec<f64> = scenes.iter().flat_map(|s| s.image[..64 * 64].iter().map(|&v| v as f64)).collect();
+        let mean = red.iter().sum::<f64>() / red.len() as f64;
+        let var = red.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / red.len() as f64;
+        assert!((stats.mean[0] - mean).abs() < 1e-9 && (stats.std[0] - var.sqrt()).abs() < 1e-6);
+        let side = (scenes[0].placement.2 + scenes[1].placement.2) as f64 / 2.0;
+        assert_eq!(stats.item_side, side);
+        assert_eq!(stats.scenes, 2);
     }
 
     #[test]

@@ -2,9 +2,12 @@
 //! tables (`tables`, polars), charts and picture grids (`charts`, `grid`, plotters) and a run
 //! record (`record`) out, published atomically (`castream_data::atomic`) by `runner`.
 
+pub mod bench;
+pub mod ca;
 pub mod charts;
 pub mod grid;
 pub mod progress;
+pub mod quick;
 pub mod record;
 pub mod runner;
 pub mod spec;

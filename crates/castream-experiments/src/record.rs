@@ -73,7 +73,7 @@ impl RunRecord {
 }
 
 /// HEAD's commit and whether the tree is dirty; "unknown" outside a git checkout.
-fn git_state(dir: &Path) -> (String, bool) {
+pub fn git_state(dir: &Path) -> (String, bool) {
     let git = |args: &[&str]| {
         Command::new("git")
             .args(args)

@@ -10,7 +10,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use castream_data::discovery::DataLocation;
 use castream_data::image_folder::EvalTransform;
 use castream_data::scenes::SceneConfig;
+use castream_backbones::optim::OptimizerConfig;
+use castream_backbones::schedule::Schedule;
+use castream_backbones::train::TrainConfig;
 use castream_data::Normalisation;
+use castream_stream::StreamConfig;
 use serde::{Deserialize, Serialize};
 
 /// What a spec reproduces: the catalogue of EXPERIMENTS.md plus the dataset card.
@@ -92,8 +96,44 @@ pub struct Settings {
     pub batch_size: usize,
     pub data: DataSpec,
     pub scenes: SceneConfig,
-    /// Input normalisation; the default is the ImageNet statistics.
+    /// Input normalisation of the paper profile (default: ImageNet statistics). Quick-profile
+    /// targets use the normalisation stored with each backbone checkpoint instead.
     pub normalisation: Normalisation,
+    /// Quick profile: the shipped backbones (`checkpoints/quick/<name>.safetensors`) to evaluate.
+    pub backbones: Vec<String>,
+    /// The CA-Stream and its training on the frozen backbone.
+    pub stream: StreamSpec,
+}
+
+/// How the CA-Stream is built and trained (METHOD.md §2–3). Trained streams are cached under
+/// `target/castream/streams/`, keyed by backbone checkpoint, this table and the scene settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamSpec {
+    pub config: StreamConfig,
+    /// Training scenes (the first ones of the Fashion-MNIST train split), whose stage features are
+    /// cached in memory once.
+    pub train_images: usize,
+    /// Validation scenes (from the end of the train split, outside the backbones' training set).
+    pub val_images: usize,
+    pub train: TrainConfig,
+}
+
+impl Default for StreamSpec {
+    fn default() -> Self {
+        StreamSpec {
+            config: StreamConfig::default(),
+            train_images: 10_000,
+            val_images: 2_000,
+            train: TrainConfig {
+                epochs: 10,
+                batch_size: 128,
+                optimizer: OptimizerConfig::adamw(3e-3, 0.0),
+                schedule: Schedule::Cosine { warmup_epochs: 0.5, min_ratio: 0.01 },
+                seed: 0,
+            },
+        }
+    }
 }
 
 impl Default for Settings {
@@ -105,6 +145,8 @@ impl Default for Settings {
             data: DataSpec::default(),
             scenes: SceneConfig::default(),
             normalisation: Normalisation::IMAGENET,
+            backbones: vec!["resnet18".into(), "convnext".into()],
+            stream: StreamSpec::default(),
         }
     }
 }

@@ -1,15 +1,27 @@
 //! The tensor operations castream's backbones are built from, each with two implementations:
 //!
-//! - [`Kernels::Fast`] (default): our CPU kernels (candle `CustomOp`s with correct backward passes).
-//!   On non-CPU devices it falls back to candle's ops.
+//! - [`Kernels::Fast`] (default): our CPU kernels (candle `CustomOp`s with correct backward passes)
+//!   for f32 tensors on the CPU. Other devices and dtypes fall back to candle's ops.
 //! - [`Kernels::Candle`]: candle's own ops, kept for comparison and benchmarks. Known candle CPU
 //!   defects apply there: `max_pool2d`'s backward scales the gradient by 1/k² and is missing when
-//!   kernel != stride, `upsample_bilinear2d` has no backward.
+//!   kernel != stride, `upsample_bilinear2d` has no backward, and `conv2d`'s backward fails with a
+//!   shape error when `(H + 2p - k) % s != (W + 2p - k) % s` (it takes the transposed conv's
+//!   output padding from the height for both axes).
 //!
 //! Every backbone layer calls these functions, never candle's conv/pool directly, so the choice is
 //! one switch in the model configuration.
 
-use candle_core::{Result, Tensor};
+mod conv;
+mod cpu;
+mod depthwise;
+mod fold;
+mod im2col;
+mod pool;
+mod upsample;
+
+pub use fold::fold_batchnorm;
+
+use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -18,6 +30,13 @@ pub enum Kernels {
     #[default]
     Fast,
     Candle,
+}
+
+impl Kernels {
+    /// Whether our kernels handle these tensors (CPU, f32); otherwise candle's ops run.
+    fn fast_for(self, ts: &[&Tensor]) -> bool {
+        self == Kernels::Fast && ts.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,10 +53,22 @@ impl Default for Conv2dParams {
 }
 
 /// 2-d convolution of `x` `(B, C_in, H, W)` with `w` `(C_out, C_in / groups, kh, kw)`, plus an
-/// optional bias `(C_out,)`. Dilation is always 1.
+/// optional bias `(C_out,)`. Dilation is always 1. Depthwise convolutions (`groups == C_in ==
+/// C_out`) take a direct kernel, all others im2col + GEMM.
 pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, k: Kernels) -> Result<Tensor> {
-    let _ = k;
-    let y = x.conv2d(w, p.padding, p.stride, 1, p.groups)?;
+    let ((b, _, _, _), (c_out, c_in_group, kh, kw)) = (x.dims4()?, w.dims4()?);
+    let y = if k.fast_for(&[x, w]) {
+        let (x, w) = (x.contiguous()?, w.contiguous()?);
+        if depthwise::is_depthwise(x.dims(), w.dims(), p.groups) {
+            x.apply_op2(&w, depthwise::DepthwiseConv2d(p))?
+        } else {
+            x.apply_op2(&w, conv::Conv2d(p))?
+        }
+    } else {
+        x.conv2d(w, p.padding, p.stride, 1, p.groups)?
+    };
+    let (_, _, h_out, w_out) = y.dims4()?;
+    macs::add(b * c_out * h_out * w_out * c_in_group * kh * kw);
     match bias {
         Some(b) => y.broadcast_add(&b.reshape((1, b.dims1()?, 1, 1))?),
         None => Ok(y),
@@ -46,18 +77,68 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, k:
 
 /// Max pooling with a square `kernel`, `stride` and zero `padding` positions that never win
 /// (padding acts as -inf, as in PyTorch).
+/// A linear layer on the last dimension of `x` (any leading dimensions): `x W^T + b` with `w`
+/// `(out, in)`. Through the facade so that its multiply-adds are counted with the convolutions'.
+pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let c_in = dims.pop().unwrap_or(0);
+    let (c_out, _) = w.dims2()?;
+    let rows = x.elem_count() / c_in.max(1);
+    let y = x.reshape((rows, c_in))?.matmul(&w.t()?)?;
+    let y = match bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    macs::add(rows * c_in * c_out);
+    dims.push(c_out);
+    y.reshape(dims)
+}
+
+pub use macs::count_macs;
+
+/// Multiply-accumulate counting for FLOP figures (tables, benchmarks): a per-thread counter that
+/// [`conv2d`] and [`linear`] add to while a [`count_macs`] call is active on that thread.
+mod macs {
+    use std::cell::Cell;
+
+    thread_local! {
+        static COUNTER: Cell<Option<u64>> = const { Cell::new(None) };
+    }
+
+    pub(crate) fn add(n: usize) {
+        COUNTER.with(|c| c.set(c.get().map(|v| v + n as u64)));
+    }
+
+    /// Runs `f` and returns its result with the multiply-accumulates of the convolutions and
+    /// linear layers it ran on this thread.
+    pub fn count_macs<R>(f: impl FnOnce() -> R) -> (R, u64) {
+        let outer = COUNTER.with(|c| c.replace(Some(0)));
+        let r = f();
+        let counted = COUNTER.with(|c| c.replace(outer)).unwrap_or(0);
+        if let Some(o) = outer {
+            COUNTER.with(|c| c.set(Some(o + counted)));
+        }
+        (r, counted)
+    }
+}
+
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize, k: Kernels) -> Result<Tensor> {
-    let _ = k;
+    if k.fast_for(&[x]) {
+        return x.contiguous()?.apply_op1(pool::MaxPool2d { kernel, stride, padding });
+    }
     // candle has no padded max-pool. Edge replication is exact here: PyTorch requires
     // padding <= kernel / 2, so every window holding a padded position also holds the edge pixel
     // it replicates.
-    let x = if padding > 0 { x.pad_with_same(2, padding, padding)?.pad_with_same(3, padding, padding)? } else { x.clone() };
+    let x =
+        if padding > 0 { x.pad_with_same(2, padding, padding)?.pad_with_same(3, padding, padding)? } else { x.clone() };
     x.max_pool2d_with_stride(kernel, stride)
 }
 
 /// Bilinear resizing of `(B, C, H, W)` to `(B, C, h, w)` with `align_corners = false` (PyTorch's
 /// `F.interpolate(mode="bilinear")` default).
 pub fn upsample_bilinear2d(x: &Tensor, h: usize, w: usize, k: Kernels) -> Result<Tensor> {
-    let _ = k;
+    if k.fast_for(&[x]) {
+        return x.contiguous()?.apply_op1(upsample::UpsampleBilinear2d { h, w });
+    }
     x.upsample_bilinear2d(h, w, false)
 }

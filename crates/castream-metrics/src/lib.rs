@@ -1,2 +1,3 @@
-//! Interpretability metrics: AD/AG/AI, insertion/deletion, localisation (METHOD.md §5).
-//! Not implemented yet: the experiments that need it report `not yet available`.
+//! Interpretability metrics (METHOD.md §5) and the statistics every table cell carries.
+
+pub mod bootstrap;

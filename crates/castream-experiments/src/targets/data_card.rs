@@ -7,7 +7,7 @@ use castream_data::batching::batch_indices;
 use castream_data::discovery::{DatasetName, Locator};
 use castream_data::image_folder::{load_image, ImageList};
 use castream_data::labelled::{hex, Split};
-use castream_data::scenes::SceneSet;
+use castream_data::scenes::{SceneSet, SceneStats};
 use polars::prelude::*;
 use sha2::{Digest, Sha256};
 
@@ -106,7 +106,7 @@ fn quick(ctx: &mut RunContext) -> Result<()> {
     let mut sets = Vec::new();
     for (name, split, data) in splits {
         let set = SceneSet::new(data, name, split, s.scenes.clone())?;
-        stats.measure(&set, s.batch_size)?;
+        stats.measure(&set, s.batch_size);
         sets.push(set);
     }
     let mut table = stats.table()?;
@@ -164,64 +164,33 @@ fn slug(name: DatasetName) -> &'static str {
     }
 }
 
-/// Pixel and object statistics of every scene of a split.
+/// Pixel and object statistics of every scene of each split, as table rows.
 #[derive(Default)]
 struct StatRows {
     dataset: Vec<String>,
     split: Vec<String>,
-    scenes: Vec<u32>,
-    mean: [Vec<f64>; 3],
-    std: [Vec<f64>; 3],
-    object: Vec<f64>,
-    boxed: Vec<f64>,
-    side: Vec<f64>,
+    stats: Vec<SceneStats>,
 }
 
 impl StatRows {
-    fn measure(&mut self, set: &SceneSet, chunk: usize) -> Result<()> {
+    fn measure(&mut self, set: &SceneSet, chunk: usize) {
         let bar = progress::bar(set.len() as u64, format!("{} {} scenes", set.dataset, set.split.name()));
-        let (mut sum, mut sq) = ([0f64; 3], [0f64; 3]);
-        let (mut object, mut boxed, mut side) = (0f64, 0f64, 0f64);
         let ids: Vec<usize> = (0..set.len()).collect();
-        let plane = set.config.canvas * set.config.canvas;
-        for batch in ids.chunks(chunk.max(256)) {
-            for scene in set.scenes(batch) {
-                for c in 0..3 {
-                    for &v in &scene.image[c * plane..(c + 1) * plane] {
-                        sum[c] += v as f64;
-                        sq[c] += (v as f64) * (v as f64);
-                    }
-                }
-                object += scene.mask.iter().filter(|&&m| m).count() as f64 / plane as f64;
-                boxed += scene.bbox.map_or(0.0, |b| (b.width() * b.height()) as f64 / plane as f64);
-                side += scene.placement.2 as f64;
-            }
-            bar.inc(batch.len() as u64);
-        }
+        let stats = SceneStats::measure(set, &ids, chunk.max(256), |n| bar.inc(n as u64));
         bar.finish_and_clear();
-        let (n, px) = (set.len() as f64, (set.len() * plane) as f64);
         self.dataset.push(set.dataset.display_name().into());
         self.split.push(set.split.name().into());
-        self.scenes.push(set.len() as u32);
-        for c in 0..3 {
-            let mean = sum[c] / px;
-            self.mean[c].push(mean);
-            self.std[c].push((sq[c] / px - mean * mean).max(0.0).sqrt());
-        }
-        self.object.push(object / n);
-        self.boxed.push(boxed / n);
-        self.side.push(side / n);
-        Ok(())
+        self.stats.push(stats);
     }
 
     fn table(self) -> Result<Table> {
-        let [mr, mg, mb] = self.mean;
-        let [sr, sg, sb] = self.std;
+        let col = |f: &dyn Fn(&SceneStats) -> f64| self.stats.iter().map(f).collect::<Vec<f64>>();
         let frame = df!(
-            "dataset" => self.dataset, "split" => self.split, "scenes" => self.scenes,
-            "mean_r" => mr, "mean_g" => mg, "mean_b" => mb,
-            "std_r" => sr, "std_g" => sg, "std_b" => sb,
-            "object" => self.object, "box" => self.boxed, "side" => self.side,
+            "dataset" => &self.dataset, "split" => &self.split,
+            "scenes" => self.stats.iter().map(|s| s.scenes as u32).collect::<Vec<_>>(),
+            "mean_r" => col(&|s| s.mean[0]), "mean_g" => col(&|s| s.mean[1]), "mean_b" => col(&|s| s.mean[2]),
+            "std_r" => col(&|s| s.std[0]), "std_g" => col(&|s| s.std[1]), "std_b" => col(&|s| s.std[2]),
+            "object" => col(&|s| s.object_fraction), "box" => col(&|s| s.box_fraction), "side" => col(&|s| s.item_side),
         )?;
         Ok(Table::new("scene_stats", "Scene statistics", frame))
     }

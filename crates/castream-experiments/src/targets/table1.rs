@@ -1,0 +1,149 @@
+//! `table1`: recognition. Top-1 accuracy of the GAP network and of the same frozen network with
+//! CA-Stream pooling, on the same test images, with parameter counts and throughput.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+use castream_data::labelled::hex;
+use castream_metrics::bootstrap::{mean_interval, paired_interval};
+use polars::prelude::*;
+use sha2::{Digest, Sha256};
+
+use super::RunContext;
+use crate::ca::{quick_models, QuickData, QuickModels};
+use crate::charts::GroupedBars;
+use crate::progress;
+use crate::spec::Profile;
+use crate::tables::Table;
+
+/// Test scenes evaluated unless the spec's `images` says otherwise.
+const DEFAULT_IMAGES: usize = 5000;
+const RESAMPLES: usize = 2000;
+
+/// The authors' ImageNet top-1 (poster): (GAP, CA) for the backbone family.
+fn paper_top1(arch_is_resnet: bool) -> (f64, f64) {
+    if arch_is_resnet {
+        (74.55, 74.70)
+    } else {
+        (83.72, 83.51)
+    }
+}
+
+/// Per-image correctness of GAP and CA on the first `n` test scenes, in one pass of the backbone.
+fn correctness(m: &QuickModels, data: &QuickData, n: usize, batch: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    let ids: Vec<usize> = (0..n.min(data.test.len())).collect();
+    let (mut gap, mut ca) = (Vec::new(), Vec::new());
+    let bar = progress::bar(ids.len() as u64, format!("{}: evaluating", m.name));
+    for chunk in ids.chunks(batch) {
+        let (x, y) = data.test.batch(chunk, &m.meta.normalisation, &Device::Cpu)?;
+        let features = m.ca.backbone.net.stages(&x, false)?;
+        let gap_logits = m.ca.backbone.net.head(&features[4])?;
+        let (ca_logits, _) = m.ca.logits_from_features(&features)?;
+        for (logits, out) in [(&gap_logits, &mut gap), (&ca_logits, &mut ca)] {
+            let hits: Vec<u8> = logits.argmax(1)?.eq(&y)?.to_dtype(DType::U8)?.to_vec1()?;
+            out.extend(hits.iter().map(|&h| h as f64));
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok((gap, ca))
+}
+
+/// Images per second of a forward pass over one batch (median of 3 after a warm-up).
+fn throughput(batch: &Tensor, forward: impl Fn(&Tensor) -> Result<Tensor>) -> Result<f64> {
+    forward(batch)?;
+    let mut times: Vec<f64> = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            forward(batch).map(|_| t.elapsed().as_secs_f64())
+        })
+        .collect::<Result<_>>()?;
+    times.sort_by(f64::total_cmp);
+    Ok(batch.dims()[0] as f64 / times[1])
+}
+
+pub fn run(ctx: &mut RunContext) -> Result<()> {
+    if ctx.profile == Profile::Paper {
+        bail!("table1 --profile paper: not yet available: needs ImageNet training of the stream on a GPU machine");
+    }
+    let s = ctx.settings;
+    let data = QuickData::load(s)?;
+    let n = s.images.unwrap_or(DEFAULT_IMAGES).min(data.test.len());
+    let root = Path::new(".");
+    let mut rows: (Vec<String>, Vec<String>, Vec<f64>, Vec<f64>, Vec<f64>) = Default::default();
+    let (mut params_total, mut params_stream, mut speed, mut paper) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut notes = Vec::new();
+    for name in &s.backbones {
+        let m = quick_models(root, name, &s.stream, &data)?;
+        let (gap, ca) = correctness(&m, &data, n, s.batch_size)?;
+        let (x, _) = data.test.batch(&(0..s.batch_size.min(n)).collect::<Vec<_>>(), &m.meta.normalisation, &Device::Cpu)?;
+        let gap_speed = throughput(&x, |x| Ok(m.ca.backbone.net.forward(x, false)?))?;
+        let ca_speed = throughput(&x, |x| Ok(m.ca.forward(x)?.0))?;
+        let (p_gap, p_ca) = paper_top1(m.meta.config.arch.is_resnet());
+        let backbone_params = m.ca.backbone.parameter_count();
+        for (pooling, hits, speed_v, p, extra) in
+            [("GAP", &gap, gap_speed, p_gap, 0), ("CA", &ca, ca_speed, p_ca, m.ca.stream.parameter_count())]
+        {
+            let iv = mean_interval(hits, RESAMPLES, 0.95, s.seed);
+            rows.0.push(name.clone());
+            rows.1.push(pooling.into());
+            rows.2.push(100.0 * iv.mean);
+            rows.3.push(100.0 * iv.low);
+            rows.4.push(100.0 * iv.high);
+            params_total.push((backbone_params + extra) as u64);
+            params_stream.push(extra as u64);
+            speed.push(speed_v);
+            paper.push(Some(p));
+        }
+        let diff = paired_interval(&ca, &gap, RESAMPLES, 0.95, s.seed);
+        notes.push(format!(
+            "{name}: CA − GAP = {:+.2} points, 95% paired bootstrap interval [{:+.2}, {:+.2}]; backbone test accuracy in the \
+             manifest {:.2}% ({} images); stream validation accuracy {:.2}%; feature cache {:.1} MiB.",
+            100.0 * diff.mean,
+            100.0 * diff.low,
+            100.0 * diff.high,
+            100.0 * m.manifest.test_accuracy,
+            m.manifest.test_images,
+            100.0 * m.stream_val_accuracy,
+            m.cache_bytes as f64 / (1 << 20) as f64,
+        ));
+        ctx.record.seeds.insert(format!("stream.{name}"), s.stream.train.seed);
+        ctx.record.data.push(crate::record::DataRecord {
+            dataset: "Fashion-MNIST".into(),
+            split: "test".into(),
+            images: n,
+            sha256: data.test.source.sha256.clone(),
+            origin: serde_json::json!({ "backbone": name, "checkpoint_sha256": m.manifest.sha256 }),
+        });
+    }
+    ctx.record.seeds.insert("bootstrap".into(), s.seed);
+    let mut hasher = Sha256::new();
+    (0..n).for_each(|i| hasher.update(format!("fashion-mnist/test/{i}\n")));
+    ctx.record.image_list_sha256 = Some(hex(&hasher.finalize()));
+
+    let frame = df!(
+        "backbone" => &rows.0, "pooling" => &rows.1, "top1" => &rows.2, "top1_low" => &rows.3, "top1_high" => &rows.4,
+        "params" => params_total, "stream_params" => params_stream, "images_per_s" => &speed,
+    )?;
+    let mut table = Table::new("table1", "Table 1: recognition, GAP vs CA-Stream (top-1 %)", frame)
+        .with_paper("top1", &paper)?
+        .note(format!(
+            "Quick profile: first {n} Fashion-MNIST test scenes; 95% bootstrap interval in top1_low/top1_high ({RESAMPLES} resamples)."
+        ))
+        .note("Paper values are the authors' ImageNet numbers (ResNet-50 rows beside resnet18, ConvNeXt-B beside convnext): compare the GAP→CA change, not the level.")
+        .note(format!("images_per_s: forward of a batch of {} on this machine's {} threads (median of 3).", s.batch_size, rayon::current_num_threads()));
+    for n in notes {
+        table = table.note(n);
+    }
+    table.write(ctx.out)?;
+    let categories: Vec<String> = s.backbones.clone();
+    let series: Vec<(String, Vec<f64>)> = ["GAP", "CA"]
+        .iter()
+        .enumerate()
+        .map(|(k, p)| (p.to_string(), (0..s.backbones.len()).map(|b| rows.2[2 * b + k]).collect()))
+        .collect();
+    GroupedBars { title: "Top-1 accuracy, GAP vs CA-Stream", y_label: "top-1 %", categories: &categories, series: &series }
+        .write(&ctx.out.join("table1"))
+}

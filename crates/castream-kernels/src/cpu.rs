@@ -1,0 +1,138 @@
+//! Plumbing shared by the CPU kernels: typed views of candle storage, the batch split for rayon,
+//! a bounds-checked `gemm` wrapper and runtime SIMD dispatch.
+
+use candle_core::{bail, CpuStorage, Layout, Result};
+use gemm::Parallelism;
+
+/// The f32 elements of a contiguous tensor. The facade makes every argument contiguous, so a
+/// strided layout here is a caller bug rather than something to support.
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("{op}: expects a contiguous input, got strides {:?}", l.stride()),
+    }
+}
+
+/// How `n` independent items (images) are spread over the rayon pool: chunks of `chunk` items run
+/// in parallel, and `gemm` itself only parallelises when there is a single chunk (batch 1), so the
+/// two levels never oversubscribe the cores.
+pub(crate) fn split(n: usize) -> (usize, Parallelism) {
+    let threads = rayon::current_num_threads().max(1);
+    let chunks = threads.min(n).max(1);
+    let chunk = n.div_ceil(chunks).max(1);
+    let par = if chunks == 1 && threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    (chunk, par)
+}
+
+/// A row-major-or-strided matrix operand: element `(i, j)` is `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+fn check(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) {
+    if rows > 0 && cols > 0 {
+        assert!((rows - 1) * rs + (cols - 1) * cs < len, "gemm operand out of bounds");
+    }
+}
+
+/// `dst (m x n, row stride dst_rs) = [dst +] lhs (m x k) * rhs (k x n)` through the `gemm` crate,
+/// which picks its AVX2/AVX-512 micro-kernels at run time.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    par: Parallelism,
+) {
+    check(dst.len(), m, n, dst_rs, 1);
+    check(lhs.data.len(), m, k, lhs.rs, lhs.cs);
+    check(rhs.data.len(), k, n, rhs.rs, rhs.cs);
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: every element gemm touches was bounds-checked above; dst does not alias the inputs
+    // (it is a distinct `&mut`).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Defines `fn $name(args)` that runs its body compiled for AVX-512 or AVX2+FMA when the CPU has
+/// them. The workspace builds for baseline x86-64, so without this the plain loops of the
+/// depthwise, pooling and resize kernels would only ever use SSE2.
+macro_rules! simd_dispatch {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx512($($arg: $ty),*) { body($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2($($arg: $ty),*) { body($($arg),*) }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports the features the function was compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+pub(crate) use simd_dispatch;
+
+/// A zero-filled buffer whose pages are first touched by writes spread over the rayon pool.
+/// `vec![0.0; n]` maps copy-on-write zero pages; a kernel that accumulates (`+=`) into them then
+/// takes a second fault per page, each flushing every core's TLB: measured 15x slower max-pool
+/// backward. Buffers that are only ever written (GEMM outputs) can keep `vec!`.
+pub(crate) fn zeros(n: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut v = Vec::with_capacity(n);
+    v.spare_capacity_mut().par_chunks_mut(1 << 16).for_each(|c| {
+        for x in c {
+            x.write(0.0);
+        }
+    });
+    // SAFETY: all `n` elements were initialised above.
+    unsafe { v.set_len(n) };
+    v
+}

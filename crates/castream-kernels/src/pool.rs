@@ -1,0 +1,126 @@
+//! Max pooling with PyTorch's semantics (`ceil_mode = false`, dilation 1): padded positions never
+//! win, the first maximum in row-major window order wins ties, and a NaN wins over numbers.
+//!
+//! candle's backward divides the gradient by k² and is missing when kernel != stride; here the
+//! backward recomputes each window's argmax from the input (nothing stored in the forward) and
+//! routes the whole output gradient to it, accumulating where windows overlap.
+
+use crate::cpu::{f32_slice, simd_dispatch, zeros};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MaxPool2d {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+struct PoolGeom {
+    planes: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl MaxPool2d {
+    fn geom(&self, dims: &[usize]) -> Result<PoolGeom> {
+        let &[b, c, h, w] = dims else { bail!("max_pool2d: expected a 4-d input, got {dims:?}") };
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        if k == 0 || s == 0 || 2 * p > k || h + 2 * p < k || w + 2 * p < k {
+            bail!("max_pool2d: kernel {k}, stride {s}, padding {p} invalid for input {dims:?} (PyTorch needs padding <= kernel / 2)")
+        }
+        Ok(PoolGeom { planes: b * c, h, w, oh: (h + 2 * p - k) / s + 1, ow: (w + 2 * p - k) / s + 1 })
+    }
+
+    /// The clipped input window `[y0, y1) x [x0, x1)` of output `(oy, ox)`.
+    fn window(&self, g: &PoolGeom, oy: usize, ox: usize) -> (usize, usize, usize, usize) {
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        let y0 = (oy * s).saturating_sub(p);
+        let x0 = (ox * s).saturating_sub(p);
+        (y0, (oy * s + k - p).min(g.h), x0, (ox * s + k - p).min(g.w))
+    }
+
+    /// Index within the plane and value of the window's maximum, PyTorch's rule: start from the
+    /// first valid position at -inf, replace on `v > max || v.is_nan()`.
+    #[inline(always)]
+    fn argmax(&self, g: &PoolGeom, plane: &[f32], oy: usize, ox: usize) -> (usize, f32) {
+        let (y0, y1, x0, x1) = self.window(g, oy, ox);
+        let (mut best, mut max) = (y0 * g.w + x0, f32::NEG_INFINITY);
+        for iy in y0..y1 {
+            for ix in x0..x1 {
+                let v = plane[iy * g.w + ix];
+                if v > max || v.is_nan() {
+                    max = v;
+                    best = iy * g.w + ix;
+                }
+            }
+        }
+        (best, max)
+    }
+}
+
+simd_dispatch! {
+    fn forward_plane(op: &MaxPool2d, g: &PoolGeom, x: &[f32], y: &mut [f32]) {
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                y[oy * g.ow + ox] = op.argmax(g, x, oy, ox).1;
+            }
+        }
+    }
+}
+
+simd_dispatch! {
+    fn backward_plane(op: &MaxPool2d, g: &PoolGeom, x: &[f32], gy: &[f32], gx: &mut [f32]) {
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                gx[op.argmax(g, x, oy, ox).0] += gy[oy * g.ow + ox];
+            }
+        }
+    }
+}
+
+impl CustomOp1 for MaxPool2d {
+    fn name(&self) -> &'static str {
+        "castream-max-pool2d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.geom(l.dims())?;
+        let x = f32_slice(s, l, self.name())?;
+        let mut y = vec![0f32; g.planes * g.oh * g.ow];
+        y.par_chunks_mut(g.oh * g.ow).zip(x.par_chunks(g.h * g.w)).for_each(|(yp, xp)| forward_plane(self, &g, xp, yp));
+        let d = l.dims();
+        Ok((CpuStorage::F32(y), Shape::from((d[0], d[1], g.oh, g.ow))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &MaxPool2dBackward(*self))?))
+    }
+}
+
+/// `(x, grad_y) -> grad_x`.
+struct MaxPool2dBackward(MaxPool2d);
+
+impl CustomOp2 for MaxPool2dBackward {
+    fn name(&self) -> &'static str {
+        "castream-max-pool2d-backward"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, gs: &CpuStorage, gl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.0.geom(xl.dims())?;
+        let d = xl.dims();
+        if gl.dims() != [d[0], d[1], g.oh, g.ow] {
+            bail!("{}: gradient {:?} does not match the output of {:?}", self.name(), gl.dims(), d)
+        }
+        let x = f32_slice(xs, xl, self.name())?;
+        let gy = f32_slice(gs, gl, self.name())?;
+        let mut gx = zeros(x.len());
+        gx.par_chunks_mut(g.h * g.w)
+            .zip(x.par_chunks(g.h * g.w))
+            .zip(gy.par_chunks(g.oh * g.ow))
+            .for_each(|((gxp, xp), gyp)| backward_plane(&self.0, &g, xp, gyp, gxp));
+        Ok((CpuStorage::F32(gx), xl.shape().clone()))
+    }
+}

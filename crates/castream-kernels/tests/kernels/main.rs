@@ -1,0 +1,10 @@
+#![allow(clippy::too_many_arguments)]
+
+//! Every kernel against candle's reference ops, candle's autograd where candle is correct, central
+//! finite differences, and hand-worked PyTorch examples.
+
+mod common;
+mod conv;
+mod fold;
+mod pool;
+mod upsample;
