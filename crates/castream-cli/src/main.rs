@@ -89,6 +89,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Reproduce { names, run } => {
             let opts = Options {
+                root: PathBuf::from("."),
                 experiments: run.experiments,
                 results: run.results,
                 profile: run.profile,

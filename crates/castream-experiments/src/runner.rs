@@ -13,6 +13,8 @@ use crate::targets::{self, missing_parts, NotYetAvailable, RunContext};
 
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// The repository root (shipped checkpoints, caches).
+    pub root: PathBuf,
     pub experiments: PathBuf,
     pub results: PathBuf,
     pub profile: Profile,
@@ -86,6 +88,7 @@ fn run_spec(spec: &Spec, opts: &Options) -> Result<Outcome> {
         profile: opts.profile,
         settings: &settings,
         out: staged.path(),
+        root: &opts.root,
         record: &mut record,
     })?;
     record.wall_seconds = started.elapsed().as_secs_f64();

@@ -14,6 +14,7 @@ fn experiments_dir() -> PathBuf {
 fn data_card_writes_every_output_with_true_counts() {
     let results = tempfile::tempdir().unwrap();
     let opts = Options {
+        root: Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."),
         experiments: experiments_dir(),
         results: results.path().into(),
         profile: Profile::Quick,
@@ -92,6 +93,7 @@ fn paper_profile_runs_end_to_end_on_a_small_image_list() {
     )
     .unwrap();
     let opts = Options {
+        root: tmp.path().into(),
         experiments,
         results: tmp.path().join("results"),
         profile: Profile::Paper,

@@ -58,6 +58,8 @@ pub struct StreamOutput {
     pub token: Tensor,
     /// Every block's attention, in tap order.
     pub attention: Vec<Attention>,
+    /// The query `q_l` each block read, in tap order (`(d_0,)` for the first, `(B, d_l)` after).
+    pub queries: Vec<Tensor>,
 }
 
 struct Block {
@@ -137,13 +139,15 @@ impl CaStream {
     pub fn forward(&self, features: &[Tensor]) -> Result<StreamOutput> {
         let mut q = self.q0.as_tensor().clone();
         let mut attention = Vec::with_capacity(self.blocks.len());
+        let mut queries = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
             let f = features.get(block.tap).ok_or_else(|| candle_core::Error::Msg(format!("stage {} missing", block.tap)))?;
             let (z, a) = cross_attention(f, &q, self.config.heads, self.config.scale, block.tap)?;
+            queries.push(q);
             q = z.matmul(&block.weight.as_tensor().t()?)?.broadcast_add(block.bias.as_tensor())?;
             attention.push(a);
         }
-        Ok(StreamOutput { token: q, attention })
+        Ok(StreamOutput { token: q, attention, queries })
     }
 
     /// Every trainable tensor by name: `q0`, `blocks.<tap>.weight`, `blocks.<tap>.bias`.

@@ -1,20 +1,18 @@
 //! `table1`: recognition. Top-1 accuracy of the GAP network and of the same frozen network with
 //! CA-Stream pooling, on the same test images, with parameter counts and throughput.
 
-use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use castream_data::labelled::hex;
 use castream_metrics::bootstrap::{mean_interval, paired_interval};
 use polars::prelude::*;
 use sha2::{Digest, Sha256};
 
 use super::RunContext;
-use crate::ca::{quick_models, QuickData, QuickModels};
+use crate::ca::{correctness, quick_models, QuickData};
 use crate::charts::GroupedBars;
-use crate::progress;
 use crate::spec::Profile;
 use crate::tables::Table;
 
@@ -29,26 +27,6 @@ fn paper_top1(arch_is_resnet: bool) -> (f64, f64) {
     } else {
         (83.72, 83.51)
     }
-}
-
-/// Per-image correctness of GAP and CA on the first `n` test scenes, in one pass of the backbone.
-fn correctness(m: &QuickModels, data: &QuickData, n: usize, batch: usize) -> Result<(Vec<f64>, Vec<f64>)> {
-    let ids: Vec<usize> = (0..n.min(data.test.len())).collect();
-    let (mut gap, mut ca) = (Vec::new(), Vec::new());
-    let bar = progress::bar(ids.len() as u64, format!("{}: evaluating", m.name));
-    for chunk in ids.chunks(batch) {
-        let (x, y) = data.test.batch(chunk, &m.meta.normalisation, &Device::Cpu)?;
-        let features = m.ca.backbone.net.stages(&x, false)?;
-        let gap_logits = m.ca.backbone.net.head(&features[4])?;
-        let (ca_logits, _) = m.ca.logits_from_features(&features)?;
-        for (logits, out) in [(&gap_logits, &mut gap), (&ca_logits, &mut ca)] {
-            let hits: Vec<u8> = logits.argmax(1)?.eq(&y)?.to_dtype(DType::U8)?.to_vec1()?;
-            out.extend(hits.iter().map(|&h| h as f64));
-        }
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish_and_clear();
-    Ok((gap, ca))
 }
 
 /// Images per second of a forward pass over one batch (median of 3 after a warm-up).
@@ -71,20 +49,20 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let s = ctx.settings;
     let data = QuickData::load(s)?;
     let n = s.images.unwrap_or(DEFAULT_IMAGES).min(data.test.len());
-    let root = Path::new(".");
     let mut rows: (Vec<String>, Vec<String>, Vec<f64>, Vec<f64>, Vec<f64>) = Default::default();
     let (mut params_total, mut params_stream, mut speed, mut paper) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut notes = Vec::new();
     for name in &s.backbones {
-        let m = quick_models(root, name, &s.stream, &data)?;
-        let (gap, ca) = correctness(&m, &data, n, s.batch_size)?;
+        let m = quick_models(ctx.root, name, &s.stream, &data, &mut None)?;
+        let (gap, ca) = correctness(&[&m], &data, n, s.batch_size)?;
+        let ca = &ca[0];
         let (x, _) = data.test.batch(&(0..s.batch_size.min(n)).collect::<Vec<_>>(), &m.meta.normalisation, &Device::Cpu)?;
         let gap_speed = throughput(&x, |x| Ok(m.ca.backbone.net.forward(x, false)?))?;
         let ca_speed = throughput(&x, |x| Ok(m.ca.forward(x)?.0))?;
         let (p_gap, p_ca) = paper_top1(m.meta.config.arch.is_resnet());
         let backbone_params = m.ca.backbone.parameter_count();
         for (pooling, hits, speed_v, p, extra) in
-            [("GAP", &gap, gap_speed, p_gap, 0), ("CA", &ca, ca_speed, p_ca, m.ca.stream.parameter_count())]
+            [("GAP", &gap, gap_speed, p_gap, 0), ("CA", ca, ca_speed, p_ca, m.ca.stream.parameter_count())]
         {
             let iv = mean_interval(hits, RESAMPLES, 0.95, s.seed);
             rows.0.push(name.clone());
@@ -97,7 +75,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             speed.push(speed_v);
             paper.push(Some(p));
         }
-        let diff = paired_interval(&ca, &gap, RESAMPLES, 0.95, s.seed);
+        let diff = paired_interval(ca, &gap, RESAMPLES, 0.95, s.seed);
         notes.push(format!(
             "{name}: CA − GAP = {:+.2} points, 95% paired bootstrap interval [{:+.2}, {:+.2}]; backbone test accuracy in the \
              manifest {:.2}% ({} images); stream validation accuracy {:.2}%; feature cache {:.1} MiB.",

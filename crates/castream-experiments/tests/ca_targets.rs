@@ -1,0 +1,114 @@
+//! table1, table4, figure1 and figure3 end to end on a tiny backbone "shipped" into a temporary
+//! repository root (real Fashion-MNIST scenes, installed by `cargo xtask setup`).
+
+use std::path::Path;
+
+use candle_core::Device;
+use castream_backbones::{Arch, BackboneConfig, CheckpointMeta, Model, Stem};
+use castream_data::labelled::hex;
+use castream_experiments::quick::{load_recipe, ManifestEntry};
+use castream_experiments::runner::{reproduce, Options};
+use castream_experiments::spec::Profile;
+use polars::prelude::*;
+use sha2::{Digest, Sha256};
+
+const RECIPE: &str = r#"
+[data]
+train_images = 59000
+eval_batch_size = 64
+
+[[backbone]]
+name = "tiny"
+init_seed = 0
+model = { arch = "resnet18", num_classes = 10, stem = "small", base_width = 4 }
+train = { epochs = 1, batch_size = 8, seed = 0, optimizer = { kind = "adam-w", lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0 }, schedule = { kind = "constant" } }
+"#;
+
+fn spec(name: &str) -> String {
+    format!(
+        "name = \"{name}\"\ntitle = \"t\"\ntarget = \"{name}\"\n[quick]\nimages = 24\nbatch_size = 12\nbackbones = [\"tiny\"]\n\
+         [quick.stream]\ntrain_images = 40\nval_images = 16\n\
+         train = {{ epochs = 1, batch_size = 20, seed = 0, optimizer = {{ kind = \"adam-w\", lr = 1e-2, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0 }}, schedule = {{ kind = \"constant\" }} }}\n"
+    )
+}
+
+/// A temporary repository root with an untrained "shipped" backbone and its manifest.
+fn fake_root() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("checkpoints/quick");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("backbones.toml"), RECIPE).unwrap();
+    let recipe = load_recipe(root.path()).unwrap().backbone.remove(0);
+    let config = BackboneConfig { stem: Stem::Small, base_width: Some(4), ..BackboneConfig::new(Arch::Resnet18, 10) };
+    assert_eq!(config, recipe.model);
+    let model = Model::new(config.clone(), 0, &Device::Cpu).unwrap();
+    let path = dir.join("tiny.safetensors");
+    let meta = CheckpointMeta {
+        config,
+        classes: Vec::new(),
+        normalisation: castream_data::Normalisation { mean: [0.31; 3], std: [0.16; 3] },
+        extra: serde_json::Value::Null,
+    };
+    model.save(&path, &meta).unwrap();
+    let entry = ManifestEntry {
+        command: "test".into(),
+        commit: "test".into(),
+        recipe,
+        data_sha256: String::new(),
+        sha256: hex(&Sha256::digest(std::fs::read(&path).unwrap())),
+        test_accuracy: 0.1,
+        test_images: 0,
+        val_accuracy: 0.1,
+        parameters: model.parameter_count(),
+        threads: 1,
+        train_seconds: 0.0,
+        history: Vec::new(),
+    };
+    let manifest = serde_json::json!({ "tiny": entry });
+    std::fs::write(dir.join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let experiments = root.path().join("experiments");
+    std::fs::create_dir_all(&experiments).unwrap();
+    for name in ["table1", "table4", "figure1", "figure3"] {
+        std::fs::write(experiments.join(format!("{name}.toml")), spec(name)).unwrap();
+    }
+    root
+}
+
+fn csv(path: &Path) -> DataFrame {
+    CsvReadOptions::default().try_into_reader_with_file_path(Some(path.into())).unwrap().finish().unwrap()
+}
+
+#[test]
+fn ca_targets_run_end_to_end_on_a_tiny_backbone() {
+    let root = fake_root();
+    let opts = Options {
+        root: root.path().into(),
+        experiments: root.path().join("experiments"),
+        results: root.path().join("results"),
+        profile: Profile::Quick,
+        images: None,
+        seed: None,
+    };
+    let t1 = reproduce("table1", &opts).unwrap();
+    let table1 = csv(&t1.join("table1.csv"));
+    assert_eq!(table1.height(), 2, "GAP and CA rows");
+    let pooling: Vec<&str> = table1.column("pooling").unwrap().str().unwrap().iter().flatten().collect();
+    assert_eq!(pooling, ["GAP", "CA"]);
+    let stream_params: Vec<i64> = table1.column("stream_params").unwrap().i64().unwrap().into_no_null_iter().collect();
+    assert_eq!(stream_params[0], 0);
+    // q0 (4) + 4->4, 4->8, 8->16, 16->32, 32->32 linear maps with biases.
+    assert_eq!(stream_params[1], 4 + (16 + 4) + (32 + 8) + (128 + 16) + (512 + 32) + (1024 + 32));
+    assert!(t1.join("table1.png").is_file() && t1.join("table1.md").is_file());
+
+    let t4 = reproduce("table4", &opts).unwrap();
+    assert_eq!(csv(&t4.join("table4.csv")).height(), 5, "four streams and GAP");
+
+    let f1 = reproduce("figure1", &opts).unwrap();
+    assert!(f1.join("figure1.png").is_file() && f1.join("figure1.svg").is_file());
+
+    let f3 = reproduce("figure3", &opts).unwrap();
+    let diffs = csv(&f3.join("figure3.csv"));
+    let max = diffs.column("max_abs_difference").unwrap().f64().unwrap().max().unwrap();
+    assert!(max < 1e-5, "cross attention and CAM differ by {max}");
+    assert!(f3.join("figure3.png").is_file());
+}
