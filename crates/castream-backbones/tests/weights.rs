@@ -4,7 +4,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use castream_backbones::{Arch, BackboneConfig, CheckpointMeta, KeyMismatch, Model, Stem, WeightSource};
-use castream_data::hub::{HubAccess, HubRepo, RepoKind};
+use castream_data::hub::{put_in_cache, HubAccess, HubRepo, RepoKind};
 use castream_data::Normalisation;
 
 fn tiny(arch: Arch) -> BackboneConfig {
@@ -133,23 +133,12 @@ fn a_file_that_is_not_safetensors_is_named_in_the_error() {
     assert!(msg.contains(missing.to_str().unwrap()), "{msg}");
 }
 
-/// hf-hub's cache layout (`refs/main` naming a snapshot), as a download leaves it.
-fn put_in_cache(cache: &Path, repo: &HubRepo, filename: &str, bytes: &[u8]) {
-    let folder = cache.join(format!("models--{}", repo.repo.replace('/', "--")));
-    let commit = "89abcdef0123456789abcdef0123456789abcdef";
-    std::fs::create_dir_all(folder.join("refs")).unwrap();
-    std::fs::write(folder.join("refs").join(&repo.revision), commit).unwrap();
-    let file = folder.join("snapshots").join(commit).join(filename);
-    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-    std::fs::write(file, bytes).unwrap();
-}
-
 #[test]
 fn hub_weights_load_from_a_prefilled_cache_without_network() {
     let cache = tempfile::tempdir().unwrap();
     let source = trained_source();
     let bytes = safetensors::serialize(torch_export(&source, DType::F32), None).unwrap();
-    put_in_cache(cache.path(), &HubRepo::new("timm/resnet18.castream-test", RepoKind::Model), "model.safetensors", &bytes);
+    put_in_cache(cache.path(), &HubRepo::new("timm/resnet18.castream-test", RepoKind::Model), "model.safetensors", &bytes).unwrap();
     let spec = r#"{"hub": {"repo": {"repo": "timm/resnet18.castream-test"}, "file": "model.safetensors"}}"#;
     let weights: WeightSource = serde_json::from_str(spec).unwrap();
     let mut target = Model::new(tiny(Arch::Resnet18), 2, &Device::Cpu).unwrap();

@@ -206,7 +206,7 @@ fn explicit_dir(name: DatasetName, dir: &Path, given_by: &str) -> Result<(SplitF
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::{tests::put_in_cache, RepoKind};
+    use crate::hub::{put_in_cache, RepoKind};
     use crate::labelled::tests::write_split;
 
     fn dataset_dir() -> tempfile::TempDir {
@@ -254,7 +254,7 @@ mod tests {
         for entry in std::fs::read_dir(files.path()).unwrap() {
             let entry = entry.unwrap();
             let name = entry.file_name().into_string().unwrap();
-            put_in_cache(cache.path(), &repo, &name, &std::fs::read(entry.path()).unwrap());
+            put_in_cache(cache.path(), &repo, &name, &std::fs::read(entry.path()).unwrap()).unwrap();
         }
         let loc = locator(None, Some(cache.path().into()), vec![sys.path().into()]);
         let spec = DataLocation { path: None, hub: Some(repo) };

@@ -87,32 +87,36 @@ impl HubRepo {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
+/// Places `bytes` in hf-hub's cache layout under `cache` as a download of `filename` from `repo`
+/// would (`refs/<revision>` naming a snapshot that holds the file), so that cache-only look-ups
+/// find it: for filling the cache of an offline machine from a copied file, and for tests.
+pub fn put_in_cache(cache: &Path, repo: &HubRepo, filename: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    let kind = match repo.kind {
+        RepoKind::Model => "models",
+        RepoKind::Dataset => "datasets",
+    };
+    let folder = cache.join(format!("{kind}--{}", repo.repo.replace('/', "--")));
+    // A placeholder commit: a real download names the snapshot by the commit it resolved.
+    let commit = "0000000000000000000000000000000000000000";
+    std::fs::create_dir_all(folder.join("refs"))?;
+    std::fs::write(folder.join("refs").join(&repo.revision), commit)?;
+    let path = if repo.subdir.is_empty() { filename.to_string() } else { format!("{}/{filename}", repo.subdir) };
+    let file = folder.join("snapshots").join(commit).join(path);
+    std::fs::create_dir_all(file.parent().expect("inside the snapshot"))?;
+    std::fs::write(&file, bytes)?;
+    Ok(file)
+}
 
-    /// Lays out a file in hf-hub's cache format (refs/main -> commit, snapshot file), as a real
-    /// download would leave it.
-    pub(crate) fn put_in_cache(cache: &Path, repo: &HubRepo, filename: &str, bytes: &[u8]) {
-        let kind = match repo.kind {
-            RepoKind::Model => "models",
-            RepoKind::Dataset => "datasets",
-        };
-        let folder = cache.join(format!("{kind}--{}", repo.repo.replace('/', "--")));
-        let commit = "0123456789abcdef0123456789abcdef01234567";
-        std::fs::create_dir_all(folder.join("refs")).unwrap();
-        std::fs::write(folder.join("refs").join(&repo.revision), commit).unwrap();
-        let file = folder.join("snapshots").join(commit).join(filename);
-        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-        std::fs::write(file, bytes).unwrap();
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn resolves_from_a_prefilled_cache_without_network() {
         let cache = tempfile::tempdir().unwrap();
         let mut repo = HubRepo::new("someone/weights", RepoKind::Model);
         repo.subdir = "v1".into();
-        put_in_cache(cache.path(), &repo, "v1/model.safetensors", b"abc");
+        put_in_cache(cache.path(), &repo, "model.safetensors", b"abc").unwrap();
         let path = repo.fetch("model.safetensors", HubAccess::CacheOnly, Some(cache.path())).unwrap();
         assert_eq!(std::fs::read(path).unwrap(), b"abc");
     }
@@ -121,7 +125,7 @@ pub(crate) mod tests {
     fn a_file_missing_from_the_cache_is_an_error_naming_repo_and_file() {
         let cache = tempfile::tempdir().unwrap();
         let repo = HubRepo::new("someone/data", RepoKind::Dataset);
-        put_in_cache(cache.path(), &repo, "a.bin", b"abc");
+        put_in_cache(cache.path(), &repo, "a.bin", b"abc").unwrap();
         let err = repo.fetch("b.bin", HubAccess::CacheOnly, Some(cache.path())).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("someone/data") && msg.contains("b.bin"), "{msg}");

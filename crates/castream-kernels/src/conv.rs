@@ -116,24 +116,23 @@ impl CustomOp2 for Conv2d {
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (need_x, need_w) = (x.track_op(), w.track_op());
-        if !need_x && !need_w {
-            return Ok((None, None));
-        }
-        let grad = grad.contiguous()?;
-        let both = x.apply_op3_no_bwd(w, &grad, &ConvBackward { p: self.0, need_x, need_w })?;
-        split_grads(&both, x, w, need_x, need_w)
+        fused_backward(x, w, grad, |need_x, need_w| ConvBackward { p: self.0, need_x, need_w })
     }
 }
 
-/// Unpacks a backward op's `[grad_x | grad_w]` buffer (custom ops return a single tensor).
-pub(crate) fn split_grads(
-    both: &Tensor,
+/// Runs a fused backward op `(x, w, grad_y) -> [grad_x | grad_w]` for whichever of `x` and `w`
+/// candle tracks, and splits its single flat output (custom ops return one tensor).
+pub(crate) fn fused_backward<Op: CustomOp3>(
     x: &Tensor,
     w: &Tensor,
-    need_x: bool,
-    need_w: bool,
+    grad: &Tensor,
+    op: impl FnOnce(bool, bool) -> Op,
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let (need_x, need_w) = (x.track_op(), w.track_op());
+    if !need_x && !need_w {
+        return Ok((None, None));
+    }
+    let both = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op(need_x, need_w))?;
     let (nx, nw) = (x.elem_count(), w.elem_count());
     let gx = if need_x { Some(both.narrow(0, 0, nx)?.reshape(x.shape())?) } else { None };
     let gw = if need_w { Some(both.narrow(0, nx, nw)?.reshape(w.shape())?) } else { None };

@@ -6,7 +6,7 @@
 //! `row += w * shifted_row` passes per output row. Forward and input gradient are parallel over
 //! (image, channel) planes, the weight gradient over channels (no reduction across threads).
 
-use crate::conv::{split_grads, Geom};
+use crate::conv::{fused_backward, Geom};
 use crate::cpu::{f32_slice, simd_dispatch};
 use crate::Conv2dParams;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
@@ -197,13 +197,7 @@ impl CustomOp2 for DepthwiseConv2d {
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (need_x, need_w) = (x.track_op(), w.track_op());
-        if !need_x && !need_w {
-            return Ok((None, None));
-        }
-        let grad = grad.contiguous()?;
-        let both = x.apply_op3_no_bwd(w, &grad, &DepthwiseBackward { p: self.0, need_x, need_w })?;
-        split_grads(&both, x, w, need_x, need_w)
+        fused_backward(x, w, grad, |need_x, need_w| DepthwiseBackward { p: self.0, need_x, need_w })
     }
 }
 
