@@ -48,6 +48,9 @@ enum Command {
         /// Skip the ONNX Runtime comparison.
         #[arg(long)]
         no_onnx: bool,
+        /// Only the cases whose label contains this (e.g. `convnext`, `quick`, `resnet50`).
+        #[arg(long)]
+        only: Option<String>,
     },
     /// List the specs and whether each can run yet.
     List {
@@ -114,7 +117,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::TrainBackbones { retrain, resume, only } => {
             castream_experiments::quick::train_backbones(Path::new("."), &TrainOptions { retrain, resume, only })
         }
-        Command::Bench { runs, no_onnx } => castream_experiments::bench::run(Path::new("."), runs, !no_onnx),
+        Command::Bench { runs, no_onnx, only } => {
+            castream_experiments::bench::run(Path::new("."), runs, !no_onnx, only.as_deref())
+        }
         Command::List { experiments } => {
             for name in available_specs(&experiments) {
                 let spec = Spec::load(&experiments.join(format!("{name}.toml")))?;

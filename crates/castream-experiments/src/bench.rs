@@ -121,14 +121,15 @@ fn onnx(case: &Case, dir: &Path, runs: usize) -> Result<f64> {
     json["images_per_s"].as_f64().context("onnx_bench.py printed no images_per_s")
 }
 
-/// Runs every case and prints the figures as Markdown tables.
-pub fn run(root: &Path, runs: usize, with_onnx: bool) -> Result<()> {
+/// Runs every case whose label contains `only` (all when `None`) and prints the figures as
+/// Markdown tables.
+pub fn run(root: &Path, runs: usize, with_onnx: bool, only: Option<&str>) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     println!("threads: {} (RAYON_NUM_THREADS)\n", rayon::current_num_threads());
     println!("| backbone | batch x size | GFLOP/img | fwd img/s | fwd GFLOP/s | train img/s | train/fwd | candle fwd img/s | candle train img/s | speed-up fwd / train | ONNX Runtime img/s | ours / ORT |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut stage_rows = Vec::new();
-    for case in cases(root)? {
+    for case in cases(root)?.into_iter().filter(|c| only.is_none_or(|o| c.label.contains(o))) {
         let fast = measure(&case, Kernels::Fast, runs)?;
         let stock = measure(&case, Kernels::Candle, runs.min(3))?;
         let b = case.batch as f64;

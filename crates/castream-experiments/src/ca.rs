@@ -106,7 +106,7 @@ pub fn quick_models(
     let cache = features.as_ref().expect("built above");
     let task = StreamTask { model: &ca, train: &cache.train, val: &cache.val, eval_batch_size: 256 };
     let run_dir = root.join("target/castream/stream-runs").join(format!("{name}-{key}"));
-    let history = train(&task, &spec.train, &run_dir, false, &mut ())?;
+    let history = train(&task, &spec.train, &run_dir, false, &mut progress::TrainBars::new(&format!("{name} stream"), false))?;
     let stream_val_accuracy = history.last().map_or(f64::NAN, |h| h.val_accuracy);
     let tensors: std::collections::HashMap<String, candle_core::Tensor> =
         ca.stream.named_vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();

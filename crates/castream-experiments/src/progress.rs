@@ -1,5 +1,6 @@
 //! Progress bars for long work. indicatif hides them when stderr is not a terminal (CI, pipes).
 
+use castream_backbones::train::{EpochReport, Progress};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// A bar over `len` steps with a message, elapsed time and ETA.
@@ -8,4 +9,47 @@ pub fn bar(len: u64, message: impl Into<String>) -> ProgressBar {
         .expect("static template")
         .progress_chars("=> ");
     ProgressBar::new(len).with_style(style).with_message(message.into())
+}
+
+/// Progress of a training run: a bar per epoch with the running loss, and optionally one printed
+/// line per finished epoch.
+pub struct TrainBars {
+    name: String,
+    print_epochs: bool,
+    bar: Option<ProgressBar>,
+}
+
+impl TrainBars {
+    pub fn new(name: &str, print_epochs: bool) -> TrainBars {
+        TrainBars { name: name.into(), print_epochs, bar: None }
+    }
+}
+
+impl Progress for TrainBars {
+    fn step(&mut self, epoch: usize, step: usize, steps: usize, loss: f64) {
+        let name = &self.name;
+        let bar = self.bar.get_or_insert_with(|| self::bar(steps as u64, format!("{name} epoch {}", epoch + 1)));
+        bar.set_position(step as u64 + 1);
+        if step % 10 == 0 {
+            bar.set_message(format!("{name} epoch {} loss {loss:.3}", epoch + 1));
+        }
+    }
+
+    fn epoch(&mut self, r: &EpochReport) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        if self.print_epochs {
+            println!(
+                "{} epoch {}: loss {:.4}, train acc {:.2}%, val acc {:.2}%, lr {:.2e}, {:.0} s",
+                self.name,
+                r.epoch + 1,
+                r.train_loss,
+                100.0 * r.train_accuracy,
+                100.0 * r.val_accuracy,
+                r.lr,
+                r.seconds
+            );
+        }
+    }
 }

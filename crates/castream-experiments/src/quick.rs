@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use castream_backbones::train::{evaluate, train, Augment, EpochReport, GapTask, LabelledSet, Progress, TrainConfig};
+use castream_backbones::train::{evaluate, train, Augment, EpochReport, GapTask, LabelledSet, TrainConfig};
 use castream_backbones::{BackboneConfig, CheckpointMeta, Model};
 use castream_data::discovery::{DataLocation, DatasetName, Locator};
 use castream_data::labelled::{hex, Split};
@@ -16,7 +16,7 @@ use castream_data::Normalisation;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::progress;
+use crate::progress::{self, TrainBars};
 use crate::record::git_state;
 
 /// Where the recipe, the checkpoints and the manifest live, relative to the repository root.
@@ -142,38 +142,6 @@ pub struct TrainOptions {
     pub only: Option<String>,
 }
 
-/// Draws an epoch bar and prints one line per epoch.
-struct Bars {
-    name: String,
-    bar: Option<indicatif::ProgressBar>,
-}
-
-impl Progress for Bars {
-    fn step(&mut self, epoch: usize, step: usize, steps: usize, loss: f64) {
-        let bar = self.bar.get_or_insert_with(|| progress::bar(steps as u64, format!("{} epoch {}", self.name, epoch + 1)));
-        bar.set_position(step as u64 + 1);
-        if step % 10 == 0 {
-            bar.set_message(format!("{} epoch {} loss {loss:.3}", self.name, epoch + 1));
-        }
-    }
-
-    fn epoch(&mut self, r: &EpochReport) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-        }
-        println!(
-            "{} epoch {}: loss {:.4}, train acc {:.2}%, val acc {:.2}%, lr {:.2e}, {:.0} s",
-            self.name,
-            r.epoch + 1,
-            r.train_loss,
-            100.0 * r.train_accuracy,
-            100.0 * r.val_accuracy,
-            r.lr,
-            r.seconds
-        );
-    }
-}
-
 /// Trains the recipe's backbones that are missing (all of them with `retrain`), writing each
 /// checkpoint, its sidecar and the manifest entry.
 pub fn train_backbones(root: &Path, opts: &TrainOptions) -> Result<()> {
@@ -221,7 +189,7 @@ pub fn train_backbones(root: &Path, opts: &TrainOptions) -> Result<()> {
         let run_dir = root.join("target/castream/train").join(&b.name);
         println!("{}: training {} ({} parameters) on {} scenes", b.name, b.model.describe(), model.parameter_count(), train_ids.len());
         let started = std::time::Instant::now();
-        let history = train(&task, &b.train, &run_dir, opts.resume, &mut Bars { name: b.name.clone(), bar: None })?;
+        let history = train(&task, &b.train, &run_dir, opts.resume, &mut TrainBars::new(&b.name, true))?;
         let train_seconds = started.elapsed().as_secs_f64();
         let test_ids: Vec<usize> = (0..test_set.len()).collect();
         let test_accuracy = evaluate(&model, &subset(&test_ids, &test_set), recipe.data.eval_batch_size)?;

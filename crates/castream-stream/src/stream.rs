@@ -160,6 +160,15 @@ impl CaStream {
         out
     }
 
+    /// Multiply-adds of the stream for one image with stage outputs `features`: per block, the
+    /// logits `F q` and the pooling `F^T a` (`d_l p_l` each) and the linear map (`d_l d_next`).
+    pub fn multiply_adds(&self, features: &[Tensor]) -> Result<usize> {
+        self.blocks.iter().try_fold(0, |acc, b| {
+            let (_, d, h, w) = features[b.tap].dims4()?;
+            Ok(acc + 2 * d * h * w + b.weight.elem_count())
+        })
+    }
+
     pub fn parameter_count(&self) -> usize {
         self.named_vars().iter().map(|(_, v)| v.elem_count()).sum()
     }
@@ -298,6 +307,14 @@ mod tests {
                 assert!((fd - g[k] as f64).abs() < 2e-2 * (1.0 + fd.abs()), "{name}[{k}]: fd {fd} vs autograd {}", g[k]);
             }
         }
+    }
+
+    #[test]
+    fn multiply_adds_by_hand() {
+        let (f, widths) = features(1, 0);
+        let s = CaStream::new(&StreamConfig { taps: vec![3, 4], ..Default::default() }, widths, 5, 0, &Device::Cpu).unwrap();
+        // CA-3 reads 8x3x2 and maps 8 -> 8; CA-4 reads 8x2x2 and maps 8 -> 5.
+        assert_eq!(s.multiply_adds(&f).unwrap(), (2 * 8 * 6 + 64) + (2 * 8 * 4 + 40));
     }
 
     #[test]

@@ -87,7 +87,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         ));
     }
     Grid {
-        title: format!("{name}, block CA-{tap} ({d} channels, {h}x{w}): softmax(F q/√d) two ways, max |difference| = {max_diff:.2e}"),
+        title: format!("{name} CA-{tap} ({d}x{h}x{w}): softmax(F q/√d) two ways, max |diff| {max_diff:.1e}"),
         columns: 4,
         scale: 3,
         rows,

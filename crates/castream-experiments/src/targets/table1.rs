@@ -51,19 +51,26 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let n = s.images.unwrap_or(DEFAULT_IMAGES).min(data.test.len());
     let mut rows: (Vec<String>, Vec<String>, Vec<f64>, Vec<f64>, Vec<f64>) = Default::default();
     let (mut params_total, mut params_stream, mut speed, mut paper) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut gflops = Vec::new();
     let mut notes = Vec::new();
     for name in &s.backbones {
         let m = quick_models(ctx.root, name, &s.stream, &data, &mut None)?;
         let (gap, ca) = correctness(&[&m], &data, n, s.batch_size)?;
         let ca = &ca[0];
         let (x, _) = data.test.batch(&(0..s.batch_size.min(n)).collect::<Vec<_>>(), &m.meta.normalisation, &Device::Cpu)?;
+        // Multiply-adds of one image: the GAP network (convolutions and classifier), plus the stream.
+        let one = x.narrow(0, 0, 1)?;
+        let (logits, gap_macs) = castream_kernels::count_macs(|| m.ca.backbone.net.forward(&one, false));
+        logits?;
+        let ca_macs = gap_macs as usize + m.ca.stream.multiply_adds(&m.ca.backbone.net.stages(&one, false)?)?;
         let gap_speed = throughput(&x, |x| Ok(m.ca.backbone.net.forward(x, false)?))?;
         let ca_speed = throughput(&x, |x| Ok(m.ca.forward(x)?.0))?;
         let (p_gap, p_ca) = paper_top1(m.meta.config.arch.is_resnet());
         let backbone_params = m.ca.backbone.parameter_count();
-        for (pooling, hits, speed_v, p, extra) in
-            [("GAP", &gap, gap_speed, p_gap, 0), ("CA", ca, ca_speed, p_ca, m.ca.stream.parameter_count())]
-        {
+        for (pooling, hits, speed_v, p, extra, macs) in [
+            ("GAP", &gap, gap_speed, p_gap, 0, gap_macs as usize),
+            ("CA", ca, ca_speed, p_ca, m.ca.stream.parameter_count(), ca_macs),
+        ] {
             let iv = mean_interval(hits, RESAMPLES, 0.95, s.seed);
             rows.0.push(name.clone());
             rows.1.push(pooling.into());
@@ -73,6 +80,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             params_total.push((backbone_params + extra) as u64);
             params_stream.push(extra as u64);
             speed.push(speed_v);
+            gflops.push(2.0 * macs as f64 / 1e9);
             paper.push(Some(p));
         }
         let diff = paired_interval(ca, &gap, RESAMPLES, 0.95, s.seed);
@@ -103,7 +111,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
 
     let frame = df!(
         "backbone" => &rows.0, "pooling" => &rows.1, "top1" => &rows.2, "top1_low" => &rows.3, "top1_high" => &rows.4,
-        "params" => params_total, "stream_params" => params_stream, "images_per_s" => &speed,
+        "params" => params_total, "stream_params" => params_stream, "gflops" => &gflops, "images_per_s" => &speed,
     )?;
     let mut table = Table::new("table1", "Table 1: recognition, GAP vs CA-Stream (top-1 %)", frame)
         .with_paper("top1", &paper)?
@@ -111,10 +119,12 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             "Quick profile: first {n} Fashion-MNIST test scenes; 95% bootstrap interval in top1_low/top1_high ({RESAMPLES} resamples)."
         ))
         .note("Paper values are the authors' ImageNet numbers (ResNet-50 rows beside resnet18, ConvNeXt-B beside convnext): compare the GAP→CA change, not the level.")
+        .note("gflops: 2 x multiply-adds per image (convolutions, linear layers, the stream's attention and maps), counted while running.")
         .note(format!("images_per_s: forward of a batch of {} on this machine's {} threads (median of 3).", s.batch_size, rayon::current_num_threads()));
     for n in notes {
         table = table.note(n);
     }
+    table.decimals = 3;
     table.write(ctx.out)?;
     let categories: Vec<String> = s.backbones.clone();
     let series: Vec<(String, Vec<f64>)> = ["GAP", "CA"]
