@@ -14,7 +14,7 @@ use crate::layers::{Conv2d, LayerNorm, Linear, Params};
 const WEIGHT: Init = Init::TruncNormal { std: 0.02 };
 const BIAS: Init = Init::Constant(0.0);
 /// timm's `ls_init_value`: residual branches start almost switched off.
-const LAYER_SCALE: Init = Init::Constant(1e-6);
+const LAYER_SCALE: f64 = 1e-6;
 
 /// Depthwise 7x7 conv, LayerNorm over channels, MLP (x4, exact GELU), layer scale, residual.
 struct Block {
@@ -26,14 +26,14 @@ struct Block {
 }
 
 impl Block {
-    fn new(ps: &mut Params, name: &str, c: usize) -> Result<Block> {
+    fn new(ps: &mut Params, name: &str, c: usize, layer_scale: f64) -> Result<Block> {
         let dw = Conv2dParams { stride: 1, padding: 3, groups: c };
         Ok(Block {
             conv_dw: Conv2d::new(ps, &format!("{name}.conv_dw"), [c, 1, 7, 7], dw, WEIGHT, Some(BIAS))?,
             norm: LayerNorm::new(ps, &format!("{name}.norm"), c)?,
             fc1: Linear::new(ps, &format!("{name}.mlp.fc1"), c, 4 * c, WEIGHT, BIAS)?,
             fc2: Linear::new(ps, &format!("{name}.mlp.fc2"), 4 * c, c, WEIGHT, BIAS)?,
-            gamma: ps.tensor(format!("{name}.gamma"), &[c], LAYER_SCALE)?,
+            gamma: ps.tensor(format!("{name}.gamma"), &[c], Init::Constant(layer_scale))?,
         })
     }
 
@@ -93,7 +93,9 @@ impl ConvNext {
                 let conv = Conv2d::new(ps, &format!("{name}.downsample.1"), [dims[i], dims[i - 1], 2, 2], halve, WEIGHT, Some(BIAS))?;
                 Some((norm, conv))
             };
-            let blocks = (0..depth).map(|j| Block::new(ps, &format!("{name}.blocks.{j}"), dims[i])).collect::<Result<_>>()?;
+            let layer_scale = config.layer_scale.unwrap_or(LAYER_SCALE);
+            let blocks =
+                (0..depth).map(|j| Block::new(ps, &format!("{name}.blocks.{j}"), dims[i], layer_scale)).collect::<Result<_>>()?;
             stages.push(Stage { downsample, blocks });
         }
         let head_norm = LayerNorm::new(ps, "head.norm", dims[3])?;

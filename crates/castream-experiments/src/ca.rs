@@ -25,8 +25,10 @@ pub struct QuickModels {
     pub manifest: ManifestEntry,
     /// Validation accuracy of the stream after training.
     pub stream_val_accuracy: f64,
-    /// Memory the stream's feature cache held while training (0 when loaded from the cache).
+    /// Memory the stream's feature cache held while the stream trained.
     pub cache_bytes: usize,
+    /// Whether the trained stream came from the stream cache.
+    pub from_cache: bool,
     pub stream_file: PathBuf,
 }
 
@@ -43,6 +45,13 @@ impl QuickData {
         let set = |split| -> Result<SceneSet> { Ok(SceneSet::new(located.load(split)?, name, split, settings.scenes.clone())?) };
         Ok(QuickData { train: set(Split::Train)?, test: set(Split::Test)? })
     }
+}
+
+/// What a cached stream's JSON file records about its training.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StreamRecord {
+    val_accuracy: f64,
+    cache_bytes: usize,
 }
 
 /// Stage features of a backbone's stream-training and validation scenes, computed once (all five
@@ -85,8 +94,18 @@ pub fn quick_models(
             let t = tensors.get(&var_name).with_context(|| format!("{}: lacks `{var_name}`", stream_file.display()))?;
             var.set(t)?;
         }
-        let stream_val_accuracy: f64 = serde_json::from_slice(&std::fs::read(&meta_file)?)?;
-        return Ok(QuickModels { name: name.into(), ca, meta, manifest, stream_val_accuracy, cache_bytes: 0, stream_file });
+        let record: StreamRecord = serde_json::from_slice(&std::fs::read(&meta_file)?)
+            .with_context(|| format!("{}: corrupt; delete it to retrain the stream", meta_file.display()))?;
+        return Ok(QuickModels {
+            name: name.into(),
+            ca,
+            meta,
+            manifest,
+            stream_val_accuracy: record.val_accuracy,
+            cache_bytes: record.cache_bytes,
+            from_cache: true,
+            stream_file,
+        });
     }
 
     if features.is_none() {
@@ -112,8 +131,18 @@ pub fn quick_models(
         ca.stream.named_vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
     let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), None)?;
     castream_data::atomic::write(&stream_file, &bytes)?;
-    castream_data::atomic::write(&meta_file, serde_json::to_string(&stream_val_accuracy)?.as_bytes())?;
-    Ok(QuickModels { name: name.into(), ca, meta, manifest, stream_val_accuracy, cache_bytes: cache.bytes(), stream_file })
+    let record = StreamRecord { val_accuracy: stream_val_accuracy, cache_bytes: cache.bytes() };
+    castream_data::atomic::write(&meta_file, &serde_json::to_vec(&record)?)?;
+    Ok(QuickModels {
+        name: name.into(),
+        ca,
+        meta,
+        manifest,
+        stream_val_accuracy,
+        cache_bytes: record.cache_bytes,
+        from_cache: false,
+        stream_file,
+    })
 }
 
 /// Per-image correctness (1 or 0) on the first `n` test scenes of the GAP network and of each CA

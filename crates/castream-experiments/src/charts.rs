@@ -37,6 +37,11 @@ pub struct GroupedBars<'a> {
     pub y_label: &'a str,
     pub categories: &'a [String],
     pub series: &'a [(String, Vec<f64>)],
+    /// Optional (low, high) interval per bar, drawn as error bars; same layout as `series`.
+    pub intervals: Option<&'a [Vec<(f64, f64)>]>,
+    /// Start the value axis here instead of at 0 (to make small differences visible); the axis
+    /// label says so.
+    pub y_from: Option<f64>,
 }
 
 impl GroupedBars<'_> {
@@ -56,14 +61,21 @@ impl GroupedBars<'_> {
     {
         let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing chart `{}`: {e:?}", self.title);
         root.fill(&WHITE).map_err(err)?;
-        let y_max = self.series.iter().flat_map(|(_, v)| v.iter().copied()).fold(0.0f64, f64::max) * 1.1;
+        let highs = self.intervals.into_iter().flatten().flat_map(|v| v.iter().map(|i| i.1));
+        let y_max = self.series.iter().flat_map(|(_, v)| v.iter().copied()).chain(highs).fold(0.0f64, f64::max);
+        let y_min = self.y_from.unwrap_or(0.0);
+        let y_max = y_min + (y_max - y_min) * 1.1;
+        let y_desc = match self.y_from {
+            Some(v) => format!("{} (axis from {v})", self.y_label),
+            None => self.y_label.to_string(),
+        };
         let n = self.categories.len();
         let mut chart = ChartBuilder::on(&root)
             .caption(self.title, (FONT, 22))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(70)
-            .build_cartesian_2d(0.0..n as f64, 0.0..y_max.max(1e-9))
+            .build_cartesian_2d(0.0..n as f64, y_min..y_max.max(y_min + 1e-9))
             .map_err(err)?;
         let categories = self.categories.to_vec();
         chart
@@ -79,7 +91,7 @@ impl GroupedBars<'_> {
                 }
             })
             .y_label_formatter(&|v| if y_max >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") })
-            .y_desc(self.y_label)
+            .y_desc(y_desc)
             .label_style((FONT, 13))
             .draw()
             .map_err(err)?;
@@ -90,11 +102,19 @@ impl GroupedBars<'_> {
             chart
                 .draw_series(values.iter().enumerate().map(|(i, &v)| {
                     let x0 = i as f64 + 0.1 + s as f64 * width;
-                    Rectangle::new([(x0, 0.0), (x0 + width * 0.95, v)], colour.filled())
+                    Rectangle::new([(x0, y_min), (x0 + width * 0.95, v)], colour.filled())
                 }))
                 .map_err(err)?
                 .label(name.as_str())
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
+            if let Some(iv) = self.intervals.and_then(|all| all.get(s)) {
+                chart
+                    .draw_series(iv.iter().enumerate().map(|(i, &(lo, hi))| {
+                        let x = i as f64 + 0.1 + s as f64 * width + width * 0.475;
+                        ErrorBar::new_vertical(x, lo, (lo + hi) / 2.0, hi, BLACK.stroke_width(2), 8)
+                    }))
+                    .map_err(err)?;
+            }
         }
         chart
             .configure_series_labels()
@@ -118,7 +138,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cats = vec!["a".to_string(), "b".to_string()];
         let series = vec![("train".to_string(), vec![3.0, 5.0]), ("test".to_string(), vec![1.0, 2.0])];
-        GroupedBars { title: "Counts", y_label: "images", categories: &cats, series: &series }
+        GroupedBars { title: "Counts", y_label: "images", categories: &cats, series: &series, intervals: None, y_from: None }
             .write(&dir.path().join("c"))
             .unwrap();
         let png = image::open(dir.path().join("c.png")).unwrap().to_rgb8();

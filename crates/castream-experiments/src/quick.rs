@@ -36,8 +36,11 @@ pub struct Recipe {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecipeData {
-    /// Scenes `0..train_images` of the Fashion-MNIST train split train; the rest validate.
+    /// Scenes `0..train_images` of the Fashion-MNIST train split train; the following
+    /// `val_images` (default: all the rest) validate.
     pub train_images: usize,
+    #[serde(default)]
+    pub val_images: Option<usize>,
     pub eval_batch_size: usize,
 }
 
@@ -161,7 +164,8 @@ pub fn train_backbones(root: &Path, opts: &TrainOptions) -> Result<()> {
     let train_set = SceneSet::new(train_split, name, Split::Train, recipe.scenes.clone())?;
     let test_set = SceneSet::new(located.load(Split::Test)?, name, Split::Test, recipe.scenes.clone())?;
     let train_ids: Vec<usize> = (0..recipe.data.train_images).collect();
-    let val_ids: Vec<usize> = (recipe.data.train_images..train_set.len()).collect();
+    let val_end = recipe.data.val_images.map_or(train_set.len(), |v| (recipe.data.train_images + v).min(train_set.len()));
+    let val_ids: Vec<usize> = (recipe.data.train_images..val_end).collect();
     let bar = progress::bar(train_ids.len() as u64, "normalisation statistics");
     let normalisation = SceneStats::measure(&train_set, &train_ids, 1024, |n| bar.inc(n as u64)).normalisation();
     bar.finish_and_clear();

@@ -145,7 +145,7 @@ impl Default for Settings {
             data: DataSpec::default(),
             scenes: SceneConfig::default(),
             normalisation: Normalisation::IMAGENET,
-            backbones: vec!["resnet18".into(), "convnext".into()],
+            backbones: vec!["resnet18".into()],
             stream: StreamSpec::default(),
         }
     }

@@ -94,6 +94,8 @@ fn quick(ctx: &mut RunContext) -> Result<()> {
             y_label: "images",
             categories: &classes,
             series: &series,
+            intervals: None,
+            y_from: None,
         }
         .write(&ctx.out.join(format!("class_counts_{}", slug(name))))?;
     }

@@ -86,14 +86,18 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         let diff = paired_interval(ca, &gap, RESAMPLES, 0.95, s.seed);
         notes.push(format!(
             "{name}: CA − GAP = {:+.2} points, 95% paired bootstrap interval [{:+.2}, {:+.2}]; backbone test accuracy in the \
-             manifest {:.2}% ({} images); stream validation accuracy {:.2}%; feature cache {:.1} MiB.",
+             manifest {:.2}% ({} images); stream validation accuracy {:.2}%; {}.",
             100.0 * diff.mean,
             100.0 * diff.low,
             100.0 * diff.high,
             100.0 * m.manifest.test_accuracy,
             m.manifest.test_images,
             100.0 * m.stream_val_accuracy,
-            m.cache_bytes as f64 / (1 << 20) as f64,
+            format!(
+                "the stream trained on cached stage features holding {:.1} MiB{}",
+                m.cache_bytes as f64 / (1 << 20) as f64,
+                if m.from_cache { format!(" (loaded from {})", m.stream_file.display()) } else { String::new() }
+            ),
         ));
         ctx.record.seeds.insert(format!("stream.{name}"), s.stream.train.seed);
         ctx.record.data.push(crate::record::DataRecord {
@@ -127,11 +131,18 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     table.decimals = 3;
     table.write(ctx.out)?;
     let categories: Vec<String> = s.backbones.clone();
-    let series: Vec<(String, Vec<f64>)> = ["GAP", "CA"]
-        .iter()
-        .enumerate()
-        .map(|(k, p)| (p.to_string(), (0..s.backbones.len()).map(|b| rows.2[2 * b + k]).collect()))
-        .collect();
-    GroupedBars { title: "Top-1 accuracy, GAP vs CA-Stream", y_label: "top-1 %", categories: &categories, series: &series }
-        .write(&ctx.out.join("table1"))
+    let pick = |k: usize, v: &[f64]| (0..s.backbones.len()).map(|b| v[2 * b + k]).collect::<Vec<_>>();
+    let series: Vec<(String, Vec<f64>)> = ["GAP", "CA"].iter().enumerate().map(|(k, p)| (p.to_string(), pick(k, &rows.2))).collect();
+    let intervals: Vec<Vec<(f64, f64)>> =
+        (0..2).map(|k| pick(k, &rows.3).into_iter().zip(pick(k, &rows.4)).collect()).collect();
+    let floor = (rows.3.iter().cloned().fold(f64::MAX, f64::min) / 5.0).floor() * 5.0 - 5.0;
+    GroupedBars {
+        title: "Top-1 accuracy, GAP vs CA-Stream (95% intervals)",
+        y_label: "top-1 %",
+        categories: &categories,
+        series: &series,
+        intervals: Some(&intervals),
+        y_from: Some(floor.max(0.0)),
+    }
+    .write(&ctx.out.join("table1"))
 }
