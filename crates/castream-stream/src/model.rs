@@ -194,6 +194,23 @@ mod tests {
     }
 
     #[test]
+    fn a_convnext_backbone_gets_a_stream_through_its_layernorm_head() {
+        let config =
+            BackboneConfig { stem: Stem::Small, base_width: Some(8), depths: Some([1, 1, 1, 1]), ..BackboneConfig::new(Arch::ConvnextTiny, 3) };
+        let model = CaModel::new(Model::new(config, 1, &Device::Cpu).unwrap(), &StreamConfig::default(), 2).unwrap();
+        // ConvNeXt taps: stem 8, stages 8, 16, 32, 64; the last block maps to the head's 64 inputs.
+        assert_eq!(model.backbone.net.stage_widths(), [8, 8, 16, 32, 64]);
+        assert_eq!(model.stream.parameter_count(), 8 + (64 + 8) + (128 + 16) + (512 + 32) + (2048 + 64) + (4096 + 64));
+        let data = set(2, 4);
+        let (logits, out) = model.forward(&data.images).unwrap();
+        assert_eq!(logits.dims(), &[2, 3]);
+        assert_eq!(out.attention.len(), 5);
+        // The classifier is the backbone's own head (LayerNorm + fc) applied to the token.
+        let direct = model.backbone.net.classify(&out.token).unwrap();
+        assert_eq!(snapshot(vec![("l".into(), Var::from_tensor(&logits).unwrap())]), snapshot(vec![("l".into(), Var::from_tensor(&direct).unwrap())]));
+    }
+
+    #[test]
     fn cached_features_give_the_same_logits_as_the_live_model() {
         let model = ca_model();
         let data = set(5, 3);
