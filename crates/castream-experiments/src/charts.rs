@@ -31,6 +31,12 @@ pub const PALETTE: [RGBColor; 6] = [
     RGBColor(213, 94, 0),
 ];
 
+/// Where to start the value axis of an accuracy chart so that differences between bars show: the
+/// multiple of 5 below the lowest interval end, minus 5, never below 0.
+pub fn axis_floor(lows: &[f64]) -> f64 {
+    ((lows.iter().cloned().fold(f64::MAX, f64::min) / 5.0).floor() * 5.0 - 5.0).max(0.0)
+}
+
 /// A grouped bar chart: one group per category, one bar per series.
 pub struct GroupedBars<'a> {
     pub title: &'a str,
@@ -132,6 +138,13 @@ impl GroupedBars<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn axis_floor_by_hand() {
+        assert_eq!(axis_floor(&[83.2, 84.9]), 75.0);
+        assert_eq!(axis_floor(&[85.0]), 80.0);
+        assert_eq!(axis_floor(&[3.0]), 0.0);
+    }
 
     #[test]
     fn writes_png_and_svg_with_text() {

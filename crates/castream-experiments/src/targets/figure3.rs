@@ -5,6 +5,7 @@
 
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
+use castream_stream::minmax_normalise;
 use polars::prelude::*;
 
 use super::RunContext;
@@ -33,11 +34,11 @@ fn cam_softmax(f: &[f32], q: &[f32], positions: usize) -> Vec<f32> {
     e.iter().map(|v| (v / total) as f32).collect()
 }
 
+/// An `h x w` map bilinearly upsampled to `side x side` and min-max normalised, as drawn.
 fn upsampled(map: &[f32], h: usize, w: usize, side: usize) -> Result<Vec<f32>> {
     let t = Tensor::from_slice(map, (1, 1, h, w), &Device::Cpu)?;
-    let up: Vec<f32> = castream_kernels::upsample_bilinear2d(&t, side, side, Default::default())?.flatten_all()?.to_vec1()?;
-    let (lo, hi) = up.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-    Ok(up.iter().map(|v| (v - lo) / (hi - lo + 1e-12)).collect())
+    let up = castream_kernels::upsample_bilinear2d(&t, side, side, Default::default())?.squeeze(1)?;
+    Ok(minmax_normalise(&up)?.flatten_all()?.to_vec1()?)
 }
 
 /// Nearest-neighbour enlargement of an `h x w` map to `side x side`, so single positions stay visible.

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::RunContext;
 use crate::ca::{correctness, quick_models, QuickData};
-use crate::charts::GroupedBars;
+use crate::charts::{axis_floor, GroupedBars};
 use crate::spec::Profile;
 use crate::tables::Table;
 
@@ -135,14 +135,13 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let series: Vec<(String, Vec<f64>)> = ["GAP", "CA"].iter().enumerate().map(|(k, p)| (p.to_string(), pick(k, &rows.2))).collect();
     let intervals: Vec<Vec<(f64, f64)>> =
         (0..2).map(|k| pick(k, &rows.3).into_iter().zip(pick(k, &rows.4)).collect()).collect();
-    let floor = (rows.3.iter().cloned().fold(f64::MAX, f64::min) / 5.0).floor() * 5.0 - 5.0;
     GroupedBars {
         title: "Top-1 accuracy, GAP vs CA-Stream (95% intervals)",
         y_label: "top-1 %",
         categories: &categories,
         series: &series,
         intervals: Some(&intervals),
-        y_from: Some(floor.max(0.0)),
+        y_from: Some(axis_floor(&rows.3)),
     }
     .write(&ctx.out.join("table1"))
 }

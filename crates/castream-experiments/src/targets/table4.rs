@@ -9,7 +9,7 @@ use polars::prelude::*;
 
 use super::RunContext;
 use crate::ca::{correctness, quick_models, QuickData};
-use crate::charts::GroupedBars;
+use crate::charts::{axis_floor, GroupedBars};
 use crate::spec::{Profile, StreamSpec};
 use crate::tables::Table;
 
@@ -81,14 +81,13 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         .note("The paper's ablation numbers are not readable; no paper column.")
         .write(ctx.out)?;
     let categories: Vec<String> = VARIANTS.iter().map(|v| v.0.to_string()).chain(["GAP".to_string()]).collect();
-    let floor = (low.iter().cloned().fold(f64::MAX, f64::min) / 5.0).floor() * 5.0 - 5.0;
     GroupedBars {
         title: "Stream ablation: top-1 accuracy (95% intervals)",
         y_label: "top-1 %",
         categories: &categories,
         series: &chart_series,
         intervals: Some(&chart_intervals),
-        y_from: Some(floor.max(0.0)),
+        y_from: Some(axis_floor(&low)),
     }
     .write(&ctx.out.join("table4"))
 }
