@@ -24,6 +24,12 @@ pub trait Backbone: Send + Sync {
     /// CA-Stream applies it to its last token instead of to `GAP(F_4)`.
     fn classify(&self, pooled: &Tensor) -> Result<Tensor>;
 
+    /// The classifier's `(weight (classes, d_4), bias)` when it is a single linear layer on the
+    /// pooled features (ResNet), which CAM needs; `None` otherwise (ConvNeXt normalises first).
+    fn linear_classifier(&self) -> Option<(Tensor, Tensor)> {
+        None
+    }
+
     /// `F_0 … F_4`.
     fn stages(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
         let mut out = vec![self.stem(x, train)?];

@@ -141,6 +141,11 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         castream_kernels::linear(x, &self.weight, Some(&self.bias))
     }
+
+    /// `(weight, bias)`, detached from the parameters' gradient graph.
+    pub fn parameters(&self) -> (Tensor, Tensor) {
+        (self.weight.detach(), self.bias.detach())
+    }
 }
 
 /// LayerNorm over one dimension with an affine transform (timm's eps 1e-6): dimension 1 of NCHW

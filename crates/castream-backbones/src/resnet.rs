@@ -143,6 +143,10 @@ impl Backbone for ResNet {
     fn classify(&self, pooled: &Tensor) -> Result<Tensor> {
         self.fc.forward(pooled)
     }
+
+    fn linear_classifier(&self) -> Option<(Tensor, Tensor)> {
+        Some(self.fc.parameters())
+    }
 }
 
 #[cfg(test)]

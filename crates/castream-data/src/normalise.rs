@@ -1,6 +1,7 @@
 //! Per-channel normalisation `(x - mean) / std` of images in [0, 1], and its inverse. The
 //! explanation images of the metrics (`normalise(denormalise(x) * S)`) need both directions.
 
+use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -34,6 +35,24 @@ impl Normalisation {
             channel.iter_mut().for_each(|v| *v = *v * s + m);
         }
     }
+
+    /// `(1, 3, 1, 1)` tensors of the mean and standard deviation, for NCHW batches.
+    fn stats(&self, like: &Tensor) -> Result<(Tensor, Tensor)> {
+        let t = |v: [f32; 3]| Tensor::from_slice(&v, (1, 3, 1, 1), like.device())?.to_dtype(like.dtype());
+        Ok((t(self.mean)?, t(self.std)?))
+    }
+
+    /// A normalised NCHW batch back in pixel space [0, 1] (the tensor form of [`Normalisation::invert`]).
+    pub fn to_pixels(&self, x: &Tensor) -> Result<Tensor> {
+        let (mean, std) = self.stats(x)?;
+        x.broadcast_mul(&std)?.broadcast_add(&mean)
+    }
+
+    /// A pixel-space NCHW batch normalised (the tensor form of [`Normalisation::apply`]).
+    pub fn from_pixels(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (mean, std) = self.stats(pixels)?;
+        pixels.broadcast_sub(&mean)?.broadcast_div(&std)
+    }
 }
 
 #[cfg(test)]
@@ -48,5 +67,18 @@ mod tests {
         assert_eq!(x, vec![1.0, -1.0, 1.0, 2.0, 2.0, -1.0]);
         n.invert(&mut x);
         assert_eq!(x, vec![1.0, 0.0, 0.5, 0.75, 4.0, -2.0]);
+    }
+
+    #[test]
+    fn tensor_forms_match_the_slice_forms() {
+        let n = Normalisation { mean: [0.5, 0.25, 0.0], std: [0.5, 0.25, 2.0] };
+        let pixels: Vec<f32> = (0..24).map(|i| i as f32 / 23.0).collect();
+        let t = Tensor::from_slice(&pixels, (2, 3, 2, 2), &candle_core::Device::Cpu).unwrap();
+        let normalised: Vec<f32> = n.from_pixels(&t).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let mut want = pixels.clone();
+        want.chunks_exact_mut(12).for_each(|img| n.apply(img));
+        assert_eq!(normalised, want);
+        let back = n.to_pixels(&n.from_pixels(&t).unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        back.iter().zip(&pixels).for_each(|(a, b)| assert!((a - b).abs() < 1e-6));
     }
 }

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
+use castream_cam::overlay;
 use castream_data::scenes::BBox;
 use plotters::prelude::*;
 
@@ -17,24 +18,15 @@ pub struct Tile {
     pub boxes: Vec<BBox>,
 }
 
-/// The jet colour map (dark blue, blue, cyan, yellow, red, dark red) of a value in [0, 1]: MATLAB's
-/// piecewise-linear definition, knots at 1/8, 3/8, 5/8, 7/8.
-pub fn jet(v: f32) -> [f32; 3] {
-    let v = v.clamp(0.0, 1.0);
-    let ramp = |centre: f32| (1.5 - (4.0 * v - centre).abs()).clamp(0.0, 1.0);
-    [ramp(3.0), ramp(2.0), ramp(1.0)]
-}
-
 impl Tile {
-    /// A `side x side` map with values in [0, 1] drawn with [`jet`].
+    /// A `side x side` map with values in [0, 1] drawn with the jet colour map.
     pub fn heatmap(map: &[f32], side: usize, caption: String) -> Tile {
-        let plane = side * side;
-        let mut rgb = vec![0.0; 3 * plane];
-        for (i, &v) in map.iter().enumerate() {
-            let [r, g, b] = jet(v);
-            (rgb[i], rgb[plane + i], rgb[2 * plane + i]) = (r, g, b);
-        }
-        Tile { rgb, side, caption, boxes: Vec::new() }
+        Tile { rgb: overlay::heatmap(map), side, caption, boxes: Vec::new() }
+    }
+
+    /// The jet map of `map` blended on the CHW image `rgb` (both `side x side`).
+    pub fn overlay(rgb: &[f32], map: &[f32], side: usize, caption: String) -> Tile {
+        Tile { rgb: overlay::blend(rgb, map, 0.5), side, caption, boxes: Vec::new() }
     }
 }
 
@@ -109,17 +101,6 @@ impl Grid {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn jet_has_its_colours_at_the_knots() {
-        assert_eq!(jet(0.0), [0.0, 0.0, 0.5]);
-        assert_eq!(jet(0.125), [0.0, 0.0, 1.0]);
-        assert_eq!(jet(0.375), [0.0, 1.0, 1.0]);
-        assert_eq!(jet(0.625), [1.0, 1.0, 0.0]);
-        assert_eq!(jet(0.875), [1.0, 0.0, 0.0]);
-        assert_eq!(jet(1.0), [0.5, 0.0, 0.0]);
-        assert_eq!(jet(-3.0), jet(0.0));
-    }
 
     #[test]
     fn tiles_land_where_expected_with_their_boxes() {

@@ -1,3 +1,13 @@
 //! Interpretability metrics (METHOD.md §5) and the statistics every table cell carries.
+//!
+//! - [`confidence`]: explanation images and per-image Average Drop / Gain / Increase.
+//! - [`causal`]: RISE-style insertion and deletion curves, batched, and their AUC.
+//! - [`localisation`]: pointing game, energy in a box or mask, box IoU of a binarised map.
+//! - [`sanity`]: Spearman rank correlation, for the randomisation sanity checks.
+//! - [`bootstrap`]: percentile bootstrap intervals of means and paired differences.
 
 pub mod bootstrap;
+pub mod causal;
+pub mod confidence;
+pub mod localisation;
+pub mod sanity;

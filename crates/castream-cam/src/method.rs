@@ -1,0 +1,51 @@
+//! The one interface of every saliency method, and the post-processing all share (METHOD.md §4):
+//! `S = relu(map)`, per-image min-max to [0, 1] (a constant map gives zeros, never NaN), bilinear
+//! upsampling to the input.
+
+use anyhow::Result;
+use candle_core::Tensor;
+use castream_kernels::Kernels;
+use castream_stream::minmax_normalise;
+
+use crate::subject::Subject;
+
+/// A saliency method. Implementations return the raw map; [`explain`] post-processes it.
+pub trait CamMethod: Send + Sync {
+    /// The name tables and figures print, e.g. `Grad-CAM`.
+    fn name(&self) -> &'static str;
+
+    /// The map of `classes[i]` for image `i` of the normalised batch `x`: `(B, h, w)` at any
+    /// resolution (the target layer's for CAMs), before rectification and normalisation.
+    fn saliency(&self, subject: &Subject, x: &Tensor, classes: &[u32]) -> Result<Tensor>;
+}
+
+/// Post-processed saliency of a batch.
+pub struct Explanation {
+    /// `(B, h, w)` at the method's resolution, in [0, 1].
+    pub maps: Tensor,
+    /// `(B, H, W)` bilinearly upsampled to the input, in [0, 1] (a convex combination of `maps`).
+    pub upsampled: Tensor,
+}
+
+/// Runs `method` on the batch `x` for `classes` (one per image) and post-processes the maps.
+pub fn explain(method: &dyn CamMethod, subject: &Subject, x: &Tensor, classes: &[u32]) -> Result<Explanation> {
+    let (b, _, h, w) = x.dims4()?;
+    anyhow::ensure!(classes.len() == b, "{} classes for {b} images: give one class per image", classes.len());
+    let maps = minmax_normalise(&method.saliency(subject, x, classes)?.relu()?)?;
+    let upsampled = upsample(&maps, h, w)?;
+    Ok(Explanation { maps, upsampled })
+}
+
+/// `(B, h, w)` maps bilinearly resized to `(B, H, W)` (align_corners = false, as torch and OpenCV).
+pub fn upsample(maps: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    let (_, mh, mw) = maps.dims3()?;
+    if (mh, mw) == (h, w) {
+        return Ok(maps.clone());
+    }
+    Ok(castream_kernels::upsample_bilinear2d(&maps.unsqueeze(1)?, h, w, Kernels::Fast)?.squeeze(1)?)
+}
+
+/// `sum_k w_k A^k`: channel weights `(B, K)` applied to activations `(B, K, h, w)`, giving `(B, h, w)`.
+pub fn weighted_sum(weights: &Tensor, a: &Tensor) -> Result<Tensor> {
+    Ok(a.broadcast_mul(&weights.unsqueeze(2)?.unsqueeze(3)?)?.sum(1)?)
+}
