@@ -20,6 +20,7 @@ pub trait CamMethod: Send + Sync {
 }
 
 /// Post-processed saliency of a batch.
+#[derive(Debug)]
 pub struct Explanation {
     /// `(B, h, w)` at the method's resolution, in [0, 1].
     pub maps: Tensor,

@@ -1,0 +1,293 @@
+//! Every method against an independent computation on tiny random networks: finite differences,
+//! brute-force loops of the published formulas, one-image-at-a-time runs and known identities.
+
+use candle_core::{Device, Tensor};
+use castream_backbones::{Arch, BackboneConfig, Model, Stem};
+use castream_cam::gradients::target_gradients;
+use castream_cam::method::weighted_sum;
+use castream_cam::methods::{AblationCam, GradCamPlusPlus, ScoreCam};
+use castream_cam::{explain, upsample, CamMethod, Method, MethodOptions, Pooling, Subject};
+use castream_data::Normalisation;
+use castream_stream::{CaModel, StreamConfig};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const CLASSES: usize = 3;
+const SIDE: usize = 32;
+
+fn backbone(seed: u64) -> Model {
+    let config = BackboneConfig { stem: Stem::Small, base_width: Some(4), ..BackboneConfig::new(Arch::Resnet18, CLASSES) };
+    Model::new(config, seed, &Device::Cpu).unwrap()
+}
+
+fn ca_model() -> CaModel {
+    CaModel::new(backbone(1), &StreamConfig::default(), 2).unwrap()
+}
+
+fn images(n: usize, seed: u64) -> Tensor {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let v: Vec<f32> = (0..n * 3 * SIDE * SIDE).map(|_| rng.random_range(-1.5f32..1.5)).collect();
+    Tensor::from_vec(v, (n, 3, SIDE, SIDE), &Device::Cpu).unwrap()
+}
+
+const NORM: Normalisation = Normalisation { mean: [0.4, 0.5, 0.6], std: [0.2, 0.25, 0.3] };
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn max_abs(a: &[f32]) -> f32 {
+    a.iter().fold(0.0, |m, v| m.max(v.abs()))
+}
+
+/// `y_c` with the target activation replaced by each of `variants` (rows of a batch built from one image).
+fn logits_of_variants(subject: &Subject, x: &Tensor, variants: &[Vec<f32>], class: u32) -> Vec<f32> {
+    let acts = subject.activations(x).unwrap();
+    let shape = acts.target.dims().to_vec();
+    let ids = vec![0u32; variants.len()];
+    let rows = acts.select(&ids).unwrap();
+    let a = Tensor::from_vec(variants.concat(), (variants.len(), shape[1], shape[2], shape[3]), &Device::Cpu).unwrap();
+    let logits = subject.logits_from(&rows, &a).unwrap();
+    logits.to_vec2::<f32>().unwrap().iter().map(|r| r[class as usize]).collect()
+}
+
+fn check_grad_cam_against_finite_differences(subject: &Subject) {
+    let x = images(1, 7);
+    let class = 1u32;
+    let a = flat(&subject.activations(&x).unwrap().target);
+    let (_, k, h, w) = subject.activations(&x).unwrap().target.dims4().unwrap();
+    let eps = 1e-2f32;
+    let mut variants = Vec::new();
+    for i in 0..a.len() {
+        for sign in [1.0, -1.0] {
+            let mut v = a.clone();
+            v[i] += sign * eps;
+            variants.push(v);
+        }
+    }
+    let y = logits_of_variants(subject, &x, &variants, class);
+    let fd: Vec<f32> = (0..a.len()).map(|i| (y[2 * i] - y[2 * i + 1]) / (2.0 * eps)).collect();
+    // Grad-CAM's weights: the finite-difference gradient averaged over positions.
+    let weights: Vec<f32> = (0..k).map(|c| fd[c * h * w..(c + 1) * h * w].iter().sum::<f32>() / (h * w) as f32).collect();
+    let t = target_gradients(subject, &x, &[class]).unwrap();
+    let grads = flat(&t.gradients);
+    assert!(max_abs_diff(&grads, &fd) <= 2e-3 * max_abs(&fd).max(1e-3), "gradient vs finite differences");
+    let expected = weighted_sum(&Tensor::from_vec(weights, (1, k), &Device::Cpu).unwrap(), &t.activations).unwrap();
+    let got = Method::GradCam.build(&MethodOptions::default()).saliency(subject, &x, &[class]).unwrap();
+    let (e, g) = (flat(&expected), flat(&got));
+    assert!(max_abs(&e) > 0.0, "a map of zeros proves nothing");
+    assert!(max_abs_diff(&e, &g) <= 2e-3 * max_abs(&e), "Grad-CAM {g:?} vs finite differences {e:?}");
+}
+
+#[test]
+fn grad_cam_weights_are_the_averaged_finite_difference_gradient_gap() {
+    let model = backbone(3);
+    check_grad_cam_against_finite_differences(&Subject::new(Pooling::Gap(&model), NORM));
+}
+
+#[test]
+fn grad_cam_weights_are_the_averaged_finite_difference_gradient_ca() {
+    // Through CA-4 the score is no longer linear in A: the attention's softmax bends it.
+    let model = ca_model();
+    check_grad_cam_against_finite_differences(&Subject::new(Pooling::Ca(&model), NORM));
+}
+
+#[test]
+fn grad_cam_plus_plus_matches_a_loop_over_its_formula() {
+    let model = ca_model();
+    let subject = Subject::new(Pooling::Ca(&model), NORM);
+    let x = images(2, 11);
+    let classes = [2u32, 0];
+    let t = target_gradients(&subject, &x, &classes).unwrap();
+    let (b, k, h, w) = t.activations.dims4().unwrap();
+    let (a, g) = (flat(&t.activations), flat(&t.gradients));
+    let mut expected = vec![0f64; b * h * w];
+    for i in 0..b {
+        for c in 0..k {
+            let base = (i * k + c) * h * w;
+            let sum_a: f64 = (0..h * w).map(|p| a[base + p] as f64).sum();
+            let mut weight = 0f64;
+            for p in 0..h * w {
+                let gp = g[base + p] as f64;
+                if gp != 0.0 {
+                    let alpha = gp * gp / (2.0 * gp * gp + sum_a * gp * gp * gp + 1e-6);
+                    weight += gp.max(0.0) * alpha;
+                }
+            }
+            for p in 0..h * w {
+                expected[i * h * w + p] += weight * a[base + p] as f64;
+            }
+        }
+    }
+    let expected: Vec<f32> = expected.into_iter().map(|v| v as f32).collect();
+    let got = flat(&GradCamPlusPlus.saliency(&subject, &x, &classes).unwrap());
+    assert!(max_abs(&expected) > 0.0);
+    assert!(max_abs_diff(&expected, &got) <= 1e-4 * max_abs(&expected), "{got:?} vs {expected:?}");
+}
+
+/// Score-CAM's weights one channel at a time, with slices and loops instead of the batched tensors.
+fn score_cam_loop(subject: &Subject, x: &Tensor, class: u32, channels: &[usize]) -> Vec<f32> {
+    let a = subject.activations(x).unwrap().target;
+    let (_, k, _, _) = a.dims4().unwrap();
+    let mut weights = vec![0f32; k];
+    let mut pixels = flat(x);
+    NORM.invert(&mut pixels);
+    for &c in channels {
+        let up = flat(&upsample(&a.narrow(1, c, 1).unwrap().squeeze(0).unwrap(), SIDE, SIDE).unwrap());
+        let (lo, hi) = up.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+        let mask: Vec<f32> = up.iter().map(|v| (v - lo) / (hi - lo + 1e-7)).collect();
+        let mut masked: Vec<f32> = pixels.iter().enumerate().map(|(i, p)| p * mask[i % (SIDE * SIDE)]).collect();
+        NORM.apply(&mut masked);
+        let input = Tensor::from_vec(masked, (1, 3, SIDE, SIDE), &Device::Cpu).unwrap();
+        let logits = flat(&subject.logits(&input).unwrap());
+        let max = logits.iter().cloned().fold(f32::MIN, f32::max);
+        let total: f32 = logits.iter().map(|l| (l - max).exp()).sum();
+        weights[c] = (logits[class as usize] - max).exp() / total;
+    }
+    flat(&weighted_sum(&Tensor::from_vec(weights, (1, k), &Device::Cpu).unwrap(), &a).unwrap())
+}
+
+#[test]
+fn score_cam_matches_a_one_channel_at_a_time_loop() {
+    for ca in [false, true] {
+        let (gap, ca_m) = (backbone(5), ca_model());
+        let pooling = if ca { Pooling::Ca(&ca_m) } else { Pooling::Gap(&gap) };
+        let subject = Subject::new(pooling, NORM);
+        let x = images(1, 13);
+        let k = subject.activations(&x).unwrap().target.dim(1).unwrap();
+        let expected = score_cam_loop(&subject, &x, 2, &(0..k).collect::<Vec<_>>());
+        // A chunk that does not divide K exercises the last, partial chunk.
+        let got = flat(&ScoreCam { chunk: 5, channels: None }.saliency(&subject, &x, &[2]).unwrap());
+        assert!(max_abs(&expected) > 0.0);
+        assert!(max_abs_diff(&expected, &got) <= 1e-4 * max_abs(&expected), "ca={ca}: {got:?} vs {expected:?}");
+    }
+}
+
+#[test]
+fn score_cam_channel_subsampling_scores_the_most_active_channels() {
+    let model = backbone(5);
+    let subject = Subject::new(Pooling::Gap(&model), NORM);
+    let x = images(1, 17);
+    let a = subject.activations(&x).unwrap().target;
+    let means = flat(&a.mean((2, 3)).unwrap());
+    let mut order: Vec<usize> = (0..means.len()).collect();
+    order.sort_by(|&p, &q| means[q].total_cmp(&means[p]));
+    let expected = score_cam_loop(&subject, &x, 0, &order[..6]);
+    let got = flat(&ScoreCam { chunk: 4, channels: Some(6) }.saliency(&subject, &x, &[0]).unwrap());
+    assert!(max_abs_diff(&expected, &got) <= 1e-4 * max_abs(&expected).max(1e-6));
+}
+
+#[test]
+fn ablation_cam_matches_a_one_channel_at_a_time_loop() {
+    let model = ca_model();
+    let subject = Subject::new(Pooling::Ca(&model), NORM);
+    let x = images(1, 19);
+    let class = 1u32;
+    let a = subject.activations(&x).unwrap().target;
+    let (_, k, h, w) = a.dims4().unwrap();
+    let base = flat(&a);
+    let y0 = logits_of_variants(&subject, &x, std::slice::from_ref(&base), class)[0];
+    let weights: Vec<f32> = (0..k)
+        .map(|c| {
+            let mut v = base.clone();
+            v[c * h * w..(c + 1) * h * w].iter_mut().for_each(|e| *e = 0.0);
+            (y0 - logits_of_variants(&subject, &x, &[v], class)[0]) / y0
+        })
+        .collect();
+    let expected = flat(&weighted_sum(&Tensor::from_vec(weights, (1, k), &Device::Cpu).unwrap(), &a).unwrap());
+    let got = flat(&AblationCam { chunk: 7 }.saliency(&subject, &x, &[class]).unwrap());
+    assert!(max_abs(&expected) > 0.0);
+    assert!(max_abs_diff(&expected, &got) <= 1e-4 * max_abs(&expected));
+}
+
+#[test]
+fn batched_maps_equal_one_image_at_a_time_maps() {
+    let (gap, ca) = (backbone(9), ca_model());
+    let x = images(3, 23);
+    let classes = [0u32, 2, 1];
+    let options = MethodOptions { chunk: 10, ..MethodOptions::default() };
+    for pooling in [Pooling::Gap(&gap), Pooling::Ca(&ca)] {
+        let subject = Subject::new(pooling, NORM);
+        for m in Method::ALL.into_iter().filter(|m| m.applies_to(subject.is_ca())) {
+            let method = m.build(&options);
+            let batched = flat(&explain(method.as_ref(), &subject, &x, &classes).unwrap().upsampled);
+            let plane = SIDE * SIDE;
+            for (i, &c) in classes.iter().enumerate() {
+                let one = flat(&explain(method.as_ref(), &subject, &x.narrow(0, i, 1).unwrap(), &[c]).unwrap().upsampled);
+                let d = max_abs_diff(&batched[i * plane..(i + 1) * plane], &one);
+                assert!(d <= 1e-4, "{m} ca={} image {i}: batched differs by {d}", subject.is_ca());
+            }
+        }
+    }
+}
+
+#[test]
+fn for_a_gap_network_grad_cam_hirescam_and_xgrad_cam_equal_cam() {
+    // With GAP and a linear classifier dy_c/dA^k_ij = W_ck / hw at every position, so the
+    // gradient methods reduce to CAM up to a positive factor, which normalisation removes.
+    let model = backbone(4);
+    let subject = Subject::new(Pooling::Gap(&model), NORM);
+    let x = images(2, 29);
+    let classes = [1u32, 2];
+    let cam = flat(&explain(Method::Cam.build(&MethodOptions::default()).as_ref(), &subject, &x, &classes).unwrap().maps);
+    assert!(max_abs(&cam) > 0.5, "CAM maps are normalised to [0, 1]");
+    for m in [Method::GradCam, Method::HiResCam, Method::XGradCam] {
+        let got = flat(&explain(m.build(&MethodOptions::default()).as_ref(), &subject, &x, &classes).unwrap().maps);
+        assert!(max_abs_diff(&cam, &got) <= 1e-4, "{m} differs from CAM");
+    }
+}
+
+#[test]
+fn constant_activations_give_zero_maps_never_nan() {
+    // A backbone with every weight zero: A is constant (zero), gradients and masks degenerate.
+    let (gap, ca) = (backbone(2), ca_model());
+    for model in [&gap, &ca.backbone] {
+        for (_, var) in model.named_vars() {
+            var.set(&var.as_tensor().zeros_like().unwrap()).unwrap();
+        }
+    }
+    let x = images(2, 31);
+    for pooling in [Pooling::Gap(&gap), Pooling::Ca(&ca)] {
+        let subject = Subject::new(pooling, NORM);
+        for m in Method::ALL.into_iter().filter(|m| m.applies_to(subject.is_ca())) {
+            let e = explain(m.build(&MethodOptions::default()).as_ref(), &subject, &x, &[0, 1]).unwrap();
+            for v in flat(&e.maps).into_iter().chain(flat(&e.upsampled)) {
+                assert!(v.is_finite() && v.abs() < 1e-5, "{m}: {v} on a constant map");
+            }
+        }
+    }
+}
+
+#[test]
+fn methods_refuse_the_pooling_they_do_not_explain() {
+    let (gap, ca) = (backbone(2), ca_model());
+    let x = images(1, 37);
+    let opts = MethodOptions::default();
+    let err = Method::Cam.build(&opts).saliency(&Subject::new(Pooling::Ca(&ca), NORM), &x, &[0]).unwrap_err();
+    assert!(err.to_string().contains("GAP"), "{err}");
+    let err = Method::RawAttention.build(&opts).saliency(&Subject::new(Pooling::Gap(&gap), NORM), &x, &[0]).unwrap_err();
+    assert!(err.to_string().contains("CA model"), "{err}");
+    let err = explain(Method::GradCam.build(&opts).as_ref(), &Subject::new(Pooling::Gap(&gap), NORM), &x, &[0, 1]).unwrap_err();
+    assert!(err.to_string().contains("one class per image"), "{err}");
+}
+
+#[test]
+fn explained_maps_are_normalised_and_upsampled_to_the_input() {
+    let model = ca_model();
+    let subject = Subject::new(Pooling::Ca(&model), NORM);
+    let x = images(2, 41);
+    for m in [Method::GradCam, Method::RawAttention] {
+        let e = explain(m.build(&MethodOptions::default()).as_ref(), &subject, &x, &[0, 1]).unwrap();
+        assert_eq!(e.upsampled.dims(), &[2, SIDE, SIDE]);
+        for i in 0..2 {
+            let v = flat(&e.upsampled.get(i).unwrap());
+            let (lo, hi) = v.iter().fold((f32::MAX, f32::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+            assert!(lo >= 0.0 && hi <= 1.0 && hi > 0.5, "{m}: range [{lo}, {hi}]");
+        }
+    }
+}
