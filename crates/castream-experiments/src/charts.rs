@@ -106,7 +106,8 @@ impl GroupedBars<'_> {
         for (s, (name, values)) in self.series.iter().enumerate() {
             let colour = PALETTE[s % PALETTE.len()];
             chart
-                .draw_series(values.iter().enumerate().map(|(i, &v)| {
+                // A missing cell (NaN) is left empty, e.g. CAM has no CA row.
+                .draw_series(values.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, &v)| {
                     let x0 = i as f64 + 0.1 + s as f64 * width;
                     Rectangle::new([(x0, y_min), (x0 + width * 0.95, v)], colour.filled())
                 }))
@@ -115,7 +116,7 @@ impl GroupedBars<'_> {
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
             if let Some(iv) = self.intervals.and_then(|all| all.get(s)) {
                 chart
-                    .draw_series(iv.iter().enumerate().map(|(i, &(lo, hi))| {
+                    .draw_series(iv.iter().enumerate().filter(|(_, (lo, hi))| lo.is_finite() && hi.is_finite()).map(|(i, &(lo, hi))| {
                         let x = i as f64 + 0.1 + s as f64 * width + width * 0.475;
                         ErrorBar::new_vertical(x, lo, (lo + hi) / 2.0, hi, BLACK.stroke_width(2), 8)
                     }))

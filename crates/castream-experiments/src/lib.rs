@@ -5,11 +5,16 @@
 pub mod bench;
 pub mod ca;
 pub mod charts;
+pub mod explain;
 pub mod grid;
+pub mod interpretability;
 pub mod progress;
 pub mod quick;
 pub mod record;
 pub mod runner;
+pub mod saliency;
+pub mod sanity;
+pub mod scorecard;
 pub mod spec;
 pub mod tables;
 pub mod targets;

@@ -13,7 +13,9 @@ use castream_data::scenes::SceneConfig;
 use castream_backbones::optim::OptimizerConfig;
 use castream_backbones::schedule::Schedule;
 use castream_backbones::train::TrainConfig;
+use castream_cam::{MethodOptions, TargetClass};
 use castream_data::Normalisation;
+use castream_metrics::causal::CausalVariant;
 use castream_stream::StreamConfig;
 use serde::{Deserialize, Serialize};
 
@@ -103,6 +105,60 @@ pub struct Settings {
     pub backbones: Vec<String>,
     /// The CA-Stream and its training on the frozen backbone.
     pub stream: StreamSpec,
+    /// How saliency maps are computed and scored (tables 2–6).
+    pub metrics: MetricsSpec,
+}
+
+/// The interpretability metrics' options (METHOD.md §5); the defaults are the authors' variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSpec {
+    /// Insertion/deletion: `authors` (8 rows of pixels per step, ground-truth class) or `opti-cam`
+    /// (one row per step, the predicted class explained and scored everywhere).
+    pub causal: CausalChoice,
+    /// Options of the CAM methods (Score-CAM's `chunk` and `channels`, raw attention's block).
+    pub cam: MethodOptions,
+    /// Bootstrap resamples of every confidence interval.
+    pub resamples: usize,
+}
+
+impl Default for MetricsSpec {
+    fn default() -> Self {
+        MetricsSpec { causal: CausalChoice::Authors, cam: MethodOptions::default(), resamples: 2000 }
+    }
+}
+
+/// The spec spelling of [`CausalVariant`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CausalChoice {
+    Authors,
+    OptiCam,
+}
+
+impl CausalChoice {
+    pub fn variant(self) -> CausalVariant {
+        match self {
+            CausalChoice::Authors => CausalVariant::Authors,
+            CausalChoice::OptiCam => CausalVariant::OptiCam,
+        }
+    }
+
+    /// The class each map explains and every score tracks.
+    pub fn target_class(self) -> TargetClass {
+        match self {
+            CausalChoice::Authors => TargetClass::GroundTruth,
+            CausalChoice::OptiCam => TargetClass::Predicted,
+        }
+    }
+
+    /// How table footers name the variant.
+    pub fn describe(self) -> &'static str {
+        match self {
+            CausalChoice::Authors => "authors' variant: ground-truth class; insertion/deletion change 8 rows of pixels per step",
+            CausalChoice::OptiCam => "Opti-CAM variant: predicted class; insertion/deletion change one row of pixels per step",
+        }
+    }
 }
 
 /// How the CA-Stream is built and trained (METHOD.md §2–3). Trained streams are cached under
@@ -147,6 +203,7 @@ impl Default for Settings {
             normalisation: Normalisation::IMAGENET,
             backbones: vec!["resnet18".into()],
             stream: StreamSpec::default(),
+            metrics: MetricsSpec::default(),
         }
     }
 }

@@ -3,7 +3,10 @@
 
 mod data_card;
 mod figure1;
+mod figure2;
 mod figure3;
+mod figure4;
+mod interpretability_table;
 mod table1;
 mod table4;
 
@@ -37,9 +40,8 @@ pub struct NotYetAvailable {
 pub fn missing_parts(target: Target) -> Option<&'static str> {
     use Target::*;
     match target {
-        DataCard | Table1 | Table4 | Figure1 | Figure3 => None,
-        Figure2 | Figure4 => Some("the CAM methods"),
-        Table2 | Table3 | Table5 | Table6 => Some("the CAM methods and the interpretability metrics"),
+        DataCard | Table1 | Table2 | Table3 | Table4 | Figure1 | Figure2 | Figure3 | Figure4 => None,
+        Table5 | Table6 => Some("the interpretability metrics"),
     }
 }
 
@@ -47,9 +49,13 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     match ctx.spec.target {
         Target::DataCard => data_card::run(ctx),
         Target::Table1 => table1::run(ctx),
+        Target::Table2 => interpretability_table::run(ctx, interpretability_table::Family::Resnet),
+        Target::Table3 => interpretability_table::run(ctx, interpretability_table::Family::Convnext),
         Target::Table4 => table4::run(ctx),
         Target::Figure1 => figure1::run(ctx),
+        Target::Figure2 => figure2::run(ctx),
         Target::Figure3 => figure3::run(ctx),
+        Target::Figure4 => figure4::run(ctx),
         target => Err(NotYetAvailable {
             target: ctx.spec.name.clone(),
             needs: missing_parts(target).expect("every target without a module has missing parts"),

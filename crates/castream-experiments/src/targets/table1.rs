@@ -5,10 +5,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
-use castream_data::labelled::hex;
+use crate::saliency::image_list_sha256;
 use castream_metrics::bootstrap::{mean_interval, paired_interval};
 use polars::prelude::*;
-use sha2::{Digest, Sha256};
 
 use super::RunContext;
 use crate::ca::{correctness, quick_models, QuickData};
@@ -109,9 +108,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         });
     }
     ctx.record.seeds.insert("bootstrap".into(), s.seed);
-    let mut hasher = Sha256::new();
-    (0..n).for_each(|i| hasher.update(format!("fashion-mnist/test/{i}\n")));
-    ctx.record.image_list_sha256 = Some(hex(&hasher.finalize()));
+    ctx.record.image_list_sha256 = Some(image_list_sha256("fashion-mnist/test", &(0..n).collect::<Vec<_>>()));
 
     let frame = df!(
         "backbone" => &rows.0, "pooling" => &rows.1, "top1" => &rows.2, "top1_low" => &rows.3, "top1_high" => &rows.4,

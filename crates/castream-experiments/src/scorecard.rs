@@ -1,0 +1,233 @@
+//! Interpretability tables from per-image scores: every cell a mean with its 95% bootstrap
+//! interval, GAP-vs-CA differences with paired intervals, the paper's values and the sign of its
+//! GAP→CA change beside ours, per-image values in Parquet, and one grouped-bar chart per metric.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Result;
+use castream_metrics::bootstrap::{mean_interval, paired_interval, Interval};
+use polars::prelude::*;
+
+use crate::charts::GroupedBars;
+use crate::interpretability::{Metric, PerImage};
+use crate::tables::Table;
+
+/// The scores of one (backbone, method, pooling) cell.
+pub struct Row {
+    pub backbone: String,
+    pub method: String,
+    pub pooling: String,
+    pub values: PerImage,
+}
+
+/// A published value: `paper(backbone, method, pooling, metric)`.
+pub type PaperLookup<'a> = &'a dyn Fn(&str, &str, &str, Metric) -> Option<f64>;
+
+pub struct Scorecard<'a> {
+    pub name: &'a str,
+    pub title: &'a str,
+    pub rows: &'a [Row],
+    pub metrics: &'a [Metric],
+    pub resamples: usize,
+    pub seed: u64,
+    pub paper: Option<PaperLookup<'a>>,
+}
+
+impl Scorecard<'_> {
+    fn interval(&self, v: &[f64]) -> Interval {
+        mean_interval(v, self.resamples, 0.95, self.seed)
+    }
+
+    /// The summary table: one row per cell, `<metric>`, `<metric>_low`, `<metric>_high` per metric,
+    /// and the paper's value and our difference to it where the paper has one.
+    pub fn summary(&self) -> Result<Table> {
+        let text = |f: fn(&Row) -> &String| self.rows.iter().map(|r| f(r).clone()).collect::<Vec<_>>();
+        let mut columns = vec![
+            Column::new("backbone".into(), text(|r| &r.backbone)),
+            Column::new("method".into(), text(|r| &r.method)),
+            Column::new("pooling".into(), text(|r| &r.pooling)),
+        ];
+        for &m in self.metrics {
+            let iv: Vec<Interval> = self.rows.iter().map(|r| self.interval(&r.values[&m])).collect();
+            columns.push(Column::new(m.name().into(), iv.iter().map(|i| i.mean).collect::<Vec<_>>()));
+            columns.push(Column::new(format!("{m}_low").into(), iv.iter().map(|i| i.low).collect::<Vec<_>>()));
+            columns.push(Column::new(format!("{m}_high").into(), iv.iter().map(|i| i.high).collect::<Vec<_>>()));
+        }
+        let mut table = Table::new(self.name, self.title, DataFrame::new(self.rows.len(), columns)?);
+        if let Some(paper) = self.paper {
+            for &m in self.metrics {
+                let values: Vec<Option<f64>> = self.rows.iter().map(|r| paper(&r.backbone, &r.method, &r.pooling, m)).collect();
+                if values.iter().any(Option::is_some) {
+                    table = table.with_paper(m.name(), &values)?;
+                }
+            }
+        }
+        let n = self.rows.first().and_then(|r| r.values.values().next()).map_or(0, Vec::len);
+        table = table.note(format!(
+            "{n} images per cell; `_low`/`_high`: 95% percentile bootstrap interval of the mean ({} resamples, seed {}).",
+            self.resamples, self.seed
+        ));
+        for line in self.sign_agreement() {
+            table = table.note(line);
+        }
+        Ok(table)
+    }
+
+    /// (backbone, method) pairs that have both a GAP and a CA row, with those rows.
+    fn pairs(&self) -> Vec<(&Row, &Row)> {
+        let find = |r: &Row, pooling: &str| {
+            self.rows.iter().find(|o| o.backbone == r.backbone && o.method == r.method && o.pooling == pooling)
+        };
+        self.rows.iter().filter(|r| r.pooling == "GAP").filter_map(|gap| Some((gap, find(gap, "CA")?))).collect()
+    }
+
+    /// The CA − GAP table: per (backbone, method, metric) the paired bootstrap interval of the
+    /// per-image difference, whether it excludes 0, the paper's change and whether the signs agree.
+    pub fn differences(&self) -> Result<Option<Table>> {
+        let pairs = self.pairs();
+        if pairs.is_empty() {
+            return Ok(None);
+        }
+        let (mut backbone, mut method, mut metric, mut diff, mut low, mut high) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut verdict, mut paper_diff, mut same_sign) = (vec![], vec![], vec![]);
+        for (gap, ca) in pairs {
+            for &m in self.metrics {
+                let d = paired_interval(&ca.values[&m], &gap.values[&m], self.resamples, 0.95, self.seed);
+                let p = self.paper_change(gap, ca, m);
+                backbone.push(gap.backbone.clone());
+                method.push(gap.method.clone());
+                metric.push(m.label());
+                diff.push(d.mean);
+                low.push(d.low);
+                high.push(d.high);
+                let better = (d.mean > 0.0) == m.higher_is_better();
+                verdict.push(if d.low > 0.0 || d.high < 0.0 {
+                    format!("CA {} (interval excludes 0)", if better { "better" } else { "worse" })
+                } else {
+                    "no clear difference".to_string()
+                });
+                paper_diff.push(p);
+                same_sign.push(p.map(|p| if p.signum() == d.mean.signum() { "yes" } else { "no" }.to_string()));
+            }
+        }
+        let frame = df!(
+            "backbone" => backbone, "method" => method, "metric" => metric,
+            "ca_minus_gap_paper" => paper_diff, "ca_minus_gap" => diff, "low" => low, "high" => high,
+            "verdict" => verdict, "same_sign_as_paper" => same_sign,
+        )?;
+        Ok(Some(
+            Table::new(&format!("{}_ca_vs_gap", self.name), &format!("{}: CA − GAP, paired", self.title), frame).note(format!(
+                "Per-image differences CA − GAP on the same images; low/high: 95% paired bootstrap interval ({} resamples).",
+                self.resamples
+            )),
+        ))
+    }
+
+    fn paper_change(&self, gap: &Row, ca: &Row, m: Metric) -> Option<f64> {
+        let paper = self.paper?;
+        Some(paper(&ca.backbone, &ca.method, "CA", m)? - paper(&gap.backbone, &gap.method, "GAP", m)?)
+    }
+
+    /// One line per metric: for how many methods our GAP→CA change has the paper's sign.
+    fn sign_agreement(&self) -> Vec<String> {
+        let pairs = self.pairs();
+        let mut lines = Vec::new();
+        for &m in self.metrics {
+            let marks: Vec<String> = pairs
+                .iter()
+                .filter_map(|(gap, ca)| {
+                    let p = self.paper_change(gap, ca, m)?;
+                    let ours = ca.values[&m].iter().sum::<f64>() - gap.values[&m].iter().sum::<f64>();
+                    Some(format!("{} {}", gap.method, if p.signum() == ours.signum() { "✓" } else { "✗" }))
+                })
+                .collect();
+            if !marks.is_empty() {
+                let agree = marks.iter().filter(|s| s.ends_with('✓')).count();
+                lines.push(format!(
+                    "Same sign as the paper's GAP→CA change, {}: {agree} of {} ({}).",
+                    m.label(),
+                    marks.len(),
+                    marks.join(", ")
+                ));
+            }
+        }
+        lines
+    }
+
+    /// Every per-image value: `<name>_per_image.parquet` (backbone, method, pooling, image, metrics).
+    pub fn write_per_image(&self, images: &[usize], dir: &Path) -> Result<()> {
+        let repeat = |f: fn(&Row) -> &String| -> Vec<String> {
+            self.rows.iter().flat_map(|r| std::iter::repeat_n(f(r).clone(), images.len())).collect()
+        };
+        let mut columns = vec![
+            Column::new("backbone".into(), repeat(|r| &r.backbone)),
+            Column::new("method".into(), repeat(|r| &r.method)),
+            Column::new("pooling".into(), repeat(|r| &r.pooling)),
+            Column::new("image".into(), self.rows.iter().flat_map(|_| images.iter().map(|&i| i as u32)).collect::<Vec<_>>()),
+        ];
+        for &m in self.metrics {
+            columns.push(Column::new(m.name().into(), self.rows.iter().flat_map(|r| r.values[&m].clone()).collect::<Vec<_>>()));
+        }
+        let mut frame = DataFrame::new(self.rows.len() * images.len(), columns)?;
+        let path = dir.join(format!("{}_per_image.parquet", self.name));
+        castream_data::atomic::write_with(&path, |f| Ok(ParquetWriter::new(f).finish(&mut frame).map(|_| ())?))
+    }
+
+    /// One chart per metric, `<name>_<metric>.png/.svg`: a bar per method, one series per pooling,
+    /// with the intervals.
+    pub fn write_charts(&self, dir: &Path) -> Result<()> {
+        let several = self.rows.iter().any(|o| o.backbone != self.rows[0].backbone);
+        let category = |r: &Row| if several { format!("{} {}", r.backbone, r.method) } else { r.method.clone() };
+        let (mut categories, mut series_names): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+        for r in self.rows {
+            if !categories.contains(&category(r)) {
+                categories.push(category(r));
+            }
+            if !series_names.contains(&r.pooling) {
+                series_names.push(r.pooling.clone());
+            }
+        }
+        for &m in self.metrics {
+            let mut cells: BTreeMap<(usize, usize), Interval> = BTreeMap::new();
+            for r in self.rows {
+                let c = categories.iter().position(|c| *c == category(r)).expect("collected above");
+                let s = series_names.iter().position(|s| *s == r.pooling).expect("collected above");
+                cells.insert((s, c), self.interval(&r.values[&m]));
+            }
+            let get = |s: usize, c: usize| cells.get(&(s, c)).copied();
+            let series: Vec<(String, Vec<f64>)> = series_names
+                .iter()
+                .enumerate()
+                .map(|(s, n)| (n.clone(), (0..categories.len()).map(|c| get(s, c).map_or(f64::NAN, |i| i.mean)).collect()))
+                .collect();
+            let intervals: Vec<Vec<(f64, f64)>> = (0..series_names.len())
+                .map(|s| (0..categories.len()).map(|c| get(s, c).map_or((f64::NAN, f64::NAN), |i| (i.low, i.high))).collect())
+                .collect();
+            GroupedBars {
+                title: &format!("{}: {} (95% intervals)", self.title, m.label()),
+                y_label: &format!("{} %", m.name()),
+                categories: &categories,
+                series: &series,
+                intervals: Some(&intervals),
+                y_from: None,
+            }
+            .write(&dir.join(format!("{}_{}", self.name, m.name())))?;
+        }
+        Ok(())
+    }
+
+    /// Summary, differences, per-image values and charts, all into `dir`.
+    pub fn write(&self, images: &[usize], notes: &[String], dir: &Path) -> Result<()> {
+        let mut summary = self.summary()?;
+        for n in notes {
+            summary = summary.note(n.clone());
+        }
+        summary.write(dir)?;
+        if let Some(d) = self.differences()? {
+            d.write(dir)?;
+        }
+        self.write_per_image(images, dir)?;
+        self.write_charts(dir)
+    }
+}

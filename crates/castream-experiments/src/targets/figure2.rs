@@ -1,0 +1,80 @@
+//! `figure2`: the saliency grid. One row per test scene; columns: the input, the CA model's raw
+//! attention, then Grad-CAM, Grad-CAM++ and Score-CAM of the GAP network and of the CA model, each
+//! a jet overlay explaining the ground-truth class, the object's box drawn thin on every tile.
+
+use anyhow::{bail, Result};
+use candle_core::Device;
+use castream_cam::{Method, MethodOptions, Pooling, Subject};
+use polars::prelude::*;
+
+use super::RunContext;
+use crate::ca::{quick_models, QuickData};
+use crate::grid::{Grid, Tile};
+use crate::saliency::{image_list_sha256, maps};
+use crate::spec::Profile;
+use crate::tables::Table;
+
+const DEFAULT_IMAGES: usize = 8;
+const CAMS: [Method; 3] = [Method::GradCam, Method::GradCamPlusPlus, Method::ScoreCam];
+
+pub fn run(ctx: &mut RunContext) -> Result<()> {
+    if ctx.profile == Profile::Paper {
+        bail!("figure2 --profile paper: not yet available: needs an ImageNet-trained stream");
+    }
+    let s = ctx.settings;
+    let data = QuickData::load(s)?;
+    let name = s.backbones.first().map(String::as_str).unwrap_or("resnet18");
+    let m = quick_models(ctx.root, name, &s.stream, &data, &mut None)?;
+    let ids: Vec<usize> = (0..s.images.unwrap_or(DEFAULT_IMAGES).min(data.test.len())).collect();
+    ctx.record.image_list_sha256 = Some(image_list_sha256("fashion-mnist/test", &ids));
+    let norm = m.meta.normalisation;
+    let (x, y) = data.test.batch(&ids, &norm, &Device::Cpu)?;
+    let labels: Vec<u32> = y.to_vec1()?;
+    let (gap, ca) = (Subject::new(Pooling::Gap(&m.ca.backbone), norm), Subject::new(Pooling::Ca(&m.ca), norm));
+    let options = MethodOptions::default();
+    let mut columns = vec![("raw attention".to_string(), maps(Method::RawAttention, &options, &ca, &x, &labels)?)];
+    for method in CAMS {
+        for (pooling, subject) in [("GAP", &gap), ("CA", &ca)] {
+            columns.push((format!("{method} {pooling}"), maps(method, &options, subject, &x, &labels)?));
+        }
+    }
+    let (gap_pred, ca_pred) = (gap.predict(&x)?, ca.predict(&x)?);
+    let classes = data.test.dataset.class_names();
+    let side = data.test.config.canvas;
+    let rows = ids
+        .iter()
+        .enumerate()
+        .map(|(b, &i)| {
+            let scene = data.test.scene(i);
+            let boxes: Vec<_> = scene.bbox.into_iter().collect();
+            let mut tiles = vec![Tile { rgb: scene.image.clone(), side, caption: "input".into(), boxes: boxes.clone() }];
+            for (caption, maps) in &columns {
+                tiles.push(Tile { boxes: boxes.clone(), ..Tile::overlay(&scene.image, &maps[b], side, caption.clone()) });
+            }
+            let header = format!(
+                "test scene #{i}: {} (GAP predicts {}, CA predicts {})",
+                classes[scene.label], classes[gap_pred[b] as usize], classes[ca_pred[b] as usize]
+            );
+            (header, tiles)
+        })
+        .collect();
+    Grid {
+        title: format!("{name}: saliency of the ground-truth class, GAP vs CA-Stream (F_4, jet overlays, boxes = ground truth)"),
+        columns: 2 + 2 * CAMS.len(),
+        scale: 3,
+        rows,
+    }
+    .write_png(&ctx.out.join("figure2.png"))?;
+    let name_of = |v: &[u32]| v.iter().map(|&c| classes[c as usize].to_string()).collect::<Vec<_>>();
+    let frame = df!(
+        "image" => ids.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+        "label" => name_of(&labels),
+        "gap_prediction" => name_of(&gap_pred),
+        "ca_prediction" => name_of(&ca_pred),
+    )?;
+    Table::new("figure2", "Scenes of the saliency grid", frame)
+        .note(format!("{name} quick backbone and its trained stream; maps of the ground-truth class at F_4, ReLU, min-max, bilinear upsampling."))
+        .note("Raw attention: the last CA block's softmax attention (class-agnostic). Score-CAM scores every channel, 128 masked images per forward.")
+        .write(ctx.out)?;
+    Ok(())
+}
