@@ -116,9 +116,9 @@ impl GroupedBars<'_> {
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
             if let Some(iv) = self.intervals.and_then(|all| all.get(s)) {
                 chart
-                    .draw_series(iv.iter().enumerate().filter(|(_, (lo, hi))| lo.is_finite() && hi.is_finite()).map(|(i, &(lo, hi))| {
+                    .draw_series(iv.iter().zip(values).enumerate().filter(|(_, ((lo, hi), v))| lo.is_finite() && hi.is_finite() && v.is_finite()).map(|(i, (&(lo, hi), &v))| {
                         let x = i as f64 + 0.1 + s as f64 * width + width * 0.475;
-                        ErrorBar::new_vertical(x, lo, (lo + hi) / 2.0, hi, BLACK.stroke_width(2), 8)
+                        ErrorBar::new_vertical(x, lo, v, hi, BLACK.stroke_width(2), 8)
                     }))
                     .map_err(err)?;
             }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
-use castream_cam::{explain, Method, Pooling, Subject};
+use castream_cam::{explain, Method, Subject};
 use castream_data::labelled::hex;
 use castream_data::scenes::SceneSet;
 use castream_metrics::causal::{auc, causal_curves, CausalMode};
@@ -118,7 +118,7 @@ pub struct Evaluation<'a> {
 impl Evaluation<'_> {
     /// The `metrics` of `source` on `subject`, whose weights `model_key` identifies (the cache key).
     pub fn run(&self, subject: &Subject, model_key: &str, source: Source, metrics: &[Metric]) -> Result<PerImage> {
-        let file = self.cache.join(format!("{}.json", self.cell_key(subject, model_key, source, metrics)?));
+        let file = self.cache.join("scores").join(format!("{}.json", self.key(subject, model_key, source, Some(metrics))?));
         if let Ok(bytes) = std::fs::read(&file) {
             if let Ok(cached) = serde_json::from_slice::<PerImage>(&bytes) {
                 if metrics.iter().all(|m| cached.get(m).is_some_and(|v| v.len() == self.ids.len())) {
@@ -126,11 +126,14 @@ impl Evaluation<'_> {
                 }
             }
         }
+        let maps = self.maps(subject, model_key, source)?;
         let pooling = if subject.is_ca() { "CA" } else { "GAP" };
-        let bar = progress::bar(self.ids.len() as u64, format!("{} {pooling}", source.label()));
+        let bar = progress::bar(self.ids.len() as u64, format!("{} {pooling}: scoring", source.label()));
         let mut out: PerImage = metrics.iter().map(|&m| (m, Vec::with_capacity(self.ids.len()))).collect();
+        let mut first = 0;
         for chunk in self.ids.chunks(self.batch_size.max(1)) {
-            self.score_batch(subject, source, chunk, &mut out)?;
+            self.score_batch(subject, &maps.narrow(0, first, chunk.len())?, chunk, &mut out)?;
+            first += chunk.len();
             bar.inc(chunk.len() as u64);
         }
         bar.finish_and_clear();
@@ -138,10 +141,11 @@ impl Evaluation<'_> {
         Ok(out)
     }
 
-    fn cell_key(&self, subject: &Subject, model_key: &str, source: Source, metrics: &[Metric]) -> Result<String> {
+    /// A cache key over everything a cell's maps (and, with `metrics`, its scores) depend on.
+    fn key(&self, subject: &Subject, model_key: &str, source: Source, metrics: Option<&[Metric]>) -> Result<String> {
         let mut h = Sha256::new();
         h.update(model_key);
-        h.update(serde_json::to_vec(&(source, metrics, self.spec, subject.layer, subject.is_ca()))?);
+        h.update(serde_json::to_vec(&(source, metrics, &self.spec.cam, self.spec.causal, subject.layer, subject.is_ca()))?);
         h.update(serde_json::to_vec(&(self.set.dataset.display_name(), self.set.split.name(), &self.set.config))?);
         h.update(serde_json::to_vec(self.ids)?);
         if source == Source::Random {
@@ -150,15 +154,45 @@ impl Evaluation<'_> {
         Ok(hex(&h.finalize())[..20].to_string())
     }
 
-    /// Maps `(B, H, W)` in [0, 1] at the input size for the images `ids` of the batch `x`.
-    fn maps(&self, subject: &Subject, source: Source, x: &Tensor, classes: &[u32], ids: &[usize]) -> Result<Tensor> {
+    /// The post-processed maps `(N, h, w)` of every image, at the method's resolution. A CAM
+    /// method's maps are cached (Score-CAM's cost `K` forwards per image, and tables 2, 5 and 6
+    /// score the same maps); attention and baselines are cheap to recompute.
+    fn maps(&self, subject: &Subject, model_key: &str, source: Source) -> Result<Tensor> {
+        let file = self.cache.join("maps").join(format!("{}.safetensors", self.key(subject, model_key, source, None)?));
+        if matches!(source, Source::Method(_)) {
+            if let Ok(mut cached) = candle_core::safetensors::load(&file, &Device::Cpu) {
+                if let Some(maps) = cached.remove("maps").filter(|m| m.dim(0).ok() == Some(self.ids.len())) {
+                    return Ok(maps);
+                }
+            }
+        }
+        let pooling = if subject.is_ca() { "CA" } else { "GAP" };
+        let bar = progress::bar(self.ids.len() as u64, format!("{} {pooling}: maps", source.label()));
+        let mut parts = Vec::new();
+        for chunk in self.ids.chunks(self.batch_size.max(1)) {
+            let (x, y) = self.set.batch(chunk, &subject.normalisation, &Device::Cpu)?;
+            let classes = self.spec.causal.target_class().resolve(subject, &x, &y.to_vec1()?)?;
+            parts.push(self.batch_maps(subject, source, &x, &classes, chunk)?);
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        let maps = Tensor::cat(&parts, 0)?;
+        if matches!(source, Source::Method(_)) {
+            let bytes = safetensors::serialize([("maps", &maps)], None)?;
+            castream_data::atomic::write(&file, &bytes)?;
+        }
+        Ok(maps)
+    }
+
+    /// Maps `(B, h, w)` in [0, 1] for the images `ids` of the batch `x`.
+    fn batch_maps(&self, subject: &Subject, source: Source, x: &Tensor, classes: &[u32], ids: &[usize]) -> Result<Tensor> {
         let (b, _, h, w) = x.dims4()?;
         let options = &self.spec.cam;
         match source {
-            Source::Method(m) => Ok(explain(m.build(options).as_ref(), subject, x, classes)?.upsampled),
+            Source::Method(m) => Ok(explain(m.build(options).as_ref(), subject, x, classes)?.maps),
             Source::Attention(attention) => {
                 let method = Method::RawAttention.build(&castream_cam::MethodOptions { attention, ..*options });
-                Ok(explain(method.as_ref(), subject, x, classes)?.upsampled)
+                Ok(explain(method.as_ref(), subject, x, classes)?.maps)
             }
             Source::Centre => {
                 let sigma = h.max(w) as f64 / 4.0;
@@ -169,7 +203,7 @@ impl Evaluation<'_> {
                         (-(dy * dy + dx * dx) / (2.0 * sigma * sigma)).exp() as f32
                     })
                     .collect();
-                Ok(Tensor::from_vec(map, (1, h, w), x.device())?.repeat((b, 1, 1))?)
+                Ok(castream_stream::minmax_normalise(&Tensor::from_vec(map, (1, h, w), x.device())?)?.repeat((b, 1, 1))?)
             }
             Source::Random => {
                 let (_, _, gh, gw) = subject.activations(x)?.target.dims4()?;
@@ -180,19 +214,19 @@ impl Evaluation<'_> {
                         (0..gh * gw).map(move |_| rng.random::<f32>())
                     })
                     .collect();
-                let grid = Tensor::from_vec(noise, (b, gh, gw), x.device())?;
-                Ok(castream_stream::minmax_normalise(&castream_cam::upsample(&grid, h, w)?)?)
+                Ok(castream_stream::minmax_normalise(&Tensor::from_vec(noise, (b, gh, gw), x.device())?)?)
             }
         }
     }
 
-    fn score_batch(&self, subject: &Subject, source: Source, ids: &[usize], out: &mut PerImage) -> Result<()> {
+    /// Scores the images `ids` given their maps `(B, h, w)`, appending to `out`.
+    fn score_batch(&self, subject: &Subject, maps: &Tensor, ids: &[usize], out: &mut PerImage) -> Result<()> {
         let norm = subject.normalisation;
         let (x, y) = self.set.batch(ids, &norm, &Device::Cpu)?;
-        let labels: Vec<u32> = y.to_vec1()?;
-        let classes = self.spec.causal.target_class().resolve(subject, &x, &labels)?;
-        let maps = self.maps(subject, source, &x, &classes, ids)?;
+        let classes = self.spec.causal.target_class().resolve(subject, &x, &y.to_vec1()?)?;
         let (_, _, h, w) = x.dims4()?;
+        // Exactly the upsampling `explain` applies, so cached and fresh maps score the same.
+        let maps = castream_cam::upsample(maps, h, w)?;
         let wants = |group: &[Metric]| group.iter().any(|m| out.contains_key(m));
         let (confidence_wanted, localisation_wanted) = (wants(&PAPER_METRICS[..3]), wants(&LOCALISATION));
         if confidence_wanted {
@@ -233,10 +267,116 @@ impl Evaluation<'_> {
     }
 }
 
-/// The pooling's name in tables.
-pub fn pooling_name(pooling: &Pooling) -> &'static str {
-    match pooling {
-        Pooling::Gap(_) => "GAP",
-        Pooling::Ca(_) => "CA",
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use castream_backbones::{Arch, BackboneConfig, Model, Stem};
+    use castream_cam::Pooling;
+    use castream_data::discovery::DatasetName;
+    use castream_data::labelled::{LabelledImages, Split, SplitFiles};
+    use castream_data::scenes::SceneConfig;
+    use castream_data::Normalisation;
+    use castream_metrics::causal::CausalVariant;
+
+    /// Scenes of 28x28 blobs on a 32 px canvas.
+    fn scenes(n: usize) -> SceneSet {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let images: Vec<u8> = (0..n * 784)
+            .map(|p| {
+                let (y, x) = ((p % 784) / 28, p % 28);
+                if (6..22).contains(&y) && (8..20).contains(&x) { rng.random_range(80..=255) } else { 0 }
+            })
+            .collect();
+        let source = LabelledImages {
+            images,
+            labels: (0..n).map(|i| (i % 3) as u8).collect(),
+            rows: 28,
+            cols: 28,
+            classes: 3,
+            sha256: String::new(),
+            files: SplitFiles { images: "i".into(), labels: "l".into() },
+        };
+        let config = SceneConfig { canvas: 32, item_size: [12, 20], ..SceneConfig::default() };
+        SceneSet::new(source, DatasetName::FashionMnist, Split::Test, config).unwrap()
+    }
+
+    fn model() -> Model {
+        let config = BackboneConfig { stem: Stem::Small, base_width: Some(4), ..BackboneConfig::new(Arch::Resnet18, 3) };
+        Model::new(config, 3, &Device::Cpu).unwrap()
+    }
+
+    const NORM: Normalisation = Normalisation { mean: [0.4, 0.4, 0.4], std: [0.25, 0.25, 0.25] };
+    const ALL: [Metric; 8] = [
+        Metric::AverageDrop,
+        Metric::AverageGain,
+        Metric::AverageIncrease,
+        Metric::Insertion,
+        Metric::Deletion,
+        Metric::Pointing,
+        Metric::Energy,
+        Metric::Iou,
+    ];
+
+    #[test]
+    fn scores_do_not_depend_on_batching_or_the_cache() {
+        let (set, net, spec) = (scenes(5), model(), MetricsSpec::default());
+        let subject = Subject::new(Pooling::Gap(&net), NORM);
+        let ids = [0, 1, 2, 3, 4];
+        let dir = tempfile::tempdir().unwrap();
+        let eval = |batch_size, cache: PathBuf| Evaluation { set: &set, ids: &ids, batch_size, spec: &spec, seed: 1, cache };
+        for source in [Source::Method(Method::ScoreCam), Source::Random, Source::Centre] {
+            let whole = eval(5, dir.path().join("a")).run(&subject, "m", source, &ALL).unwrap();
+            let pieces = eval(2, dir.path().join("b")).run(&subject, "m", source, &ALL).unwrap();
+            let cached = eval(2, dir.path().join("a")).run(&subject, "m", source, &ALL).unwrap();
+            for m in ALL {
+                assert_eq!(whole[&m].len(), 5);
+                for (a, b) in whole[&m].iter().zip(&pieces[&m]) {
+                    assert!((a - b).abs() < 1e-3, "{source:?} {m}: {a} vs {b}");
+                }
+                assert_eq!(whole[&m], cached[&m], "{m}: the cache must return what was computed");
+            }
+        }
+    }
+
+    #[test]
+    fn scores_equal_the_metric_functions_applied_to_explain() {
+        let (set, net, spec) = (scenes(3), model(), MetricsSpec::default());
+        let subject = Subject::new(Pooling::Gap(&net), NORM);
+        let ids = [0, 1, 2];
+        let dir = tempfile::tempdir().unwrap();
+        let eval = Evaluation { set: &set, ids: &ids, batch_size: 3, spec: &spec, seed: 0, cache: dir.path().into() };
+        let got = eval.run(&subject, "m", Source::Method(Method::GradCam), &ALL).unwrap();
+        let (x, y) = set.batch(&ids, &NORM, &Device::Cpu).unwrap();
+        let classes: Vec<u32> = y.to_vec1().unwrap();
+        let maps = explain(Method::GradCam.build(&spec.cam).as_ref(), &subject, &x, &classes).unwrap().upsampled;
+        let p = class_probabilities(&subject.logits(&x).unwrap(), &classes).unwrap();
+        let o = class_probabilities(&subject.logits(&explanation_images(&x, &maps, &NORM).unwrap()).unwrap(), &classes).unwrap();
+        let expected_drop = confidence(&p, &o).drop;
+        let mut score = |b: &Tensor| subject.logits(b);
+        let deletion = causal_curves(&mut score, &x, &maps, &classes, CausalMode::Deletion, CausalVariant::Authors, 7).unwrap();
+        let flat: Vec<Vec<f32>> = maps.flatten_from(1).unwrap().to_vec2().unwrap();
+        for i in 0..3 {
+            assert!((got[&Metric::AverageDrop][i] - expected_drop[i]).abs() < 1e-9);
+            assert!((got[&Metric::Deletion][i] - 100.0 * auc(&deletion[i])).abs() < 1e-9);
+            let bbox = set.scene(ids[i]).bbox.unwrap();
+            assert!((got[&Metric::Energy][i] - 100.0 * energy_in_box(&flat[i], 32, &bbox)).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn baselines_are_maps_in_the_unit_interval_and_the_centre_peaks_in_the_middle() {
+        let (set, net, spec) = (scenes(2), model(), MetricsSpec::default());
+        let subject = Subject::new(Pooling::Gap(&net), NORM);
+        let eval = Evaluation { set: &set, ids: &[0, 1], batch_size: 2, spec: &spec, seed: 0, cache: PathBuf::new() };
+        let (x, _) = set.batch(&[0, 1], &NORM, &Device::Cpu).unwrap();
+        let centre: Vec<Vec<f32>> = eval.batch_maps(&subject, Source::Centre, &x, &[0, 0], &[0, 1]).unwrap().flatten_from(1).unwrap().to_vec2().unwrap();
+        let peak = (0..centre[0].len()).max_by(|&a, &b| centre[0][a].total_cmp(&centre[0][b])).unwrap();
+        assert!([15, 16].contains(&(peak / 32)) && [15, 16].contains(&(peak % 32)), "peak at {peak}");
+        let random = eval.batch_maps(&subject, Source::Random, &x, &[0, 0], &[0, 1]).unwrap();
+        let v: Vec<f32> = random.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(v.iter().all(|v| (0.0..=1.0).contains(v)) && v.contains(&1.0) && v.contains(&0.0));
+        // Seeded per image: the same image gets the same noise in another batch.
+        let alone = eval.batch_maps(&subject, Source::Random, &x.narrow(0, 1, 1).unwrap(), &[0], &[1]).unwrap();
+        assert_eq!(alone.flatten_all().unwrap().to_vec1::<f32>().unwrap(), random.get(1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
     }
 }

@@ -118,6 +118,11 @@ pub fn checkpoint_path(root: &Path, name: &str) -> PathBuf {
     root.join(CHECKPOINT_DIR).join(format!("{name}.safetensors"))
 }
 
+/// Whether `name` has a trained checkpoint in the manifest.
+pub fn is_shipped(root: &Path, name: &str) -> Result<bool> {
+    Ok(load_manifest(root)?.contains_key(name))
+}
+
 /// Loads a shipped backbone after checking its file against the manifest's SHA-256.
 pub fn load_backbone(root: &Path, name: &str) -> Result<(Model, CheckpointMeta, ManifestEntry)> {
     let manifest = load_manifest(root)?;

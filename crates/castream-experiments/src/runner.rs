@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use castream_data::atomic::{self, StagedDir};
 use crate::record::RunRecord;
 use crate::spec::{available_specs, Profile, Spec};
-use crate::targets::{self, missing_parts, NotYetAvailable, RunContext};
+use crate::targets::{self, NotYetAvailable, RunContext};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -30,16 +30,14 @@ pub enum Outcome {
     Pending(NotYetAvailable),
 }
 
-/// Runs one spec by name. A target whose parts are missing is an error here: the user asked for it.
+/// Runs one spec by name. A target that is not yet available is an error here: the user asked for it.
 pub fn reproduce(name: &str, opts: &Options) -> Result<PathBuf> {
-    match run_spec(&Spec::load(&spec_path(&opts.experiments, name))?, opts)? {
-        Outcome::Written { dir, .. } => Ok(dir),
-        Outcome::Pending(p) => Err(p.into()),
-    }
+    let (dir, _) = run_spec(&Spec::load(&spec_path(&opts.experiments, name))?, opts)?;
+    Ok(dir)
 }
 
-/// Runs every spec in the experiments directory. Targets whose parts are missing are reported as
-/// pending, not run; any other failure is collected and makes the whole call fail at the end.
+/// Runs every spec in the experiments directory. Targets that report [`NotYetAvailable`] are
+/// listed as pending; any other failure is collected and makes the whole call fail at the end.
 pub fn reproduce_all(opts: &Options) -> Result<Vec<(String, Outcome)>> {
     let names = available_specs(&opts.experiments);
     if names.is_empty() {
@@ -49,8 +47,11 @@ pub fn reproduce_all(opts: &Options) -> Result<Vec<(String, Outcome)>> {
     let mut failures = Vec::new();
     for name in names {
         match Spec::load(&spec_path(&opts.experiments, &name)).and_then(|spec| run_spec(&spec, opts)) {
-            Ok(outcome) => outcomes.push((name, outcome)),
-            Err(e) => failures.push(format!("{name}: {e:#}")),
+            Ok((dir, seconds)) => outcomes.push((name, Outcome::Written { dir, seconds })),
+            Err(e) => match e.downcast::<NotYetAvailable>() {
+                Ok(pending) => outcomes.push((name, Outcome::Pending(pending))),
+                Err(e) => failures.push(format!("{name}: {e:#}")),
+            },
         }
     }
     if !failures.is_empty() {
@@ -63,11 +64,9 @@ fn spec_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.toml"))
 }
 
-fn run_spec(spec: &Spec, opts: &Options) -> Result<Outcome> {
+/// Runs a spec; returns the published directory and the wall time in seconds.
+fn run_spec(spec: &Spec, opts: &Options) -> Result<(PathBuf, f64)> {
     let mut settings = spec.settings(opts.profile)?.clone();
-    if let Some(needs) = missing_parts(spec.target) {
-        return Ok(Outcome::Pending(NotYetAvailable { target: spec.name.clone(), needs }));
-    }
     let mut overrides = Vec::new();
     if let Some(n) = opts.images {
         settings.images = Some(n);
@@ -99,5 +98,5 @@ fn run_spec(spec: &Spec, opts: &Options) -> Result<Outcome> {
     record.outputs = outputs;
     atomic::write(&staged.path().join("run.json"), serde_json::to_string_pretty(&record)?.as_bytes())?;
     let seconds = record.wall_seconds;
-    Ok(Outcome::Written { dir: staged.commit()?, seconds })
+    Ok((staged.commit()?, seconds))
 }

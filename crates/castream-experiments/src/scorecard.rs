@@ -39,33 +39,46 @@ impl Scorecard<'_> {
         mean_interval(v, self.resamples, 0.95, self.seed)
     }
 
-    /// The summary table: one row per cell, `<metric>`, `<metric>_low`, `<metric>_high` per metric,
-    /// and the paper's value and our difference to it where the paper has one.
+    /// The summary table: one row per cell; per metric the paper's value where it has one
+    /// (`<metric>_paper`), ours with its interval (`<metric>`, `_low`, `_high`) and ours minus the
+    /// paper's (`<metric>_diff`). The Markdown folds each interval into one cell.
     pub fn summary(&self) -> Result<Table> {
         let text = |f: fn(&Row) -> &String| self.rows.iter().map(|r| f(r).clone()).collect::<Vec<_>>();
-        let mut columns = vec![
-            Column::new("backbone".into(), text(|r| &r.backbone)),
-            Column::new("method".into(), text(|r| &r.method)),
-            Column::new("pooling".into(), text(|r| &r.pooling)),
-        ];
+        let keys = || {
+            vec![
+                Column::new("backbone".into(), text(|r| &r.backbone)),
+                Column::new("method".into(), text(|r| &r.method)),
+                Column::new("pooling".into(), text(|r| &r.pooling)),
+            ]
+        };
+        let (mut columns, mut display) = (keys(), keys());
         for &m in self.metrics {
             let iv: Vec<Interval> = self.rows.iter().map(|r| self.interval(&r.values[&m])).collect();
+            let paper: Vec<Option<f64>> = match self.paper {
+                Some(paper) => self.rows.iter().map(|r| paper(&r.backbone, &r.method, &r.pooling, m)).collect(),
+                None => vec![None; self.rows.len()],
+            };
+            let has_paper = paper.iter().any(Option::is_some);
+            if has_paper {
+                columns.push(Column::new(format!("{m}_paper").into(), paper.clone()));
+                display.push(Column::new(format!("{m}_paper").into(), paper.clone()));
+            }
             columns.push(Column::new(m.name().into(), iv.iter().map(|i| i.mean).collect::<Vec<_>>()));
             columns.push(Column::new(format!("{m}_low").into(), iv.iter().map(|i| i.low).collect::<Vec<_>>()));
             columns.push(Column::new(format!("{m}_high").into(), iv.iter().map(|i| i.high).collect::<Vec<_>>()));
-        }
-        let mut table = Table::new(self.name, self.title, DataFrame::new(self.rows.len(), columns)?);
-        if let Some(paper) = self.paper {
-            for &m in self.metrics {
-                let values: Vec<Option<f64>> = self.rows.iter().map(|r| paper(&r.backbone, &r.method, &r.pooling, m)).collect();
-                if values.iter().any(Option::is_some) {
-                    table = table.with_paper(m.name(), &values)?;
-                }
+            let cells: Vec<String> = iv.iter().map(|i| format!("{:.2} [{:.2}, {:.2}]", i.mean, i.low, i.high)).collect();
+            display.push(Column::new(format!("{} [95% CI]", m.label()).into(), cells));
+            if has_paper {
+                let diff: Vec<Option<f64>> = iv.iter().zip(&paper).map(|(i, p)| Some(i.mean - (*p)?)).collect();
+                columns.push(Column::new(format!("{m}_diff").into(), diff.clone()));
+                display.push(Column::new(format!("{m}_diff").into(), diff));
             }
         }
+        let mut table = Table::new(self.name, self.title, DataFrame::new(self.rows.len(), columns)?);
+        table.display = Some(DataFrame::new(self.rows.len(), display)?);
         let n = self.rows.first().and_then(|r| r.values.values().next()).map_or(0, Vec::len);
         table = table.note(format!(
-            "{n} images per cell; `_low`/`_high`: 95% percentile bootstrap interval of the mean ({} resamples, seed {}).",
+            "{n} images per cell; 95% CI: percentile bootstrap interval of the mean ({} resamples, seed {}; `_low`/`_high` in the CSV and Parquet).",
             self.resamples, self.seed
         ));
         for line in self.sign_agreement() {
@@ -111,11 +124,14 @@ impl Scorecard<'_> {
                 same_sign.push(p.map(|p| if p.signum() == d.mean.signum() { "yes" } else { "no" }.to_string()));
             }
         }
-        let frame = df!(
+        let mut frame = df!(
             "backbone" => backbone, "method" => method, "metric" => metric,
-            "ca_minus_gap_paper" => paper_diff, "ca_minus_gap" => diff, "low" => low, "high" => high,
-            "verdict" => verdict, "same_sign_as_paper" => same_sign,
+            "ca_minus_gap" => diff, "low" => low, "high" => high, "verdict" => verdict,
         )?;
+        if self.paper.is_some() {
+            frame.insert_column(3, Column::new("ca_minus_gap_paper".into(), paper_diff))?;
+            frame.with_column(Column::new("paper_sign_agrees".into(), same_sign))?;
+        }
         Ok(Some(
             Table::new(&format!("{}_ca_vs_gap", self.name), &format!("{}: CA − GAP, paired", self.title), frame).note(format!(
                 "Per-image differences CA − GAP on the same images; low/high: 95% paired bootstrap interval ({} resamples).",
@@ -229,5 +245,79 @@ impl Scorecard<'_> {
         }
         self.write_per_image(images, dir)?;
         self.write_charts(dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(method: &str, pooling: &str, ad: Vec<f64>) -> Row {
+        Row { backbone: "resnet18".into(), method: method.into(), pooling: pooling.into(), values: [(Metric::AverageDrop, ad)].into() }
+    }
+
+    fn paper(_: &str, method: &str, pooling: &str, _: Metric) -> Option<f64> {
+        match (method, pooling) {
+            ("A", "GAP") => Some(10.0),
+            ("A", "CA") => Some(8.0),
+            ("B", "GAP") => Some(10.0),
+            ("B", "CA") => Some(12.0),
+            _ => None,
+        }
+    }
+
+    fn card(rows: &[Row]) -> Scorecard<'_> {
+        Scorecard { name: "t", title: "T", rows, metrics: &[Metric::AverageDrop], resamples: 500, seed: 3, paper: Some(&paper) }
+    }
+
+    #[test]
+    fn summary_means_paper_columns_and_sign_agreement() {
+        // Method A: CA lowers AD by 1 on every image, as the paper's does; method B: CA lowers it too, the paper's raises it.
+        let rows = [
+            row("A", "GAP", vec![5.0, 7.0, 9.0]),
+            row("A", "CA", vec![4.0, 6.0, 8.0]),
+            row("B", "GAP", vec![1.0, 2.0, 3.0]),
+            row("B", "CA", vec![0.0, 1.0, 2.0]),
+        ];
+        let t = card(&rows).summary().unwrap();
+        let ad: Vec<f64> = t.frame.column("AD").unwrap().f64().unwrap().into_no_null_iter().collect();
+        assert_eq!(ad, [7.0, 6.0, 2.0, 1.0]);
+        let paper_col: Vec<Option<f64>> = t.frame.column("AD_paper").unwrap().f64().unwrap().iter().collect();
+        assert_eq!(paper_col, [Some(10.0), Some(8.0), Some(10.0), Some(12.0)]);
+        let diff: Vec<f64> = t.frame.column("AD_diff").unwrap().f64().unwrap().into_no_null_iter().collect();
+        assert_eq!(diff, [-3.0, -2.0, -8.0, -11.0]);
+        let low: Vec<f64> = t.frame.column("AD_low").unwrap().f64().unwrap().into_no_null_iter().collect();
+        assert!(low.iter().zip(&ad).all(|(l, m)| l <= m));
+        assert!(t.notes.iter().any(|n| n.contains("AD↓: 1 of 2 (A ✓, B ✗)")), "{:?}", t.notes);
+        let md = t.markdown().unwrap();
+        assert!(md.contains("| 7.00 [5.00, 9.00] |"), "{md}");
+    }
+
+    #[test]
+    fn paired_differences_see_a_constant_shift_that_unpaired_intervals_hide() {
+        let rows = [row("A", "GAP", vec![5.0, 50.0, 95.0, 20.0]), row("A", "CA", vec![4.0, 49.0, 94.0, 19.0])];
+        let d = card(&rows).differences().unwrap().unwrap();
+        let get = |c: &str| d.frame.column(c).unwrap().f64().unwrap().get(0).unwrap();
+        assert_eq!((get("ca_minus_gap"), get("low"), get("high")), (-1.0, -1.0, -1.0));
+        assert_eq!(get("ca_minus_gap_paper"), -2.0);
+        let verdict = d.frame.column("verdict").unwrap().str().unwrap().get(0).unwrap().to_string();
+        assert_eq!(verdict, "CA better (interval excludes 0)");
+        assert_eq!(d.frame.column("paper_sign_agrees").unwrap().str().unwrap().get(0), Some("yes"));
+    }
+
+    #[test]
+    fn per_image_values_and_charts_are_written() {
+        let rows = [row("A", "GAP", vec![1.0, 2.0]), row("A", "CA", vec![3.0, 4.0]), row("C", "CA", vec![5.0, 6.0])];
+        let dir = tempfile::tempdir().unwrap();
+        card(&rows).write(&[7, 9], &[], dir.path()).unwrap();
+        let back = ParquetReader::new(std::fs::File::open(dir.path().join("t_per_image.parquet")).unwrap()).finish().unwrap();
+        assert_eq!(back.height(), 6);
+        let images: Vec<u32> = back.column("image").unwrap().u32().unwrap().into_no_null_iter().collect();
+        assert_eq!(images, [7, 9, 7, 9, 7, 9]);
+        let ad: Vec<f64> = back.column("AD").unwrap().f64().unwrap().into_no_null_iter().collect();
+        assert_eq!(ad, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        for f in ["t.md", "t.csv", "t_ca_vs_gap.md", "t_AD.png", "t_AD.svg"] {
+            assert!(dir.path().join(f).exists(), "{f}");
+        }
     }
 }

@@ -19,11 +19,14 @@ pub struct Table {
     pub notes: Vec<String>,
     /// Decimals shown for floating-point cells in Markdown (CSV and Parquet keep full precision).
     pub decimals: usize,
+    /// What the Markdown shows instead of `frame` when set: a compact view of the same numbers
+    /// (e.g. an interval folded into one cell), so wide tables stay readable.
+    pub display: Option<DataFrame>,
 }
 
 impl Table {
     pub fn new(name: &str, title: &str, frame: DataFrame) -> Table {
-        Table { name: name.into(), title: title.into(), frame, notes: Vec::new(), decimals: 2 }
+        Table { name: name.into(), title: title.into(), frame, notes: Vec::new(), decimals: 2, display: None }
     }
 
     pub fn note(mut self, line: impl Into<String>) -> Table {
@@ -57,17 +60,17 @@ impl Table {
     /// The Markdown rendering: a heading, a pipe table, and the notes.
     pub fn markdown(&self) -> Result<String> {
         let mut out = format!("## {}\n\n", self.title);
-        let headers: Vec<String> = self.frame.get_column_names().iter().map(|n| header(n)).collect();
+        let frame = self.display.as_ref().unwrap_or(&self.frame);
+        let headers: Vec<String> = frame.get_column_names().iter().map(|n| header(n)).collect();
         writeln!(out, "| {} |", headers.join(" | "))?;
-        let align: Vec<&str> = self
-            .frame
+        let align: Vec<&str> = frame
             .columns()
             .iter()
             .map(|c| if c.dtype().is_primitive_numeric() { "---:" } else { ":---" })
             .collect();
         writeln!(out, "|{}|", align.join("|"))?;
-        for i in 0..self.frame.height() {
-            let row = self.frame.get(i).context("row index in range")?;
+        for i in 0..frame.height() {
+            let row = frame.get(i).context("row index in range")?;
             let cells: Vec<String> = row.iter().map(|v| cell(v, self.decimals)).collect();
             writeln!(out, "| {} |", cells.join(" | "))?;
         }

@@ -7,8 +7,9 @@ use anyhow::{bail, Result};
 use castream_cam::{Method, Pooling, Subject};
 use castream_data::scenes::SceneSet;
 
-use super::RunContext;
+use super::{NotYetAvailable, RunContext};
 use crate::ca::{quick_models, QuickData, QuickModels};
+use crate::quick::is_shipped;
 use crate::interpretability::{Evaluation, Metric, Source, PAPER_METRICS};
 use crate::saliency::image_list_sha256;
 use crate::sanity;
@@ -83,6 +84,15 @@ pub fn run(ctx: &mut RunContext, family: Family) -> Result<()> {
     if names.is_empty() {
         let want = if family == Family::Convnext { "a ConvNeXt backbone (e.g. \"convnext\")" } else { "a ResNet backbone (e.g. \"resnet18\")" };
         bail!("{}: [quick] backbones lists none of this table's family; Fix: list {want}", ctx.spec.path.display());
+    }
+    for name in &names {
+        if !is_shipped(ctx.root, name)? {
+            return Err(NotYetAvailable {
+                target: table,
+                needs: format!("the quick `{name}` backbone, which is not shipped (docs/backbones.md); train it with `cargo xtask train-backbones`"),
+            }
+            .into());
+        }
     }
     let data = QuickData::load(s)?;
     let n = s.images.unwrap_or(DEFAULT_IMAGES).min(data.test.len());
