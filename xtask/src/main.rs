@@ -14,7 +14,8 @@ fn main() -> ExitCode {
                 "cargo xtask <command>\n\n  setup                 install the quick-profile datasets (scripts/setup-data.sh)\n  \
                  reproduce <name|all>  run experiment specs (see `cargo xtask reproduce --help`)\n  \
                  train-backbones       train the quick profile's GAP backbones (--retrain, --resume, --only NAME)\n  \
-                 bench                 throughput of every backbone, vs candle's ops and ONNX Runtime\n  \
+                 bench [--cam]         throughput of every backbone (vs candle's ops and ONNX Runtime), or of the CAM methods\n  \
+                 explain               jet overlays of CAM methods for an image or test scenes (see `cargo xtask explain --help`)\n  \
                  list                  list the specs and whether each can run\n\nAny other command is passed to the `castream` CLI."
             );
             return ExitCode::SUCCESS;

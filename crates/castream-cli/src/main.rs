@@ -4,11 +4,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
+use castream_experiments::explain::{
+    self, ClassChoice, ExplainOptions, Input, Method, ModelSource, PoolingKind, SceneRange,
+};
 use castream_experiments::quick::TrainOptions;
 use castream_experiments::runner::{self, Options, Outcome};
 use castream_experiments::spec::{available_specs, Profile, Spec};
-use castream_experiments::targets::missing_parts;
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "castream", version, about = "Reproduce and extend CA-Stream (attention-based pooling for interpretable CNNs)")]
@@ -51,12 +53,65 @@ enum Command {
         /// Only the cases whose label contains this (e.g. `convnext`, `quick`, `resnet50`).
         #[arg(long)]
         only: Option<String>,
+        /// Benchmark the CAM methods instead (maps/s for GAP and CA; quick ResNet-18 and a
+        /// paper-size ResNet-50).
+        #[arg(long)]
+        cam: bool,
     },
-    /// List the specs and whether each can run yet.
+    /// Write jet overlays of CAM methods for an image file or quick test scenes, and print each
+    /// image's prediction.
+    Explain(ExplainArgs),
+    /// List the specs with their titles and profiles.
     List {
         #[arg(long, default_value = "experiments")]
         experiments: PathBuf,
     },
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("input").required(true).args(["image", "scenes"])))]
+struct ExplainArgs {
+    /// An image file (PNG or JPEG), squashed to the model's input size (64 px for quick backbones).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Quick-profile Fashion-MNIST test scenes: `start..end` (end exclusive) or one index.
+    #[arg(long)]
+    scenes: Option<SceneRange>,
+    /// A shipped quick backbone (checkpoints/quick/<name>.safetensors).
+    #[arg(long, default_value = "resnet18", conflicts_with = "checkpoint")]
+    backbone: String,
+    /// A checkpoint written by castream (`<path>` and its `<path>.json` sidecar); GAP only.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// `gap`, `ca` or both (`gap,ca`); `ca` uses the backbone's trained CA-Stream (trained once and cached).
+    #[arg(long, value_delimiter = ',', default_value = "gap")]
+    pooling: Vec<PoolingKind>,
+    /// CAM methods, repeated or comma-separated: cam, grad-cam, grad-cam-plus-plus, score-cam,
+    /// hi-res-cam, x-grad-cam, layer-cam, ablation-cam, raw-attention.
+    #[arg(long, value_delimiter = ',', default_value = "grad-cam")]
+    method: Vec<Method>,
+    /// Score-CAM masked images (Ablation-CAM ablated activations) per forward pass.
+    #[arg(long, default_value_t = 128)]
+    chunk: usize,
+    /// Score-CAM: score only this many channels per image (highest mean activation); default all.
+    #[arg(long)]
+    channels: Option<usize>,
+    /// `predicted`, `ground-truth` (scenes only) or a class index [default: ground-truth for
+    /// scenes, predicted for an image file].
+    #[arg(long)]
+    class: Option<ClassChoice>,
+    /// Output folder.
+    #[arg(long, default_value = "results/explain")]
+    out: PathBuf,
+    /// Draw a vertical jet colour bar (0 to 1) beside each overlay.
+    #[arg(long, alias = "color-bar")]
+    colour_bar: bool,
+    /// Input side in pixels for --image [default: the checkpoint's, 64 for quick backbones].
+    #[arg(long)]
+    size: Option<usize>,
+    /// Screen pixels per image pixel [default: 256 / side, at least 1].
+    #[arg(long)]
+    scale: Option<usize>,
 }
 
 #[derive(Args)]
@@ -117,14 +172,40 @@ fn run(cli: Cli) -> Result<()> {
         Command::TrainBackbones { retrain, resume, only } => {
             castream_experiments::quick::train_backbones(Path::new("."), &TrainOptions { retrain, resume, only })
         }
-        Command::Bench { runs, no_onnx, only } => {
-            castream_experiments::bench::run(Path::new("."), runs, !no_onnx, only.as_deref())
+        Command::Bench { runs, no_onnx, only, cam } => {
+            if cam {
+                castream_experiments::bench::run_cam(Path::new("."), runs, only.as_deref())
+            } else {
+                castream_experiments::bench::run(Path::new("."), runs, !no_onnx, only.as_deref())
+            }
+        }
+        Command::Explain(a) => {
+            let opts = ExplainOptions {
+                input: match (a.image, a.scenes) {
+                    (Some(path), _) => Input::Image(path),
+                    (None, Some(range)) => Input::Scenes(range.0),
+                    (None, None) => unreachable!("clap requires --image or --scenes"),
+                },
+                model: a.checkpoint.map_or(ModelSource::Backbone(a.backbone), ModelSource::Checkpoint),
+                poolings: a.pooling,
+                methods: a.method,
+                method_options: explain::MethodOptions { chunk: a.chunk, channels: a.channels, ..Default::default() },
+                class: a.class,
+                out: a.out,
+                colour_bar: a.colour_bar,
+                size: a.size,
+                scale: a.scale,
+            };
+            explain::run(Path::new("."), &opts).map(|_| ())
         }
         Command::List { experiments } => {
             for name in available_specs(&experiments) {
                 let spec = Spec::load(&experiments.join(format!("{name}.toml")))?;
-                let status = missing_parts(spec.target).map_or("ready".to_string(), |n| format!("pending: needs {n}"));
-                println!("{name:<10} {:<60} {status}", spec.title);
+                let profiles: Vec<&str> = [("quick", &spec.quick), ("paper", &spec.paper)]
+                    .into_iter()
+                    .filter_map(|(p, s)| s.as_ref().map(|_| p))
+                    .collect();
+                println!("{name:<10} {:<45} profiles: {}", spec.title, profiles.join(", "));
             }
             Ok(())
         }

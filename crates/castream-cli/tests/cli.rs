@@ -51,3 +51,22 @@ fn the_paper_profile_names_the_missing_imagenet_folder() {
     assert!(text.contains("experiments/data-card.toml") && text.contains("/data/imagenet/val"), "{text}");
     assert!(text.contains("Fix:"), "{text}");
 }
+
+#[test]
+fn explain_rejects_bad_flags_before_loading_anything() {
+    let (ok, text) = castream(&["explain", "--scenes", "0..2", "--method", "raw-attention"]);
+    assert!(!ok);
+    assert!(
+        text.contains("--method raw-attention") && text.contains("--pooling ca") && text.contains("Fix:"),
+        "{text}"
+    );
+    let (ok, text) = castream(&["explain", "--scenes", "0..2", "--method", "gradcam"]);
+    assert!(!ok);
+    assert!(text.contains("--method") && text.contains("grad-cam, "), "{text}");
+    let (ok, text) = castream(&["explain", "--image", "no/such/picture.png"]);
+    assert!(!ok);
+    assert!(text.contains("--image no/such/picture.png") && text.contains("Fix:"), "{text}");
+    let (ok, text) = castream(&["explain"]);
+    assert!(!ok);
+    assert!(text.contains("--image") && text.contains("--scenes"), "{text}");
+}

@@ -1,5 +1,5 @@
-//! table1, table4, figure1 and figure3 end to end on a tiny backbone "shipped" into a temporary
-//! repository root (real Fashion-MNIST scenes, installed by `cargo xtask setup`).
+//! Every quick target that needs a CA model, end to end on a tiny backbone "shipped" into a
+//! temporary repository root (real Fashion-MNIST and MNIST scenes, installed by `cargo xtask setup`).
 
 use std::path::Path;
 
@@ -68,9 +68,11 @@ fn fake_root() -> tempfile::TempDir {
     std::fs::write(dir.join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
     let experiments = root.path().join("experiments");
     std::fs::create_dir_all(&experiments).unwrap();
-    for name in ["table1", "table4", "figure1", "figure3"] {
+    for name in ["table1", "table2", "table4", "table5", "table6", "figure1", "figure2", "figure3", "figure4"] {
         std::fs::write(experiments.join(format!("{name}.toml")), spec(name)).unwrap();
     }
+    // table3 asks for a ConvNeXt backbone that this root does not ship.
+    std::fs::write(experiments.join("table3.toml"), spec("table3").replace("[\"tiny\"]", "[\"convnext\"]")).unwrap();
     root
 }
 
@@ -102,6 +104,7 @@ fn ca_targets_run_end_to_end_on_a_tiny_backbone() {
 
     let t4 = reproduce("table4", &opts).unwrap();
     assert_eq!(csv(&t4.join("table4.csv")).height(), 5, "four streams and GAP");
+    assert_eq!(csv(&t4.join("table4_gradcam.csv")).height(), 8, "four streams, each paired with GAP");
 
     let f1 = reproduce("figure1", &opts).unwrap();
     assert!(f1.join("figure1.png").is_file() && f1.join("figure1.svg").is_file());
@@ -111,4 +114,48 @@ fn ca_targets_run_end_to_end_on_a_tiny_backbone() {
     let max = diffs.column("max_abs_difference").unwrap().f64().unwrap().max().unwrap();
     assert!(max < 1e-5, "cross attention and CAM differ by {max}");
     assert!(f3.join("figure3.png").is_file());
+
+    let f2 = reproduce("figure2", &opts).unwrap();
+    assert!(f2.join("figure2.png").is_file());
+    let f4 = reproduce("figure4", &opts).unwrap();
+    assert_eq!(csv(&f4.join("figure4.csv")).height(), 24, "one row per digit scene");
+}
+
+#[test]
+fn interpretability_tables_run_end_to_end_on_a_tiny_backbone() {
+    let root = fake_root();
+    let opts = Options {
+        root: root.path().into(),
+        experiments: root.path().join("experiments"),
+        results: root.path().join("results"),
+        profile: Profile::Quick,
+        images: Some(12),
+        seed: None,
+    };
+    let t2 = reproduce("table2", &opts).unwrap();
+    let table2 = csv(&t2.join("table2.csv"));
+    assert_eq!(table2.height(), 6, "three methods x GAP, CA");
+    for column in ["AD_paper", "AD", "AD_low", "AD_high", "AD_diff", "D_paper", "D"] {
+        assert!(table2.column(column).is_ok(), "table2 lacks {column}");
+    }
+    assert_eq!(csv(&t2.join("table2_ca_vs_gap.csv")).height(), 15, "three methods x five metrics");
+    assert_eq!(csv(&t2.join("table2_sanity.csv")).height(), 6);
+    let per_image = ParquetReader::new(std::fs::File::open(t2.join("table2_per_image.parquet")).unwrap()).finish().unwrap();
+    assert_eq!(per_image.height(), 6 * 12);
+    for metric in ["AD", "AG", "AI", "I", "D"] {
+        assert!(t2.join(format!("table2_{metric}.png")).is_file() && t2.join(format!("table2_{metric}.svg")).is_file());
+    }
+    let md = std::fs::read_to_string(t2.join("table2.md")).unwrap();
+    assert!(md.contains("Same sign as the paper's GAP→CA change, AD↓"), "{md}");
+
+    let t5 = reproduce("table5", &opts).unwrap();
+    // CA-0 … CA-4, product, mean, three CAM methods, centre prior, random map.
+    assert_eq!(csv(&t5.join("table5.csv")).height(), 12);
+    let t6 = reproduce("table6", &opts).unwrap();
+    // CAM (GAP), raw attention (CA), seven methods x two poolings, the centre prior.
+    assert_eq!(csv(&t6.join("table6.csv")).height(), 17);
+
+    let err = reproduce("table3", &opts).unwrap_err();
+    assert!(err.downcast_ref::<castream_experiments::targets::NotYetAvailable>().is_some(), "{err:#}");
+    assert!(err.to_string().contains("`convnext` backbone"), "{err}");
 }

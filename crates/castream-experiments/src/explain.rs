@@ -1,0 +1,488 @@
+//! `castream explain`: jet overlays of CAM methods (METHOD.md §4) on an image file or on a slice
+//! of the quick profile's Fashion-MNIST test scenes, one PNG per image, pooling and method,
+//! optionally with a colour bar. The CLI only parses arguments; everything else is here.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use candle_core::{Device, Tensor, D};
+use castream_backbones::{CheckpointMeta, Model, Stem};
+use castream_cam::{explain, overlay, Pooling, Subject};
+use castream_data::image_folder::{load_image, EvalTransform};
+use castream_data::{DataError, Normalisation};
+use castream_stream::CaModel;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+pub use castream_cam::{Method, MethodOptions};
+
+use crate::ca::{quick_models, QuickData};
+use crate::charts::{register_font, FONT};
+use crate::quick::load_backbone;
+use crate::spec::Settings;
+
+/// What to explain.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// An image file (any format the `image` crate was built with: PNG, JPEG), squashed to the
+    /// model's input size.
+    Image(PathBuf),
+    /// Test scenes `start..end` of the quick profile (spec defaults: Fashion-MNIST, 64 px).
+    Scenes(Range<usize>),
+}
+
+/// `start..end` (end exclusive) or a single index, as `--scenes` takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SceneRange(pub Range<usize>);
+
+impl FromStr for SceneRange {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<SceneRange> {
+        let index = |t: &str| {
+            t.trim().parse::<usize>().map_err(|_| anyhow!("`{s}` is not `start..end` (e.g. `0..8`) or one index"))
+        };
+        let range = match s.split_once("..") {
+            Some((a, b)) => index(a)?..index(b)?,
+            None => index(s).map(|i| i..i + 1)?,
+        };
+        ensure!(range.start < range.end, "`{s}` is empty: the end is exclusive, e.g. `0..8` is scenes 0 to 7");
+        Ok(SceneRange(range))
+    }
+}
+
+/// Which network's weights.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSource {
+    /// A shipped quick backbone (`checkpoints/quick/<name>.safetensors`, checked against the manifest).
+    Backbone(String),
+    /// A checkpoint written by `Model::save` (`<path>` and its `<path>.json` sidecar).
+    Checkpoint(PathBuf),
+}
+
+impl ModelSource {
+    /// The short name in output file names.
+    fn tag(&self) -> String {
+        match self {
+            ModelSource::Backbone(name) => sanitise(name),
+            ModelSource::Checkpoint(path) => {
+                sanitise(&path.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default())
+            }
+        }
+    }
+}
+
+/// The network explained: the GAP backbone or the same backbone with its CA-Stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PoolingKind {
+    Gap,
+    Ca,
+}
+
+impl PoolingKind {
+    pub fn key(self) -> &'static str {
+        match self {
+            PoolingKind::Gap => "gap",
+            PoolingKind::Ca => "ca",
+        }
+    }
+}
+
+impl fmt::Display for PoolingKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PoolingKind::Gap => "GAP",
+            PoolingKind::Ca => "CA",
+        })
+    }
+}
+
+impl FromStr for PoolingKind {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<PoolingKind> {
+        match s {
+            "gap" => Ok(PoolingKind::Gap),
+            "ca" => Ok(PoolingKind::Ca),
+            _ => bail!("unknown pooling `{s}`: choose `gap` (the backbone's own) or `ca` (CA-Stream)"),
+        }
+    }
+}
+
+/// Which class each map explains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClassChoice {
+    /// The explained network's top-1 prediction (per pooling).
+    Predicted,
+    /// The scene's label (scenes only).
+    GroundTruth,
+    /// One fixed class index for every image.
+    Index(u32),
+}
+
+impl FromStr for ClassChoice {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<ClassChoice> {
+        match s {
+            "predicted" => Ok(ClassChoice::Predicted),
+            "ground-truth" => Ok(ClassChoice::GroundTruth),
+            _ => s.parse().map(ClassChoice::Index).map_err(|_| {
+                anyhow!("unknown class `{s}`: choose `predicted`, `ground-truth` or a class index such as `3`")
+            }),
+        }
+    }
+}
+
+pub struct ExplainOptions {
+    pub input: Input,
+    pub model: ModelSource,
+    /// GAP, CA or both, in this order.
+    pub poolings: Vec<PoolingKind>,
+    pub methods: Vec<Method>,
+    pub method_options: MethodOptions,
+    /// `None`: the ground truth for scenes, the prediction for an image file.
+    pub class: Option<ClassChoice>,
+    pub out: PathBuf,
+    /// Draw a vertical jet colour bar labelled 0 and 1 beside each overlay.
+    pub colour_bar: bool,
+    /// Input side in pixels for an image file; `None`: the checkpoint's (see [`input_size`]).
+    pub size: Option<usize>,
+    /// Screen pixels per image pixel; `None`: `max(1, 256 / side)`.
+    pub scale: Option<usize>,
+}
+
+/// One PNG written, and what it shows.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub path: PathBuf,
+    /// `scene 12` or the image file's name.
+    pub image: String,
+    pub pooling: PoolingKind,
+    pub method: Method,
+    /// The top-1 class and its softmax probability.
+    pub predicted: u32,
+    pub probability: f32,
+    /// The class the map explains.
+    pub explained: u32,
+}
+
+/// Width of the colour bar strip (gap, bar and labels) added to the right of an overlay.
+pub const COLOUR_BAR_WIDTH: usize = 40;
+const BAR_GAP: i32 = 6;
+const BAR_W: i32 = 12;
+/// Images per forward pass.
+const BATCH: usize = 16;
+
+/// The input side a checkpoint expects: `extra.input_size`, else `extra.scenes.canvas` (the quick
+/// backbones: 64), else 64 for the small stem and 224 for the ImageNet stem.
+pub fn input_size(meta: &CheckpointMeta) -> usize {
+    let extra = |p: &str| meta.extra.pointer(p).and_then(|v| v.as_u64()).map(|v| v as usize);
+    extra("/input_size").or_else(|| extra("/scenes/canvas")).unwrap_or(match meta.config.stem {
+        Stem::Small => 64,
+        Stem::Imagenet => 224,
+    })
+}
+
+/// Checks the flag combinations before anything is loaded; errors name the flag and the fix.
+pub fn validate(opts: &ExplainOptions) -> Result<()> {
+    ensure!(!opts.methods.is_empty(), "--method: give at least one method, e.g. `--method grad-cam`");
+    ensure!(!opts.poolings.is_empty(), "--pooling: give `gap`, `ca` or `gap,ca`");
+    let has = |p| opts.poolings.contains(&p);
+    for &m in &opts.methods {
+        if !has(PoolingKind::Gap) && !m.applies_to(true) {
+            bail!("--method {}: needs --pooling gap (CAM reads the GAP classifier's weights; the CA model has no GAP). Fix: use --pooling gap (or gap,ca), or a gradient method such as grad-cam", m.key());
+        }
+        if !has(PoolingKind::Ca) && !m.applies_to(false) {
+            bail!("--method {}: needs --pooling ca (the GAP network has no attention). Fix: add --pooling ca (or gap,ca), or drop {}", m.key(), m.key());
+        }
+    }
+    if has(PoolingKind::Ca) {
+        if let ModelSource::Checkpoint(path) = &opts.model {
+            bail!(
+                "--pooling ca with --checkpoint {}: a trained CA-Stream exists only for the shipped quick backbones. Fix: use \
+                 --backbone <name> (default resnet18) for CA, or --pooling gap with this checkpoint",
+                path.display()
+            );
+        }
+    }
+    if let (Input::Image(path), Some(ClassChoice::GroundTruth)) = (&opts.input, opts.class) {
+        bail!("--class ground-truth with --image {}: an image file has no label. Fix: use --class predicted or --class <index>, or --scenes", path.display());
+    }
+    ensure!(opts.method_options.chunk > 0, "--chunk must be at least 1 (masked images per forward pass)");
+    ensure!(
+        opts.method_options.channels != Some(0),
+        "--channels must be at least 1 (or left out to score every channel)"
+    );
+    ensure!(opts.size != Some(0), "--size must be at least 1 pixel");
+    ensure!(opts.scale != Some(0), "--scale must be at least 1");
+    Ok(())
+}
+
+/// The network(s) explained.
+enum Loaded {
+    Gap(Model),
+    Ca(Box<CaModel>),
+}
+
+impl Loaded {
+    fn backbone(&self) -> &Model {
+        match self {
+            Loaded::Gap(m) => m,
+            Loaded::Ca(m) => &m.backbone,
+        }
+    }
+
+    fn subject(&self, pooling: PoolingKind, norm: Normalisation) -> Subject<'_> {
+        match (pooling, self) {
+            (PoolingKind::Ca, Loaded::Ca(m)) => Subject::new(Pooling::Ca(m), norm),
+            _ => Subject::new(Pooling::Gap(self.backbone()), norm),
+        }
+    }
+}
+
+/// One image to explain: CHW pixels in [0, 1].
+struct Item {
+    name: String,
+    file_stem: String,
+    rgb: Vec<f32>,
+    label: Option<u32>,
+}
+
+/// Writes the overlays of `opts` under `opts.out`, prints each image's predictions and the paths,
+/// and returns what was written.
+pub fn run(root: &Path, opts: &ExplainOptions) -> Result<Vec<Written>> {
+    validate(opts)?;
+    let settings = Settings::default();
+    let needs_data = matches!(opts.input, Input::Scenes(_)) || opts.poolings.contains(&PoolingKind::Ca);
+    let data = if needs_data { Some(QuickData::load(&settings)?) } else { None };
+    let (loaded, meta) = match &opts.model {
+        ModelSource::Checkpoint(path) => {
+            let (model, meta) =
+                Model::load(path, &Device::Cpu).with_context(|| format!("--checkpoint {}", path.display()))?;
+            (Loaded::Gap(model), meta)
+        }
+        ModelSource::Backbone(name) if opts.poolings.contains(&PoolingKind::Ca) => {
+            let data = data.as_ref().expect("loaded for CA");
+            let m = quick_models(root, name, &settings.stream, data, &mut None)
+                .with_context(|| format!("--backbone {name}"))?;
+            if !m.from_cache {
+                println!("trained the CA-Stream of {name} (cached in {})", m.stream_file.display());
+            }
+            (Loaded::Ca(Box::new(m.ca)), m.meta)
+        }
+        ModelSource::Backbone(name) => {
+            let (model, meta, _) = load_backbone(root, name).with_context(|| format!("--backbone {name}"))?;
+            (Loaded::Gap(model), meta)
+        }
+    };
+    let num_classes = loaded.backbone().net.num_classes();
+    if let Some(ClassChoice::Index(c)) = opts.class {
+        ensure!(
+            (c as usize) < num_classes,
+            "--class {c}: the model has {num_classes} classes; Fix: give an index in 0..{}",
+            num_classes - 1
+        );
+    }
+    let class_name = |c: u32| meta.classes.get(c as usize).cloned().unwrap_or_else(|| format!("class {c}"));
+
+    let (items, side) = match &opts.input {
+        Input::Image(path) => {
+            let side = opts.size.unwrap_or_else(|| input_size(&meta));
+            let identity = Normalisation { mean: [0.0; 3], std: [1.0; 3] };
+            let rgb =
+                load_image(path, EvalTransform::Squash { size: side as u32 }, &identity).map_err(|e| match e {
+                    DataError::Io { source, .. } => {
+                        anyhow!("--image {}: cannot read: {source}. Fix: check the path", path.display())
+                    }
+                    DataError::Decode { reason, .. } => {
+                        anyhow!(
+                            "--image {}: cannot decode it as an image ({reason}). Fix: give a PNG or JPEG file",
+                            path.display()
+                        )
+                    }
+                    e => anyhow!("--image {}: {e}", path.display()),
+                })?;
+            let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let file_stem = sanitise(&path.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default());
+            (vec![Item { name, file_stem, rgb, label: None }], side)
+        }
+        Input::Scenes(range) => {
+            let test = &data.as_ref().expect("loaded for scenes").test;
+            ensure!(
+                range.end <= test.len(),
+                "--scenes {}..{}: the test split has {} scenes; Fix: use a range within 0..{}",
+                range.start,
+                range.end,
+                test.len(),
+                test.len()
+            );
+            let ids: Vec<usize> = range.clone().collect();
+            let items = ids
+                .iter()
+                .zip(test.scenes(&ids))
+                .map(|(&i, s)| Item {
+                    name: format!("scene {i} (truth: {})", test.dataset.class_names()[s.label]),
+                    file_stem: format!("scene-{i:05}"),
+                    rgb: s.image,
+                    label: Some(s.label as u32),
+                })
+                .collect();
+            (items, test.config.canvas)
+        }
+    };
+    let choice = opts.class.unwrap_or(match opts.input {
+        Input::Image(_) => ClassChoice::Predicted,
+        Input::Scenes(_) => ClassChoice::GroundTruth,
+    });
+    let scale = opts.scale.unwrap_or((256 / side).max(1));
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("--out {}: cannot create the folder", opts.out.display()))?;
+    for &p in &opts.poolings {
+        for m in opts.methods.iter().filter(|m| !m.applies_to(p == PoolingKind::Ca)) {
+            println!("note: {} does not apply to {p}; skipped there", m.key());
+        }
+    }
+
+    let norm = meta.normalisation;
+    let tag = opts.model.tag();
+    let mut written = Vec::new();
+    for batch in items.chunks(BATCH) {
+        let mut x = Vec::with_capacity(batch.len() * 3 * side * side);
+        for item in batch {
+            let mut chw = item.rgb.clone();
+            norm.apply(&mut chw);
+            x.extend(chw);
+        }
+        let x = Tensor::from_vec(x, (batch.len(), 3, side, side), &Device::Cpu)?;
+        // Per pooling: softmax probabilities, explained classes and each method's maps.
+        let mut results = Vec::new();
+        for &pooling in &opts.poolings {
+            let subject = loaded.subject(pooling, norm);
+            let probs: Vec<Vec<f32>> = candle_nn::ops::softmax(&subject.logits(&x)?, D::Minus1)?.to_vec2()?;
+            let classes: Vec<u32> = match choice {
+                ClassChoice::Predicted => probs.iter().map(|p| argmax(p)).collect(),
+                ClassChoice::GroundTruth => batch.iter().map(|i| i.label.expect("scenes have labels")).collect(),
+                ClassChoice::Index(c) => vec![c; batch.len()],
+            };
+            let mut maps = Vec::new();
+            for &method in opts.methods.iter().filter(|m| m.applies_to(pooling == PoolingKind::Ca)) {
+                let e = explain(method.build(&opts.method_options).as_ref(), &subject, &x, &classes)?;
+                maps.push((method, e.upsampled.flatten_from(1)?.to_vec2::<f32>()?));
+            }
+            results.push((pooling, probs, classes, maps));
+        }
+        for (b, item) in batch.iter().enumerate() {
+            for (pooling, probs, classes, maps) in &results {
+                let top = argmax(&probs[b]);
+                let p = probs[b][top as usize];
+                let explained = classes[b];
+                println!(
+                    "{}: {pooling} predicts {} ({:.1}%), explaining {}",
+                    item.name,
+                    class_name(top),
+                    100.0 * p,
+                    class_name(explained)
+                );
+                for (method, maps) in maps {
+                    let path =
+                        opts.out.join(format!("{}_{tag}_{}_{}.png", item.file_stem, pooling.key(), method.key()));
+                    write_overlay(&path, &overlay::blend(&item.rgb, &maps[b], 0.5), side, scale, opts.colour_bar)?;
+                    println!("  {}", path.display());
+                    let (pooling, method, image) = (*pooling, *method, item.name.clone());
+                    written.push(Written { path, image, pooling, method, predicted: top, probability: p, explained });
+                }
+            }
+        }
+    }
+    Ok(written)
+}
+
+fn argmax(p: &[f32]) -> u32 {
+    p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32)
+}
+
+/// Letters, digits, `-` and `_` kept; anything else becomes `_`.
+fn sanitise(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}
+
+/// Draws the CHW image `rgb` (values in [0, 1], `side x side`) at `scale` screen pixels per pixel
+/// to a PNG, with a vertical jet colour bar labelled 0 (bottom) and 1 (top) on the right when
+/// `colour_bar` is set: `side * scale (+ COLOUR_BAR_WIDTH) x side * scale` pixels.
+pub fn write_overlay(path: &Path, rgb: &[f32], side: usize, scale: usize, colour_bar: bool) -> Result<()> {
+    register_font();
+    let n = side * scale;
+    let width = n + if colour_bar { COLOUR_BAR_WIDTH } else { 0 };
+    let root = BitMapBackend::new(path, (width as u32, n as u32)).into_drawing_area();
+    let err = |e| anyhow!("--out: drawing {}: {e:?}", path.display());
+    root.fill(&WHITE).map_err(err)?;
+    let plane = side * side;
+    let byte = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+    let s = scale as i32;
+    for py in 0..side {
+        for px in 0..side {
+            let i = py * side + px;
+            let colour = RGBColor(byte(rgb[i]), byte(rgb[plane + i]), byte(rgb[2 * plane + i]));
+            let (x, y) = (px as i32 * s, py as i32 * s);
+            root.draw(&Rectangle::new([(x, y), (x + s, y + s)], colour.filled())).map_err(err)?;
+        }
+    }
+    if colour_bar {
+        let (x0, h) = (n as i32 + BAR_GAP, n as i32);
+        for y in 0..h {
+            let [r, g, b] = overlay::jet(1.0 - y as f32 / (h - 1).max(1) as f32);
+            root.draw(&Rectangle::new([(x0, y), (x0 + BAR_W, y + 1)], RGBColor(byte(r), byte(g), byte(b)).filled()))
+                .map_err(err)?;
+        }
+        let label = |text: &str, y: i32, v: VPos| {
+            Text::new(
+                text.to_string(),
+                (x0 + BAR_W + 4, y),
+                TextStyle::from((FONT, 12).into_font()).pos(Pos::new(HPos::Left, v)),
+            )
+        };
+        root.draw(&label("1", 0, VPos::Top)).map_err(err)?;
+        root.draw(&label("0", h - 1, VPos::Bottom)).map_err(err)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scene_ranges_parse_or_say_why_not() {
+        assert_eq!("3..7".parse::<SceneRange>().unwrap().0, 3..7);
+        assert_eq!("5".parse::<SceneRange>().unwrap().0, 5..6);
+        assert!("7..3".parse::<SceneRange>().unwrap_err().to_string().contains("empty"));
+        assert!("a..b".parse::<SceneRange>().unwrap_err().to_string().contains("start..end"));
+    }
+
+    #[test]
+    fn class_choices_parse() {
+        assert_eq!("predicted".parse::<ClassChoice>().unwrap(), ClassChoice::Predicted);
+        assert_eq!("ground-truth".parse::<ClassChoice>().unwrap(), ClassChoice::GroundTruth);
+        assert_eq!("4".parse::<ClassChoice>().unwrap(), ClassChoice::Index(4));
+        assert!("truth".parse::<ClassChoice>().unwrap_err().to_string().contains("ground-truth"));
+    }
+
+    #[test]
+    fn the_colour_bar_runs_from_dark_red_at_the_top_to_dark_blue_at_the_bottom() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.png");
+        let side = 8;
+        write_overlay(&path, &vec![1.0; 3 * side * side], side, 4, true).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (32 + COLOUR_BAR_WIDTH as u32, 32));
+        assert_eq!(img.get_pixel(5, 5).0, [255, 255, 255], "image pixel");
+        let bar_x = 32 + BAR_GAP as u32 + 2;
+        assert_eq!(img.get_pixel(bar_x, 0).0, [128, 0, 0], "jet(1) at the top");
+        assert_eq!(img.get_pixel(bar_x, 31).0, [0, 0, 128], "jet(0) at the bottom");
+    }
+}
