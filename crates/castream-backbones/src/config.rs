@@ -104,7 +104,15 @@ pub struct ConfigError {
 impl BackboneConfig {
     /// The published architecture with `num_classes` outputs and every other field at its default.
     pub fn new(arch: Arch, num_classes: usize) -> BackboneConfig {
-        BackboneConfig { arch, num_classes, stem: Stem::Imagenet, base_width: None, depths: None, layer_scale: None, kernels: Kernels::default() }
+        BackboneConfig {
+            arch,
+            num_classes,
+            stem: Stem::Imagenet,
+            base_width: None,
+            depths: None,
+            layer_scale: None,
+            kernels: Kernels::default(),
+        }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -119,7 +127,11 @@ impl BackboneConfig {
             if self.arch.is_resnet() {
                 return err(
                     "depths",
-                    format!("only ConvNeXt depths can be changed; {} has fixed depths {:?}", self.arch.name(), self.arch.default_depths()),
+                    format!(
+                        "only ConvNeXt depths can be changed; {} has fixed depths {:?}",
+                        self.arch.name(),
+                        self.arch.default_depths()
+                    ),
                 );
             }
             if depths.contains(&0) {
@@ -146,7 +158,12 @@ impl BackboneConfig {
             Stem::Imagenet => "imagenet",
             Stem::Small => "small",
         };
-        let mut s = format!("{} ({} classes, {stem} stem, base width {}", self.arch.name(), self.num_classes, self.base_width());
+        let mut s = format!(
+            "{} ({} classes, {stem} stem, base width {}",
+            self.arch.name(),
+            self.num_classes,
+            self.base_width()
+        );
         if !self.arch.is_resnet() {
             s += &format!(", depths {:?}", self.depths());
         }
@@ -160,7 +177,9 @@ mod tests {
 
     #[test]
     fn parses_kebab_case_with_defaults_and_rejects_unknown_fields() {
-        let c: BackboneConfig = serde_json::from_str(r#"{"arch":"convnext-tiny","num_classes":10,"base_width":null,"depths":[1,1,2,1]}"#).unwrap();
+        let c: BackboneConfig =
+            serde_json::from_str(r#"{"arch":"convnext-tiny","num_classes":10,"base_width":null,"depths":[1,1,2,1]}"#)
+                .unwrap();
         assert_eq!(c.stem, Stem::Imagenet);
         assert_eq!(c.depths(), [1, 1, 2, 1]);
         assert_eq!(c.base_width(), 96);

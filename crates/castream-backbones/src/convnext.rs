@@ -90,12 +90,20 @@ impl ConvNext {
             } else {
                 let norm = LayerNorm::new(ps, &format!("{name}.downsample.0"), dims[i - 1])?;
                 let halve = Conv2dParams { stride: 2, padding: 0, groups: 1 };
-                let conv = Conv2d::new(ps, &format!("{name}.downsample.1"), [dims[i], dims[i - 1], 2, 2], halve, WEIGHT, Some(BIAS))?;
+                let conv = Conv2d::new(
+                    ps,
+                    &format!("{name}.downsample.1"),
+                    [dims[i], dims[i - 1], 2, 2],
+                    halve,
+                    WEIGHT,
+                    Some(BIAS),
+                )?;
                 Some((norm, conv))
             };
             let layer_scale = config.layer_scale.unwrap_or(LAYER_SCALE);
-            let blocks =
-                (0..depth).map(|j| Block::new(ps, &format!("{name}.blocks.{j}"), dims[i], layer_scale)).collect::<Result<_>>()?;
+            let blocks = (0..depth)
+                .map(|j| Block::new(ps, &format!("{name}.blocks.{j}"), dims[i], layer_scale))
+                .collect::<Result<_>>()?;
             stages.push(Stage { downsample, blocks });
         }
         let head_norm = LayerNorm::new(ps, "head.norm", dims[3])?;

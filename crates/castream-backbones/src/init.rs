@@ -60,7 +60,14 @@ pub fn uniform<R: Rng + ?Sized>(rng: &mut R, shape: &[usize], lo: f64, hi: f64, 
 
 /// `N(0, std²)` redrawn until inside the absolute bounds `[lo, hi]` (timm's `trunc_normal_`,
 /// whose defaults are `lo = -2, hi = 2`).
-pub fn trunc_normal<R: Rng + ?Sized>(rng: &mut R, shape: &[usize], std: f64, lo: f64, hi: f64, device: &Device) -> Result<Tensor> {
+pub fn trunc_normal<R: Rng + ?Sized>(
+    rng: &mut R,
+    shape: &[usize],
+    std: f64,
+    lo: f64,
+    hi: f64,
+    device: &Device,
+) -> Result<Tensor> {
     if !(lo < 0.0 && hi > 0.0) {
         candle_core::bail!("trunc_normal: bounds [{lo}, {hi}] must contain the mean 0");
     }
@@ -91,10 +98,18 @@ pub fn kaiming_normal_fan_out<R: Rng + ?Sized>(rng: &mut R, shape: &[usize], dev
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Init {
     Constant(f64),
-    Normal { mean: f64, std: f64 },
-    Uniform { lo: f64, hi: f64 },
+    Normal {
+        mean: f64,
+        std: f64,
+    },
+    Uniform {
+        lo: f64,
+        hi: f64,
+    },
     /// timm's `trunc_normal_(std)` with its default absolute bounds ±2.
-    TruncNormal { std: f64 },
+    TruncNormal {
+        std: f64,
+    },
     XavierUniform,
     KaimingNormalFanOut,
 }
@@ -150,7 +165,9 @@ mod tests {
     #[test]
     fn streams_depend_on_seed_and_name_only() {
         let d = &Device::Cpu;
-        let draw = |seed, name| Init::Normal { mean: 0.0, std: 1.0 }.sample(seed, name, &[8], d).unwrap().to_vec1::<f32>().unwrap();
+        let draw = |seed, name| {
+            Init::Normal { mean: 0.0, std: 1.0 }.sample(seed, name, &[8], d).unwrap().to_vec1::<f32>().unwrap()
+        };
         assert_eq!(draw(3, "a.weight"), draw(3, "a.weight"));
         assert_ne!(draw(3, "a.weight"), draw(4, "a.weight"));
         assert_ne!(draw(3, "a.weight"), draw(3, "b.weight"));

@@ -54,7 +54,14 @@ pub(crate) struct Conv2d {
 impl Conv2d {
     /// `shape` is the weight's `(C_out, C_in / groups, k, k)`; `bias` gives the bias initialiser
     /// when the layer has one.
-    pub fn new(ps: &mut Params, name: &str, shape: [usize; 4], params: Conv2dParams, weight: Init, bias: Option<Init>) -> Result<Conv2d> {
+    pub fn new(
+        ps: &mut Params,
+        name: &str,
+        shape: [usize; 4],
+        params: Conv2dParams,
+        weight: Init,
+        bias: Option<Init>,
+    ) -> Result<Conv2d> {
         Ok(Conv2d {
             weight: ps.tensor(format!("{name}.weight"), &shape, weight)?,
             bias: bias.map(|init| ps.tensor(format!("{name}.bias"), &[shape[0]], init)).transpose()?,
@@ -99,17 +106,24 @@ impl BatchNorm2d {
             let (b, _, h, w) = x.dims4()?;
             let n = b * h * w;
             if n < 2 {
-                candle_core::bail!("BatchNorm in training mode needs more than one value per channel, got input {:?}", x.dims());
+                candle_core::bail!(
+                    "BatchNorm in training mode needs more than one value per channel, got input {:?}",
+                    x.dims()
+                );
             }
             let mean = x.mean_keepdim((0, 2, 3))?;
             let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim((0, 2, 3))?;
             let m = BN_MOMENTUM;
             let (bm, bv) = (mean.detach().flatten_all()?, var.detach().flatten_all()?);
             self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (bm * m)?)?)?;
-            self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (bv * (m * n as f64 / (n - 1) as f64))?)?)?;
+            self.running_var
+                .set(&((self.running_var.as_tensor() * (1.0 - m))? + (bv * (m * n as f64 / (n - 1) as f64))?)?)?;
             (mean, var)
         } else {
-            (per_channel(&self.running_mean.as_detached_tensor())?, per_channel(&self.running_var.as_detached_tensor())?)
+            (
+                per_channel(&self.running_mean.as_detached_tensor())?,
+                per_channel(&self.running_var.as_detached_tensor())?,
+            )
         };
         let scale = per_channel(&self.weight)?.broadcast_div(&(var + BN_EPS)?.sqrt()?)?;
         x.broadcast_sub(&mean)?.broadcast_mul(&scale)?.broadcast_add(&per_channel(&self.bias)?)
@@ -119,7 +133,15 @@ impl BatchNorm2d {
     /// same function, one pass over the activations instead of five.
     pub fn fold_into(&self, conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
         let (rm, rv) = (self.running_mean.as_detached_tensor(), self.running_var.as_detached_tensor());
-        let (w, b) = castream_kernels::fold_batchnorm(&conv.weight, conv.bias.as_ref(), &self.weight, &self.bias, &rm, &rv, BN_EPS)?;
+        let (w, b) = castream_kernels::fold_batchnorm(
+            &conv.weight,
+            conv.bias.as_ref(),
+            &self.weight,
+            &self.bias,
+            &rm,
+            &rv,
+            BN_EPS,
+        )?;
         castream_kernels::conv2d(x, &w, Some(&b), conv.params, conv.kernels)
     }
 }
@@ -172,7 +194,9 @@ impl LayerNorm {
         let normed = centred.broadcast_div(&(var + LN_EPS)?.sqrt()?)?;
         let mut shape = vec![1; x.rank()];
         shape[dim] = self.weight.dim(0)?;
-        normed.broadcast_mul(&self.weight.reshape(shape.as_slice())?)?.broadcast_add(&self.bias.reshape(shape.as_slice())?)
+        normed
+            .broadcast_mul(&self.weight.reshape(shape.as_slice())?)?
+            .broadcast_add(&self.bias.reshape(shape.as_slice())?)
     }
 
     /// Over the last dimension.
@@ -180,7 +204,6 @@ impl LayerNorm {
         self.forward(x, x.dims().len() - 1)
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -8,9 +8,9 @@ pub mod init;
 mod layers;
 pub mod model;
 pub mod optim;
+mod resnet;
 pub mod schedule;
 pub mod train;
-mod resnet;
 pub mod weights;
 
 pub use backbone::Backbone;

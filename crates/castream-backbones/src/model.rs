@@ -99,7 +99,12 @@ impl Model {
 
     /// [`Model::load_weights`] with explicit hub access and cache directory (`None`: hf-hub's
     /// default, following `HF_HUB_CACHE` / `HF_HOME`).
-    pub fn load_weights_with(&mut self, source: &WeightSource, access: HubAccess, cache_dir: Option<&Path>) -> anyhow::Result<LoadReport> {
+    pub fn load_weights_with(
+        &mut self,
+        source: &WeightSource,
+        access: HubAccess,
+        cache_dir: Option<&Path>,
+    ) -> anyhow::Result<LoadReport> {
         let file = source.resolve(access, cache_dir)?;
         load_into(&self.vars, &file, &self.config.describe())
     }
@@ -107,13 +112,24 @@ impl Model {
     /// Writes `<path>` (weights) and `<path>.json` (`meta`), each atomically.
     pub fn save(&self, path: &Path, meta: &CheckpointMeta) -> anyhow::Result<()> {
         if meta.config != self.config {
-            bail!("{}: checkpoint meta describes {} but the model is {}", path.display(), meta.config.describe(), self.config.describe());
+            bail!(
+                "{}: checkpoint meta describes {} but the model is {}",
+                path.display(),
+                meta.config.describe(),
+                self.config.describe()
+            );
         }
         if !meta.classes.is_empty() && meta.classes.len() != self.config.num_classes {
-            bail!("{}: {} class names for a model with {} classes", path.display(), meta.classes.len(), self.config.num_classes);
+            bail!(
+                "{}: {} class names for a model with {} classes",
+                path.display(),
+                meta.classes.len(),
+                self.config.num_classes
+            );
         }
         let tensors = self.vars.iter().map(|(n, v)| (n.as_str(), v.as_tensor()));
-        let bytes = safetensors::serialize(tensors, None).with_context(|| format!("{}: serialising weights", path.display()))?;
+        let bytes = safetensors::serialize(tensors, None)
+            .with_context(|| format!("{}: serialising weights", path.display()))?;
         castream_data::atomic::write(path, &bytes)?;
         castream_data::atomic::write(&sidecar_path(path), &serde_json::to_vec_pretty(meta)?)
     }
@@ -122,9 +138,14 @@ impl Model {
     /// and strictly loads the weights.
     pub fn load(path: &Path, device: &Device) -> anyhow::Result<(Model, CheckpointMeta)> {
         let sidecar = sidecar_path(path);
-        let text = std::fs::read_to_string(&sidecar)
-            .with_context(|| format!("{}: cannot read the checkpoint sidecar (written next to the weights by Model::save)", sidecar.display()))?;
-        let meta: CheckpointMeta = serde_json::from_str(&text).with_context(|| format!("{}: invalid checkpoint sidecar", sidecar.display()))?;
+        let text = std::fs::read_to_string(&sidecar).with_context(|| {
+            format!(
+                "{}: cannot read the checkpoint sidecar (written next to the weights by Model::save)",
+                sidecar.display()
+            )
+        })?;
+        let meta: CheckpointMeta = serde_json::from_str(&text)
+            .with_context(|| format!("{}: invalid checkpoint sidecar", sidecar.display()))?;
         let model = Model::build(meta.config.clone(), None, device)?;
         load_into(&model.vars, path, &model.config.describe())?;
         Ok((model, meta))
@@ -160,7 +181,13 @@ mod tests {
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted);
-        for expected in ["conv1.weight", "bn1.running_var", "layer2.0.downsample.0.weight", "layer2.0.downsample.1.running_mean", "fc.bias"] {
+        for expected in [
+            "conv1.weight",
+            "bn1.running_var",
+            "layer2.0.downsample.0.weight",
+            "layer2.0.downsample.1.running_mean",
+            "fc.bias",
+        ] {
             assert!(names.iter().any(|n| n == expected), "{expected} missing");
         }
         let trainable = model.trainable_vars();

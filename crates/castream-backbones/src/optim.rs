@@ -75,7 +75,8 @@ impl Optimizer {
                     let v = p.second.take().map_or_else(zeros, Ok)?;
                     let m = ((m * beta1)? + (g * (1.0 - beta1))?)?;
                     let v = ((v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
-                    let decayed = if p.decay && weight_decay > 0.0 { (w * (1.0 - lr * weight_decay))? } else { w.clone() };
+                    let decayed =
+                        if p.decay && weight_decay > 0.0 { (w * (1.0 - lr * weight_decay))? } else { w.clone() };
                     let m_hat = (&m / (1.0 - beta1.powi(t)))?;
                     let v_hat = (&v / (1.0 - beta2.powi(t)))?;
                     let update = (m_hat / (v_hat.sqrt()? + eps)?)?;
@@ -213,8 +214,10 @@ mod tests {
         for _ in 0..2 {
             opt_c.step(&loss(&b).backward().unwrap(), 0.05).unwrap();
         }
-        let (wa, wb): (Vec<f32>, Vec<f32>) =
-            (a.as_tensor().flatten_all().unwrap().to_vec1().unwrap(), b.as_tensor().flatten_all().unwrap().to_vec1().unwrap());
+        let (wa, wb): (Vec<f32>, Vec<f32>) = (
+            a.as_tensor().flatten_all().unwrap().to_vec1().unwrap(),
+            b.as_tensor().flatten_all().unwrap().to_vec1().unwrap(),
+        );
         assert_eq!(wa, wb);
     }
 }

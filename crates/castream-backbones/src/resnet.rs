@@ -53,10 +53,18 @@ impl Block {
             .into_iter()
             .zip(strides)
             .enumerate()
-            .map(|(i, (shape, s))| ConvBn::new(ps, &format!("{name}.conv{}", i + 1), &format!("{name}.bn{}", i + 1), shape, s))
+            .map(|(i, (shape, s))| {
+                ConvBn::new(ps, &format!("{name}.conv{}", i + 1), &format!("{name}.bn{}", i + 1), shape, s)
+            })
             .collect::<Result<Vec<_>>>()?;
         let downsample = if stride != 1 || c_in != c_out {
-            Some(ConvBn::new(ps, &format!("{name}.downsample.0"), &format!("{name}.downsample.1"), [c_out, c_in, 1, 1], stride)?)
+            Some(ConvBn::new(
+                ps,
+                &format!("{name}.downsample.0"),
+                &format!("{name}.downsample.1"),
+                [c_out, c_in, 1, 1],
+                stride,
+            )?)
         } else {
             None
         };
@@ -160,10 +168,15 @@ mod tests {
         let mut ps = Params::new(Some(0), &Device::Cpu, Kernels::default());
         let layer = ConvBn::new(&mut ps, "conv", "bn", [4, 3, 3, 3], 2).unwrap();
         let vars = ps.into_vars();
-        for (name, value) in [("bn.running_mean", [0.5f32, -1.0, 0.0, 2.0]), ("bn.running_var", [0.25, 4.0, 1.0, 9.0]), ("bn.bias", [1.0, 0.0, -1.0, 3.0])] {
+        for (name, value) in [
+            ("bn.running_mean", [0.5f32, -1.0, 0.0, 2.0]),
+            ("bn.running_var", [0.25, 4.0, 1.0, 9.0]),
+            ("bn.bias", [1.0, 0.0, -1.0, 3.0]),
+        ] {
             vars[name].set(&Tensor::new(&value, &Device::Cpu).unwrap()).unwrap();
         }
-        let x = Tensor::arange(0f32, 2.0 * 3.0 * 49.0, &Device::Cpu).unwrap().sin().unwrap().reshape((2, 3, 7, 7)).unwrap();
+        let x =
+            Tensor::arange(0f32, 2.0 * 3.0 * 49.0, &Device::Cpu).unwrap().sin().unwrap().reshape((2, 3, 7, 7)).unwrap();
         let folded = layer.forward(&x, false).unwrap();
         let unfolded = layer.bn.forward(&layer.conv.forward(&x).unwrap(), false).unwrap();
         let diff = (folded - unfolded).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();

@@ -7,9 +7,15 @@ use serde::{Deserialize, Serialize};
 pub enum Schedule {
     Constant,
     /// Linear warm-up from 0 over `warmup_epochs`, then half a cosine down to `min_ratio * lr`.
-    Cosine { warmup_epochs: f64, min_ratio: f64 },
+    Cosine {
+        warmup_epochs: f64,
+        min_ratio: f64,
+    },
     /// Multiply by `gamma` at each epoch in `milestones` (the authors' code: 30/60 of 90, 0.1).
-    Step { milestones: Vec<usize>, gamma: f64 },
+    Step {
+        milestones: Vec<usize>,
+        gamma: f64,
+    },
 }
 
 impl Schedule {

@@ -66,8 +66,15 @@ impl LabelledSet for TensorSet {
     }
 
     fn batch(&self, indices: &[usize], device: &Device) -> Result<(Tensor, Tensor)> {
-        let ids = Tensor::from_vec(indices.iter().map(|&i| i as u32).collect::<Vec<_>>(), indices.len(), self.labels.device())?;
-        Ok((self.images.index_select(&ids, 0)?.to_device(device)?, self.labels.index_select(&ids, 0)?.to_device(device)?))
+        let ids = Tensor::from_vec(
+            indices.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+            indices.len(),
+            self.labels.device(),
+        )?;
+        Ok((
+            self.images.index_select(&ids, 0)?.to_device(device)?,
+            self.labels.index_select(&ids, 0)?.to_device(device)?,
+        ))
     }
 }
 
@@ -293,8 +300,10 @@ fn serialize(tensors: &HashMap<String, Tensor>, metadata: HashMap<String, String
 
 fn restore(task: &dyn Task, optimizer: &mut Optimizer, run_dir: &Path) -> Result<CheckpointState> {
     let path = checkpoint_path(run_dir);
-    let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read the checkpoint to resume from", path.display()))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).with_context(|| format!("{}: not a safetensors file", path.display()))?;
+    let bytes = std::fs::read(&path)
+        .with_context(|| format!("{}: cannot read the checkpoint to resume from", path.display()))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .with_context(|| format!("{}: not a safetensors file", path.display()))?;
     let state: CheckpointState = header
         .metadata()
         .as_ref()
@@ -325,12 +334,14 @@ mod tests {
         let v: Vec<f32> = (0..n * 3 * 16 * 16).map(|_| rng.random_range(-1.0f32..1.0)).collect();
         let images = Tensor::from_vec(v, (n, 3, 16, 16), &Device::Cpu).unwrap();
         let red: Vec<f32> = images.narrow(1, 0, 1).unwrap().mean((1, 2, 3)).unwrap().to_vec1().unwrap();
-        let labels = Tensor::from_vec(red.iter().map(|&r| (r > 0.0) as u32).collect::<Vec<_>>(), n, &Device::Cpu).unwrap();
+        let labels =
+            Tensor::from_vec(red.iter().map(|&r| (r > 0.0) as u32).collect::<Vec<_>>(), n, &Device::Cpu).unwrap();
         TensorSet { images, labels }
     }
 
     fn model() -> Model {
-        let config = BackboneConfig { stem: Stem::Small, base_width: Some(4), ..BackboneConfig::new(Arch::Resnet18, 2) };
+        let config =
+            BackboneConfig { stem: Stem::Small, base_width: Some(4), ..BackboneConfig::new(Arch::Resnet18, 2) };
         Model::new(config, 7, &Device::Cpu).unwrap()
     }
 
@@ -371,7 +382,10 @@ mod tests {
         assert!(killed.is_err());
         let fresh = model(); // a new process: weights come only from the checkpoint
         let resumed = train(&task(&fresh), &config(), dir_b.path(), true, &mut ()).unwrap();
-        assert_eq!(resumed, full.iter().map(|r| EpochReport { seconds: resumed[r.epoch].seconds, ..r.clone() }).collect::<Vec<_>>());
+        assert_eq!(
+            resumed,
+            full.iter().map(|r| EpochReport { seconds: resumed[r.epoch].seconds, ..r.clone() }).collect::<Vec<_>>()
+        );
         assert_eq!(weights(&fresh), weights(&a), "resumed weights differ from the uninterrupted run");
 
         let other = TrainConfig { seed: 4, ..config() };
@@ -384,7 +398,8 @@ mod tests {
         let (train_set, val_set) = (toy_set(10, 5), toy_set(4, 6));
         let m = model();
         let dir = tempfile::tempdir().unwrap();
-        let task = GapTask { model: &m, train: &train_set, val: &val_set, augment: Augment::default(), eval_batch_size: 4 };
+        let task =
+            GapTask { model: &m, train: &train_set, val: &val_set, augment: Augment::default(), eval_batch_size: 4 };
         train(&task, &TrainConfig { epochs: 1, ..config() }, dir.path(), false, &mut ()).unwrap();
         let path = dir.path().join("m.safetensors");
         let meta = crate::model::CheckpointMeta {
@@ -396,7 +411,8 @@ mod tests {
         m.save(&path, &meta).unwrap();
         let (loaded, meta2) = Model::load(&path, &Device::Cpu).unwrap();
         assert_eq!(meta2.classes, meta.classes);
-        let logits = |m: &Model| m.net.forward(&val_set.images, false).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let logits =
+            |m: &Model| m.net.forward(&val_set.images, false).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(logits(&m), logits(&loaded));
     }
 
@@ -406,11 +422,13 @@ mod tests {
         let src: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
         let (mut flipped, mut kept) = (0, 0);
         for seed in 0..20 {
-            let out = augment(&x, &Augment { hflip: true, max_shift: 0 }, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap();
+            let out =
+                augment(&x, &Augment { hflip: true, max_shift: 0 }, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap();
             let out: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
             for img in 0..2 {
                 let range = img * 48..(img + 1) * 48;
-                let mirrored: Vec<f32> = src[range.clone()].chunks(4).flat_map(|row| row.iter().rev().copied()).collect();
+                let mirrored: Vec<f32> =
+                    src[range.clone()].chunks(4).flat_map(|row| row.iter().rev().copied()).collect();
                 if out[range.clone()] == mirrored[..] {
                     flipped += 1;
                 } else {

@@ -106,8 +106,12 @@ fn is_batch_counter(name: &str, vars: &BTreeMap<String, Var>) -> bool {
 /// Loads `file` into `vars` (a model's full store) if, and only if, it matches exactly.
 pub(crate) fn load_into(vars: &BTreeMap<String, Var>, file: &Path, model: &str) -> anyhow::Result<LoadReport> {
     let bytes = std::fs::read(file).with_context(|| format!("{}: cannot read weights", file.display()))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| anyhow!("{}: not a safetensors file ({e}). Fix: convert the checkpoint to safetensors, or check the path", file.display()))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        anyhow!(
+            "{}: not a safetensors file ({e}). Fix: convert the checkpoint to safetensors, or check the path",
+            file.display()
+        )
+    })?;
     let mut mismatch = KeyMismatch {
         file: file.to_path_buf(),
         model: model.to_string(),
@@ -138,7 +142,11 @@ pub(crate) fn load_into(vars: &BTreeMap<String, Var>, file: &Path, model: &str) 
             matched.push((var, view));
         }
     }
-    if !(mismatch.missing.is_empty() && mismatch.unexpected.is_empty() && mismatch.mis_shaped.is_empty() && mismatch.bad_dtype.is_empty()) {
+    if !(mismatch.missing.is_empty()
+        && mismatch.unexpected.is_empty()
+        && mismatch.mis_shaped.is_empty()
+        && mismatch.bad_dtype.is_empty())
+    {
         return Err(mismatch.into());
     }
     let mut converted = 0;

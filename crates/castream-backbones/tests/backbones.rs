@@ -3,7 +3,8 @@
 use candle_core::{DType, Device, Tensor};
 use castream_backbones::{Arch, BackboneConfig, Model, Stem};
 
-const ALL: [Arch; 6] = [Arch::Resnet18, Arch::Resnet34, Arch::Resnet50, Arch::ConvnextTiny, Arch::ConvnextSmall, Arch::ConvnextBase];
+const ALL: [Arch; 6] =
+    [Arch::Resnet18, Arch::Resnet34, Arch::Resnet50, Arch::ConvnextTiny, Arch::ConvnextSmall, Arch::ConvnextBase];
 
 /// A narrow variant: base width 8, one block per ConvNeXt stage.
 fn tiny(arch: Arch, stem: Stem) -> BackboneConfig {
@@ -18,7 +19,16 @@ fn tiny(arch: Arch, stem: Stem) -> BackboneConfig {
 
 fn input(side: usize) -> Tensor {
     let n = 3 * side * side;
-    Tensor::arange(0u32, n as u32, &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap().affine(1.0 / n as f64, -0.5).unwrap().sin().unwrap().reshape((1, 3, side, side)).unwrap()
+    Tensor::arange(0u32, n as u32, &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .affine(1.0 / n as f64, -0.5)
+        .unwrap()
+        .sin()
+        .unwrap()
+        .reshape((1, 3, side, side))
+        .unwrap()
 }
 
 fn values(t: &Tensor) -> Vec<f32> {
@@ -52,7 +62,8 @@ fn small_stem_on_64px_gives_f0_32x32_and_f4_4x4_for_every_arch() {
 fn imagenet_stem_downsamples_by_4_then_by_2_per_stage() {
     for arch in [Arch::Resnet18, Arch::Resnet50, Arch::ConvnextTiny] {
         let model = Model::new(tiny(arch, Stem::Imagenet), 0, &Device::Cpu).unwrap();
-        let sides: Vec<usize> = model.net.stages(&input(32), false).unwrap().iter().map(|f| f.dim(3).unwrap()).collect();
+        let sides: Vec<usize> =
+            model.net.stages(&input(32), false).unwrap().iter().map(|f| f.dim(3).unwrap()).collect();
         assert_eq!(sides, [8, 8, 4, 2, 1], "{}", arch.name());
     }
 }
@@ -108,7 +119,10 @@ fn same_seed_gives_identical_weights_and_a_different_seed_different_ones() {
     let (a, b) = (weights(7), weights(8));
     let differing = a.iter().zip(&b).filter(|(x, y)| x != y).count();
     assert!(differing > 0);
-    assert!(a.iter().zip(&b).all(|(x, y)| x != y || x.iter().all(|&v| v == x[0])), "every random parameter changes with the seed");
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x != y || x.iter().all(|&v| v == x[0])),
+        "every random parameter changes with the seed"
+    );
 }
 
 #[test]
@@ -128,11 +142,15 @@ fn adding_a_layer_leaves_the_other_initial_values_unchanged() {
 fn initialisation_follows_torchvision_and_timm() {
     let resnet = Model::new(BackboneConfig::new(Arch::Resnet18, 10), 0, &Device::Cpu).unwrap();
     let convnext = Model::new(tiny(Arch::ConvnextTiny, Stem::Small), 0, &Device::Cpu).unwrap();
-    let get = |m: &Model, name: &str| values(m.named_vars().into_iter().find(|(n, _)| n == name).unwrap().1.as_tensor());
+    let get =
+        |m: &Model, name: &str| values(m.named_vars().into_iter().find(|(n, _)| n == name).unwrap().1.as_tensor());
     let std = |v: &[f32]| (v.iter().map(|x| (x * x) as f64).sum::<f64>() / v.len() as f64).sqrt();
     let conv = get(&resnet, "layer1.0.conv1.weight");
     assert!((std(&conv) - (2.0f64 / (64.0 * 9.0)).sqrt()).abs() < 0.005, "kaiming fan_out: {}", std(&conv));
-    assert!(get(&resnet, "bn1.weight").iter().all(|&v| v == 1.0) && get(&resnet, "bn1.running_var").iter().all(|&v| v == 1.0));
+    assert!(
+        get(&resnet, "bn1.weight").iter().all(|&v| v == 1.0)
+            && get(&resnet, "bn1.running_var").iter().all(|&v| v == 1.0)
+    );
     assert!(get(&resnet, "fc.bias").iter().all(|v| v.abs() <= 1.0 / 512f32.sqrt()));
     assert!(get(&convnext, "stages.0.blocks.0.gamma").iter().all(|&v| v == 1e-6));
     assert!(get(&convnext, "stages.1.downsample.1.bias").iter().all(|&v| v == 0.0));
@@ -147,7 +165,11 @@ fn gradients_reach_every_trainable_parameter() {
         for train in [true, false] {
             let grads = model.net.forward(&x, train).unwrap().sqr().unwrap().sum_all().unwrap().backward().unwrap();
             for (name, var) in model.trainable_vars() {
-                assert!(grads.get(var.as_tensor()).is_some(), "{} (train {train}): no gradient for {name}", arch.name());
+                assert!(
+                    grads.get(var.as_tensor()).is_some(),
+                    "{} (train {train}): no gradient for {name}",
+                    arch.name()
+                );
             }
         }
     }
@@ -160,9 +182,16 @@ fn fast_and_candle_kernels_compute_the_same_network() {
         let mut config = tiny(arch, Stem::Small);
         config.kernels = castream_kernels::Kernels::Candle;
         let candle = Model::new(config, 4, &Device::Cpu).unwrap();
-        let (a, b) = (values(&fast.net.forward(&input(64), false).unwrap()), values(&candle.net.forward(&input(64), false).unwrap()));
+        let (a, b) = (
+            values(&fast.net.forward(&input(64), false).unwrap()),
+            values(&candle.net.forward(&input(64), false).unwrap()),
+        );
         let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-4 * scale.max(1.0)), "{}: {a:?} vs {b:?}", arch.name());
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-4 * scale.max(1.0)),
+            "{}: {a:?} vs {b:?}",
+            arch.name()
+        );
     }
 }
 
@@ -186,8 +215,8 @@ fn counted_multiply_adds_match_the_published_figures() {
 /// network scale, and its layers are checked one by one in the kernels' tests.
 #[test]
 fn network_gradients_agree_with_finite_differences() {
-    use castream_backbones::{Arch, BackboneConfig, Model, Stem};
     use candle_core::{DType, Device, Tensor};
+    use castream_backbones::{Arch, BackboneConfig, Model, Stem};
     {
         let (arch, depths) = (Arch::ConvnextTiny, Some([1, 1, 1, 1]));
         let config = BackboneConfig { stem: Stem::Small, base_width: Some(8), depths, ..BackboneConfig::new(arch, 3) };
@@ -200,7 +229,9 @@ fn network_gradients_agree_with_finite_differences() {
         }
         let x = Tensor::randn(0f32, 1.0, (2, 3, 16, 16), &Device::Cpu).unwrap();
         let r = Tensor::randn(0f32, 1.0, (2, 3), &Device::Cpu).unwrap();
-        let loss = |m: &Model| m.net.forward(&x, false).unwrap().mul(&r).unwrap().sum_all().unwrap().to_dtype(DType::F64).unwrap();
+        let loss = |m: &Model| {
+            m.net.forward(&x, false).unwrap().mul(&r).unwrap().sum_all().unwrap().to_dtype(DType::F64).unwrap()
+        };
         let grads = loss(&model).backward().unwrap();
         let mut checked = 0;
         for (name, var) in model.trainable_vars() {
@@ -218,7 +249,11 @@ fn network_gradients_agree_with_finite_differences() {
             let eps = 2.5e-3f32;
             let fd = (probe(eps) - probe(-eps)) / (2.0 * eps as f64);
             let scale = fd.abs().max(g[k].abs() as f64).max(1e-2);
-            assert!((fd - g[k] as f64).abs() / scale < 0.05, "{name}[{k}]: finite difference {fd} vs autograd {}", g[k]);
+            assert!(
+                (fd - g[k] as f64).abs() / scale < 0.05,
+                "{name}[{k}]: finite difference {fd} vs autograd {}",
+                g[k]
+            );
             checked += 1;
         }
         assert!(checked > 10);

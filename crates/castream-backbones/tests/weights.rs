@@ -18,7 +18,14 @@ fn tiny(arch: Arch) -> BackboneConfig {
 }
 
 fn input() -> Tensor {
-    Tensor::arange(0f32, 3.0 * 64.0 * 64.0, &Device::Cpu).unwrap().affine(1e-3, 0.0).unwrap().cos().unwrap().reshape((1, 3, 64, 64)).unwrap()
+    Tensor::arange(0f32, 3.0 * 64.0 * 64.0, &Device::Cpu)
+        .unwrap()
+        .affine(1e-3, 0.0)
+        .unwrap()
+        .cos()
+        .unwrap()
+        .reshape((1, 3, 64, 64))
+        .unwrap()
 }
 
 fn logits(model: &Model) -> Vec<f32> {
@@ -85,7 +92,8 @@ fn half_and_double_precision_files_are_converted_to_f32() {
 fn missing_extra_and_misshaped_keys_are_all_listed_and_nothing_is_loaded() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.safetensors");
-    let mut tensors: Vec<(String, Tensor)> = torch_export(&trained_source(), DType::F32).into_iter().filter(|(n, _)| n != "fc.bias").collect();
+    let mut tensors: Vec<(String, Tensor)> =
+        torch_export(&trained_source(), DType::F32).into_iter().filter(|(n, _)| n != "fc.bias").collect();
     tensors.retain(|(n, _)| n != "layer3.1.bn2.running_var");
     tensors.push(("fc.extra".into(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap()));
     tensors.push(("head.num_batches_tracked".into(), Tensor::new(0i64, &Device::Cpu).unwrap()));
@@ -103,7 +111,14 @@ fn missing_extra_and_misshaped_keys_are_all_listed_and_nothing_is_loaded() {
     assert_eq!(mismatch.unexpected, ["fc.extra", "head.num_batches_tracked"]);
     assert_eq!(mismatch.mis_shaped, [("fc.weight".to_string(), vec![4, 64], vec![1000, 64])]);
     let msg = err.to_string();
-    for needle in [path.to_str().unwrap(), "fc.bias", "fc.extra", "fc.weight expected [4, 64] found [1000, 64]", "resnet18", "Fix:"] {
+    for needle in [
+        path.to_str().unwrap(),
+        "fc.bias",
+        "fc.extra",
+        "fc.weight expected [4, 64] found [1000, 64]",
+        "resnet18",
+        "Fix:",
+    ] {
         assert!(msg.contains(needle), "`{needle}` not in:\n{msg}");
     }
     assert_eq!(logits(&target), before, "a failed load must leave the model untouched");
@@ -138,13 +153,20 @@ fn hub_weights_load_from_a_prefilled_cache_without_network() {
     let cache = tempfile::tempdir().unwrap();
     let source = trained_source();
     let bytes = safetensors::serialize(torch_export(&source, DType::F32), None).unwrap();
-    put_in_cache(cache.path(), &HubRepo::new("timm/resnet18.castream-test", RepoKind::Model), "model.safetensors", &bytes).unwrap();
+    put_in_cache(
+        cache.path(),
+        &HubRepo::new("timm/resnet18.castream-test", RepoKind::Model),
+        "model.safetensors",
+        &bytes,
+    )
+    .unwrap();
     let spec = r#"{"hub": {"repo": {"repo": "timm/resnet18.castream-test"}, "file": "model.safetensors"}}"#;
     let weights: WeightSource = serde_json::from_str(spec).unwrap();
     let mut target = Model::new(tiny(Arch::Resnet18), 2, &Device::Cpu).unwrap();
     target.load_weights_with(&weights, HubAccess::CacheOnly, Some(cache.path())).unwrap();
     assert_eq!(logits(&target), logits(&source));
-    let absent = WeightSource::Hub { repo: HubRepo::new("timm/absent", RepoKind::Model), file: "model.safetensors".into() };
+    let absent =
+        WeightSource::Hub { repo: HubRepo::new("timm/absent", RepoKind::Model), file: "model.safetensors".into() };
     let msg = target.load_weights_with(&absent, HubAccess::CacheOnly, Some(cache.path())).unwrap_err().to_string();
     assert!(msg.contains("timm/absent"), "{msg}");
 }
@@ -167,16 +189,30 @@ fn save_then_load_gives_bit_identical_logits_and_the_same_meta() {
         assert_eq!(loaded_meta, meta);
         assert_eq!(logits(&loaded), logits(&model), "{}", arch.name());
     }
-    let mut names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
-    assert_eq!(names, ["convnext-tiny.safetensors", "convnext-tiny.safetensors.json", "resnet50.safetensors", "resnet50.safetensors.json"]);
+    assert_eq!(
+        names,
+        [
+            "convnext-tiny.safetensors",
+            "convnext-tiny.safetensors.json",
+            "resnet50.safetensors",
+            "resnet50.safetensors.json"
+        ]
+    );
 }
 
 #[test]
 fn saving_with_meta_of_another_model_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let model = Model::new(tiny(Arch::Resnet18), 0, &Device::Cpu).unwrap();
-    let meta = CheckpointMeta { config: tiny(Arch::Resnet50), classes: vec![], normalisation: Normalisation::IMAGENET, extra: serde_json::Value::Null };
+    let meta = CheckpointMeta {
+        config: tiny(Arch::Resnet50),
+        classes: vec![],
+        normalisation: Normalisation::IMAGENET,
+        extra: serde_json::Value::Null,
+    };
     let err = model.save(&dir.path().join("x.safetensors"), &meta).unwrap_err().to_string();
     assert!(err.contains("resnet50") && err.contains("resnet18"), "{err}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);

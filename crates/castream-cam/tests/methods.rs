@@ -16,7 +16,8 @@ const CLASSES: usize = 3;
 const SIDE: usize = 32;
 
 fn backbone(seed: u64) -> Model {
-    let config = BackboneConfig { stem: Stem::Small, base_width: Some(4), ..BackboneConfig::new(Arch::Resnet18, CLASSES) };
+    let config =
+        BackboneConfig { stem: Stem::Small, base_width: Some(4), ..BackboneConfig::new(Arch::Resnet18, CLASSES) };
     Model::new(config, seed, &Device::Cpu).unwrap()
 }
 
@@ -73,7 +74,8 @@ fn check_grad_cam_against_finite_differences(subject: &Subject) {
     let y = logits_of_variants(subject, &x, &variants, class);
     let fd: Vec<f32> = (0..a.len()).map(|i| (y[2 * i] - y[2 * i + 1]) / (2.0 * eps)).collect();
     // Grad-CAM's weights: the finite-difference gradient averaged over positions.
-    let weights: Vec<f32> = (0..k).map(|c| fd[c * h * w..(c + 1) * h * w].iter().sum::<f32>() / (h * w) as f32).collect();
+    let weights: Vec<f32> =
+        (0..k).map(|c| fd[c * h * w..(c + 1) * h * w].iter().sum::<f32>() / (h * w) as f32).collect();
     let t = target_gradients(subject, &x, &[class]).unwrap();
     let grads = flat(&t.gradients);
     assert!(max_abs_diff(&grads, &fd) <= 2e-3 * max_abs(&fd).max(1e-3), "gradient vs finite differences");
@@ -218,7 +220,8 @@ fn batched_maps_equal_one_image_at_a_time_maps() {
             let batched = flat(&explain(method.as_ref(), &subject, &x, &classes).unwrap().upsampled);
             let plane = SIDE * SIDE;
             for (i, &c) in classes.iter().enumerate() {
-                let one = flat(&explain(method.as_ref(), &subject, &x.narrow(0, i, 1).unwrap(), &[c]).unwrap().upsampled);
+                let one =
+                    flat(&explain(method.as_ref(), &subject, &x.narrow(0, i, 1).unwrap(), &[c]).unwrap().upsampled);
                 let d = max_abs_diff(&batched[i * plane..(i + 1) * plane], &one);
                 assert!(d <= 1e-4, "{m} ca={} image {i}: batched differs by {d}", subject.is_ca());
             }
@@ -234,7 +237,8 @@ fn for_a_gap_network_grad_cam_hirescam_and_xgrad_cam_equal_cam() {
     let subject = Subject::new(Pooling::Gap(&model), NORM);
     let x = images(2, 29);
     let classes = [1u32, 2];
-    let cam = flat(&explain(Method::Cam.build(&MethodOptions::default()).as_ref(), &subject, &x, &classes).unwrap().maps);
+    let cam =
+        flat(&explain(Method::Cam.build(&MethodOptions::default()).as_ref(), &subject, &x, &classes).unwrap().maps);
     assert!(max_abs(&cam) > 0.5, "CAM maps are normalised to [0, 1]");
     for m in [Method::GradCam, Method::HiResCam, Method::XGradCam] {
         let got = flat(&explain(m.build(&MethodOptions::default()).as_ref(), &subject, &x, &classes).unwrap().maps);
@@ -270,9 +274,11 @@ fn methods_refuse_the_pooling_they_do_not_explain() {
     let opts = MethodOptions::default();
     let err = Method::Cam.build(&opts).saliency(&Subject::new(Pooling::Ca(&ca), NORM), &x, &[0]).unwrap_err();
     assert!(err.to_string().contains("GAP"), "{err}");
-    let err = Method::RawAttention.build(&opts).saliency(&Subject::new(Pooling::Gap(&gap), NORM), &x, &[0]).unwrap_err();
+    let err =
+        Method::RawAttention.build(&opts).saliency(&Subject::new(Pooling::Gap(&gap), NORM), &x, &[0]).unwrap_err();
     assert!(err.to_string().contains("CA model"), "{err}");
-    let err = explain(Method::GradCam.build(&opts).as_ref(), &Subject::new(Pooling::Gap(&gap), NORM), &x, &[0, 1]).unwrap_err();
+    let err = explain(Method::GradCam.build(&opts).as_ref(), &Subject::new(Pooling::Gap(&gap), NORM), &x, &[0, 1])
+        .unwrap_err();
     assert!(err.to_string().contains("one class per image"), "{err}");
 }
 

@@ -13,7 +13,11 @@ use castream_experiments::spec::{available_specs, Profile, Spec};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "castream", version, about = "Reproduce and extend CA-Stream (attention-based pooling for interpretable CNNs)")]
+#[command(
+    name = "castream",
+    version,
+    about = "Reproduce and extend CA-Stream (attention-based pooling for interpretable CNNs)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -157,7 +161,9 @@ fn run(cli: Cli) -> Result<()> {
             if names.iter().any(|n| n == "all") {
                 for (name, outcome) in runner::reproduce_all(&opts)? {
                     match outcome {
-                        Outcome::Written { dir, seconds } => println!("{name:<10} wrote {} ({seconds:.1} s)", dir.display()),
+                        Outcome::Written { dir, seconds } => {
+                            println!("{name:<10} wrote {} ({seconds:.1} s)", dir.display())
+                        }
                         Outcome::Pending(p) => println!("{name:<10} pending: not yet available, needs {}", p.needs),
                     }
                 }

@@ -16,7 +16,8 @@ use tempfile::NamedTempFile;
 pub fn write_with(path: &Path, fill: impl FnOnce(&mut fs::File) -> Result<()>) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut tmp = NamedTempFile::new_in(dir).with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let mut tmp =
+        NamedTempFile::new_in(dir).with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     // tempfile creates files readable by their owner only; results and checkpoints are meant to be shared.
     #[cfg(unix)]
     {
@@ -52,7 +53,8 @@ impl StagedDir {
             let entry = entry?;
             let file = entry.file_name().to_string_lossy().into_owned();
             if file.starts_with(&format!(".{name}.partial-")) || file.starts_with(&format!(".{name}.old-")) {
-                fs::remove_dir_all(entry.path()).with_context(|| format!("removing stale {}", entry.path().display()))?;
+                fs::remove_dir_all(entry.path())
+                    .with_context(|| format!("removing stale {}", entry.path().display()))?;
             }
         }
         let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
@@ -72,9 +74,11 @@ impl StagedDir {
     /// Replaces the target directory by the staging directory. Between the two renames the target
     /// is briefly absent, never partial.
     pub fn commit(self) -> Result<PathBuf> {
-        let old = self
-            .target
-            .with_file_name(format!(".{}.old-{}", self.target.file_name().unwrap().to_string_lossy(), std::process::id()));
+        let old = self.target.with_file_name(format!(
+            ".{}.old-{}",
+            self.target.file_name().unwrap().to_string_lossy(),
+            std::process::id()
+        ));
         if self.target.exists() {
             fs::rename(&self.target, &old).with_context(|| format!("moving aside {}", self.target.display()))?;
         }
@@ -125,8 +129,10 @@ mod tests {
         write(&third.path().join("u.csv"), b"v3").unwrap();
         third.commit().unwrap();
         assert_eq!(fs::read(target.join("t.csv")).unwrap(), b"v3");
-        let names: Vec<String> =
-            fs::read_dir(target.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let names: Vec<String> = fs::read_dir(target.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         assert_eq!(names, vec!["table9".to_string()], "staging directories left behind: {names:?}");
     }
 }

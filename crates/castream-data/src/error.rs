@@ -25,12 +25,7 @@ pub enum DataError {
     TrailingBytes { path: PathBuf, expected: usize, found: usize },
 
     #[error("{images} holds {n_images} images but {labels} holds {n_labels} labels: the two files of a split must have the same count. Fix: make sure both files come from the same dataset release")]
-    CountMismatch {
-        images: PathBuf,
-        labels: PathBuf,
-        n_images: usize,
-        n_labels: usize,
-    },
+    CountMismatch { images: PathBuf, labels: PathBuf, n_images: usize, n_labels: usize },
 
     #[error("{path}: expected a {expected}, found an IDX array of shape {shape:?}")]
     WrongShape { path: PathBuf, expected: &'static str, shape: Vec<usize> },

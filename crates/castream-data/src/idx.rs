@@ -23,9 +23,7 @@ pub fn read_idx(path: &Path) -> Result<IdxArray> {
     let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     let bytes = if raw.starts_with(&GZIP_MAGIC) {
         let mut out = Vec::with_capacity(raw.len() * 4);
-        flate2::read::GzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|e| DataError::io(path, e))?;
+        flate2::read::GzDecoder::new(raw.as_slice()).read_to_end(&mut out).map_err(|e| DataError::io(path, e))?;
         out
     } else {
         raw
@@ -35,11 +33,7 @@ pub fn read_idx(path: &Path) -> Result<IdxArray> {
 
 /// Parses the bytes of an (uncompressed) IDX file; `path` is only used in error messages.
 pub fn parse_idx(mut bytes: Vec<u8>, path: &Path) -> Result<IdxArray> {
-    let truncated = |expected: usize, found: usize| DataError::Truncated {
-        path: path.to_path_buf(),
-        expected,
-        found,
-    };
+    let truncated = |expected: usize, found: usize| DataError::Truncated { path: path.to_path_buf(), expected, found };
     if bytes.len() < 4 {
         return Err(truncated(4, bytes.len()));
     }
@@ -55,10 +49,8 @@ pub fn parse_idx(mut bytes: Vec<u8>, path: &Path) -> Result<IdxArray> {
     if bytes.len() < header {
         return Err(truncated(header, bytes.len()));
     }
-    let dims: Vec<usize> = bytes[4..header]
-        .chunks_exact(4)
-        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
-        .collect();
+    let dims: Vec<usize> =
+        bytes[4..header].chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
     let count = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
     let count = count.ok_or(DataError::BadMagic { path: path.to_path_buf(), found: magic })?;
     let found = bytes.len() - header;

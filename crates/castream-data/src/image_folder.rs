@@ -40,11 +40,7 @@ impl ImageList {
     /// a missing or corrupt image is reported, with its path, when its batch is decoded.
     pub fn from_csv(list_file: &Path, image_root: &Path) -> Result<ImageList> {
         let text = std::fs::read_to_string(list_file).map_err(|e| DataError::io(list_file, e))?;
-        let list_error = |line: usize, reason: String| DataError::List {
-            path: list_file.to_path_buf(),
-            line,
-            reason,
-        };
+        let list_error = |line: usize, reason: String| DataError::List { path: list_file.to_path_buf(), line, reason };
 
         let mut entries = Vec::new();
         let mut seen_data_line = false;
@@ -62,15 +58,9 @@ impl ImageList {
                 None => line.rsplit_once(char::is_whitespace),
             };
             let Some((name, label)) = split.map(|(n, l)| (n.trim(), l.trim())) else {
-                return Err(list_error(
-                    line_no,
-                    format!("expected `name,label` (or `name label`), found `{line}`"),
-                ));
+                return Err(list_error(line_no, format!("expected `name,label` (or `name label`), found `{line}`")));
             };
-            if first_data_line
-                && name.eq_ignore_ascii_case("name")
-                && label.eq_ignore_ascii_case("label")
-            {
+            if first_data_line && name.eq_ignore_ascii_case("name") && label.eq_ignore_ascii_case("label") {
                 continue;
             }
             if name.is_empty() {
@@ -80,28 +70,18 @@ impl ImageList {
                 ));
             }
             let label: usize = label.parse().map_err(|_| {
-                list_error(
-                    line_no,
-                    format!("expected `name,label` with an integer label, found `{label}`"),
-                )
+                list_error(line_no, format!("expected `name,label` with an integer label, found `{label}`"))
             })?;
-            entries.push(ImageEntry {
-                path: image_root.join(name),
-                label,
-            });
+            entries.push(ImageEntry { path: image_root.join(name), label });
         }
 
         if entries.is_empty() {
             return Err(list_error(
                 text.lines().count(),
-                "the list holds no `name,label` entries (only blank lines, comments or a header)"
-                    .into(),
+                "the list holds no `name,label` entries (only blank lines, comments or a header)".into(),
             ));
         }
-        Ok(ImageList {
-            entries,
-            classes: Vec::new(),
-        })
+        Ok(ImageList { entries, classes: Vec::new() })
     }
 
     /// Reads a class-per-folder dataset: each sub-directory of `root` is a class, labelled by
@@ -150,12 +130,7 @@ impl ImageList {
             }
             images.sort();
             entries.extend(images.into_iter().map(|path| ImageEntry { path, label }));
-            classes.push(
-                dir.file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned(),
-            );
+            classes.push(dir.file_name().unwrap_or_default().to_string_lossy().into_owned());
         }
         Ok(ImageList { entries, classes })
     }
@@ -184,26 +159,18 @@ impl ImageList {
         if let Some(&bad) = indices.iter().find(|&&i| i >= self.entries.len()) {
             return Err(DataError::Config {
                 field: "indices".into(),
-                reason: format!(
-                    "index {bad} is out of range for a list of {} images",
-                    self.len()
-                ),
+                reason: format!("index {bad} is out of range for a list of {} images", self.len()),
             });
         }
-        let decoded: Vec<Result<Vec<f32>>> = indices
-            .par_iter()
-            .map(|&i| load_image(&self.entries[i].path, transform, norm))
-            .collect();
+        let decoded: Vec<Result<Vec<f32>>> =
+            indices.par_iter().map(|&i| load_image(&self.entries[i].path, transform, norm)).collect();
 
         let size = transform.output_size() as usize;
         let mut pixels = Vec::with_capacity(indices.len() * 3 * size * size);
         for image in decoded {
             pixels.extend(image?);
         }
-        let labels: Vec<u32> = indices
-            .iter()
-            .map(|&i| self.entries[i].label as u32)
-            .collect();
+        let labels: Vec<u32> = indices.iter().map(|&i| self.entries[i].label as u32).collect();
         let images = Tensor::from_vec(pixels, (indices.len(), 3, size, size), device)?;
         let labels = Tensor::from_vec(labels, indices.len(), device)?;
         Ok((images, labels))
@@ -251,27 +218,17 @@ impl EvalTransform {
             }
             _ => return Ok(()),
         };
-        Err(DataError::Config {
-            field: "eval_transform".into(),
-            reason,
-        })
+        Err(DataError::Config { field: "eval_transform".into(), reason })
     }
 
     fn apply(&self, image: &RgbImage) -> RgbImage {
         match *self {
-            EvalTransform::Squash { size } => {
-                imageops::resize(image, size, size, FilterType::Triangle)
-            }
+            EvalTransform::Squash { size } => imageops::resize(image, size, size, FilterType::Triangle),
             EvalTransform::ResizeCenterCrop { resize, crop } => {
                 let (w, h) = image.dimensions();
                 // torchvision truncates the long side: int(resize * long / short).
-                let long =
-                    |l: u32, s: u32| (u64::from(resize) * u64::from(l) / u64::from(s)) as u32;
-                let (nw, nh) = if w <= h {
-                    (resize, long(h, w))
-                } else {
-                    (long(w, h), resize)
-                };
+                let long = |l: u32, s: u32| (u64::from(resize) * u64::from(l) / u64::from(s)) as u32;
+                let (nw, nh) = if w <= h { (resize, long(h, w)) } else { (long(w, h), resize) };
                 let resized = imageops::resize(image, nw, nh, FilterType::Triangle);
                 // torchvision's offset is Python's round((side - crop) / 2): ties to even.
                 let offset = |side: u32| (f64::from(side - crop) / 2.0).round_ties_even() as u32;
@@ -286,13 +243,8 @@ impl EvalTransform {
 pub fn load_image(path: &Path, transform: EvalTransform, norm: &Normalisation) -> Result<Vec<f32>> {
     transform.validate()?;
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let decode_error = |reason: String| DataError::Decode {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let image = image::load_from_memory(&bytes)
-        .map_err(|e| decode_error(e.to_string()))?
-        .to_rgb8();
+    let decode_error = |reason: String| DataError::Decode { path: path.to_path_buf(), reason };
+    let image = image::load_from_memory(&bytes).map_err(|e| decode_error(e.to_string()))?.to_rgb8();
     if image.width() == 0 || image.height() == 0 {
         return Err(decode_error("the image has no pixels".into()));
     }
@@ -336,11 +288,7 @@ mod tests {
         let want = expected(colour, norm);
         for (c, channel) in chw.chunks_exact(plane).enumerate() {
             for &v in channel {
-                assert!(
-                    (v - want[c]).abs() < 1e-6,
-                    "channel {c}: {v} != {}",
-                    want[c]
-                );
+                assert!((v - want[c]).abs() < 1e-6, "channel {c}: {v} != {}", want[c]);
             }
         }
     }
@@ -357,14 +305,8 @@ mod tests {
         assert_eq!(
             l.entries,
             vec![
-                ImageEntry {
-                    path: images.join("ILSVRC2012_val_00000001.JPEG"),
-                    label: 65
-                },
-                ImageEntry {
-                    path: images.join("sub/b.png"),
-                    label: 3
-                },
+                ImageEntry { path: images.join("ILSVRC2012_val_00000001.JPEG"), label: 65 },
+                ImageEntry { path: images.join("sub/b.png"), label: 3 },
             ]
         );
         assert!(l.classes.is_empty());
@@ -377,20 +319,8 @@ mod tests {
         let dir = TempDir::new().unwrap();
         let list = write_list(&dir, "a.JPEG 0\nb.JPEG\t999\n");
         let l = ImageList::from_csv(&list, Path::new("/root")).unwrap();
-        assert_eq!(
-            l.entries[0],
-            ImageEntry {
-                path: "/root/a.JPEG".into(),
-                label: 0
-            }
-        );
-        assert_eq!(
-            l.entries[1],
-            ImageEntry {
-                path: "/root/b.JPEG".into(),
-                label: 999
-            }
-        );
+        assert_eq!(l.entries[0], ImageEntry { path: "/root/a.JPEG".into(), label: 0 });
+        assert_eq!(l.entries[1], ImageEntry { path: "/root/b.JPEG".into(), label: 999 });
     }
 
     #[test]
@@ -401,10 +331,7 @@ mod tests {
             Err(DataError::List { path, line, reason }) => {
                 assert_eq!(path, list);
                 assert_eq!(line, 3);
-                assert!(
-                    reason.contains("integer label") && reason.contains("`foo`"),
-                    "{reason}"
-                );
+                assert!(reason.contains("integer label") && reason.contains("`foo`"), "{reason}");
             }
             other => panic!("expected a List error, got {other:?}"),
         }
@@ -427,10 +354,7 @@ mod tests {
     fn csv_empty_list_is_an_error() {
         let dir = TempDir::new().unwrap();
         let list = write_list(&dir, "# nothing\n\nname,label\n");
-        assert!(matches!(
-            ImageList::from_csv(&list, dir.path()),
-            Err(DataError::List { .. })
-        ));
+        assert!(matches!(ImageList::from_csv(&list, dir.path()), Err(DataError::List { .. })));
     }
 
     #[test]
@@ -458,11 +382,8 @@ mod tests {
 
         let l = ImageList::from_class_folders(dir.path()).unwrap();
         assert_eq!(l.classes, vec!["bar", "kitchen", "office"]);
-        let got: Vec<(PathBuf, usize)> = l
-            .entries
-            .iter()
-            .map(|e| (e.path.strip_prefix(dir.path()).unwrap().into(), e.label))
-            .collect();
+        let got: Vec<(PathBuf, usize)> =
+            l.entries.iter().map(|e| (e.path.strip_prefix(dir.path()).unwrap().into(), e.label)).collect();
         assert_eq!(
             got,
             vec![
@@ -495,10 +416,7 @@ mod tests {
             other => panic!("expected an Io error, got {other:?}"),
         }
         fs::write(dir.path().join("loose.png"), "x").unwrap();
-        assert!(matches!(
-            ImageList::from_class_folders(dir.path()),
-            Err(DataError::Config { .. })
-        ));
+        assert!(matches!(ImageList::from_class_folders(dir.path()), Err(DataError::Config { .. })));
     }
 
     #[test]
@@ -516,10 +434,7 @@ mod tests {
 
     #[test]
     fn default_transform_is_authors_squash_224() {
-        assert_eq!(
-            EvalTransform::default(),
-            EvalTransform::Squash { size: 224 }
-        );
+        assert_eq!(EvalTransform::default(), EvalTransform::Squash { size: 224 });
         assert_eq!(EvalTransform::default().output_size(), 224);
     }
 
@@ -527,32 +442,18 @@ mod tests {
     fn resize_center_crop_takes_the_centre() {
         let dir = TempDir::new().unwrap();
         let (side, centre) = ([255, 0, 0], [0, 255, 0]);
-        let norm = Normalisation {
-            mean: [0.5; 3],
-            std: [0.25; 3],
-        };
+        let norm = Normalisation { mean: [0.5; 3], std: [0.25; 3] };
 
         // Wide image: left and right thirds differ from the centre.
-        let wide = RgbImage::from_fn(300, 100, |x, _| {
-            Rgb(if (100..200).contains(&x) {
-                centre
-            } else {
-                side
-            })
-        });
+        let wide = RgbImage::from_fn(300, 100, |x, _| Rgb(if (100..200).contains(&x) { centre } else { side }));
         let wide_path = dir.path().join("wide.png");
         wide.save(&wide_path).unwrap();
         // Tall image: top and bottom thirds differ from the centre.
-        let tall = RgbImage::from_fn(90, 270, |_, y| {
-            Rgb(if (90..180).contains(&y) { centre } else { side })
-        });
+        let tall = RgbImage::from_fn(90, 270, |_, y| Rgb(if (90..180).contains(&y) { centre } else { side }));
         let tall_path = dir.path().join("tall.png");
         tall.save(&tall_path).unwrap();
 
-        let t = EvalTransform::ResizeCenterCrop {
-            resize: 32,
-            crop: 16,
-        };
+        let t = EvalTransform::ResizeCenterCrop { resize: 32, crop: 16 };
         assert_eq!(t.output_size(), 16);
         for path in [wide_path, tall_path] {
             let chw = load_image(&path, t, &norm).unwrap();
@@ -566,14 +467,8 @@ mod tests {
         let dir = TempDir::new().unwrap();
         let path = dir.path().join("a.png");
         write_solid(&path, 4, 4, [0, 0, 0]);
-        for t in [
-            EvalTransform::Squash { size: 0 },
-            EvalTransform::ResizeCenterCrop { resize: 8, crop: 9 },
-        ] {
-            assert!(matches!(
-                load_image(&path, t, &Normalisation::IMAGENET),
-                Err(DataError::Config { .. })
-            ));
+        for t in [EvalTransform::Squash { size: 0 }, EvalTransform::ResizeCenterCrop { resize: 8, crop: 9 }] {
+            assert!(matches!(load_image(&path, t, &Normalisation::IMAGENET), Err(DataError::Config { .. })));
         }
     }
 
@@ -581,17 +476,10 @@ mod tests {
     fn corrupt_file_is_a_decode_error_naming_the_path() {
         let dir = TempDir::new().unwrap();
         let path = dir.path().join("broken.png");
-        fs::write(
-            &path,
-            [0x13u8, 0x37, 0xde, 0xad, 0xbe, 0xef, 0x00, 0x42, 0x99, 0x01],
-        )
-        .unwrap();
+        fs::write(&path, [0x13u8, 0x37, 0xde, 0xad, 0xbe, 0xef, 0x00, 0x42, 0x99, 0x01]).unwrap();
         match load_image(&path, EvalTransform::default(), &Normalisation::IMAGENET) {
             Err(err @ DataError::Decode { .. }) => {
-                assert!(
-                    err.to_string().contains(&path.display().to_string()),
-                    "{err}"
-                )
+                assert!(err.to_string().contains(&path.display().to_string()), "{err}")
             }
             other => panic!("expected a Decode error, got {other:?}"),
         }
@@ -629,13 +517,7 @@ mod tests {
         assert_eq!(labels.dtype(), candle_core::DType::U32);
         assert_eq!(labels.to_vec1::<u32>().unwrap(), vec![13, 10, 12]);
         for (b, &i) in order.iter().enumerate() {
-            let chw = images
-                .get(b)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let chw = images.get(b).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert_solid(&chw, colours[i], &norm);
         }
     }
@@ -647,42 +529,20 @@ mod tests {
         fs::write(dir.path().join("bad.png"), b"not an image").unwrap();
         let list = ImageList {
             entries: vec![
-                ImageEntry {
-                    path: dir.path().join("ok.png"),
-                    label: 0,
-                },
-                ImageEntry {
-                    path: dir.path().join("missing.png"),
-                    label: 1,
-                },
-                ImageEntry {
-                    path: dir.path().join("bad.png"),
-                    label: 2,
-                },
+                ImageEntry { path: dir.path().join("ok.png"), label: 0 },
+                ImageEntry { path: dir.path().join("missing.png"), label: 1 },
+                ImageEntry { path: dir.path().join("bad.png"), label: 2 },
             ],
             classes: Vec::new(),
         };
         let t = EvalTransform::Squash { size: 4 };
         let norm = Normalisation::IMAGENET;
         for _ in 0..5 {
-            let err = list
-                .load_batch(&[0, 2, 1], t, &norm, &Device::Cpu)
-                .unwrap_err();
-            assert!(
-                matches!(err, DataError::Decode { ref path, .. } if path.ends_with("bad.png")),
-                "{err}"
-            );
-            let err = list
-                .load_batch(&[1, 2], t, &norm, &Device::Cpu)
-                .unwrap_err();
-            assert!(
-                matches!(err, DataError::Io { ref path, .. } if path.ends_with("missing.png")),
-                "{err}"
-            );
+            let err = list.load_batch(&[0, 2, 1], t, &norm, &Device::Cpu).unwrap_err();
+            assert!(matches!(err, DataError::Decode { ref path, .. } if path.ends_with("bad.png")), "{err}");
+            let err = list.load_batch(&[1, 2], t, &norm, &Device::Cpu).unwrap_err();
+            assert!(matches!(err, DataError::Io { ref path, .. } if path.ends_with("missing.png")), "{err}");
         }
-        assert!(matches!(
-            list.load_batch(&[0, 3], t, &norm, &Device::Cpu),
-            Err(DataError::Config { .. })
-        ));
+        assert!(matches!(list.load_batch(&[0, 3], t, &norm, &Device::Cpu), Err(DataError::Config { .. })));
     }
 }

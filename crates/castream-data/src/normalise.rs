@@ -13,10 +13,7 @@ pub struct Normalisation {
 
 impl Normalisation {
     /// The ImageNet statistics used by torchvision, timm and the authors' code.
-    pub const IMAGENET: Normalisation = Normalisation {
-        mean: [0.485, 0.456, 0.406],
-        std: [0.229, 0.224, 0.225],
-    };
+    pub const IMAGENET: Normalisation = Normalisation { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
 
     /// Normalises a CHW image with values in [0, 1], in place.
     pub fn apply(&self, chw: &mut [f32]) {

@@ -67,7 +67,13 @@ pub struct BackgroundConfig {
 
 impl Default for BackgroundConfig {
     fn default() -> Self {
-        BackgroundConfig { value: [0.15, 0.65], saturation: [0.2, 0.9], texture_amplitude: 0.12, texture_cells: 6, grain: 0.03 }
+        BackgroundConfig {
+            value: [0.15, 0.65],
+            saturation: [0.2, 0.9],
+            texture_amplitude: 0.12,
+            texture_cells: 6,
+            grain: 0.03,
+        }
     }
 }
 
@@ -77,7 +83,10 @@ impl SceneConfig {
         let bad = |field: &str, reason: String| Err(DataError::Config { field: field.into(), reason });
         let [lo, hi] = self.item_size;
         if lo == 0 || lo > hi || hi > self.canvas {
-            return bad("scenes.item_size", format!("[{lo}, {hi}] must satisfy 1 <= min <= max <= canvas ({})", self.canvas));
+            return bad(
+                "scenes.item_size",
+                format!("[{lo}, {hi}] must satisfy 1 <= min <= max <= canvas ({})", self.canvas),
+            );
         }
         for (field, [a, b]) in [
             ("scenes.tint_saturation", self.tint_saturation),

@@ -33,7 +33,12 @@ pub fn cases(root: &Path) -> Result<Vec<Case>> {
         .map(|b| Case { label: format!("{} (quick)", b.name), config: b.model, batch: 64, size: 64 })
         .collect();
     for arch in [Arch::Resnet50, Arch::ConvnextTiny] {
-        out.push(Case { label: format!("{} (paper)", arch.name()), config: BackboneConfig::new(arch, 1000), batch: 8, size: 224 });
+        out.push(Case {
+            label: format!("{} (paper)", arch.name()),
+            config: BackboneConfig::new(arch, 1000),
+            batch: 8,
+            size: 224,
+        });
     }
     Ok(out)
 }
@@ -95,7 +100,12 @@ fn measure(case: &Case, kernels: Kernels, runs: usize) -> Result<Figures> {
 fn onnx(case: &Case, dir: &Path, runs: usize) -> Result<f64> {
     let model = Model::new(case.config.clone(), 0, &Device::Cpu)?;
     let ckpt = dir.join(format!("{}.safetensors", case.config.arch.name()));
-    let meta = CheckpointMeta { config: case.config.clone(), classes: Vec::new(), normalisation: Normalisation::IMAGENET, extra: serde_json::Value::Null };
+    let meta = CheckpointMeta {
+        config: case.config.clone(),
+        classes: Vec::new(),
+        normalisation: Normalisation::IMAGENET,
+        extra: serde_json::Value::Null,
+    };
     model.save(&ckpt, &meta)?;
     let x = input(case)?;
     let logits = model.net.forward(&x, false)?;
@@ -168,7 +178,8 @@ pub fn run(root: &Path, runs: usize, with_onnx: bool, only: Option<&str>) -> Res
     println!("| backbone | stem | stage 1 | stage 2 | stage 3 | stage 4 | head |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (label, ours, stock) in stage_rows {
-        let cells: Vec<String> = ours.iter().zip(stock).map(|(a, b)| format!("{:.1} / {:.1}", a * 1e3, b * 1e3)).collect();
+        let cells: Vec<String> =
+            ours.iter().zip(stock).map(|(a, b)| format!("{:.1} / {:.1}", a * 1e3, b * 1e3)).collect();
         println!("| {label} | {} |", cells.join(" | "));
     }
     Ok(())

@@ -42,7 +42,9 @@ impl QuickData {
     pub fn load(settings: &Settings) -> Result<QuickData> {
         let name = DatasetName::FashionMnist;
         let located = Locator::from_environment(name).locate(name, &settings.data.fashion_mnist)?;
-        let set = |split| -> Result<SceneSet> { Ok(SceneSet::new(located.load(split)?, name, split, settings.scenes.clone())?) };
+        let set = |split| -> Result<SceneSet> {
+            Ok(SceneSet::new(located.load(split)?, name, split, settings.scenes.clone())?)
+        };
         Ok(QuickData { train: set(Split::Train)?, test: set(Split::Test)? })
     }
 }
@@ -112,11 +114,15 @@ pub fn quick_models(
         let recipe = load_recipe(root)?;
         // Validation scenes come from the end of the train split, outside the backbone's training set.
         let first_val = data.train.len().saturating_sub(spec.val_images).max(recipe.data.train_images);
-        let subset = |ids: Vec<usize>| SceneSubset { set: &data.train, indices: ids, normalisation: meta.normalisation };
+        let subset =
+            |ids: Vec<usize>| SceneSubset { set: &data.train, indices: ids, normalisation: meta.normalisation };
         let (train_set, val_set) =
             (subset((0..spec.train_images.min(first_val)).collect()), subset((first_val..data.train.len()).collect()));
         let all_taps = [0, 1, 2, 3, 4];
-        let bar = progress::bar((train_set.indices.len() + val_set.indices.len()) as u64, format!("{name}: caching features"));
+        let bar = progress::bar(
+            (train_set.indices.len() + val_set.indices.len()) as u64,
+            format!("{name}: caching features"),
+        );
         let train = FeatureCache::build(&ca.backbone, &train_set, &all_taps, 128, |n| bar.inc(n as u64))?;
         let val = FeatureCache::build(&ca.backbone, &val_set, &all_taps, 128, |n| bar.inc(n as u64))?;
         bar.finish_and_clear();
@@ -125,7 +131,8 @@ pub fn quick_models(
     let cache = features.as_ref().expect("built above");
     let task = StreamTask { model: &ca, train: &cache.train, val: &cache.val, eval_batch_size: 256 };
     let run_dir = root.join("target/castream/stream-runs").join(format!("{name}-{key}"));
-    let history = train(&task, &spec.train, &run_dir, false, &mut progress::TrainBars::new(&format!("{name} stream"), false))?;
+    let history =
+        train(&task, &spec.train, &run_dir, false, &mut progress::TrainBars::new(&format!("{name} stream"), false))?;
     let stream_val_accuracy = history.last().map_or(f64::NAN, |h| h.val_accuracy);
     let tensors: std::collections::HashMap<String, candle_core::Tensor> =
         ca.stream.named_vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
@@ -147,7 +154,12 @@ pub fn quick_models(
 
 /// Per-image correctness (1 or 0) on the first `n` test scenes of the GAP network and of each CA
 /// model, which must all share one backbone: the backbone runs once per batch.
-pub fn correctness(models: &[&QuickModels], data: &QuickData, n: usize, batch: usize) -> Result<(Vec<f64>, Vec<Vec<f64>>)> {
+pub fn correctness(
+    models: &[&QuickModels],
+    data: &QuickData,
+    n: usize,
+    batch: usize,
+) -> Result<(Vec<f64>, Vec<Vec<f64>>)> {
     let first = models.first().context("no model to evaluate")?;
     let ids: Vec<usize> = (0..n.min(data.test.len())).collect();
     let (mut gap, mut ca) = (Vec::new(), vec![Vec::new(); models.len()]);

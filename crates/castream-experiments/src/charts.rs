@@ -116,10 +116,16 @@ impl GroupedBars<'_> {
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
             if let Some(iv) = self.intervals.and_then(|all| all.get(s)) {
                 chart
-                    .draw_series(iv.iter().zip(values).enumerate().filter(|(_, ((lo, hi), v))| lo.is_finite() && hi.is_finite() && v.is_finite()).map(|(i, (&(lo, hi), &v))| {
-                        let x = i as f64 + 0.1 + s as f64 * width + width * 0.475;
-                        ErrorBar::new_vertical(x, lo, v, hi, BLACK.stroke_width(2), 8)
-                    }))
+                    .draw_series(
+                        iv.iter()
+                            .zip(values)
+                            .enumerate()
+                            .filter(|(_, ((lo, hi), v))| lo.is_finite() && hi.is_finite() && v.is_finite())
+                            .map(|(i, (&(lo, hi), &v))| {
+                                let x = i as f64 + 0.1 + s as f64 * width + width * 0.475;
+                                ErrorBar::new_vertical(x, lo, v, hi, BLACK.stroke_width(2), 8)
+                            }),
+                    )
                     .map_err(err)?;
             }
         }
@@ -152,9 +158,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cats = vec!["a".to_string(), "b".to_string()];
         let series = vec![("train".to_string(), vec![3.0, 5.0]), ("test".to_string(), vec![1.0, 2.0])];
-        GroupedBars { title: "Counts", y_label: "images", categories: &cats, series: &series, intervals: None, y_from: None }
-            .write(&dir.path().join("c"))
-            .unwrap();
+        GroupedBars {
+            title: "Counts",
+            y_label: "images",
+            categories: &cats,
+            series: &series,
+            intervals: None,
+            y_from: None,
+        }
+        .write(&dir.path().join("c"))
+        .unwrap();
         let png = image::open(dir.path().join("c.png")).unwrap().to_rgb8();
         assert_eq!(png.dimensions(), (960, 540));
         // Both bar colours are present in the raster.

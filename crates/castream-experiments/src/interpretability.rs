@@ -118,7 +118,8 @@ pub struct Evaluation<'a> {
 impl Evaluation<'_> {
     /// The `metrics` of `source` on `subject`, whose weights `model_key` identifies (the cache key).
     pub fn run(&self, subject: &Subject, model_key: &str, source: Source, metrics: &[Metric]) -> Result<PerImage> {
-        let file = self.cache.join("scores").join(format!("{}.json", self.key(subject, model_key, source, Some(metrics))?));
+        let file =
+            self.cache.join("scores").join(format!("{}.json", self.key(subject, model_key, source, Some(metrics))?));
         if let Ok(bytes) = std::fs::read(&file) {
             if let Ok(cached) = serde_json::from_slice::<PerImage>(&bytes) {
                 if metrics.iter().all(|m| cached.get(m).is_some_and(|v| v.len() == self.ids.len())) {
@@ -145,7 +146,14 @@ impl Evaluation<'_> {
     fn key(&self, subject: &Subject, model_key: &str, source: Source, metrics: Option<&[Metric]>) -> Result<String> {
         let mut h = Sha256::new();
         h.update(model_key);
-        h.update(serde_json::to_vec(&(source, metrics, &self.spec.cam, self.spec.causal, subject.layer, subject.is_ca()))?);
+        h.update(serde_json::to_vec(&(
+            source,
+            metrics,
+            &self.spec.cam,
+            self.spec.causal,
+            subject.layer,
+            subject.is_ca(),
+        ))?);
         h.update(serde_json::to_vec(&(self.set.dataset.display_name(), self.set.split.name(), &self.set.config))?);
         h.update(serde_json::to_vec(self.ids)?);
         if source == Source::Random {
@@ -185,7 +193,14 @@ impl Evaluation<'_> {
     }
 
     /// Maps `(B, h, w)` in [0, 1] for the images `ids` of the batch `x`.
-    fn batch_maps(&self, subject: &Subject, source: Source, x: &Tensor, classes: &[u32], ids: &[usize]) -> Result<Tensor> {
+    fn batch_maps(
+        &self,
+        subject: &Subject,
+        source: Source,
+        x: &Tensor,
+        classes: &[u32],
+        ids: &[usize],
+    ) -> Result<Tensor> {
         let (b, _, h, w) = x.dims4()?;
         let options = &self.spec.cam;
         match source {
@@ -203,14 +218,16 @@ impl Evaluation<'_> {
                         (-(dy * dy + dx * dx) / (2.0 * sigma * sigma)).exp() as f32
                     })
                     .collect();
-                Ok(castream_stream::minmax_normalise(&Tensor::from_vec(map, (1, h, w), x.device())?)?.repeat((b, 1, 1))?)
+                Ok(castream_stream::minmax_normalise(&Tensor::from_vec(map, (1, h, w), x.device())?)?
+                    .repeat((b, 1, 1))?)
             }
             Source::Random => {
                 let (_, _, gh, gw) = subject.activations(x)?.target.dims4()?;
                 let noise: Vec<f32> = ids
                     .iter()
                     .flat_map(|&i| {
-                        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                        let mut rng =
+                            ChaCha8Rng::seed_from_u64(self.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
                         (0..gh * gw).map(move |_| rng.random::<f32>())
                     })
                     .collect();
@@ -233,7 +250,9 @@ impl Evaluation<'_> {
             let y = class_probabilities(&subject.logits(&x)?, &classes)?;
             let o = class_probabilities(&subject.logits(&explanation_images(&x, &maps, &norm)?)?, &classes)?;
             let c = confidence(&y, &o);
-            for (m, v) in [(Metric::AverageDrop, c.drop), (Metric::AverageGain, c.gain), (Metric::AverageIncrease, c.increase)] {
+            for (m, v) in
+                [(Metric::AverageDrop, c.drop), (Metric::AverageGain, c.gain), (Metric::AverageIncrease, c.increase)]
+            {
                 if let Some(dst) = out.get_mut(&m) {
                     dst.extend(v);
                 }
@@ -242,7 +261,8 @@ impl Evaluation<'_> {
         for (metric, mode) in [(Metric::Insertion, CausalMode::Insertion), (Metric::Deletion, CausalMode::Deletion)] {
             if let Some(dst) = out.get_mut(&metric) {
                 let mut score = |b: &Tensor| subject.logits(b);
-                let curves = causal_curves(&mut score, &x, &maps, &classes, mode, self.spec.causal.variant(), self.batch_size)?;
+                let curves =
+                    causal_curves(&mut score, &x, &maps, &classes, mode, self.spec.causal.variant(), self.batch_size)?;
                 dst.extend(curves.iter().map(|c| 100.0 * auc(c)));
             }
         }
@@ -284,7 +304,11 @@ mod tests {
         let images: Vec<u8> = (0..n * 784)
             .map(|p| {
                 let (y, x) = ((p % 784) / 28, p % 28);
-                if (6..22).contains(&y) && (8..20).contains(&x) { rng.random_range(80..=255) } else { 0 }
+                if (6..22).contains(&y) && (8..20).contains(&x) {
+                    rng.random_range(80..=255)
+                } else {
+                    0
+                }
             })
             .collect();
         let source = LabelledImages {
@@ -301,7 +325,8 @@ mod tests {
     }
 
     fn model() -> Model {
-        let config = BackboneConfig { stem: Stem::Small, base_width: Some(4), ..BackboneConfig::new(Arch::Resnet18, 3) };
+        let config =
+            BackboneConfig { stem: Stem::Small, base_width: Some(4), ..BackboneConfig::new(Arch::Resnet18, 3) };
         Model::new(config, 3, &Device::Cpu).unwrap()
     }
 
@@ -323,7 +348,8 @@ mod tests {
         let subject = Subject::new(Pooling::Gap(&net), NORM);
         let ids = [0, 1, 2, 3, 4];
         let dir = tempfile::tempdir().unwrap();
-        let eval = |batch_size, cache: PathBuf| Evaluation { set: &set, ids: &ids, batch_size, spec: &spec, seed: 1, cache };
+        let eval =
+            |batch_size, cache: PathBuf| Evaluation { set: &set, ids: &ids, batch_size, spec: &spec, seed: 1, cache };
         for source in [Source::Method(Method::ScoreCam), Source::Random, Source::Centre] {
             let whole = eval(5, dir.path().join("a")).run(&subject, "m", source, &ALL).unwrap();
             let pieces = eval(2, dir.path().join("b")).run(&subject, "m", source, &ALL).unwrap();
@@ -352,10 +378,12 @@ mod tests {
         let classes: Vec<u32> = y.to_vec1().unwrap();
         let maps = explain(Method::GradCam.build(&spec.cam).as_ref(), &subject, &x, &classes).unwrap().upsampled;
         let p = class_probabilities(&subject.logits(&x).unwrap(), &classes).unwrap();
-        let o = class_probabilities(&subject.logits(&explanation_images(&x, &maps, &NORM).unwrap()).unwrap(), &classes).unwrap();
+        let o = class_probabilities(&subject.logits(&explanation_images(&x, &maps, &NORM).unwrap()).unwrap(), &classes)
+            .unwrap();
         let expected_drop = confidence(&p, &o).drop;
         let mut score = |b: &Tensor| subject.logits(b);
-        let deletion = causal_curves(&mut score, &x, &maps, &classes, CausalMode::Deletion, CausalVariant::Authors, 7).unwrap();
+        let deletion =
+            causal_curves(&mut score, &x, &maps, &classes, CausalMode::Deletion, CausalVariant::Authors, 7).unwrap();
         let flat: Vec<Vec<f32>> = maps.flatten_from(1).unwrap().to_vec2().unwrap();
         for i in 0..3 {
             assert!((got[&Metric::AverageDrop][i] - expected_drop[i]).abs() < 1e-9);
@@ -371,7 +399,13 @@ mod tests {
         let subject = Subject::new(Pooling::Gap(&net), NORM);
         let eval = Evaluation { set: &set, ids: &[0, 1], batch_size: 2, spec: &spec, seed: 0, cache: PathBuf::new() };
         let (x, _) = set.batch(&[0, 1], &NORM, &Device::Cpu).unwrap();
-        let centre: Vec<Vec<f32>> = eval.batch_maps(&subject, Source::Centre, &x, &[0, 0], &[0, 1]).unwrap().flatten_from(1).unwrap().to_vec2().unwrap();
+        let centre: Vec<Vec<f32>> = eval
+            .batch_maps(&subject, Source::Centre, &x, &[0, 0], &[0, 1])
+            .unwrap()
+            .flatten_from(1)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
         let peak = (0..centre[0].len()).max_by(|&a, &b| centre[0][a].total_cmp(&centre[0][b])).unwrap();
         assert!([15, 16].contains(&(peak / 32)) && [15, 16].contains(&(peak % 32)), "peak at {peak}");
         let random = eval.batch_maps(&subject, Source::Random, &x, &[0, 0], &[0, 1]).unwrap();
@@ -380,6 +414,9 @@ mod tests {
         assert!(lo == 0.0 && hi > 0.999 && hi <= 1.0, "range [{lo}, {hi}]");
         // Seeded per image: the same image gets the same noise in another batch.
         let alone = eval.batch_maps(&subject, Source::Random, &x.narrow(0, 1, 1).unwrap(), &[0], &[1]).unwrap();
-        assert_eq!(alone.flatten_all().unwrap().to_vec1::<f32>().unwrap(), random.get(1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert_eq!(
+            alone.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            random.get(1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
     }
 }

@@ -96,8 +96,10 @@ impl LabelledSet for SceneSubset<'_> {
 
 pub fn load_recipe(root: &Path) -> Result<Recipe> {
     let path = root.join(CHECKPOINT_DIR).join(RECIPE);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read the backbone recipe", path.display()))?;
-    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}Fix: see docs/backbones.md for the recipe schema", path.display()))
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read the backbone recipe", path.display()))?;
+    toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}Fix: see docs/backbones.md for the recipe schema", path.display()))
 }
 
 fn load_manifest(root: &Path) -> Result<Manifest> {
@@ -127,7 +129,10 @@ pub fn is_shipped(root: &Path, name: &str) -> Result<bool> {
 pub fn load_backbone(root: &Path, name: &str) -> Result<(Model, CheckpointMeta, ManifestEntry)> {
     let manifest = load_manifest(root)?;
     let entry = manifest.get(name).cloned().with_context(|| {
-        format!("quick backbone `{name}` is not trained ({} has no entry); Fix: run `cargo xtask train-backbones`", CHECKPOINT_DIR)
+        format!(
+            "quick backbone `{name}` is not trained ({} has no entry); Fix: run `cargo xtask train-backbones`",
+            CHECKPOINT_DIR
+        )
     })?;
     let path = checkpoint_path(root, name);
     let sha = sha256_file(&path)?;
@@ -164,12 +169,17 @@ pub fn train_backbones(root: &Path, opts: &TrainOptions) -> Result<()> {
     let train_split = located.load(Split::Train)?;
     let data_sha256 = train_split.sha256.clone();
     if recipe.data.train_images >= train_split.len() {
-        bail!("[data] train_images = {} leaves no validation images of {}", recipe.data.train_images, train_split.len());
+        bail!(
+            "[data] train_images = {} leaves no validation images of {}",
+            recipe.data.train_images,
+            train_split.len()
+        );
     }
     let train_set = SceneSet::new(train_split, name, Split::Train, recipe.scenes.clone())?;
     let test_set = SceneSet::new(located.load(Split::Test)?, name, Split::Test, recipe.scenes.clone())?;
     let train_ids: Vec<usize> = (0..recipe.data.train_images).collect();
-    let val_end = recipe.data.val_images.map_or(train_set.len(), |v| (recipe.data.train_images + v).min(train_set.len()));
+    let val_end =
+        recipe.data.val_images.map_or(train_set.len(), |v| (recipe.data.train_images + v).min(train_set.len()));
     let val_ids: Vec<usize> = (recipe.data.train_images..val_end).collect();
     let bar = progress::bar(train_ids.len() as u64, "normalisation statistics");
     let normalisation = SceneStats::measure(&train_set, &train_ids, 1024, |n| bar.inc(n as u64)).normalisation();
@@ -196,7 +206,13 @@ pub fn train_backbones(root: &Path, opts: &TrainOptions) -> Result<()> {
             eval_batch_size: recipe.data.eval_batch_size,
         };
         let run_dir = root.join("target/castream/train").join(&b.name);
-        println!("{}: training {} ({} parameters) on {} scenes", b.name, b.model.describe(), model.parameter_count(), train_ids.len());
+        println!(
+            "{}: training {} ({} parameters) on {} scenes",
+            b.name,
+            b.model.describe(),
+            model.parameter_count(),
+            train_ids.len()
+        );
         let started = std::time::Instant::now();
         let history = train(&task, &b.train, &run_dir, opts.resume, &mut TrainBars::new(&b.name, true))?;
         let train_seconds = started.elapsed().as_secs_f64();
@@ -225,7 +241,10 @@ pub fn train_backbones(root: &Path, opts: &TrainOptions) -> Result<()> {
         };
         println!("{}: test accuracy {:.2}% -> {}", b.name, 100.0 * test_accuracy, path.display());
         manifest.insert(b.name.clone(), entry);
-        castream_data::atomic::write(&root.join(CHECKPOINT_DIR).join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
+        castream_data::atomic::write(
+            &root.join(CHECKPOINT_DIR).join(MANIFEST),
+            &serde_json::to_vec_pretty(&manifest)?,
+        )?;
     }
     Ok(())
 }

@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 
-use castream_data::atomic::{self, StagedDir};
 use crate::record::RunRecord;
 use crate::spec::{available_specs, Profile, Spec};
 use crate::targets::{self, NotYetAvailable, RunContext};
+use castream_data::atomic::{self, StagedDir};
 
 #[derive(Debug, Clone)]
 pub struct Options {

@@ -8,7 +8,13 @@ use castream_data::labelled::hex;
 use sha2::{Digest, Sha256};
 
 /// The upsampled maps of `method` for the normalised batch `x` and one class per image.
-pub fn maps(method: Method, options: &MethodOptions, subject: &Subject, x: &Tensor, classes: &[u32]) -> Result<Vec<Vec<f32>>> {
+pub fn maps(
+    method: Method,
+    options: &MethodOptions,
+    subject: &Subject,
+    x: &Tensor,
+    classes: &[u32],
+) -> Result<Vec<Vec<f32>>> {
     let e = explain(method.build(options).as_ref(), subject, x, classes)?;
     Ok(e.upsampled.flatten_from(1)?.to_vec2()?)
 }

@@ -66,7 +66,8 @@ impl Scorecard<'_> {
             columns.push(Column::new(m.name().into(), iv.iter().map(|i| i.mean).collect::<Vec<_>>()));
             columns.push(Column::new(format!("{m}_low").into(), iv.iter().map(|i| i.low).collect::<Vec<_>>()));
             columns.push(Column::new(format!("{m}_high").into(), iv.iter().map(|i| i.high).collect::<Vec<_>>()));
-            let cells: Vec<String> = iv.iter().map(|i| format!("{:.2} [{:.2}, {:.2}]", i.mean, i.low, i.high)).collect();
+            let cells: Vec<String> =
+                iv.iter().map(|i| format!("{:.2} [{:.2}, {:.2}]", i.mean, i.low, i.high)).collect();
             display.push(Column::new(format!("{} [95% CI]", m.label()).into(), cells));
             if has_paper {
                 let diff: Vec<Option<f64>> = iv.iter().zip(&paper).map(|(i, p)| Some(i.mean - (*p)?)).collect();
@@ -102,7 +103,8 @@ impl Scorecard<'_> {
         if pairs.is_empty() {
             return Ok(None);
         }
-        let (mut backbone, mut method, mut metric, mut diff, mut low, mut high) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut backbone, mut method, mut metric, mut diff, mut low, mut high) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
         let (mut verdict, mut paper_diff, mut same_sign) = (vec![], vec![], vec![]);
         for (gap, ca) in pairs {
             for &m in self.metrics {
@@ -180,10 +182,16 @@ impl Scorecard<'_> {
             Column::new("backbone".into(), repeat(|r| &r.backbone)),
             Column::new("method".into(), repeat(|r| &r.method)),
             Column::new("pooling".into(), repeat(|r| &r.pooling)),
-            Column::new("image".into(), self.rows.iter().flat_map(|_| images.iter().map(|&i| i as u32)).collect::<Vec<_>>()),
+            Column::new(
+                "image".into(),
+                self.rows.iter().flat_map(|_| images.iter().map(|&i| i as u32)).collect::<Vec<_>>(),
+            ),
         ];
         for &m in self.metrics {
-            columns.push(Column::new(m.name().into(), self.rows.iter().flat_map(|r| r.values[&m].clone()).collect::<Vec<_>>()));
+            columns.push(Column::new(
+                m.name().into(),
+                self.rows.iter().flat_map(|r| r.values[&m].clone()).collect::<Vec<_>>(),
+            ));
         }
         let mut frame = DataFrame::new(self.rows.len() * images.len(), columns)?;
         let path = dir.join(format!("{}_per_image.parquet", self.name));
@@ -215,10 +223,14 @@ impl Scorecard<'_> {
             let series: Vec<(String, Vec<f64>)> = series_names
                 .iter()
                 .enumerate()
-                .map(|(s, n)| (n.clone(), (0..categories.len()).map(|c| get(s, c).map_or(f64::NAN, |i| i.mean)).collect()))
+                .map(|(s, n)| {
+                    (n.clone(), (0..categories.len()).map(|c| get(s, c).map_or(f64::NAN, |i| i.mean)).collect())
+                })
                 .collect();
             let intervals: Vec<Vec<(f64, f64)>> = (0..series_names.len())
-                .map(|s| (0..categories.len()).map(|c| get(s, c).map_or((f64::NAN, f64::NAN), |i| (i.low, i.high))).collect())
+                .map(|s| {
+                    (0..categories.len()).map(|c| get(s, c).map_or((f64::NAN, f64::NAN), |i| (i.low, i.high))).collect()
+                })
                 .collect();
             GroupedBars {
                 title: &format!("{}: {} (95% intervals)", self.title, m.label()),
@@ -253,7 +265,12 @@ mod tests {
     use super::*;
 
     fn row(method: &str, pooling: &str, ad: Vec<f64>) -> Row {
-        Row { backbone: "resnet18".into(), method: method.into(), pooling: pooling.into(), values: [(Metric::AverageDrop, ad)].into() }
+        Row {
+            backbone: "resnet18".into(),
+            method: method.into(),
+            pooling: pooling.into(),
+            values: [(Metric::AverageDrop, ad)].into(),
+        }
     }
 
     fn paper(_: &str, method: &str, pooling: &str, _: Metric) -> Option<f64> {
@@ -267,7 +284,15 @@ mod tests {
     }
 
     fn card(rows: &[Row]) -> Scorecard<'_> {
-        Scorecard { name: "t", title: "T", rows, metrics: &[Metric::AverageDrop], resamples: 500, seed: 3, paper: Some(&paper) }
+        Scorecard {
+            name: "t",
+            title: "T",
+            rows,
+            metrics: &[Metric::AverageDrop],
+            resamples: 500,
+            seed: 3,
+            paper: Some(&paper),
+        }
     }
 
     #[test]
@@ -310,7 +335,8 @@ mod tests {
         let rows = [row("A", "GAP", vec![1.0, 2.0]), row("A", "CA", vec![3.0, 4.0]), row("C", "CA", vec![5.0, 6.0])];
         let dir = tempfile::tempdir().unwrap();
         card(&rows).write(&[7, 9], &[], dir.path()).unwrap();
-        let back = ParquetReader::new(std::fs::File::open(dir.path().join("t_per_image.parquet")).unwrap()).finish().unwrap();
+        let back =
+            ParquetReader::new(std::fs::File::open(dir.path().join("t_per_image.parquet")).unwrap()).finish().unwrap();
         assert_eq!(back.height(), 6);
         let images: Vec<u32> = back.column("image").unwrap().u32().unwrap().into_no_null_iter().collect();
         assert_eq!(images, [7, 9, 7, 9, 7, 9]);

@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Context, Result};
-use castream_data::discovery::DataLocation;
-use castream_data::image_folder::EvalTransform;
-use castream_data::scenes::SceneConfig;
 use castream_backbones::optim::OptimizerConfig;
 use castream_backbones::schedule::Schedule;
 use castream_backbones::train::TrainConfig;
 use castream_cam::{MethodOptions, TargetClass};
+use castream_data::discovery::DataLocation;
+use castream_data::image_folder::EvalTransform;
+use castream_data::scenes::SceneConfig;
 use castream_data::Normalisation;
 use castream_metrics::causal::CausalVariant;
 use castream_stream::StreamConfig;
@@ -155,8 +155,12 @@ impl CausalChoice {
     /// How table footers name the variant.
     pub fn describe(self) -> &'static str {
         match self {
-            CausalChoice::Authors => "authors' variant: ground-truth class; insertion/deletion change 8 rows of pixels per step",
-            CausalChoice::OptiCam => "Opti-CAM variant: predicted class; insertion/deletion change one row of pixels per step",
+            CausalChoice::Authors => {
+                "authors' variant: ground-truth class; insertion/deletion change 8 rows of pixels per step"
+            }
+            CausalChoice::OptiCam => {
+                "Opti-CAM variant: predicted class; insertion/deletion change one row of pixels per step"
+            }
         }
     }
 }
@@ -251,18 +255,24 @@ impl Spec {
     /// Parses spec text; `path` is used for messages and the name check.
     pub fn parse(text: &str, path: &Path) -> Result<Spec> {
         let mut spec: Spec = toml::from_str(text).map_err(|e| {
-            anyhow!("{}: {}Fix: correct the key or value above; the schema is documented in docs/specs.md", path.display(), e)
+            anyhow!(
+                "{}: {}Fix: correct the key or value above; the schema is documented in docs/specs.md",
+                path.display(),
+                e
+            )
         })?;
         spec.path = path.to_path_buf();
         let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         if spec.name != stem {
-            bail!("{}: `name = \"{}\"` differs from the file name; Fix: set `name = \"{stem}\"`", path.display(), spec.name);
+            bail!(
+                "{}: `name = \"{}\"` differs from the file name; Fix: set `name = \"{stem}\"`",
+                path.display(),
+                spec.name
+            );
         }
         for (profile, settings) in [(Profile::Quick, &spec.quick), (Profile::Paper, &spec.paper)] {
             if let Some(s) = settings {
-                s.scenes
-                    .validate()
-                    .with_context(|| format!("{}: in [{profile}]", path.display()))?;
+                s.scenes.validate().with_context(|| format!("{}: in [{profile}]", path.display()))?;
                 if s.batch_size == 0 {
                     bail!("{}: [{profile}] batch_size must be at least 1", path.display());
                 }

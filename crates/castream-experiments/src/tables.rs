@@ -63,11 +63,8 @@ impl Table {
         let frame = self.display.as_ref().unwrap_or(&self.frame);
         let headers: Vec<String> = frame.get_column_names().iter().map(|n| header(n)).collect();
         writeln!(out, "| {} |", headers.join(" | "))?;
-        let align: Vec<&str> = frame
-            .columns()
-            .iter()
-            .map(|c| if c.dtype().is_primitive_numeric() { "---:" } else { ":---" })
-            .collect();
+        let align: Vec<&str> =
+            frame.columns().iter().map(|c| if c.dtype().is_primitive_numeric() { "---:" } else { ":---" }).collect();
         writeln!(out, "|{}|", align.join("|"))?;
         for i in 0..frame.height() {
             let row = frame.get(i).context("row index in range")?;

@@ -140,7 +140,8 @@ fn interpretability_tables_run_end_to_end_on_a_tiny_backbone() {
     }
     assert_eq!(csv(&t2.join("table2_ca_vs_gap.csv")).height(), 15, "three methods x five metrics");
     assert_eq!(csv(&t2.join("table2_sanity.csv")).height(), 6);
-    let per_image = ParquetReader::new(std::fs::File::open(t2.join("table2_per_image.parquet")).unwrap()).finish().unwrap();
+    let per_image =
+        ParquetReader::new(std::fs::File::open(t2.join("table2_per_image.parquet")).unwrap()).finish().unwrap();
     assert_eq!(per_image.height(), 6 * 12);
     for metric in ["AD", "AG", "AI", "I", "D"] {
         assert!(t2.join(format!("table2_{metric}.png")).is_file() && t2.join(format!("table2_{metric}.svg")).is_file());

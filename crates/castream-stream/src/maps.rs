@@ -103,7 +103,9 @@ mod tests {
         let last = values(&attention_map(&out, AttentionSelect::Last, 2, 2).unwrap());
         let block3 = values(&attention_map(&out, AttentionSelect::Block(3), 2, 2).unwrap());
         let expect = |v: [f32; 4]| v.map(|x| (x - 0.1) / (0.3 + 1e-7));
-        for (g, w) in last.iter().zip(expect([0.4, 0.1, 0.2, 0.3])).chain(block3.iter().zip(expect([0.1, 0.2, 0.3, 0.4]))) {
+        for (g, w) in
+            last.iter().zip(expect([0.4, 0.1, 0.2, 0.3])).chain(block3.iter().zip(expect([0.1, 0.2, 0.3, 0.4])))
+        {
             assert!((g - w).abs() < 1e-5);
         }
         // Normalised blocks A = [0, 1/3, 2/3, 1], B = [1, 0, 1/3, 2/3].

@@ -67,7 +67,13 @@ impl FeatureCache {
         }
         let stages = parts
             .into_iter()
-            .map(|p| if p.is_empty() { Ok(Tensor::zeros(0, candle_core::DType::F32, &device)?) } else { Ok(Tensor::cat(&p, 0)?) })
+            .map(|p| {
+                if p.is_empty() {
+                    Ok(Tensor::zeros(0, candle_core::DType::F32, &device)?)
+                } else {
+                    Ok(Tensor::cat(&p, 0)?)
+                }
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(FeatureCache { stages, labels: Tensor::cat(&labels, 0)? })
     }
@@ -87,7 +93,11 @@ impl FeatureCache {
 
     /// The cached stage outputs and labels of `indices`.
     pub fn batch(&self, indices: &[usize]) -> Result<(Vec<Tensor>, Tensor)> {
-        let ids = Tensor::from_vec(indices.iter().map(|&i| i as u32).collect::<Vec<_>>(), indices.len(), self.labels.device())?;
+        let ids = Tensor::from_vec(
+            indices.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+            indices.len(),
+            self.labels.device(),
+        )?;
         let stages = self
             .stages
             .iter()
@@ -145,11 +155,11 @@ impl Task for StreamTask<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
     use castream_backbones::optim::OptimizerConfig;
     use castream_backbones::schedule::Schedule;
     use castream_backbones::train::{train, TensorSet, TrainConfig};
     use castream_backbones::{Arch, BackboneConfig, Stem};
-    use candle_core::Device;
     use rand::{Rng, SeedableRng};
 
     fn set(n: usize, seed: u64) -> TensorSet {
@@ -163,7 +173,8 @@ mod tests {
     }
 
     fn ca_model() -> CaModel {
-        let config = BackboneConfig { stem: Stem::Small, base_width: Some(4), ..BackboneConfig::new(Arch::Resnet18, 3) };
+        let config =
+            BackboneConfig { stem: Stem::Small, base_width: Some(4), ..BackboneConfig::new(Arch::Resnet18, 3) };
         CaModel::new(Model::new(config, 1, &Device::Cpu).unwrap(), &StreamConfig::default(), 2).unwrap()
     }
 
@@ -178,7 +189,8 @@ mod tests {
         let taps = &model.stream.config().taps;
         let train_cache = FeatureCache::build(&model.backbone, &train_set, taps, 4, |_| {}).unwrap();
         let val_cache = FeatureCache::build(&model.backbone, &val_set, taps, 4, |_| {}).unwrap();
-        let (backbone_before, stream_before) = (snapshot(model.backbone.named_vars()), snapshot(model.stream.named_vars()));
+        let (backbone_before, stream_before) =
+            (snapshot(model.backbone.named_vars()), snapshot(model.stream.named_vars()));
         let task = StreamTask { model: &model, train: &train_cache, val: &val_cache, eval_batch_size: 4 };
         let config = TrainConfig {
             epochs: 2,
@@ -195,8 +207,12 @@ mod tests {
 
     #[test]
     fn a_convnext_backbone_gets_a_stream_through_its_layernorm_head() {
-        let config =
-            BackboneConfig { stem: Stem::Small, base_width: Some(8), depths: Some([1, 1, 1, 1]), ..BackboneConfig::new(Arch::ConvnextTiny, 3) };
+        let config = BackboneConfig {
+            stem: Stem::Small,
+            base_width: Some(8),
+            depths: Some([1, 1, 1, 1]),
+            ..BackboneConfig::new(Arch::ConvnextTiny, 3)
+        };
         let model = CaModel::new(Model::new(config, 1, &Device::Cpu).unwrap(), &StreamConfig::default(), 2).unwrap();
         // ConvNeXt taps: stem 8, stages 8, 16, 32, 64; the last block maps to the head's 64 inputs.
         assert_eq!(model.backbone.net.stage_widths(), [8, 8, 16, 32, 64]);
@@ -207,7 +223,10 @@ mod tests {
         assert_eq!(out.attention.len(), 5);
         // The classifier is the backbone's own head (LayerNorm + fc) applied to the token.
         let direct = model.backbone.net.classify(&out.token).unwrap();
-        assert_eq!(snapshot(vec![("l".into(), Var::from_tensor(&logits).unwrap())]), snapshot(vec![("l".into(), Var::from_tensor(&direct).unwrap())]));
+        assert_eq!(
+            snapshot(vec![("l".into(), Var::from_tensor(&logits).unwrap())]),
+            snapshot(vec![("l".into(), Var::from_tensor(&direct).unwrap())])
+        );
     }
 
     #[test]
@@ -217,7 +236,8 @@ mod tests {
         let cache = FeatureCache::build(&model.backbone, &data, &model.stream.config().taps, 2, |_| {}).unwrap();
         assert_eq!(cache.len(), 5);
         let (features, _) = cache.batch(&[0, 1, 2, 3, 4]).unwrap();
-        let cached: Vec<f32> = model.logits_from_features(&features).unwrap().0.flatten_all().unwrap().to_vec1().unwrap();
+        let cached: Vec<f32> =
+            model.logits_from_features(&features).unwrap().0.flatten_all().unwrap().to_vec1().unwrap();
         let live: Vec<f32> = model.forward(&data.images).unwrap().0.flatten_all().unwrap().to_vec1().unwrap();
         for (a, b) in cached.iter().zip(&live) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");

@@ -80,7 +80,13 @@ pub struct CaStream {
 /// Cross attention of a query with a feature map, no projections: per head,
 /// `a = softmax(scale * F_h q_h)` over the `h x w` positions and `z_h = F_h^T a`. `f` is
 /// `(B, d, h, w)`, `q` is `(B, d)` or `(d,)`; returns `z` `(B, d)` and the attention.
-pub fn cross_attention(f: &Tensor, q: &Tensor, heads: usize, scale: AttentionScale, tap: usize) -> Result<(Tensor, Attention)> {
+pub fn cross_attention(
+    f: &Tensor,
+    q: &Tensor,
+    heads: usize,
+    scale: AttentionScale,
+    tap: usize,
+) -> Result<(Tensor, Attention)> {
     let (b, d, h, w) = f.dims4()?;
     if heads == 0 || d % heads != 0 {
         candle_core::bail!("{heads} heads do not divide the {d} channels of stage {tap}");
@@ -94,11 +100,12 @@ pub fn cross_attention(f: &Tensor, q: &Tensor, heads: usize, scale: AttentionSca
     let fh = f.reshape((b, heads, dh, h * w))?;
     let qh = q.reshape((b, heads, 1, dh))?;
     let logits = (qh.matmul(&fh)? * factor)?; // (B, heads, 1, p)
-    // candle-nn's `softmax_last_dim` kernel has no backward pass (gradients would silently stop
-    // here); the composed `softmax` is differentiable.
+                                              // candle-nn's `softmax_last_dim` kernel has no backward pass (gradients would silently stop
+                                              // here); the composed `softmax` is differentiable.
     let weights = candle_nn::ops::softmax(&logits, D::Minus1)?;
     let z = fh.matmul(&weights.transpose(2, 3)?.contiguous()?)?.reshape((b, d))?;
-    let attention = Attention { tap, logits: logits.reshape((b, heads, h, w))?, weights: weights.reshape((b, heads, h, w))? };
+    let attention =
+        Attention { tap, logits: logits.reshape((b, heads, h, w))?, weights: weights.reshape((b, heads, h, w))? };
     Ok((z, attention))
 }
 
@@ -106,7 +113,13 @@ impl CaStream {
     /// A freshly initialised stream for a backbone with stage widths `widths` whose classifier
     /// takes `out_width` inputs: `q_0 ~ N(1, 1)`, `W_l` Xavier-uniform, `b_l` PyTorch's Linear
     /// default `U(-1/sqrt(d_l), 1/sqrt(d_l))`, each drawn from its own seeded stream.
-    pub fn new(config: &StreamConfig, widths: [usize; 5], out_width: usize, seed: u64, device: &Device) -> Result<CaStream> {
+    pub fn new(
+        config: &StreamConfig,
+        widths: [usize; 5],
+        out_width: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Result<CaStream> {
         let taps = &config.taps;
         if taps.is_empty() || taps.windows(2).any(|t| t[0] >= t[1]) || taps.iter().any(|&t| t > 4) {
             candle_core::bail!("stream taps {taps:?} must be strictly increasing stage indices in 0..=4");
@@ -122,9 +135,11 @@ impl CaStream {
         for (i, &tap) in taps.iter().enumerate() {
             let (d_in, d_out) = (widths[tap], taps.get(i + 1).map_or(out_width, |&next| widths[next]));
             let name = format!("blocks.{tap}");
-            let weight = init::xavier_uniform(&mut init::param_rng(seed, &format!("{name}.weight")), &[d_out, d_in], device)?;
+            let weight =
+                init::xavier_uniform(&mut init::param_rng(seed, &format!("{name}.weight")), &[d_out, d_in], device)?;
             let bound = 1.0 / (d_in as f64).sqrt();
-            let bias = init::uniform(&mut init::param_rng(seed, &format!("{name}.bias")), &[d_out], -bound, bound, device)?;
+            let bias =
+                init::uniform(&mut init::param_rng(seed, &format!("{name}.bias")), &[d_out], -bound, bound, device)?;
             blocks.push(Block { tap, weight: var(weight)?, bias: var(bias)? });
         }
         Ok(CaStream { config: config.clone(), q0, blocks })
@@ -141,7 +156,9 @@ impl CaStream {
         let mut attention = Vec::with_capacity(self.blocks.len());
         let mut queries = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
-            let f = features.get(block.tap).ok_or_else(|| candle_core::Error::Msg(format!("stage {} missing", block.tap)))?;
+            let f = features
+                .get(block.tap)
+                .ok_or_else(|| candle_core::Error::Msg(format!("stage {} missing", block.tap)))?;
             let (z, a) = cross_attention(f, &q, self.config.heads, self.config.scale, block.tap)?;
             queries.push(q);
             q = z.matmul(&block.weight.as_tensor().t()?)?.broadcast_add(block.bias.as_tensor())?;
@@ -239,7 +256,8 @@ mod tests {
             let cfg = StreamConfig { heads, ..Default::default() };
             let s = CaStream::new(&cfg, widths, 5, 11, &Device::Cpu).unwrap();
             let got = values(&s.forward(&f).unwrap().token);
-            let params: Vec<(String, Vec<f32>)> = s.named_vars().into_iter().map(|(n, v)| (n, values(v.as_tensor()))).collect();
+            let params: Vec<(String, Vec<f32>)> =
+                s.named_vars().into_iter().map(|(n, v)| (n, values(v.as_tensor()))).collect();
             let get = |n: &str| &params.iter().find(|(k, _)| k == n).unwrap().1;
             for b in 0..2 {
                 let mut q: Vec<f64> = get("q0").iter().map(|&v| v as f64).collect();
@@ -262,11 +280,16 @@ mod tests {
                     }
                     let (w, bias) = (get(&format!("blocks.{l}.weight")), get(&format!("blocks.{l}.bias")));
                     let out = bias.len();
-                    q = (0..out).map(|o| bias[o] as f64 + (0..d).map(|c| w[o * d + c] as f64 * z[c]).sum::<f64>()).collect();
+                    q = (0..out)
+                        .map(|o| bias[o] as f64 + (0..d).map(|c| w[o * d + c] as f64 * z[c]).sum::<f64>())
+                        .collect();
                 }
                 for (o, want) in q.iter().enumerate() {
                     let have = got[b * 5 + o] as f64;
-                    assert!((have - want).abs() < 1e-4 * (1.0 + want.abs()), "heads {heads} image {b} out {o}: {have} vs {want}");
+                    assert!(
+                        (have - want).abs() < 1e-4 * (1.0 + want.abs()),
+                        "heads {heads} image {b} out {o}: {have} vs {want}"
+                    );
                 }
             }
         }
@@ -275,7 +298,14 @@ mod tests {
     #[test]
     fn a_zero_query_pools_exactly_like_gap() {
         let f = random(&[2, 6, 4, 3], 5);
-        let (z, a) = cross_attention(&f, &Tensor::zeros(6, DType::F32, &Device::Cpu).unwrap(), 1, AttentionScale::InvSqrtWidth, 0).unwrap();
+        let (z, a) = cross_attention(
+            &f,
+            &Tensor::zeros(6, DType::F32, &Device::Cpu).unwrap(),
+            1,
+            AttentionScale::InvSqrtWidth,
+            0,
+        )
+        .unwrap();
         let gap = global_average(&f).unwrap();
         for (x, y) in values(&z).iter().zip(values(&gap)) {
             assert!((x - y).abs() < 1e-6);
@@ -304,7 +334,11 @@ mod tests {
                     l
                 };
                 let fd = (probe(eps) - probe(-eps)) / (2.0 * eps as f64);
-                assert!((fd - g[k] as f64).abs() < 2e-2 * (1.0 + fd.abs()), "{name}[{k}]: fd {fd} vs autograd {}", g[k]);
+                assert!(
+                    (fd - g[k] as f64).abs() < 2e-2 * (1.0 + fd.abs()),
+                    "{name}[{k}]: fd {fd} vs autograd {}",
+                    g[k]
+                );
             }
         }
     }
@@ -312,7 +346,8 @@ mod tests {
     #[test]
     fn multiply_adds_by_hand() {
         let (f, widths) = features(1, 0);
-        let s = CaStream::new(&StreamConfig { taps: vec![3, 4], ..Default::default() }, widths, 5, 0, &Device::Cpu).unwrap();
+        let s = CaStream::new(&StreamConfig { taps: vec![3, 4], ..Default::default() }, widths, 5, 0, &Device::Cpu)
+            .unwrap();
         // CA-3 reads 8x3x2 and maps 8 -> 8; CA-4 reads 8x2x2 and maps 8 -> 5.
         assert_eq!(s.multiply_adds(&f).unwrap(), (2 * 8 * 6 + 64) + (2 * 8 * 4 + 40));
     }
@@ -324,7 +359,9 @@ mod tests {
         assert!(bad(StreamConfig { taps: vec![], ..Default::default() }));
         assert!(bad(StreamConfig { taps: vec![5], ..Default::default() }));
         assert!(bad(StreamConfig { heads: 3, ..Default::default() }));
-        let last_two = CaStream::new(&StreamConfig { taps: vec![3, 4], ..Default::default() }, RESNET18, 512, 0, &Device::Cpu).unwrap();
+        let last_two =
+            CaStream::new(&StreamConfig { taps: vec![3, 4], ..Default::default() }, RESNET18, 512, 0, &Device::Cpu)
+                .unwrap();
         assert_eq!(last_two.parameter_count(), 256 + 256 * 512 + 512 + 512 * 512 + 512);
     }
 }

@@ -34,7 +34,8 @@ impl CamMethod for AblationCam {
         let mut weights = vec![0f32; b * k];
         for chunk in pairs.chunks(self.chunk.max(1)) {
             let ids: Vec<u32> = chunk.iter().map(|&(i, _)| i as u32).collect();
-            let keep: Vec<f32> = chunk.iter().flat_map(|&(_, c)| (0..k).map(move |j| if j == c { 0.0 } else { 1.0 })).collect();
+            let keep: Vec<f32> =
+                chunk.iter().flat_map(|&(_, c)| (0..k).map(move |j| if j == c { 0.0 } else { 1.0 })).collect();
             let keep = Tensor::from_vec(keep, (chunk.len(), k, 1, 1), dev)?.to_dtype(DType::F32)?;
             let sub = acts.select(&ids)?;
             let ablated = sub.target.broadcast_mul(&keep)?;

@@ -20,10 +20,16 @@ impl CamMethod for Cam {
             bail!("CAM explains a GAP network; for the CA model use Grad-CAM or raw attention");
         };
         if subject.layer != 4 {
-            bail!("CAM reads the classifier weights, so it explains the last stage only (layer 4, not {})", subject.layer);
+            bail!(
+                "CAM reads the classifier weights, so it explains the last stage only (layer 4, not {})",
+                subject.layer
+            );
         }
         let Some((weight, _)) = model.net.linear_classifier() else {
-            bail!("CAM needs a linear classifier on the pooled features ({:?} normalises first); use Grad-CAM", model.config.arch);
+            bail!(
+                "CAM needs a linear classifier on the pooled features ({:?} normalises first); use Grad-CAM",
+                model.config.arch
+            );
         };
         let ids = Tensor::from_slice(classes, classes.len(), x.device())?;
         weighted_sum(&weight.index_select(&ids, 0)?, &subject.activations(x)?.target)

@@ -152,7 +152,10 @@ fn quick(ctx: &mut RunContext) -> Result<()> {
         columns: GRID_COLUMNS,
         scale: 3,
         rows: vec![
-            (format!("Fashion-MNIST test scenes ({} of {})", fashion_idx.len(), fashion.len()), tiles(fashion, &fashion_idx)),
+            (
+                format!("Fashion-MNIST test scenes ({} of {})", fashion_idx.len(), fashion.len()),
+                tiles(fashion, &fashion_idx),
+            ),
             ("MNIST digit scenes (classes unseen in training, for figure4)".into(), tiles(digits, &digit_idx)),
         ],
     }
@@ -241,9 +244,11 @@ fn paper(ctx: &mut RunContext) -> Result<()> {
             Ok(Tile { rgb, side, caption: names[entry.label].chars().take(18).collect(), boxes: Vec::new() })
         })
         .collect::<Result<Vec<_>>>()?;
-    Grid { title: "Evaluation images after the transform".into(), columns: GRID_COLUMNS, scale: 1, rows: vec![(
-        format!("{} of {} images", ids.len(), list.len()),
-        tiles,
-    )] }
+    Grid {
+        title: "Evaluation images after the transform".into(),
+        columns: GRID_COLUMNS,
+        scale: 1,
+        rows: vec![(format!("{} of {} images", ids.len(), list.len()), tiles)],
+    }
     .write_png(&ctx.out.join("scenes.png"))
 }

@@ -29,12 +29,19 @@ struct Panel {
 const W: i32 = 1500;
 const PANEL_H: i32 = 300;
 
-fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    p: &Panel,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let text = |s: &str, x: i32, y: i32, size: i32| Text::new(s.to_string(), (x, y), (FONT, size).into_font());
     let boxed = |x: i32, y: i32, w: i32, h: i32, colour: RGBColor| {
-        [Rectangle::new([(x, y), (x + w, y + h)], colour.mix(0.18).filled()), Rectangle::new([(x, y), (x + w, y + h)], colour.stroke_width(2))]
+        [
+            Rectangle::new([(x, y), (x + w, y + h)], colour.mix(0.18).filled()),
+            Rectangle::new([(x, y), (x + w, y + h)], colour.stroke_width(2)),
+        ]
     };
-    let arrow = |(x0, y0): (i32, i32), (x1, y1): (i32, i32)| PathElement::new(vec![(x0, y0), (x1, y1)], BLACK.stroke_width(1));
+    let arrow =
+        |(x0, y0): (i32, i32), (x1, y1): (i32, i32)| PathElement::new(vec![(x0, y0), (x1, y1)], BLACK.stroke_width(1));
     area.draw(&text(&p.title, 10, 8, 20))?;
     let (bw, bh, gap) = (150, 54, 26);
     let (y_backbone, y_stream) = (60, 190);
@@ -91,7 +98,12 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> R
         prev = (bx + bw, y_stream + bh / 2);
     }
     area.draw(&arrow(prev, (classifier_x, (y_backbone + y_stream) / 2 + bh / 2)))?;
-    area.draw(&text("softmax(F q / sqrt(d)) over positions; values = features; no W_q, W_k, W_v", 10, y_stream + bh + 14, 13))?;
+    area.draw(&text(
+        "softmax(F q / sqrt(d)) over positions; values = features; no W_q, W_k, W_v",
+        10,
+        y_stream + bh + 14,
+        13,
+    ))?;
     Ok(())
 }
 
@@ -119,7 +131,11 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         let x = Tensor::zeros((1, 3, side, side), DType::F32, &Device::Cpu)?;
         let features = m.ca.backbone.net.stages(&x, false)?;
         let shape = |f: &Tensor| f.dims()[1..].iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
-        let stages = features.iter().enumerate().map(|(l, f)| (format!("F{l}{}", if l == 0 { " (stem)" } else { "" }), shape(f))).collect();
+        let stages = features
+            .iter()
+            .enumerate()
+            .map(|(l, f)| (format!("F{l}{}", if l == 0 { " (stem)" } else { "" }), shape(f)))
+            .collect();
         let vars = m.ca.stream.named_vars();
         let count = |n: &str| vars.iter().find(|(k, _)| k == n).map_or(0, |(_, v)| v.elem_count());
         let taps = &m.ca.stream.config().taps;

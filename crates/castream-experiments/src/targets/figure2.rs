@@ -47,9 +47,13 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         .map(|(b, &i)| {
             let scene = data.test.scene(i);
             let boxes: Vec<_> = scene.bbox.into_iter().collect();
-            let mut tiles = vec![Tile { rgb: scene.image.clone(), side, caption: "input".into(), boxes: boxes.clone() }];
+            let mut tiles =
+                vec![Tile { rgb: scene.image.clone(), side, caption: "input".into(), boxes: boxes.clone() }];
             for (caption, maps) in &columns {
-                tiles.push(Tile { boxes: boxes.clone(), ..Tile::overlay(&scene.image, &maps[b], side, caption.clone()) });
+                tiles.push(Tile {
+                    boxes: boxes.clone(),
+                    ..Tile::overlay(&scene.image, &maps[b], side, caption.clone())
+                });
             }
             let header = format!(
                 "test scene #{i}: {} (GAP predicts {}, CA predicts {})",
@@ -59,7 +63,9 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         })
         .collect();
     Grid {
-        title: format!("{name}: saliency of the ground-truth class, GAP vs CA-Stream (F_4, jet overlays, boxes = ground truth)"),
+        title: format!(
+            "{name}: saliency of the ground-truth class, GAP vs CA-Stream (F_4, jet overlays, boxes = ground truth)"
+        ),
         columns: 2 + 2 * CAMS.len(),
         scale: 3,
         rows,

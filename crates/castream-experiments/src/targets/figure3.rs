@@ -74,7 +74,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         let via_cam = cam_softmax(&f, &q, h * w);
         let diff = via_attention.iter().zip(&via_cam).map(|(a, c)| (a - c).abs()).fold(0f32, f32::max);
         max_diff = max_diff.max(diff);
-        let abs_diff: Vec<f32> = via_attention.iter().zip(&via_cam).map(|(a, c)| (a - c).abs() / diff.max(1e-30)).collect();
+        let abs_diff: Vec<f32> =
+            via_attention.iter().zip(&via_cam).map(|(a, c)| (a - c).abs() / diff.max(1e-30)).collect();
         diffs.push(diff as f64);
         let scene = data.test.scene(i);
         rows.push((
@@ -95,8 +96,9 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     }
     .write_png(&ctx.out.join("figure3.png"))?;
     let frame = df!("image" => ids.iter().map(|&i| i as u32).collect::<Vec<_>>(), "max_abs_difference" => diffs)?;
-    let mut table = Table::new("figure3", "Cross attention vs CAM with class-agnostic weights", frame)
-        .note(format!("{name} quick backbone with its trained stream; block CA-{tap}; float32 attention vs float64 CAM loop."));
+    let mut table = Table::new("figure3", "Cross attention vs CAM with class-agnostic weights", frame).note(format!(
+        "{name} quick backbone with its trained stream; block CA-{tap}; float32 attention vs float64 CAM loop."
+    ));
     table.decimals = 10;
     table.write(ctx.out)?;
     Ok(())

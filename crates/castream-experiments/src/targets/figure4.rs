@@ -55,7 +55,13 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         for (caption, maps) in &columns {
             tiles.push(Tile { boxes: boxes.clone(), ..Tile::overlay(&scene.image, &maps[b], side, caption.clone()) });
         }
-        rows.push((format!("MNIST scene #{i}: digit {} (the model, knowing only clothes, says {})", scene.label, fashion[predicted[b] as usize]), tiles));
+        rows.push((
+            format!(
+                "MNIST scene #{i}: digit {} (the model, knowing only clothes, says {})",
+                scene.label, fashion[predicted[b] as usize]
+            ),
+            tiles,
+        ));
         image.push(i as u32);
         digit.push(scene.label as u32);
         prediction.push(fashion[predicted[b] as usize].to_string());
@@ -70,7 +76,10 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     }
     .write_png(&ctx.out.join("figure4.png"))?;
     let box_share = |bbox_area: f64| 100.0 * bbox_area / (side * side) as f64;
-    let area: Vec<f64> = ids.iter().map(|&i| digits.scene(i).bbox.map_or(f64::NAN, |b| box_share((b.width() * b.height()) as f64))).collect();
+    let area: Vec<f64> = ids
+        .iter()
+        .map(|&i| digits.scene(i).bbox.map_or(f64::NAN, |b| box_share((b.width() * b.height()) as f64)))
+        .collect();
     let frame = df!(
         "image" => image, "digit" => digit, "prediction" => prediction,
         "last_block_energy_in_box" => energy, "box_area" => area,

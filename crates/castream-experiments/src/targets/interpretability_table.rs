@@ -9,8 +9,8 @@ use castream_data::scenes::SceneSet;
 
 use super::{NotYetAvailable, RunContext};
 use crate::ca::{quick_models, QuickData, QuickModels};
-use crate::quick::is_shipped;
 use crate::interpretability::{Evaluation, Metric, Source, PAPER_METRICS};
+use crate::quick::is_shipped;
 use crate::saliency::image_list_sha256;
 use crate::sanity;
 use crate::scorecard::{Row, Scorecard};
@@ -73,16 +73,19 @@ pub fn model_keys(m: &QuickModels) -> (String, String) {
 pub fn run(ctx: &mut RunContext, family: Family) -> Result<()> {
     let table = ctx.spec.name.clone();
     if ctx.profile == Profile::Paper {
-        bail!("{table} --profile paper: not yet available: needs an ImageNet-trained stream (train it on a GPU machine)");
+        bail!(
+            "{table} --profile paper: not yet available: needs an ImageNet-trained stream (train it on a GPU machine)"
+        );
     }
     let s = ctx.settings;
-    let names: Vec<&String> = s
-        .backbones
-        .iter()
-        .filter(|b| (family == Family::Convnext) == b.starts_with("convnext"))
-        .collect();
+    let names: Vec<&String> =
+        s.backbones.iter().filter(|b| (family == Family::Convnext) == b.starts_with("convnext")).collect();
     if names.is_empty() {
-        let want = if family == Family::Convnext { "a ConvNeXt backbone (e.g. \"convnext\")" } else { "a ResNet backbone (e.g. \"resnet18\")" };
+        let want = if family == Family::Convnext {
+            "a ConvNeXt backbone (e.g. \"convnext\")"
+        } else {
+            "a ResNet backbone (e.g. \"resnet18\")"
+        };
         bail!("{}: [quick] backbones lists none of this table's family; Fix: list {want}", ctx.spec.path.display());
     }
     for name in &names {
@@ -106,11 +109,19 @@ pub fn run(ctx: &mut RunContext, family: Family) -> Result<()> {
         ctx.record.seeds.insert(format!("stream.{name}"), s.stream.train.seed);
         let norm = m.meta.normalisation;
         let (gap_key, ca_key) = model_keys(&m);
-        let poolings = [("GAP", Subject::new(Pooling::Gap(&m.ca.backbone), norm), &gap_key), ("CA", Subject::new(Pooling::Ca(&m.ca), norm), &ca_key)];
+        let poolings = [
+            ("GAP", Subject::new(Pooling::Gap(&m.ca.backbone), norm), &gap_key),
+            ("CA", Subject::new(Pooling::Ca(&m.ca), norm), &ca_key),
+        ];
         for method in CAMS {
             for (pooling, subject, key) in &poolings {
                 let values = eval.run(subject, key, Source::Method(method), &PAPER_METRICS)?;
-                rows.push(Row { backbone: name.clone(), method: method.to_string(), pooling: pooling.to_string(), values });
+                rows.push(Row {
+                    backbone: name.clone(),
+                    method: method.to_string(),
+                    pooling: pooling.to_string(),
+                    values,
+                });
             }
         }
         sanity_rows.extend(sanity::check(&m, &data.test, &CAMS, s)?);
@@ -139,7 +150,10 @@ pub fn run(ctx: &mut RunContext, family: Family) -> Result<()> {
     ]);
     Scorecard {
         name: &table,
-        title: &format!("{}: interpretability, GAP vs CA-Stream", if family == Family::Convnext { "Table 3" } else { "Table 2" }),
+        title: &format!(
+            "{}: interpretability, GAP vs CA-Stream",
+            if family == Family::Convnext { "Table 3" } else { "Table 2" }
+        ),
         rows: &rows,
         metrics: &PAPER_METRICS,
         resamples: s.metrics.resamples,

@@ -3,9 +3,9 @@
 
 use std::time::Instant;
 
+use crate::saliency::image_list_sha256;
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
-use crate::saliency::image_list_sha256;
 use castream_metrics::bootstrap::{mean_interval, paired_interval};
 use polars::prelude::*;
 
@@ -56,7 +56,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         let m = quick_models(ctx.root, name, &s.stream, &data, &mut None)?;
         let (gap, ca) = correctness(&[&m], &data, n, s.batch_size)?;
         let ca = &ca[0];
-        let (x, _) = data.test.batch(&(0..s.batch_size.min(n)).collect::<Vec<_>>(), &m.meta.normalisation, &Device::Cpu)?;
+        let (x, _) =
+            data.test.batch(&(0..s.batch_size.min(n)).collect::<Vec<_>>(), &m.meta.normalisation, &Device::Cpu)?;
         // Multiply-adds of one image: the GAP network (convolutions and classifier), plus the stream.
         let one = x.narrow(0, 0, 1)?;
         let (logits, gap_macs) = castream_kernels::count_macs(|| m.ca.backbone.net.forward(&one, false));
@@ -129,7 +130,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     table.write(ctx.out)?;
     let categories: Vec<String> = s.backbones.clone();
     let pick = |k: usize, v: &[f64]| (0..s.backbones.len()).map(|b| v[2 * b + k]).collect::<Vec<_>>();
-    let series: Vec<(String, Vec<f64>)> = ["GAP", "CA"].iter().enumerate().map(|(k, p)| (p.to_string(), pick(k, &rows.2))).collect();
+    let series: Vec<(String, Vec<f64>)> =
+        ["GAP", "CA"].iter().enumerate().map(|(k, p)| (p.to_string(), pick(k, &rows.2))).collect();
     let intervals: Vec<Vec<(f64, f64)>> =
         (0..2).map(|k| pick(k, &rows.3).into_iter().zip(pick(k, &rows.4)).collect()).collect();
     GroupedBars {

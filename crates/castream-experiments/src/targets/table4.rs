@@ -11,10 +11,10 @@ use castream_cam::{Method, Pooling, Subject};
 
 use super::interpretability_table::{evaluation, model_keys};
 use super::RunContext;
-use crate::interpretability::{PerImage, Source, PAPER_METRICS};
-use crate::scorecard::{Row, Scorecard};
 use crate::ca::{correctness, quick_models, QuickData};
 use crate::charts::{axis_floor, GroupedBars};
+use crate::interpretability::{PerImage, Source, PAPER_METRICS};
+use crate::scorecard::{Row, Scorecard};
 use crate::spec::{Profile, StreamSpec};
 use crate::tables::Table;
 
@@ -40,7 +40,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let n = s.images.unwrap_or(DEFAULT_IMAGES).min(data.test.len());
     let (mut backbone, mut variant, mut top1, mut low, mut high, mut vs_gap, mut params) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut chart_series, mut chart_intervals): (Vec<(String, Vec<f64>)>, Vec<Vec<(f64, f64)>>) = (Vec::new(), Vec::new());
+    let (mut chart_series, mut chart_intervals): (Vec<(String, Vec<f64>)>, Vec<Vec<(f64, f64)>>) =
+        (Vec::new(), Vec::new());
     let metric_ids: Vec<usize> = (0..n.min(METRIC_IMAGES)).collect();
     let eval = evaluation(ctx, &data.test, &metric_ids);
     let mut metric_rows = Vec::new();
@@ -56,10 +57,25 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         drop(features);
         let norm = models[0].meta.normalisation;
         let (gap_key, _) = model_keys(&models[0]);
-        let gap_scores = eval.run(&Subject::new(Pooling::Gap(&models[0].ca.backbone), norm), &gap_key, Source::Method(Method::GradCam), &PAPER_METRICS)?;
+        let gap_scores = eval.run(
+            &Subject::new(Pooling::Gap(&models[0].ca.backbone), norm),
+            &gap_key,
+            Source::Method(Method::GradCam),
+            &PAPER_METRICS,
+        )?;
         for ((label, _, _), m) in VARIANTS.iter().zip(&models) {
-            let values = eval.run(&Subject::new(Pooling::Ca(&m.ca), norm), &model_keys(m).1, Source::Method(Method::GradCam), &PAPER_METRICS)?;
-            let row = |pooling: &str, values: PerImage| Row { backbone: name.clone(), method: label.to_string(), pooling: pooling.into(), values };
+            let values = eval.run(
+                &Subject::new(Pooling::Ca(&m.ca), norm),
+                &model_keys(m).1,
+                Source::Method(Method::GradCam),
+                &PAPER_METRICS,
+            )?;
+            let row = |pooling: &str, values: PerImage| Row {
+                backbone: name.clone(),
+                method: label.to_string(),
+                pooling: pooling.into(),
+                values,
+            };
             metric_rows.push(row("GAP", gap_scores.clone()));
             metric_rows.push(row("CA", values));
         }

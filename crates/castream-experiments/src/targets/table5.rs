@@ -16,7 +16,9 @@ use crate::spec::Profile;
 
 pub fn run(ctx: &mut RunContext) -> Result<()> {
     if ctx.profile == Profile::Paper {
-        bail!("table5 --profile paper: not yet available: needs an ImageNet-trained stream (train it on a GPU machine)");
+        bail!(
+            "table5 --profile paper: not yet available: needs an ImageNet-trained stream (train it on a GPU machine)"
+        );
     }
     let s = ctx.settings;
     let data = QuickData::load(s)?;

@@ -31,11 +31,19 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         let m = quick_models(ctx.root, name, &s.stream, &data, &mut None)?;
         let norm = m.meta.normalisation;
         let (gap_key, ca_key) = model_keys(&m);
-        let poolings = [("GAP", Subject::new(Pooling::Gap(&m.ca.backbone), norm), &gap_key), ("CA", Subject::new(Pooling::Ca(&m.ca), norm), &ca_key)];
+        let poolings = [
+            ("GAP", Subject::new(Pooling::Gap(&m.ca.backbone), norm), &gap_key),
+            ("CA", Subject::new(Pooling::Ca(&m.ca), norm), &ca_key),
+        ];
         for method in Method::ALL {
             for (pooling, subject, key) in poolings.iter().filter(|p| method.applies_to(p.0 == "CA")) {
                 let values = eval.run(subject, key, Source::Method(method), &LOCALISATION)?;
-                rows.push(Row { backbone: name.clone(), method: method.to_string(), pooling: pooling.to_string(), values });
+                rows.push(Row {
+                    backbone: name.clone(),
+                    method: method.to_string(),
+                    pooling: pooling.to_string(),
+                    values,
+                });
             }
         }
         let values = eval.run(&poolings[0].1, &gap_key, Source::Centre, &LOCALISATION)?;
