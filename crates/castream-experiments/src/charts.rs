@@ -54,7 +54,8 @@ impl GroupedBars<'_> {
     /// Writes `<stem>.png` and `<stem>.svg`.
     pub fn write(&self, stem: &Path) -> Result<()> {
         register_font();
-        let size = (960, 540);
+        // Wide enough for every category label (about 120 px each).
+        let size = ((120 * self.categories.len() as u32).max(960), 540);
         let png = stem.with_extension("png");
         let svg = stem.with_extension("svg");
         self.draw(BitMapBackend::new(&png, size).into_drawing_area())?;

@@ -90,10 +90,10 @@ impl Source {
     pub fn label(&self) -> String {
         match self {
             Source::Method(m) => m.to_string(),
-            Source::Attention(castream_stream::AttentionSelect::Block(t)) => format!("raw attention CA-{t}"),
-            Source::Attention(castream_stream::AttentionSelect::Last) => "raw attention (last block)".into(),
-            Source::Attention(castream_stream::AttentionSelect::Product) => "raw attention, product of blocks".into(),
-            Source::Attention(castream_stream::AttentionSelect::Mean) => "raw attention, mean of blocks".into(),
+            Source::Attention(castream_stream::AttentionSelect::Block(t)) => format!("attention CA-{t}"),
+            Source::Attention(castream_stream::AttentionSelect::Last) => "attention, last block".into(),
+            Source::Attention(castream_stream::AttentionSelect::Product) => "attention product".into(),
+            Source::Attention(castream_stream::AttentionSelect::Mean) => "attention mean".into(),
             Source::Centre => "centre prior".into(),
             Source::Random => "random map".into(),
         }
