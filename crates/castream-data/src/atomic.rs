@@ -86,7 +86,17 @@ impl StagedDir {
         if old.exists() {
             fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
         }
-        Ok(self.target)
+        Ok(self.target.clone())
+    }
+}
+
+/// A run that fails with an error removes its staging directory; one killed outright leaves it
+/// for the next [`StagedDir::begin`] to remove. After [`StagedDir::commit`] it no longer exists.
+impl Drop for StagedDir {
+    fn drop(&mut self) {
+        if self.staging.exists() {
+            let _ = fs::remove_dir_all(&self.staging);
+        }
     }
 }
 
@@ -117,13 +127,18 @@ mod tests {
         first.commit().unwrap();
         assert_eq!(fs::read(target.join("t.csv")).unwrap(), b"v1");
 
-        // A second run dies after writing part of its files (dropped without commit).
+        // A second run fails after writing part of its files (dropped without commit): its
+        // staging directory goes with it.
         let second = StagedDir::begin(&target).unwrap();
         write(&second.path().join("t.csv"), b"v2-partial").unwrap();
+        let staging = second.path().to_path_buf();
         drop(second);
         assert_eq!(fs::read(target.join("t.csv")).unwrap(), b"v1");
+        assert!(!staging.exists(), "a failed run left its staging directory");
 
-        // The next run cleans the stale staging directory and publishes completely.
+        // A run killed outright leaves one behind; the next run cleans it and publishes completely.
+        let killed = root.path().join("quick").join(".table9.partial-999999");
+        write(&killed.join("t.csv"), b"v2-partial").unwrap();
         let third = StagedDir::begin(&target).unwrap();
         write(&third.path().join("t.csv"), b"v3").unwrap();
         write(&third.path().join("u.csv"), b"v3").unwrap();

@@ -53,7 +53,12 @@ fn input(case: &Case) -> Result<Tensor> {
 /// Median seconds of `runs` calls after one warm-up.
 fn median_seconds(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?;
-    let mut t: Vec<f64> = (0..runs)
+    timed_median(runs, &mut f)
+}
+
+/// Median seconds of `runs` (at least one) timed calls.
+fn timed_median(runs: usize, f: &mut impl FnMut() -> Result<()>) -> Result<f64> {
+    let mut t: Vec<f64> = (0..runs.max(1))
         .map(|_| {
             let start = Instant::now();
             f().map(|_| start.elapsed().as_secs_f64())
@@ -230,14 +235,7 @@ fn adaptive_seconds(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f
     let start = Instant::now();
     f()?;
     let runs = if start.elapsed().as_secs_f64() >= 2.0 { 1 } else { runs.max(1) };
-    let mut t: Vec<f64> = (0..runs)
-        .map(|_| {
-            let start = Instant::now();
-            f().map(|_| start.elapsed().as_secs_f64())
-        })
-        .collect::<Result<_>>()?;
-    t.sort_by(f64::total_cmp);
-    Ok((t[t.len() / 2], t.len()))
+    Ok((timed_median(runs, &mut f)?, runs))
 }
 
 /// `castream bench --cam`: maps/s of every CAM method applicable to GAP and to CA, on the quick

@@ -70,6 +70,33 @@ pub fn model_keys(m: &QuickModels) -> (String, String) {
     (m.manifest.sha256.clone(), format!("{}+{stream}", m.manifest.sha256))
 }
 
+/// The GAP network and the CA model of `m`, each with its name in tables and its cache key.
+pub fn poolings(m: &QuickModels) -> [(&'static str, Subject<'_>, String); 2] {
+    let norm = m.meta.normalisation;
+    let (gap_key, ca_key) = model_keys(m);
+    [
+        ("GAP", Subject::new(Pooling::Gap(&m.ca.backbone), norm), gap_key),
+        ("CA", Subject::new(Pooling::Ca(&m.ca), norm), ca_key),
+    ]
+}
+
+/// The quick profile's test scenes and the first `images` (spec or `--images`, else `default`)
+/// of them, recorded in `run.json`; the paper profile is refused until a stream is trained on ImageNet.
+pub fn test_scenes(ctx: &mut RunContext, default: usize) -> Result<(QuickData, Vec<usize>)> {
+    if ctx.profile == Profile::Paper {
+        bail!(
+            "{} --profile paper: not yet available: needs an ImageNet-trained stream (train it on a GPU machine)",
+            ctx.spec.name
+        );
+    }
+    let data = QuickData::load(ctx.settings)?;
+    let n = ctx.settings.images.unwrap_or(default).min(data.test.len());
+    let ids: Vec<usize> = (0..n).collect();
+    ctx.record.image_list_sha256 = Some(image_list_sha256("fashion-mnist/test", &ids));
+    ctx.record.seeds.insert("bootstrap".into(), ctx.settings.seed);
+    Ok((data, ids))
+}
+
 pub fn run(ctx: &mut RunContext, family: Family) -> Result<()> {
     let table = ctx.spec.name.clone();
     if ctx.profile == Profile::Paper {
@@ -97,11 +124,8 @@ pub fn run(ctx: &mut RunContext, family: Family) -> Result<()> {
             .into());
         }
     }
-    let data = QuickData::load(s)?;
-    let n = s.images.unwrap_or(DEFAULT_IMAGES).min(data.test.len());
-    let ids: Vec<usize> = (0..n).collect();
-    ctx.record.image_list_sha256 = Some(image_list_sha256("fashion-mnist/test", &ids));
-    ctx.record.seeds.insert("bootstrap".into(), s.seed);
+    let (data, ids) = test_scenes(ctx, DEFAULT_IMAGES)?;
+    let n = ids.len();
     let eval = evaluation(ctx, &data.test, &ids);
     let (mut rows, mut sanity_rows, mut notes) = (Vec::new(), Vec::new(), Vec::new());
     for name in names {

@@ -2,36 +2,26 @@
 //! attention (CA-0 … CA-4) and their product and mean, beside the CAM methods of the same CA
 //! model and two baselines: a centre prior and a random map.
 
-use anyhow::{bail, Result};
-use castream_cam::{Method, Pooling, Subject};
+use anyhow::Result;
+use castream_cam::Method;
 use castream_stream::AttentionSelect;
 
-use super::interpretability_table::{evaluation, model_keys, CAMS, DEFAULT_IMAGES};
+use super::interpretability_table::{evaluation, poolings, test_scenes, CAMS, DEFAULT_IMAGES};
 use super::RunContext;
-use crate::ca::{quick_models, QuickData};
+use crate::ca::quick_models;
 use crate::interpretability::{Source, PAPER_METRICS};
-use crate::saliency::image_list_sha256;
 use crate::scorecard::{Row, Scorecard};
-use crate::spec::Profile;
 
 pub fn run(ctx: &mut RunContext) -> Result<()> {
-    if ctx.profile == Profile::Paper {
-        bail!(
-            "table5 --profile paper: not yet available: needs an ImageNet-trained stream (train it on a GPU machine)"
-        );
-    }
     let s = ctx.settings;
-    let data = QuickData::load(s)?;
-    let n = s.images.unwrap_or(DEFAULT_IMAGES).min(data.test.len());
-    let ids: Vec<usize> = (0..n).collect();
-    ctx.record.image_list_sha256 = Some(image_list_sha256("fashion-mnist/test", &ids));
-    ctx.record.seeds.insert("bootstrap and random map".into(), s.seed);
+    let (data, ids) = test_scenes(ctx, DEFAULT_IMAGES)?;
+    let n = ids.len();
+    ctx.record.seeds.insert("random map".into(), s.seed);
     let eval = evaluation(ctx, &data.test, &ids);
     let mut rows = Vec::new();
     for name in &s.backbones {
         let m = quick_models(ctx.root, name, &s.stream, &data, &mut None)?;
-        let subject = Subject::new(Pooling::Ca(&m.ca), m.meta.normalisation);
-        let (_, key) = model_keys(&m);
+        let [_, (_, subject, key)] = poolings(&m);
         let blocks = m.ca.stream.config().taps.iter().map(|&t| Source::Attention(AttentionSelect::Block(t)));
         let combined = [Source::Attention(AttentionSelect::Product), Source::Attention(AttentionSelect::Mean)];
         let cams = CAMS.map(Source::Method);

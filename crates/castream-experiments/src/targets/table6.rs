@@ -3,40 +3,27 @@
 //! map's mass inside the box) and IoU of the map thresholded at half its maximum with the box,
 //! for every CAM method with GAP and with CA, the raw attention and a centre-prior baseline.
 
-use anyhow::{bail, Result};
-use castream_cam::{Method, Pooling, Subject};
+use anyhow::Result;
+use castream_cam::Method;
 use castream_metrics::localisation::{pointing_tolerance, DEFAULT_IOU_THRESHOLD};
 
-use super::interpretability_table::{evaluation, model_keys, DEFAULT_IMAGES};
+use super::interpretability_table::{evaluation, poolings, test_scenes, DEFAULT_IMAGES};
 use super::RunContext;
-use crate::ca::{quick_models, QuickData};
+use crate::ca::quick_models;
 use crate::interpretability::{Source, LOCALISATION};
-use crate::saliency::image_list_sha256;
 use crate::scorecard::{Row, Scorecard};
-use crate::spec::Profile;
 
 pub fn run(ctx: &mut RunContext) -> Result<()> {
-    if ctx.profile == Profile::Paper {
-        bail!("table6 --profile paper: not yet available: needs an ImageNet-trained stream and the ImageNet boxes");
-    }
     let s = ctx.settings;
-    let data = QuickData::load(s)?;
-    let n = s.images.unwrap_or(DEFAULT_IMAGES).min(data.test.len());
-    let ids: Vec<usize> = (0..n).collect();
-    ctx.record.image_list_sha256 = Some(image_list_sha256("fashion-mnist/test", &ids));
-    ctx.record.seeds.insert("bootstrap".into(), s.seed);
+    let (data, ids) = test_scenes(ctx, DEFAULT_IMAGES)?;
+    let n = ids.len();
     let eval = evaluation(ctx, &data.test, &ids);
     let mut rows = Vec::new();
     for name in &s.backbones {
         let m = quick_models(ctx.root, name, &s.stream, &data, &mut None)?;
-        let norm = m.meta.normalisation;
-        let (gap_key, ca_key) = model_keys(&m);
-        let poolings = [
-            ("GAP", Subject::new(Pooling::Gap(&m.ca.backbone), norm), &gap_key),
-            ("CA", Subject::new(Pooling::Ca(&m.ca), norm), &ca_key),
-        ];
+        let both = poolings(&m);
         for method in Method::ALL {
-            for (pooling, subject, key) in poolings.iter().filter(|p| method.applies_to(p.0 == "CA")) {
+            for (pooling, subject, key) in both.iter().filter(|p| method.applies_to(p.0 == "CA")) {
                 let values = eval.run(subject, key, Source::Method(method), &LOCALISATION)?;
                 rows.push(Row {
                     backbone: name.clone(),
@@ -46,7 +33,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
                 });
             }
         }
-        let values = eval.run(&poolings[0].1, &gap_key, Source::Centre, &LOCALISATION)?;
+        let (_, gap, gap_key) = &both[0];
+        let values = eval.run(gap, gap_key, Source::Centre, &LOCALISATION)?;
         rows.push(Row { backbone: name.clone(), method: Source::Centre.label(), pooling: "baseline".into(), values });
     }
     let side = data.test.config.canvas;
