@@ -76,6 +76,18 @@ fn fake_root() -> tempfile::TempDir {
     root
 }
 
+/// The quick profile in `root`, with `images` overriding the specs'.
+fn options(root: &Path, images: Option<usize>) -> Options {
+    Options {
+        root: root.into(),
+        experiments: root.join("experiments"),
+        results: root.join("results"),
+        profile: Profile::Quick,
+        images,
+        seed: None,
+    }
+}
+
 fn csv(path: &Path) -> DataFrame {
     CsvReadOptions::default().try_into_reader_with_file_path(Some(path.into())).unwrap().finish().unwrap()
 }
@@ -83,14 +95,7 @@ fn csv(path: &Path) -> DataFrame {
 #[test]
 fn ca_targets_run_end_to_end_on_a_tiny_backbone() {
     let root = fake_root();
-    let opts = Options {
-        root: root.path().into(),
-        experiments: root.path().join("experiments"),
-        results: root.path().join("results"),
-        profile: Profile::Quick,
-        images: None,
-        seed: None,
-    };
+    let opts = options(root.path(), None);
     let t1 = reproduce("table1", &opts).unwrap();
     let table1 = csv(&t1.join("table1.csv"));
     assert_eq!(table1.height(), 2, "GAP and CA rows");
@@ -124,14 +129,7 @@ fn ca_targets_run_end_to_end_on_a_tiny_backbone() {
 #[test]
 fn interpretability_tables_run_end_to_end_on_a_tiny_backbone() {
     let root = fake_root();
-    let opts = Options {
-        root: root.path().into(),
-        experiments: root.path().join("experiments"),
-        results: root.path().join("results"),
-        profile: Profile::Quick,
-        images: Some(12),
-        seed: None,
-    };
+    let opts = options(root.path(), Some(12));
     let t2 = reproduce("table2", &opts).unwrap();
     let table2 = csv(&t2.join("table2.csv"));
     assert_eq!(table2.height(), 6, "three methods x GAP, CA");
