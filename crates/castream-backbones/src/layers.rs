@@ -81,6 +81,7 @@ pub(crate) struct BatchNorm2d {
     bias: Tensor,
     running_mean: Var,
     running_var: Var,
+    kernels: Kernels,
 }
 
 const BN_EPS: f64 = 1e-5;
@@ -93,6 +94,7 @@ impl BatchNorm2d {
             bias: ps.tensor(format!("{name}.bias"), &[channels], Init::Constant(0.0))?,
             running_mean: ps.var(format!("{name}.running_mean"), &[channels], Init::Constant(0.0))?,
             running_var: ps.var(format!("{name}.running_var"), &[channels], Init::Constant(1.0))?,
+            kernels: ps.kernels,
         })
     }
 
@@ -102,7 +104,7 @@ impl BatchNorm2d {
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let c = self.weight.dim(0)?;
         let per_channel = |t: &Tensor| t.reshape((1, c, 1, 1));
-        let (mean, var) = if train {
+        if train {
             let (b, _, h, w) = x.dims4()?;
             let n = b * h * w;
             if n < 2 {
@@ -111,20 +113,17 @@ impl BatchNorm2d {
                     x.dims()
                 );
             }
-            let mean = x.mean_keepdim((0, 2, 3))?;
-            let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim((0, 2, 3))?;
+            let (y, mean, var) = castream_kernels::batch_norm_train(x, &self.weight, &self.bias, BN_EPS, self.kernels)?;
             let m = BN_MOMENTUM;
-            let (bm, bv) = (mean.detach().flatten_all()?, var.detach().flatten_all()?);
-            self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (bm * m)?)?)?;
+            self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
             self.running_var
-                .set(&((self.running_var.as_tensor() * (1.0 - m))? + (bv * (m * n as f64 / (n - 1) as f64))?)?)?;
-            (mean, var)
-        } else {
-            (
-                per_channel(&self.running_mean.as_detached_tensor())?,
-                per_channel(&self.running_var.as_detached_tensor())?,
-            )
-        };
+                .set(&((self.running_var.as_tensor() * (1.0 - m))? + (var * (m * n as f64 / (n - 1) as f64))?)?)?;
+            return Ok(y);
+        }
+        let (mean, var) = (
+            per_channel(&self.running_mean.as_detached_tensor())?,
+            per_channel(&self.running_var.as_detached_tensor())?,
+        );
         let scale = per_channel(&self.weight)?.broadcast_div(&(var + BN_EPS)?.sqrt()?)?;
         x.broadcast_sub(&mean)?.broadcast_mul(&scale)?.broadcast_add(&per_channel(&self.bias)?)
     }

@@ -11,6 +11,7 @@
 //! Every backbone layer calls these functions, never candle's conv/pool directly, so the choice is
 //! one switch in the model configuration.
 
+mod batchnorm;
 mod conv;
 mod cpu;
 mod depthwise;
@@ -92,6 +93,33 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     macs::add(rows * c_in * c_out);
     dims.push(c_out);
     y.reshape(dims)
+}
+
+/// BatchNorm in training mode on `(B, C, H, W)`: `(x − mean) / sqrt(var + eps) · γ + β` with the
+/// batch's per-channel mean and biased variance. Also returns that `(mean, var)`, `(C,)` each and
+/// detached, for the running statistics.
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    k: Kernels,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    if k.fast_for(&[x, gamma, beta]) {
+        let x = x.contiguous()?;
+        let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, batchnorm::BatchNormTrain { eps })?;
+        let stats = x.detach().apply_op1_no_bwd(&batchnorm::ChannelStats)?;
+        return Ok((y, stats.get(0)?, stats.get(1)?));
+    }
+    let per_channel = |t: &Tensor| t.reshape((1, t.elem_count(), 1, 1));
+    let mean = x.mean_keepdim((0, 2, 3))?;
+    let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim((0, 2, 3))?;
+    let y = x
+        .broadcast_sub(&mean)?
+        .broadcast_div(&(&var + eps)?.sqrt()?)?
+        .broadcast_mul(&per_channel(gamma)?)?
+        .broadcast_add(&per_channel(beta)?)?;
+    Ok((y, mean.detach().flatten_all()?, var.detach().flatten_all()?))
 }
 
 pub use macs::count_macs;

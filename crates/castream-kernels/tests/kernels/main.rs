@@ -3,6 +3,7 @@
 //! Every kernel against candle's reference ops, candle's autograd where candle is correct, central
 //! finite differences, and hand-worked PyTorch examples.
 
+mod batchnorm;
 mod common;
 mod conv;
 mod fold;
