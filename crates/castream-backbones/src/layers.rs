@@ -174,6 +174,7 @@ impl Linear {
 pub(crate) struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
+    kernels: Kernels,
 }
 
 const LN_EPS: f64 = 1e-6;
@@ -183,19 +184,12 @@ impl LayerNorm {
         Ok(LayerNorm {
             weight: ps.tensor(format!("{name}.weight"), &[channels], Init::Constant(1.0))?,
             bias: ps.tensor(format!("{name}.bias"), &[channels], Init::Constant(0.0))?,
+            kernels: ps.kernels,
         })
     }
 
     pub fn forward(&self, x: &Tensor, dim: usize) -> Result<Tensor> {
-        let mean = x.mean_keepdim(dim)?;
-        let centred = x.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(dim)?;
-        let normed = centred.broadcast_div(&(var + LN_EPS)?.sqrt()?)?;
-        let mut shape = vec![1; x.rank()];
-        shape[dim] = self.weight.dim(0)?;
-        normed
-            .broadcast_mul(&self.weight.reshape(shape.as_slice())?)?
-            .broadcast_add(&self.bias.reshape(shape.as_slice())?)
+        castream_kernels::layer_norm(x, &self.weight, &self.bias, dim, LN_EPS, self.kernels)
     }
 
     /// Over the last dimension.

@@ -142,7 +142,7 @@ pub fn train(
     resume: bool,
     progress: &mut dyn Progress,
 ) -> Result<Vec<EpochReport>> {
-    if task.len() == 0 || config.batch_size == 0 {
+    if task.is_empty() || config.batch_size == 0 {
         bail!("training needs at least one example and a batch size of at least 1");
     }
     let mut optimizer = Optimizer::new(config.optimizer.clone(), task.trainable_vars());
@@ -236,7 +236,7 @@ impl Task for GapTask<'_> {
 
 /// Top-1 accuracy of the GAP network in evaluation mode.
 pub fn evaluate(model: &Model, set: &dyn LabelledSet, batch_size: usize) -> Result<f64> {
-    if set.len() == 0 {
+    if set.is_empty() {
         return Ok(f64::NAN);
     }
     let mut correct = 0;

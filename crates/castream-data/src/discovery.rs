@@ -148,7 +148,7 @@ impl Locator {
         }
         let mut searched = Vec::new();
         if let Some(repo) = &spec.hub {
-            match self.from_hub(repo) {
+            match self.hub_files(repo) {
                 Ok((train, test)) => return Ok(found(train, test, Origin::HubCache(repo.repo.clone()))),
                 Err(e) => searched.push(format!("  hf-hub cache, {}: {e}", repo.repo)),
             }
@@ -173,7 +173,7 @@ impl Locator {
         })
     }
 
-    fn from_hub(&self, repo: &HubRepo) -> Result<(SplitFiles, SplitFiles)> {
+    fn hub_files(&self, repo: &HubRepo) -> Result<(SplitFiles, SplitFiles)> {
         let split = |split: Split| -> Result<SplitFiles> {
             let [images, labels] = SplitFiles::candidate_names(split).map(|names| {
                 let mut last_err = None;

@@ -30,7 +30,7 @@ impl Progress for TrainBars {
         let name = &self.name;
         let bar = self.bar.get_or_insert_with(|| self::bar(steps as u64, format!("{name} epoch {}", epoch + 1)));
         bar.set_position(step as u64 + 1);
-        if step % 10 == 0 {
+        if step.is_multiple_of(10) {
             bar.set_message(format!("{name} epoch {} loss {loss:.3}", epoch + 1));
         }
     }

@@ -17,6 +17,7 @@ mod cpu;
 mod depthwise;
 mod fold;
 mod im2col;
+mod layernorm;
 mod pool;
 mod upsample;
 
@@ -120,6 +121,21 @@ pub fn batch_norm_train(
         .broadcast_mul(&per_channel(gamma)?)?
         .broadcast_add(&per_channel(beta)?)?;
     Ok((y, mean.detach().flatten_all()?, var.detach().flatten_all()?))
+}
+
+/// LayerNorm over dimension `dim` of `x` with an affine map: `(x − mean) / sqrt(var + eps) · γ + β`,
+/// `γ` and `β` of length `x.dim(dim)` (ConvNeXt: dimension 1 of NCHW, or the last of NHWC).
+pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, dim: usize, eps: f64, k: Kernels) -> Result<Tensor> {
+    if k.fast_for(&[x, gamma, beta]) {
+        return x.contiguous()?.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, layernorm::LayerNorm { dim, eps });
+    }
+    let mean = x.mean_keepdim(dim)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(dim)?;
+    let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
+    let mut shape = vec![1; x.rank()];
+    shape[dim] = gamma.elem_count();
+    normed.broadcast_mul(&gamma.reshape(shape.as_slice())?)?.broadcast_add(&beta.reshape(shape.as_slice())?)
 }
 
 pub use macs::count_macs;

@@ -125,7 +125,7 @@ impl CaStream {
             candle_core::bail!("stream taps {taps:?} must be strictly increasing stage indices in 0..=4");
         }
         for &t in taps {
-            if config.heads == 0 || widths[t] % config.heads != 0 {
+            if config.heads == 0 || !widths[t].is_multiple_of(config.heads) {
                 candle_core::bail!("{} heads do not divide the {} channels of stage {t}", config.heads, widths[t]);
             }
         }

@@ -7,5 +7,6 @@ mod batchnorm;
 mod common;
 mod conv;
 mod fold;
+mod layernorm;
 mod pool;
 mod upsample;
