@@ -6,7 +6,7 @@
 //! backward two more, with the textbook gradient
 //! `dx = γ/σ · (dy − mean(dy) − x̂ · mean(dy · x̂))`, `dγ = Σ dy · x̂`, `dβ = Σ dy`.
 
-use crate::cpu::f32_slice;
+use crate::cpu::{f32_slice, norm_grads};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -106,14 +106,7 @@ impl CustomOp3 for BatchNormTrain {
         _y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let c = gamma.elem_count();
-        let all = x.apply_op3_no_bwd(gamma, &grad.contiguous()?, &BatchNormBackward { eps: self.eps })?;
-        let n = x.elem_count();
-        Ok((
-            Some(all.narrow(0, 0, n)?.reshape(x.shape())?),
-            Some(all.narrow(0, n, c)?.reshape(gamma.shape())?),
-            Some(all.narrow(0, n + c, c)?.reshape(gamma.shape())?),
-        ))
+        norm_grads(x, gamma, grad, &BatchNormBackward { eps: self.eps })
     }
 }
 

@@ -8,7 +8,7 @@
 //! with `g = dy · γ`: `dx = (g − mean_C(g) − x̂ · mean_C(g · x̂)) / sqrt(var + eps)`,
 //! `dγ = Σ dy · x̂`, `dβ = Σ dy`.
 
-use crate::cpu::f32_slice;
+use crate::cpu::{f32_slice, norm_grads};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -102,15 +102,7 @@ impl CustomOp3 for LayerNorm {
         _y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let c = gamma.elem_count();
-        let all =
-            x.apply_op3_no_bwd(gamma, &grad.contiguous()?, &LayerNormBackward { dim: self.dim, eps: self.eps })?;
-        let n = x.elem_count();
-        Ok((
-            Some(all.narrow(0, 0, n)?.reshape(x.shape())?),
-            Some(all.narrow(0, n, c)?.reshape(gamma.shape())?),
-            Some(all.narrow(0, n + c, c)?.reshape(gamma.shape())?),
-        ))
+        norm_grads(x, gamma, grad, &LayerNormBackward { dim: self.dim, eps: self.eps })
     }
 }
 
