@@ -21,6 +21,7 @@ pub use castream_cam::{Method, MethodOptions};
 
 use crate::ca::{quick_models, QuickData};
 use crate::charts::{register_font, FONT};
+use crate::grid::draw_pixels;
 use crate::quick::load_backbone;
 use crate::spec::Settings;
 
@@ -420,17 +421,8 @@ pub fn write_overlay(path: &Path, rgb: &[f32], side: usize, scale: usize, colour
     let root = BitMapBackend::new(path, (width as u32, n as u32)).into_drawing_area();
     let err = |e| anyhow!("--out: drawing {}: {e:?}", path.display());
     root.fill(&WHITE).map_err(err)?;
-    let plane = side * side;
     let byte = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
-    let s = scale as i32;
-    for py in 0..side {
-        for px in 0..side {
-            let i = py * side + px;
-            let colour = RGBColor(byte(rgb[i]), byte(rgb[plane + i]), byte(rgb[2 * plane + i]));
-            let (x, y) = (px as i32 * s, py as i32 * s);
-            root.draw(&Rectangle::new([(x, y), (x + s, y + s)], colour.filled())).map_err(err)?;
-        }
-    }
+    draw_pixels(&root, rgb, side, scale, 0, 0).map_err(err)?;
     if colour_bar {
         let (x0, h) = (n as i32 + BAR_GAP, n as i32);
         for y in 0..h {

@@ -79,15 +79,7 @@ impl Grid {
         cy: usize,
     ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
         let (s, n) = (self.scale, tile.side);
-        let plane = n * n;
-        for py in 0..n {
-            for px in 0..n {
-                let v = |c: usize| (tile.rgb[c * plane + py * n + px].clamp(0.0, 1.0) * 255.0).round() as u8;
-                let colour = RGBColor(v(0), v(1), v(2));
-                let (x, y) = ((cx + px * s) as i32, (cy + py * s) as i32);
-                root.draw(&Rectangle::new([(x, y), (x + s as i32, y + s as i32)], colour.filled()))?;
-            }
-        }
+        draw_pixels(root, &tile.rgb, n, s, cx, cy)?;
         for b in &tile.boxes {
             let (x0, y0) = ((cx + b.x0 * s) as i32, (cy + b.y0 * s) as i32);
             let (x1, y1) = ((cx + b.x1 * s) as i32 - 1, (cy + b.y1 * s) as i32 - 1);
@@ -96,6 +88,28 @@ impl Grid {
         let caption_y = (cy + n * s + 2) as i32;
         root.draw(&Text::new(tile.caption.clone(), (cx as i32, caption_y), (FONT, 12).into_font()))
     }
+}
+
+/// Draws the CHW image `rgb` (values in [0, 1], `side x side`) with its top-left corner at
+/// `(cx, cy)`, each pixel a `scale x scale` square.
+pub(crate) fn draw_pixels<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    rgb: &[f32],
+    side: usize,
+    scale: usize,
+    cx: usize,
+    cy: usize,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let plane = side * side;
+    let s = scale as i32;
+    for py in 0..side {
+        for px in 0..side {
+            let v = |c: usize| (rgb[c * plane + py * side + px].clamp(0.0, 1.0) * 255.0).round() as u8;
+            let (x, y) = ((cx + px * scale) as i32, (cy + py * scale) as i32);
+            root.draw(&Rectangle::new([(x, y), (x + s, y + s)], RGBColor(v(0), v(1), v(2)).filled()))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
