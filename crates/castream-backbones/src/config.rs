@@ -88,9 +88,43 @@ pub struct BackboneConfig {
     /// the quick ConvNeXt uses a larger value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer_scale: Option<f64>,
+    /// ConvNeXt's normalisation layers (default timm's `layer`). See [`ConvNorm`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub norm: Option<ConvNorm>,
+    /// ConvNeXt's weight initialisation (default timm's `trunc-normal`). See [`WeightInit`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<WeightInit>,
     /// Implementation of convolution and pooling.
     #[serde(default)]
     pub kernels: Kernels,
+}
+
+/// The normalisation of ConvNeXt's stem, blocks and downsampling layers.
+///
+/// Trained from scratch on the quick scenes (random background colours and tints), the
+/// LayerNorm network stays near chance for hundreds of steps while the BatchNorm one learns as
+/// fast as ResNet (docs/backbones.md has the probes). The head's norm stays a LayerNorm either way:
+/// the classifier must not depend on batch statistics, since CA-Stream applies it to its token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConvNorm {
+    /// timm's LayerNorm over channels.
+    #[default]
+    Layer,
+    /// BatchNorm2d (batch statistics in training, running statistics in evaluation).
+    Batch,
+}
+
+/// The initialisation of ConvNeXt's convolution and linear weights (biases start at zero).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WeightInit {
+    /// timm's truncated normal, std 0.02 whatever the width: on a narrow network it leaves every
+    /// MLP's GELU in its nearly linear range at the start.
+    #[default]
+    TruncNormal,
+    /// LeCun normal, `N(0, 1 / fan_in)`: unit-variance pre-activations at any width.
+    FanIn,
 }
 
 /// A configuration that cannot describe a network.
@@ -111,6 +145,8 @@ impl BackboneConfig {
             base_width: None,
             depths: None,
             layer_scale: None,
+            norm: None,
+            init: None,
             kernels: Kernels::default(),
         }
     }
@@ -138,8 +174,18 @@ impl BackboneConfig {
                 return err("depths", format!("{depths:?}: every stage needs at least one block"));
             }
         }
-        if self.layer_scale.is_some() && self.arch.is_resnet() {
-            return err("layer_scale", format!("{} has no layer scales; only ConvNeXt does", self.arch.name()));
+        if self.arch.is_resnet() {
+            let convnext_only = [
+                ("layer_scale", self.layer_scale.is_some()),
+                ("norm", self.norm.is_some()),
+                ("init", self.init.is_some()),
+            ];
+            if let Some((field, _)) = convnext_only.into_iter().find(|(_, set)| *set) {
+                return err(
+                    field,
+                    format!("only ConvNeXt has this option; remove it from the {} config", self.arch.name()),
+                );
+            }
         }
         Ok(())
     }
@@ -166,6 +212,9 @@ impl BackboneConfig {
         );
         if !self.arch.is_resnet() {
             s += &format!(", depths {:?}", self.depths());
+            if self.norm == Some(ConvNorm::Batch) {
+                s += ", BatchNorm";
+            }
         }
         s + ")"
     }
@@ -193,5 +242,9 @@ mod tests {
         c.depths = Some([1, 1, 1, 1]);
         let msg = c.validate().unwrap_err().to_string();
         assert!(msg.contains("depths") && msg.contains("resnet18"), "{msg}");
+        let mut c = BackboneConfig::new(Arch::Resnet50, 10);
+        c.norm = Some(ConvNorm::Batch);
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(msg.contains("`norm`") && msg.contains("resnet50"), "{msg}");
     }
 }

@@ -94,6 +94,12 @@ pub fn kaiming_normal_fan_out<R: Rng + ?Sized>(rng: &mut R, shape: &[usize], dev
     normal(rng, shape, 0.0, (2.0 / fan_out as f64).sqrt(), device)
 }
 
+/// LeCun: `N(0, 1 / fan_in)`.
+pub fn lecun_normal<R: Rng + ?Sized>(rng: &mut R, shape: &[usize], device: &Device) -> Result<Tensor> {
+    let (fan_in, _) = fans(shape);
+    normal(rng, shape, 0.0, (1.0 / fan_in as f64).sqrt(), device)
+}
+
 /// An initialisation scheme for one parameter.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Init {
@@ -112,6 +118,7 @@ pub enum Init {
     },
     XavierUniform,
     KaimingNormalFanOut,
+    LecunNormal,
 }
 
 impl Init {
@@ -131,6 +138,7 @@ impl Init {
             Init::TruncNormal { std } => trunc_normal(rng, shape, std, -2.0, 2.0, device),
             Init::XavierUniform => xavier_uniform(rng, shape, device),
             Init::KaimingNormalFanOut => kaiming_normal_fan_out(rng, shape, device),
+            Init::LecunNormal => lecun_normal(rng, shape, device),
         }
     }
 }
@@ -155,6 +163,8 @@ mod tests {
         assert!((m - 1.0).abs() < 0.03 && (s - 1.0).abs() < 0.03, "{m} {s}");
         let (m, s, _, _) = stats(&Init::KaimingNormalFanOut.sample(0, "w", &[64, 8, 3, 3], d).unwrap());
         assert!(m.abs() < 0.01 && (s - (2.0f64 / 576.0).sqrt()).abs() < 0.003, "{m} {s}");
+        let (m, s, _, _) = stats(&Init::LecunNormal.sample(0, "w", &[40, 1, 7, 7], d).unwrap());
+        assert!(m.abs() < 0.01 && (s - (1.0f64 / 49.0).sqrt()).abs() < 0.005, "{m} {s}");
         let b = (6.0f64 / (100 + 50) as f64).sqrt() as f32;
         let (_, _, lo, hi) = stats(&Init::XavierUniform.sample(0, "w", &[50, 100], d).unwrap());
         assert!(lo >= -b && hi <= b && hi > 0.9 * b && lo < -0.9 * b, "{lo} {hi} {b}");
