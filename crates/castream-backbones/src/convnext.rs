@@ -51,7 +51,7 @@ impl Norm {
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         match self {
             Norm::Layer(ln) => ln.forward(x, 1),
-            Norm::Batch(bn) => bn.forward(x, train),
+            Norm::Batch(bn) => bn.forward(x, train, false),
         }
     }
 }

@@ -100,8 +100,9 @@ impl BatchNorm2d {
 
     /// Training mode normalises with the batch statistics (biased variance, gradients flowing
     /// through them) and moves the running statistics towards them, the variance unbiased, as
-    /// PyTorch does. Evaluation mode uses the running statistics.
-    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    /// PyTorch does. Evaluation mode uses the running statistics. `relu` appends a ReLU (fused
+    /// into the kernel in training mode).
+    pub fn forward(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         let c = self.weight.dim(0)?;
         let per_channel = |t: &Tensor| t.reshape((1, c, 1, 1));
         if train {
@@ -113,7 +114,8 @@ impl BatchNorm2d {
                     x.dims()
                 );
             }
-            let (y, mean, var) = castream_kernels::batch_norm_train(x, &self.weight, &self.bias, BN_EPS, self.kernels)?;
+            let (y, mean, var) =
+                castream_kernels::batch_norm_train(x, &self.weight, &self.bias, BN_EPS, relu, self.kernels)?;
             let m = BN_MOMENTUM;
             self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
             self.running_var
@@ -125,12 +127,18 @@ impl BatchNorm2d {
             per_channel(&self.running_var.as_detached_tensor())?,
         );
         let scale = per_channel(&self.weight)?.broadcast_div(&(var + BN_EPS)?.sqrt()?)?;
-        x.broadcast_sub(&mean)?.broadcast_mul(&scale)?.broadcast_add(&per_channel(&self.bias)?)
+        let y = x.broadcast_sub(&mean)?.broadcast_mul(&scale)?.broadcast_add(&per_channel(&self.bias)?)?;
+        if relu {
+            castream_kernels::relu(&y, self.kernels)
+        } else {
+            Ok(y)
+        }
     }
 
-    /// `conv` followed by this BatchNorm in evaluation mode, as one convolution with bias: the
-    /// same function, one pass over the activations instead of five.
-    pub fn fold_into(&self, conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
+    /// `conv` followed by this BatchNorm in evaluation mode (and a ReLU when `relu`), as one
+    /// convolution with bias and ReLU in its epilogue: the same function, one pass over the
+    /// activations instead of six.
+    pub fn fold_into(&self, conv: &Conv2d, x: &Tensor, relu: bool) -> Result<Tensor> {
         let (rm, rv) = (self.running_mean.as_detached_tensor(), self.running_var.as_detached_tensor());
         let (w, b) = castream_kernels::fold_batchnorm(
             &conv.weight,
@@ -141,7 +149,11 @@ impl BatchNorm2d {
             &rv,
             BN_EPS,
         )?;
-        castream_kernels::conv2d(x, &w, Some(&b), conv.params, conv.kernels)
+        if relu {
+            castream_kernels::conv2d_relu(x, &w, Some(&b), conv.params, conv.kernels)
+        } else {
+            castream_kernels::conv2d(x, &w, Some(&b), conv.params, conv.kernels)
+        }
     }
 }
 
@@ -222,7 +234,7 @@ mod tests {
         set("bn.weight", 3.0);
         set("bn.bias", 1.0);
         let x = Tensor::new(&[0f32, 2.0, 4.0, 6.0], &Device::Cpu).unwrap().reshape((1, 1, 2, 2)).unwrap();
-        let y = values(&bn.forward(&x, false).unwrap());
+        let y = values(&bn.forward(&x, false, false).unwrap());
         let s = 3.0 / (4.0f32 + 1e-5).sqrt();
         assert!(close(&y, &[1.0 - 2.0 * s, 1.0, 1.0 + 2.0 * s, 1.0 + 4.0 * s]), "{y:?}");
         assert_eq!(values(vars["bn.running_mean"].as_tensor()), [2.0], "evaluation must not move the statistics");
@@ -236,13 +248,13 @@ mod tests {
         let bn = BatchNorm2d::new(&mut ps, "bn", 1).unwrap();
         let vars = ps.into_vars();
         let x = Tensor::new(&[1f32, 2.0, 3.0, 4.0], &Device::Cpu).unwrap().reshape((2, 1, 1, 2)).unwrap();
-        let y = values(&bn.forward(&x, true).unwrap());
+        let y = values(&bn.forward(&x, true, false).unwrap());
         let sd = (1.25f32 + 1e-5).sqrt();
         assert!(close(&y, &[-1.5 / sd, -0.5 / sd, 0.5 / sd, 1.5 / sd]), "{y:?}");
         assert!(close(&values(vars["bn.running_mean"].as_tensor()), &[0.25]));
         assert!(close(&values(vars["bn.running_var"].as_tensor()), &[0.9 + 0.1 * 5.0 / 3.0]));
         let single = Tensor::zeros((1, 1, 1, 1), candle_core::DType::F32, &Device::Cpu).unwrap();
-        assert!(bn.forward(&single, true).is_err(), "one value per channel has no variance");
+        assert!(bn.forward(&single, true, false).is_err(), "one value per channel has no variance");
     }
 
     #[test]

@@ -25,11 +25,12 @@ impl ConvBn {
         })
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    /// `relu` appends a ReLU, fused into the BatchNorm (training) or the folded conv (evaluation).
+    fn forward(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         if train {
-            self.bn.forward(&self.conv.forward(x)?, true)
+            self.bn.forward(&self.conv.forward(x)?, true, relu)
         } else {
-            self.bn.fold_into(&self.conv, x)
+            self.bn.fold_into(&self.conv, x, relu)
         }
     }
 }
@@ -71,19 +72,16 @@ impl Block {
         Ok(Block { chain, downsample })
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, train: bool, kernels: Kernels) -> Result<Tensor> {
         let mut y = x.clone();
         for (i, layer) in self.chain.iter().enumerate() {
-            y = layer.forward(&y, train)?;
-            if i + 1 < self.chain.len() {
-                y = y.relu()?;
-            }
+            y = layer.forward(&y, train, i + 1 < self.chain.len())?;
         }
         let shortcut = match &self.downsample {
-            Some(d) => d.forward(x, train)?,
+            Some(d) => d.forward(x, train, false)?,
             None => x.clone(),
         };
-        (y + shortcut)?.relu()
+        castream_kernels::add_relu(&y, &shortcut, kernels)
     }
 }
 
@@ -138,14 +136,14 @@ impl Backbone for ResNet {
     }
 
     fn stem(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.stem.forward(x, train)?.relu()?;
+        let y = self.stem.forward(x, train, true)?;
         castream_kernels::max_pool2d(&y, 3, 2, 1, self.kernels)
     }
 
     fn stage(&self, l: usize, f: &Tensor, train: bool) -> Result<Tensor> {
         let blocks = l.checked_sub(1).and_then(|i| self.layers.get(i));
         let Some(blocks) = blocks else { candle_core::bail!("ResNet stage {l} does not exist (stages are 1..=4)") };
-        blocks.iter().try_fold(f.clone(), |x, b| b.forward(&x, train))
+        blocks.iter().try_fold(f.clone(), |x, b| b.forward(&x, train, self.kernels))
     }
 
     fn classify(&self, pooled: &Tensor) -> Result<Tensor> {
@@ -177,9 +175,12 @@ mod tests {
         }
         let x =
             Tensor::arange(0f32, 2.0 * 3.0 * 49.0, &Device::Cpu).unwrap().sin().unwrap().reshape((2, 3, 7, 7)).unwrap();
-        let folded = layer.forward(&x, false).unwrap();
-        let unfolded = layer.bn.forward(&layer.conv.forward(&x).unwrap(), false).unwrap();
-        let diff = (folded - unfolded).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(diff < 1e-5, "{diff}");
+        for relu in [false, true] {
+            let folded = layer.forward(&x, false, relu).unwrap();
+            let unfolded = layer.bn.forward(&layer.conv.forward(&x).unwrap(), false, false).unwrap();
+            let unfolded = if relu { unfolded.relu().unwrap() } else { unfolded };
+            let diff = (folded - unfolded).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-5, "relu {relu}: {diff}");
+        }
     }
 }

@@ -3,20 +3,32 @@
 use std::path::Path;
 use std::process::Command;
 
-fn castream(args: &[&str]) -> (bool, String) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new(env!("CARGO_BIN_EXE_castream")).args(args).current_dir(root).output().unwrap();
+fn repository() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs the binary in `dir` (the project root it works on).
+fn castream_in(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_castream")).args(args).current_dir(dir).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
 }
 
+fn castream(args: &[&str]) -> (bool, String) {
+    castream_in(&repository(), args)
+}
+
+/// A root holding the real table3 spec but no shipped backbones: table3 is pending there.
 #[test]
 fn a_pending_target_says_what_it_needs_and_fails() {
-    let results = tempfile::tempdir().unwrap();
-    let (ok, text) = castream(&["reproduce", "table3", "--results", results.path().to_str().unwrap()]);
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("experiments")).unwrap();
+    std::fs::copy(repository().join("experiments/table3.toml"), root.path().join("experiments/table3.toml")).unwrap();
+    let results = root.path().join("results");
+    let (ok, text) = castream_in(root.path(), &["reproduce", "table3", "--results", results.to_str().unwrap()]);
     assert!(!ok);
     assert!(text.contains("table3: not yet available: needs"), "{text}");
     // The profile folder may exist; nothing may be inside it, not even a staging folder.
-    let quick = results.path().join("quick");
+    let quick = results.join("quick");
     let written = if quick.exists() { std::fs::read_dir(&quick).unwrap().count() } else { 0 };
     assert_eq!(written, 0, "a pending target wrote something");
 }

@@ -7,6 +7,7 @@
 //! `dx = γ/σ · (dy − mean(dy) − x̂ · mean(dy · x̂))`, `dγ = Σ dy · x̂`, `dβ = Σ dy`.
 
 use crate::cpu::{f32_slice, norm_grads};
+use crate::relu::relu_grad;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -60,9 +61,10 @@ fn affine_planes(out: &mut [f32], p: Planes, f: impl Fn(usize, usize) -> f32 + S
     });
 }
 
-/// `(x, γ, β) -> y`, normalising with the batch statistics.
+/// `(x, γ, β) -> y`, normalising with the batch statistics, then a ReLU when `relu`.
 pub(crate) struct BatchNormTrain {
     pub eps: f64,
+    pub relu: bool,
 }
 
 impl CustomOp3 for BatchNormTrain {
@@ -94,7 +96,8 @@ impl CustomOp3 for BatchNormTrain {
             })
             .unzip();
         let mut y = vec![0f32; x.len()];
-        affine_planes(&mut y, p, |ch, i| x[i] * scale[ch] + shift[ch]);
+        let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
+        affine_planes(&mut y, p, |ch, i| (x[i] * scale[ch] + shift[ch]).max(floor));
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
@@ -103,10 +106,11 @@ impl CustomOp3 for BatchNormTrain {
         x: &Tensor,
         gamma: &Tensor,
         _beta: &Tensor,
-        _y: &Tensor,
+        y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        norm_grads(x, gamma, grad, &BatchNormBackward { eps: self.eps })
+        let grad = if self.relu { relu_grad(y, grad)? } else { grad.clone() };
+        norm_grads(x, gamma, &grad, &BatchNormBackward { eps: self.eps })
     }
 }
 

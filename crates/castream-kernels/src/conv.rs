@@ -3,12 +3,15 @@
 //!
 //! candle's CPU conv reaches about a quarter of its own matmul speed and computes the input
 //! gradient with a naive transposed-convolution loop; here both directions run at GEMM speed.
-//! Images are spread over rayon threads, each with its own patch buffer.
+//! Images are spread over rayon threads, each with its own patch buffer. The bias and an optional
+//! ReLU are applied in the GEMM's epilogue: the output rows start as the bias, the GEMM
+//! accumulates into them, and the ReLU runs on each image's output while it is still in cache.
 
 use crate::cpu::{f32_slice, sgemm, split, zeros, Mat};
 use crate::im2col::{col2im, im2col};
+use crate::relu::{relu_grad, ChannelSum};
 use crate::Conv2dParams;
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Shapes of one convolution (NCHW input, OIHW weights, dilation 1).
@@ -72,24 +75,43 @@ impl Geom {
     }
 }
 
-/// Forward convolution; `bwd` returns both gradients from one [`ConvBackward`] pass.
-pub(crate) struct Conv2d(pub Conv2dParams);
+/// Forward convolution `(x, w, bias) -> act(conv(x, w) + bias)`, `act` ReLU or identity; `bwd`
+/// returns the input and weight gradients from one [`ConvBackward`] pass.
+pub(crate) struct Conv2d {
+    pub p: Conv2dParams,
+    pub relu: bool,
+}
 
-impl CustomOp2 for Conv2d {
+impl CustomOp3 for Conv2d {
     fn name(&self) -> &'static str {
         "castream-conv2d"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = Geom::new(xl.dims(), wl.dims(), self.0)?;
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::new(xl.dims(), wl.dims(), self.p)?;
         let x = f32_slice(xs, xl, self.name())?;
         let w = f32_slice(ws, wl, self.name())?;
+        let bias = f32_slice(bs, bl, self.name())?;
+        if bias.len() != g.co {
+            bail!("{}: {} output channels but {} bias values", self.name(), g.co, bias.len())
+        }
         let mut y = vec![0f32; g.b * g.y_len()];
         let (chunk, par) = split(g.b);
         let (cig_len, cog_len, kdim, npix) = (g.cig() * g.h * g.w, g.cog() * g.npix(), g.kdim(), g.npix());
         y.par_chunks_mut(chunk * g.y_len()).zip(x.par_chunks(chunk * g.x_len())).for_each(|(ys, xs)| {
             let mut col = if g.pointwise() { Vec::new() } else { vec![0f32; kdim * npix] };
             for (y, x) in ys.chunks_mut(g.y_len()).zip(xs.chunks(g.x_len())) {
+                for (row, &b) in y.chunks_mut(npix).zip(bias) {
+                    row.fill(b);
+                }
                 for grp in 0..g.groups {
                     let xg = &x[grp * cig_len..][..cig_len];
                     let rhs = if g.pointwise() {
@@ -104,19 +126,32 @@ impl CustomOp2 for Conv2d {
                         kdim,
                         &mut y[grp * cog_len..][..cog_len],
                         npix,
-                        false,
+                        true,
                         Mat { data: &w[grp * g.cog() * kdim..][..g.cog() * kdim], rs: kdim, cs: 1 },
                         Mat { data: rhs, rs: npix, cs: 1 },
                         par,
                     );
+                }
+                if self.relu {
+                    y.iter_mut().for_each(|v| *v = v.max(0.0));
                 }
             }
         });
         Ok((CpuStorage::F32(y), g.out_shape()))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        fused_backward(x, w, grad, |need_x, need_w| ConvBackward { p: self.0, need_x, need_w })
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = if self.relu { relu_grad(y, grad)? } else { grad.contiguous()? };
+        let (gx, gw) = fused_backward(x, w, &grad, |need_x, need_w| ConvBackward { p: self.p, need_x, need_w })?;
+        let gb = if bias.track_op() { Some(grad.apply_op1_no_bwd(&ChannelSum)?) } else { None };
+        Ok((gx, gw, gb))
     }
 }
 

@@ -19,6 +19,7 @@ mod fold;
 mod im2col;
 mod layernorm;
 mod pool;
+mod relu;
 mod upsample;
 
 pub use fold::fold_batchnorm;
@@ -56,25 +57,71 @@ impl Default for Conv2dParams {
 
 /// 2-d convolution of `x` `(B, C_in, H, W)` with `w` `(C_out, C_in / groups, kh, kw)`, plus an
 /// optional bias `(C_out,)`. Dilation is always 1. Depthwise convolutions (`groups == C_in ==
-/// C_out`) take a direct kernel, all others im2col + GEMM.
+/// C_out`) take a direct kernel, all others im2col + GEMM with the bias in the GEMM's epilogue.
 pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, k: Kernels) -> Result<Tensor> {
+    conv2d_act(x, w, bias, p, false, k)
+}
+
+/// `ReLU(conv2d(x, w, bias))`, the ReLU fused into the convolution's epilogue (and its backward).
+pub fn conv2d_relu(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, k: Kernels) -> Result<Tensor> {
+    conv2d_act(x, w, bias, p, true, k)
+}
+
+fn conv2d_act(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    p: Conv2dParams,
+    relu: bool,
+    k: Kernels,
+) -> Result<Tensor> {
     let ((b, _, _, _), (c_out, c_in_group, kh, kw)) = (x.dims4()?, w.dims4()?);
-    let y = if k.fast_for(&[x, w]) {
-        let (x, w) = (x.contiguous()?, w.contiguous()?);
-        if depthwise::is_depthwise(x.dims(), w.dims(), p.groups) {
-            x.apply_op2(&w, depthwise::DepthwiseConv2d(p))?
-        } else {
-            x.apply_op2(&w, conv::Conv2d(p))?
-        }
+    let add_bias = |y: Tensor| match bias {
+        Some(b) => y.broadcast_add(&b.reshape((1, b.dims1()?, 1, 1))?),
+        None => Ok(y),
+    };
+    let y = if k.fast_for(&[x, w]) && !depthwise::is_depthwise(x.dims(), w.dims(), p.groups) {
+        let zero_bias;
+        let bias = match bias {
+            Some(b) => b,
+            None => {
+                zero_bias = Tensor::zeros(c_out, DType::F32, x.device())?;
+                &zero_bias
+            }
+        };
+        x.contiguous()?.apply_op3(&w.contiguous()?, &bias.contiguous()?, conv::Conv2d { p, relu })?
     } else {
-        x.conv2d(w, p.padding, p.stride, 1, p.groups)?
+        let y = if k.fast_for(&[x, w]) {
+            x.contiguous()?.apply_op2(&w.contiguous()?, depthwise::DepthwiseConv2d(p))?
+        } else {
+            x.conv2d(w, p.padding, p.stride, 1, p.groups)?
+        };
+        let y = add_bias(y)?;
+        if relu {
+            self::relu(&y, k)?
+        } else {
+            y
+        }
     };
     let (_, _, h_out, w_out) = y.dims4()?;
     macs::add(b * c_out * h_out * w_out * c_in_group * kh * kw);
-    match bias {
-        Some(b) => y.broadcast_add(&b.reshape((1, b.dims1()?, 1, 1))?),
-        None => Ok(y),
+    Ok(y)
+}
+
+/// `max(x, 0)`, with a one-pass backward.
+pub fn relu(x: &Tensor, k: Kernels) -> Result<Tensor> {
+    if k.fast_for(&[x]) {
+        return x.contiguous()?.apply_op1(relu::Relu);
     }
+    x.relu()
+}
+
+/// `max(a + b, 0)` (a residual connection and its ReLU) in one pass each way.
+pub fn add_relu(a: &Tensor, b: &Tensor, k: Kernels) -> Result<Tensor> {
+    if k.fast_for(&[a, b]) {
+        return a.contiguous()?.apply_op2(&b.contiguous()?, relu::AddRelu);
+    }
+    (a + b)?.relu()
 }
 
 /// Max pooling with a square `kernel`, `stride` and zero `padding` positions that never win
@@ -97,18 +144,19 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
 }
 
 /// BatchNorm in training mode on `(B, C, H, W)`: `(x − mean) / sqrt(var + eps) · γ + β` with the
-/// batch's per-channel mean and biased variance. Also returns that `(mean, var)`, `(C,)` each and
-/// detached, for the running statistics.
+/// batch's per-channel mean and biased variance, followed by a ReLU when `relu` (fused, one pass).
+/// Also returns that `(mean, var)`, `(C,)` each and detached, for the running statistics.
 pub fn batch_norm_train(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
     eps: f64,
+    relu: bool,
     k: Kernels,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     if k.fast_for(&[x, gamma, beta]) {
         let x = x.contiguous()?;
-        let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, batchnorm::BatchNormTrain { eps })?;
+        let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, batchnorm::BatchNormTrain { eps, relu })?;
         let stats = x.detach().apply_op1_no_bwd(&batchnorm::ChannelStats)?;
         return Ok((y, stats.get(0)?, stats.get(1)?));
     }
@@ -120,6 +168,7 @@ pub fn batch_norm_train(
         .broadcast_div(&(&var + eps)?.sqrt()?)?
         .broadcast_mul(&per_channel(gamma)?)?
         .broadcast_add(&per_channel(beta)?)?;
+    let y = if relu { y.relu()? } else { y };
     Ok((y, mean.detach().flatten_all()?, var.detach().flatten_all()?))
 }
 

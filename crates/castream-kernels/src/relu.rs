@@ -1,0 +1,117 @@
+//! ReLU as fused epilogues. candle's ReLU backward is four passes over the activation (compare
+//! with zero, cast the mask, multiply, accumulate) and a residual add followed by ReLU is two
+//! forward ops; these ops do each direction in one pass. The backward reads the op's own output:
+//! `y > 0` is exactly where the input was positive.
+
+use crate::cpu::f32_slice;
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Elements per rayon task: big enough to amortise scheduling, small enough to split a layer.
+const CHUNK: usize = 1 << 15;
+
+fn map1(a: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).for_each(|(o, a)| {
+        for (o, &a) in o.iter_mut().zip(a) {
+            *o = f(a);
+        }
+    });
+    out
+}
+
+fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).zip(b.par_chunks(CHUNK)).for_each(|((o, a), b)| {
+        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+            *o = f(a, b);
+        }
+    });
+    out
+}
+
+fn same_shape(op: &str, a: &Layout, b: &Layout) -> Result<()> {
+    if a.dims() != b.dims() {
+        bail!("{op}: shapes {:?} and {:?} differ", a.dims(), b.dims())
+    }
+    Ok(())
+}
+
+/// `dy · [y > 0]`: the gradient through a ReLU whose output is `y`.
+pub(crate) fn relu_grad(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    y.apply_op2_no_bwd(&dy.contiguous()?, &ReluGrad)
+}
+
+struct ReluGrad;
+
+impl CustomOp2 for ReluGrad {
+    fn name(&self) -> &'static str {
+        "castream-relu-backward"
+    }
+
+    fn cpu_fwd(&self, ys: &CpuStorage, yl: &Layout, gs: &CpuStorage, gl: &Layout) -> Result<(CpuStorage, Shape)> {
+        same_shape(self.name(), yl, gl)?;
+        let (y, g) = (f32_slice(ys, yl, self.name())?, f32_slice(gs, gl, self.name())?);
+        Ok((CpuStorage::F32(map2(y, g, |y, g| if y > 0.0 { g } else { 0.0 })), yl.shape().clone()))
+    }
+}
+
+/// `max(x, 0)`.
+pub(crate) struct Relu;
+
+impl CustomOp1 for Relu {
+    fn name(&self) -> &'static str {
+        "castream-relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, self.name())?;
+        Ok((CpuStorage::F32(map1(x, |x| x.max(0.0))), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(relu_grad(y, grad)?))
+    }
+}
+
+/// `max(a + b, 0)`: a residual connection and its ReLU.
+pub(crate) struct AddRelu;
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "castream-add-relu"
+    }
+
+    fn cpu_fwd(&self, as_: &CpuStorage, al: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
+        same_shape(self.name(), al, bl)?;
+        let (a, b) = (f32_slice(as_, al, self.name())?, f32_slice(bs, bl, self.name())?);
+        Ok((CpuStorage::F32(map2(a, b, |a, b| (a + b).max(0.0))), al.shape().clone()))
+    }
+
+    fn bwd(&self, _a: &Tensor, _b: &Tensor, y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = relu_grad(y, grad)?;
+        Ok((Some(g.clone()), Some(g)))
+    }
+}
+
+/// `(B, C, H, W) -> (C,)`: the sum over batch and positions, a bias's gradient.
+pub(crate) struct ChannelSum;
+
+impl CustomOp1 for ChannelSum {
+    fn name(&self) -> &'static str {
+        "castream-channel-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let &[b, c, h, w] = l.dims() else { bail!("{}: expected a 4-d input, got {:?}", self.name(), l.dims()) };
+        let x = f32_slice(s, l, self.name())?;
+        let hw = h * w;
+        let sums: Vec<f32> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                (0..b).map(|i| x[(i * c + ch) * hw..][..hw].iter().map(|&v| v as f64).sum::<f64>()).sum::<f64>() as f32
+            })
+            .collect();
+        Ok((CpuStorage::F32(sums), Shape::from(c)))
+    }
+}

@@ -1,0 +1,82 @@
+//! The fused epilogues: conv + bias (+ ReLU), ReLU and residual add + ReLU, against candle's
+//! separate ops and their autograd, and the bias gradient against finite differences.
+
+use crate::common::*;
+use candle_core::{Tensor, Var};
+use castream_kernels::{add_relu, conv2d, conv2d_relu, relu, Conv2dParams, Kernels};
+
+/// (batch, c_in, h, w, c_out, kernel, stride, padding, groups): 3x3, strided, pointwise, grouped.
+const CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize, usize)] = &[
+    (2, 3, 7, 9, 5, 3, 1, 1, 1),
+    (3, 4, 11, 11, 6, 3, 2, 1, 1),
+    (2, 6, 9, 9, 4, 1, 1, 0, 1),
+    (2, 4, 10, 9, 6, 3, 1, 1, 2),
+];
+
+/// `(y, dx, dw, db)` of `Σ act(conv(x, w) + b) · r`.
+fn conv_run(x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor, p: Conv2dParams, act: bool, k: Kernels) -> [Tensor; 4] {
+    let (xv, wv, bv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap(), Var::from_tensor(b).unwrap());
+    let f = if act { conv2d_relu } else { conv2d };
+    let y = f(xv.as_tensor(), wv.as_tensor(), Some(bv.as_tensor()), p, k).unwrap();
+    let g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+    let get = |v: &Var| g.get(v.as_tensor()).unwrap().clone();
+    [y, get(&xv), get(&wv), get(&bv)]
+}
+
+#[test]
+fn conv_with_bias_and_relu_matches_candle_ops_and_autograd() {
+    for (i, &(b, ci, h, w, co, k, stride, padding, groups)) in CASES.iter().enumerate() {
+        let mut g = rng(300 + i as u64);
+        let (x, wt, bias) =
+            (uniform(&mut g, &[b, ci, h, w]), uniform(&mut g, &[co, ci / groups, k, k]), uniform(&mut g, &[co]));
+        let p = Conv2dParams { stride, padding, groups };
+        let r = uniform(&mut g, conv2d(&x, &wt, None, p, Kernels::Candle).unwrap().dims());
+        for act in [false, true] {
+            let fast = conv_run(&x, &wt, &bias, &r, p, act, Kernels::Fast);
+            let reference = conv_run(&x, &wt, &bias, &r, p, act, Kernels::Candle);
+            for (j, what) in ["y", "dx", "dw", "dbias"].iter().enumerate() {
+                assert_close(&fast[j], &reference[j], 1e-5, &format!("{what} case {i} relu {act}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn conv_bias_gradient_matches_finite_differences() {
+    let mut g = rng(310);
+    let (x, wt, bias) = (uniform(&mut g, &[2, 3, 6, 5]), uniform(&mut g, &[4, 3, 3, 3]), uniform(&mut g, &[4]));
+    let p = Conv2dParams { stride: 2, padding: 1, groups: 1 };
+    let r = uniform(&mut g, conv2d(&x, &wt, None, p, Kernels::Fast).unwrap().dims());
+    let [_, _, _, db] = conv_run(&x, &wt, &bias, &r, p, false, Kernels::Fast);
+    let f = |b: &Tensor| conv2d(&x, &wt, Some(b), p, Kernels::Fast).unwrap();
+    check_fd(f, &bias, &r, &db, 1e-2, 4, 1e-3, "conv bias gradient");
+}
+
+/// A bias-free conv keeps working (the op then adds an untracked zero bias).
+#[test]
+fn conv_relu_without_bias_is_relu_of_conv() {
+    let mut g = rng(320);
+    let (x, wt) = (uniform(&mut g, &[2, 3, 7, 7]), uniform(&mut g, &[5, 3, 3, 3]));
+    let p = Conv2dParams { stride: 1, padding: 1, groups: 1 };
+    let fused = conv2d_relu(&x, &wt, None, p, Kernels::Fast).unwrap();
+    let separate = conv2d(&x, &wt, None, p, Kernels::Candle).unwrap().relu().unwrap();
+    assert_close(&fused, &separate, 1e-5, "conv2d_relu without bias");
+}
+
+#[test]
+fn relu_and_add_relu_match_candle_ops_and_autograd() {
+    let mut g = rng(330);
+    let dims = [3, 4, 5, 7];
+    let (a, b, r) = (uniform(&mut g, &dims), uniform(&mut g, &dims), uniform(&mut g, &dims));
+    assert_close(&relu(&a, Kernels::Fast).unwrap(), &a.relu().unwrap(), 0.0, "relu");
+    let dr = grad1(|x| relu(x, Kernels::Fast), &a, &r);
+    let expected: Vec<f32> = to_vec(&a).iter().zip(to_vec(&r)).map(|(&x, r)| if x > 0.0 { r } else { 0.0 }).collect();
+    assert_eq!(to_vec(&dr), expected, "relu gradient: r where x > 0");
+    let fast = add_relu(&a, &b, Kernels::Fast).unwrap();
+    assert_close(&fast, &(&a + &b).unwrap().relu().unwrap(), 1e-7, "add_relu");
+    let (ga, gb) = grads2(|a, b| add_relu(a, b, Kernels::Fast), &a, &b, &r);
+    let (ra, rb) = grads2(|a, b| add_relu(a, b, Kernels::Candle), &a, &b, &r);
+    assert_close(&ga, &ra, 0.0, "add_relu da");
+    assert_close(&gb, &rb, 0.0, "add_relu db");
+    assert!(add_relu(&a, &r.narrow(3, 0, 6).unwrap(), Kernels::Fast).is_err(), "mismatched shapes are refused");
+}
