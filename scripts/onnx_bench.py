@@ -107,6 +107,7 @@ class Config:
     width: int  # base_width, or the published model's
     depths: list[int]  # blocks per stage
     kernels: str  # which Rust kernels produced the checkpoint's numbers; informative only
+    norm: str = "layer"  # ConvNeXt's norms: "layer" (timm) or "batch" (BatchNorm2d, the head keeps LayerNorm)
 
     @staticmethod
     def from_json(c: dict) -> "Config":
@@ -124,11 +125,17 @@ class Config:
         depths = list(c.get("depths") or default_depths)
         if len(depths) != 4 or min(depths) < 1:
             raise ValueError(f"depths must be 4 positive ints, got {depths}")
-        return Config(arch, int(c["num_classes"]), stem, int(width), depths, c.get("kernels") or "fast")
+        norm = c.get("norm") or "layer"
+        if norm not in ("layer", "batch"):
+            raise ValueError(f"unknown norm {norm!r} (expected layer or batch)")
+        return Config(arch, int(c["num_classes"]), stem, int(width), depths, c.get("kernels") or "fast", norm)
 
     def to_json(self) -> dict:
-        return {"arch": self.arch, "num_classes": self.num_classes, "stem": self.stem, "base_width": self.width,
-                "depths": self.depths if self.arch in CONVNEXTS else None, "kernels": self.kernels}
+        out = {"arch": self.arch, "num_classes": self.num_classes, "stem": self.stem, "base_width": self.width,
+               "depths": self.depths if self.arch in CONVNEXTS else None, "kernels": self.kernels}
+        if self.norm != "layer":
+            out["norm"] = self.norm
+        return out
 
     def describe(self) -> str:
         return f"{self.arch} ({self.num_classes} classes, {self.stem} stem, base width {self.width}, depths {self.depths})"
@@ -223,6 +230,13 @@ class GraphBuilder:
         y = self.op("Transpose", [x], perm=[0, 2, 3, 1])
         return self.op("Transpose", [self.layer_norm_last(y, name, c)], perm=[0, 3, 1, 2])
 
+    def norm_channels(self, x: str, name: str, c: int, norm: str) -> str:
+        """A ConvNeXt norm over C of NCHW: LayerNorm2d, or eval-mode BatchNormalization."""
+        if norm == "layer":
+            return self.layer_norm_channels(x, name, c)
+        stats = [self.const(self.param(f"{name}.{p}", (c,)), f"{name}.{p}") for p in ("weight", "bias", "running_mean", "running_var")]
+        return self.op("BatchNormalization", [x] + stats, epsilon=BN_EPS)
+
     def gelu(self, x: str) -> str:
         """Exact GELU, 0.5 x (1 + erf(x / sqrt 2)), spelled the way torch exports it so that
         ORT's GeluFusion recognises it and runs one fused kernel (opset 20's Gelu would need a
@@ -266,18 +280,20 @@ def _convnext(g: GraphBuilder, cfg: Config, x: str) -> str:
     dims = [cfg.width << i for i in range(4)]
     p = 4 if cfg.stem == "imagenet" else 2
     x = g.conv(x, g.param("stem.0.weight", (dims[0], 3, p, p)), g.param("stem.0.bias", (dims[0],)), p, 0, 1, "stem.0")
-    x = g.layer_norm_channels(x, "stem.1", dims[0])
+    x = g.norm_channels(x, "stem.1", dims[0], cfg.norm)
     for i, depth in enumerate(cfg.depths):
         c = dims[i]
         if i > 0:
             ds = f"stages.{i}.downsample"
-            x = g.layer_norm_channels(x, ds + ".0", dims[i - 1])
+            x = g.norm_channels(x, ds + ".0", dims[i - 1], cfg.norm)
             x = g.conv(x, g.param(ds + ".1.weight", (c, dims[i - 1], 2, 2)), g.param(ds + ".1.bias", (c,)), 2, 0, 1, ds + ".1")
         for j in range(depth):
             name = f"stages.{i}.blocks.{j}"
             y = g.conv(x, g.param(name + ".conv_dw.weight", (c, 1, 7, 7)), g.param(name + ".conv_dw.bias", (c,)), 1, 3, c, name + ".conv_dw")
-            y = g.op("Transpose", [y], perm=[0, 2, 3, 1])
-            y = g.layer_norm_last(y, name + ".norm", c)
+            if cfg.norm == "layer":
+                y = g.layer_norm_last(g.op("Transpose", [y], perm=[0, 2, 3, 1]), name + ".norm", c)
+            else:
+                y = g.op("Transpose", [g.norm_channels(y, name + ".norm", c, cfg.norm)], perm=[0, 2, 3, 1])
             y = g.gelu(g.linear_last(y, name + ".mlp.fc1", c, 4 * c))
             y = g.linear_last(y, name + ".mlp.fc2", 4 * c, c)
             y = g.op("Mul", [y, g.const(g.param(name + ".gamma", (c,)), name + ".gamma")])
@@ -469,18 +485,18 @@ def np_resnet(cfg: Config, p, x):
 def np_convnext(cfg: Config, p, x):
     patch = 4 if cfg.stem == "imagenet" else 2
     x = np_conv2d(x, p["stem.0.weight"], p["stem.0.bias"], stride=patch)
-    x = np_layer_norm(x, p["stem.1.weight"], p["stem.1.bias"], axis=1)
+    norm = (lambda t, q: np_batch_norm(t, p, q)) if cfg.norm == "batch" else (lambda t, q: np_layer_norm(t, p[q + ".weight"], p[q + ".bias"], axis=1))
+    x = norm(x, "stem.1")
     for i, depth in enumerate(cfg.depths):
         if i > 0:
             q = f"stages.{i}.downsample"
-            x = np_layer_norm(x, p[q + ".0.weight"], p[q + ".0.bias"], axis=1)
+            x = norm(x, q + ".0")
             x = np_conv2d(x, p[q + ".1.weight"], p[q + ".1.bias"], stride=2)
         for j in range(depth):
             q = f"stages.{i}.blocks.{j}"
             c = x.shape[1]
             y = np_conv2d(x, p[q + ".conv_dw.weight"], p[q + ".conv_dw.bias"], pad=3, groups=c)
-            y = y.transpose(0, 2, 3, 1)
-            y = np_layer_norm(y, p[q + ".norm.weight"], p[q + ".norm.bias"], axis=3)
+            y = norm(y, q + ".norm").transpose(0, 2, 3, 1)
             y = np_gelu(y @ p[q + ".mlp.fc1.weight"].T + p[q + ".mlp.fc1.bias"])
             y = (y @ p[q + ".mlp.fc2.weight"].T + p[q + ".mlp.fc2.bias"]) * p[q + ".gamma"]
             x = x + y.transpose(0, 3, 1, 2)
