@@ -5,8 +5,11 @@ use crate::common::*;
 use candle_core::{Tensor, Var};
 use castream_kernels::{add_relu, conv2d, conv2d_relu, relu, Conv2dParams, Kernels};
 
-/// (batch, c_in, h, w, c_out, kernel, stride, padding, groups): 3x3, strided, pointwise, grouped.
-const CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize, usize)] = &[
+/// (batch, c_in, h, w, c_out, kernel, stride, padding, groups).
+type Case = (usize, usize, usize, usize, usize, usize, usize, usize, usize);
+
+/// 3x3, strided, pointwise, grouped.
+const CASES: &[Case] = &[
     (2, 3, 7, 9, 5, 3, 1, 1, 1),
     (3, 4, 11, 11, 6, 3, 2, 1, 1),
     (2, 6, 9, 9, 4, 1, 1, 0, 1),
