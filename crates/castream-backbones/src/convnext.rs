@@ -54,6 +54,15 @@ impl Norm {
             Norm::Batch(bn) => bn.forward(x, train, false),
         }
     }
+
+    /// `norm(conv(x))`; an evaluation-mode BatchNorm is folded into the conv (one pass instead of
+    /// four over the activation).
+    fn after_conv(&self, conv: &Conv2d, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Norm::Batch(bn) if !train => bn.fold_into(conv, x, false),
+            _ => self.forward(&conv.forward(x)?, train),
+        }
+    }
 }
 
 /// Depthwise 7x7 conv, norm over channels, MLP (x4, exact GELU), layer scale, residual. The norm
@@ -80,7 +89,7 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.norm.forward(&self.conv_dw.forward(x)?, train)?.permute((0, 2, 3, 1))?;
+        let y = self.norm.after_conv(&self.conv_dw, x, train)?.permute((0, 2, 3, 1))?;
         let y = self.fc1.forward(&y)?.gelu_erf()?;
         let y = self.fc2.forward(&y)?.broadcast_mul(&self.gamma)?;
         y.permute((0, 3, 1, 2))? + x
@@ -170,7 +179,7 @@ impl Backbone for ConvNext {
     }
 
     fn stem(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.stem_norm.forward(&self.stem_conv.forward(x)?, train)
+        self.stem_norm.after_conv(&self.stem_conv, x, train)
     }
 
     fn stage(&self, l: usize, f: &Tensor, train: bool) -> Result<Tensor> {
@@ -181,5 +190,38 @@ impl Backbone for ConvNext {
 
     fn classify(&self, pooled: &Tensor) -> Result<Tensor> {
         self.head_fc.forward(&self.head_norm.forward_last(pooled)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+    use castream_kernels::Kernels;
+
+    use super::*;
+
+    /// The folded evaluation path of a depthwise conv + BatchNorm against the two layers applied
+    /// one after the other, with running statistics and affine parameters far from identity.
+    #[test]
+    fn folded_batchnorm_after_a_depthwise_conv_equals_the_two_layers() {
+        let mut ps = Params::new(Some(0), &Device::Cpu, Kernels::default());
+        let dw = Conv2dParams { stride: 1, padding: 3, groups: 3 };
+        let conv = Conv2d::new(&mut ps, "dw", [3, 1, 7, 7], dw, Init::LecunNormal, Some(Init::Constant(0.5))).unwrap();
+        let norm = Norm::Batch(BatchNorm2d::new(&mut ps, "bn", 3).unwrap());
+        let vars = ps.into_vars();
+        for (name, value) in [
+            ("bn.running_mean", [0.5f32, -1.0, 2.0]),
+            ("bn.running_var", [0.25, 4.0, 9.0]),
+            ("bn.weight", [2.0, -1.0, 0.5]),
+            ("bn.bias", [1.0, 0.0, -3.0]),
+        ] {
+            vars[name].set(&Tensor::new(&value, &Device::Cpu).unwrap()).unwrap();
+        }
+        let x =
+            Tensor::arange(0f32, 2.0 * 3.0 * 81.0, &Device::Cpu).unwrap().cos().unwrap().reshape((2, 3, 9, 9)).unwrap();
+        let folded = norm.after_conv(&conv, &x, false).unwrap();
+        let separate = norm.forward(&conv.forward(&x).unwrap(), false).unwrap();
+        let diff = (folded - separate).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5, "{diff}");
     }
 }
