@@ -76,27 +76,23 @@ fn conv2d_act(
     k: Kernels,
 ) -> Result<Tensor> {
     let ((b, _, _, _), (c_out, c_in_group, kh, kw)) = (x.dims4()?, w.dims4()?);
-    let add_bias = |y: Tensor| match bias {
-        Some(b) => y.broadcast_add(&b.reshape((1, b.dims1()?, 1, 1))?),
-        None => Ok(y),
-    };
-    let y = if k.fast_for(&[x, w]) && !depthwise::is_depthwise(x.dims(), w.dims(), p.groups) {
-        let zero_bias;
+    let fast = k.fast_for(&[x, w]) && bias.is_none_or(|b| k.fast_for(&[b]));
+    let y = if fast && !depthwise::is_depthwise(x.dims(), w.dims(), p.groups) {
         let bias = match bias {
-            Some(b) => b,
-            None => {
-                zero_bias = Tensor::zeros(c_out, DType::F32, x.device())?;
-                &zero_bias
-            }
+            Some(b) => b.contiguous()?,
+            None => Tensor::zeros(c_out, DType::F32, x.device())?,
         };
-        x.contiguous()?.apply_op3(&w.contiguous()?, &bias.contiguous()?, conv::Conv2d { p, relu })?
+        x.contiguous()?.apply_op3(&w.contiguous()?, &bias, conv::Conv2d { p, relu })?
     } else {
-        let y = if k.fast_for(&[x, w]) {
+        let y = if fast {
             x.contiguous()?.apply_op2(&w.contiguous()?, depthwise::DepthwiseConv2d(p))?
         } else {
             x.conv2d(w, p.padding, p.stride, 1, p.groups)?
         };
-        let y = add_bias(y)?;
+        let y = match bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.dims1()?, 1, 1))?)?,
+            None => y,
+        };
         if relu {
             self::relu(&y, k)?
         } else {
