@@ -9,9 +9,9 @@
 
 use crate::cpu::{f32_slice, sgemm, split, zeros, Mat};
 use crate::im2col::{col2im, im2col};
-use crate::relu::{relu_grad, ChannelSum};
+use crate::relu::relu_grad;
 use crate::Conv2dParams;
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Shapes of one convolution (NCHW input, OIHW weights, dilation 1).
@@ -262,5 +262,27 @@ impl CustomOp3 for ConvBackward {
             gw_out.copy_from_slice(&gw);
         }
         Ok((CpuStorage::F32(out), Shape::from(nx + w.len())))
+    }
+}
+
+/// `(B, C, H, W) -> (C,)`: the sum over batch and positions, the bias gradient of [`Conv2d`].
+pub(crate) struct ChannelSum;
+
+impl CustomOp1 for ChannelSum {
+    fn name(&self) -> &'static str {
+        "castream-channel-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let &[b, c, h, w] = l.dims() else { bail!("{}: expected a 4-d input, got {:?}", self.name(), l.dims()) };
+        let x = f32_slice(s, l, self.name())?;
+        let hw = h * w;
+        let sums: Vec<f32> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                (0..b).map(|i| x[(i * c + ch) * hw..][..hw].iter().map(|&v| v as f64).sum::<f64>()).sum::<f64>() as f32
+            })
+            .collect();
+        Ok((CpuStorage::F32(sums), Shape::from(c)))
     }
 }

@@ -93,25 +93,3 @@ impl CustomOp2 for AddRelu {
         Ok((Some(g.clone()), Some(g)))
     }
 }
-
-/// `(B, C, H, W) -> (C,)`: the sum over batch and positions, a bias's gradient.
-pub(crate) struct ChannelSum;
-
-impl CustomOp1 for ChannelSum {
-    fn name(&self) -> &'static str {
-        "castream-channel-sum"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let &[b, c, h, w] = l.dims() else { bail!("{}: expected a 4-d input, got {:?}", self.name(), l.dims()) };
-        let x = f32_slice(s, l, self.name())?;
-        let hw = h * w;
-        let sums: Vec<f32> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                (0..b).map(|i| x[(i * c + ch) * hw..][..hw].iter().map(|&v| v as f64).sum::<f64>()).sum::<f64>() as f32
-            })
-            .collect();
-        Ok((CpuStorage::F32(sums), Shape::from(c)))
-    }
-}
