@@ -106,20 +106,9 @@ impl BatchNorm2d {
         let c = self.weight.dim(0)?;
         let per_channel = |t: &Tensor| t.reshape((1, c, 1, 1));
         if train {
-            let (b, _, h, w) = x.dims4()?;
-            let n = b * h * w;
-            if n < 2 {
-                candle_core::bail!(
-                    "BatchNorm in training mode needs more than one value per channel, got input {:?}",
-                    x.dims()
-                );
-            }
             let (y, mean, var) =
                 castream_kernels::batch_norm_train(x, &self.weight, &self.bias, BN_EPS, relu, self.kernels)?;
-            let m = BN_MOMENTUM;
-            self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
-            self.running_var
-                .set(&((self.running_var.as_tensor() * (1.0 - m))? + (var * (m * n as f64 / (n - 1) as f64))?)?)?;
+            self.update_running(&y, mean, var)?;
             return Ok(y);
         }
         let (mean, var) = (
@@ -133,6 +122,42 @@ impl BatchNorm2d {
         } else {
             Ok(y)
         }
+    }
+
+    /// `conv` (without bias) followed by this BatchNorm in training mode (and a ReLU when `relu`),
+    /// as one op.
+    pub fn train_after(&self, conv: &Conv2d, x: &Tensor, relu: bool) -> Result<Tensor> {
+        if conv.bias.is_some() {
+            candle_core::bail!("a convolution fused with its BatchNorm has no bias of its own");
+        }
+        let (y, mean, var) = castream_kernels::conv_batch_norm_train(
+            x,
+            &conv.weight,
+            conv.params,
+            &self.weight,
+            &self.bias,
+            BN_EPS,
+            relu,
+            self.kernels,
+        )?;
+        self.update_running(&y, mean, var)?;
+        Ok(y)
+    }
+
+    /// Moves the running statistics towards a batch's `mean` and biased `var` (of output `y`),
+    /// storing the variance unbiased, as PyTorch does.
+    fn update_running(&self, y: &Tensor, mean: Tensor, var: Tensor) -> Result<()> {
+        let (b, _, h, w) = y.dims4()?;
+        if b * h * w < 2 {
+            candle_core::bail!(
+                "BatchNorm in training mode needs more than one value per channel, got an output of {:?}",
+                y.dims()
+            );
+        }
+        let n = (b * h * w) as f64;
+        let m = BN_MOMENTUM;
+        self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
+        self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (var * (m * n / (n - 1.0)))?)?)
     }
 
     /// `conv` followed by this BatchNorm in evaluation mode (and a ReLU when `relu`), as one

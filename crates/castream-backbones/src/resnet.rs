@@ -25,10 +25,11 @@ impl ConvBn {
         })
     }
 
-    /// `relu` appends a ReLU, fused into the BatchNorm (training) or the folded conv (evaluation).
+    /// `relu` appends a ReLU. Training runs conv + BatchNorm + ReLU as one op, evaluation the
+    /// conv with the BatchNorm folded in.
     fn forward(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         if train {
-            self.bn.forward(&self.conv.forward(x)?, true, relu)
+            self.bn.train_after(&self.conv, x, relu)
         } else {
             self.bn.fold_into(&self.conv, x, relu)
         }

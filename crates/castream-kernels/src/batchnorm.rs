@@ -1,26 +1,30 @@
-//! BatchNorm in training mode (batch statistics) as one op with a closed-form backward.
+//! BatchNorm in training mode (batch statistics), optionally followed by a ReLU, as one op with a
+//! closed-form backward.
 //!
 //! Written with candle's ops it is a chain of reductions over dimensions (0, 2, 3) and broadcasts,
 //! each with its own backward: measured at 85% of a quick ResNet-18 train step. Here the forward
-//! is two passes over the input (per-channel statistics in f64, then the affine map) and the
-//! backward two more, with the textbook gradient
-//! `dx = γ/σ · (dy − mean(dy) − x̂ · mean(dy · x̂))`, `dγ = Σ dy · x̂`, `dβ = Σ dy`.
+//! is two passes over the input (per-channel statistics in f64, then the affine map and ReLU) and
+//! the backward two more, with the textbook gradient
+//! `dx = γ/σ · (dy' − mean(dy') − x̂ · mean(dy' · x̂))`, `dγ = Σ dy' · x̂`, `dβ = Σ dy'`, where
+//! `dy'` is the output gradient with the ReLU's mask applied. The forward keeps its statistics
+//! ([`Normaliser`]) for the backward and for the running statistics, so they are computed once.
 
-use crate::cpu::{f32_slice, norm_grads};
-use crate::relu::relu_grad;
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use std::sync::{Arc, OnceLock};
+
+use crate::cpu::{f32_slice, simd_dispatch, split_flat};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// `(B, C, H, W)` with the `(B, C)` planes of `H x W` values.
 #[derive(Clone, Copy)]
-struct Planes {
+pub(crate) struct Planes {
     b: usize,
     c: usize,
     hw: usize,
 }
 
 impl Planes {
-    fn of(dims: &[usize], op: &str) -> Result<Planes> {
+    pub fn of(dims: &[usize], op: &str) -> Result<Planes> {
         let &[b, c, h, w] = dims else { bail!("{op}: expected a 4-d input, got {dims:?}") };
         if b * h * w < 2 {
             bail!("{op}: training-mode BatchNorm needs more than one value per channel, got input {dims:?}")
@@ -39,32 +43,173 @@ impl Planes {
     }
 }
 
-/// Per-channel mean and biased variance, two-pass in f64.
-fn stats(x: &[f32], p: Planes) -> Vec<(f64, f64)> {
-    (0..p.c)
-        .into_par_iter()
-        .map(|ch| {
-            let mean = p.channel(x, ch).flatten().map(|&v| v as f64).sum::<f64>() / p.n();
-            let var = p.channel(x, ch).flatten().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / p.n();
-            (mean, var)
-        })
-        .collect()
+/// A batch's per-channel statistics and the affine map they give, `y = act(x · scale + shift)`.
+pub(crate) struct Normaliser {
+    pub planes: Planes,
+    pub relu: bool,
+    pub mean: Vec<f64>,
+    /// Biased variance.
+    pub var: Vec<f64>,
+    inv_std: Vec<f64>,
+    scale: Vec<f32>,
+    shift: Vec<f32>,
 }
 
-/// Writes `a[ch] * x + b[ch]` plane by plane (with `g` read alongside when given).
-fn affine_planes(out: &mut [f32], p: Planes, f: impl Fn(usize, usize) -> f32 + Sync) {
-    out.par_chunks_mut(p.hw).enumerate().for_each(|(plane, dst)| {
-        let base = plane * p.hw;
-        for (k, d) in dst.iter_mut().enumerate() {
-            *d = f(plane % p.c, base + k);
+impl Normaliser {
+    /// Statistics of `x` (two-pass, in f64) and the map with `γ`, `β`.
+    pub fn new(x: &[f32], p: Planes, gamma: &[f32], beta: &[f32], eps: f64, relu: bool, op: &str) -> Result<Self> {
+        if gamma.len() != p.c || beta.len() != p.c {
+            bail!("{op}: {} channels but γ has {} and β {} values", p.c, gamma.len(), beta.len())
         }
-    });
+        let (mean, var): (Vec<f64>, Vec<f64>) = (0..p.c)
+            .into_par_iter()
+            .map(|ch| {
+                let mean = p.channel(x, ch).flatten().map(|&v| v as f64).sum::<f64>() / p.n();
+                let var = p.channel(x, ch).flatten().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / p.n();
+                (mean, var)
+            })
+            .unzip();
+        let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+        let scale: Vec<f32> = inv_std.iter().zip(gamma).map(|(inv, &g)| (g as f64 * inv) as f32).collect();
+        let shift = (0..p.c).map(|ch| (beta[ch] as f64 - mean[ch] * scale[ch] as f64) as f32).collect();
+        Ok(Normaliser { planes: p, relu, mean, var, inv_std, scale, shift })
+    }
+
+    /// Writes `f(channel, plane index, dst)` for every plane of an output shaped like the input.
+    fn planes_map(&self, out: &mut [f32], f: impl Fn(usize, usize, &mut [f32]) + Sync) {
+        let p = self.planes;
+        out.par_chunks_mut(p.hw).enumerate().for_each(|(plane, dst)| f(plane % p.c, plane, dst));
+    }
+
+    /// The normalised (and rectified) output for input `x`.
+    pub fn apply(&self, x: &[f32]) -> Vec<f32> {
+        let mut y = vec![0f32; x.len()];
+        let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
+        let hw = self.planes.hw;
+        self.planes_map(&mut y, |ch, plane, dst| {
+            affine_row(&x[plane * hw..][..hw], self.scale[ch], self.shift[ch], floor, dst)
+        });
+        y
+    }
+
+    /// The backward for output gradient `dy`: `dx_i = a · dy'_i + b · x_i + k` per channel
+    /// `(a, b, k)`, and `[dγ | dβ]`.
+    pub fn backward(&self, x: &[f32], dy: &[f32]) -> Gradient {
+        let p = self.planes;
+        // Per channel: Σ dy' and Σ dy' · (x − mean), each plane summed in f32, planes in f64.
+        let sums: Vec<(f64, f64)> = (0..p.c)
+            .into_par_iter()
+            .map(|ch| {
+                let mut total = (0f64, 0f64);
+                for (xp, dp) in p.channel(x, ch).zip(p.channel(dy, ch)) {
+                    let mut s = (0f32, 0f32);
+                    let (scale, shift, mean) = (self.scale[ch], self.shift[ch], self.mean[ch] as f32);
+                    grad_sums_row(xp, dp, scale, shift, self.relu, mean, &mut s);
+                    total = (total.0 + s.0 as f64, total.1 + s.1 as f64);
+                }
+                (total.0, total.1 * self.inv_std[ch])
+            })
+            .collect();
+        let n = p.n();
+        // a = γ/σ, b = −γ/σ · Σ(dy' x̂)/(n σ) and k chosen so that the whole is
+        // γ/σ · (dy' − Σdy'/n − x̂ Σ(dy' x̂)/n).
+        let coef = (0..p.c)
+            .map(|ch| {
+                let (sum_dy, sum_dy_xhat) = sums[ch];
+                let (a, inv) = (self.scale[ch] as f64, self.inv_std[ch]);
+                let b = -a * sum_dy_xhat / n * inv;
+                let k = -a * sum_dy / n - b * self.mean[ch];
+                (a as f32, b as f32, k as f32)
+            })
+            .collect();
+        let params = sums.iter().map(|s| s.1 as f32).chain(sums.iter().map(|s| s.0 as f32)).collect();
+        Gradient { coef, params }
+    }
+
+    /// One row of `dx` (channel `ch`) from [`Normaliser::backward`]'s coefficients.
+    pub fn dx_row(&self, g: &Gradient, ch: usize, x: &[f32], dy: &[f32], out: &mut [f32]) {
+        let (a, b, k) = g.coef[ch];
+        dx_row(x, dy, self.scale[ch], self.shift[ch], self.relu, a, b, k, out)
+    }
+
+    /// The whole input gradient, plane by plane.
+    fn dx_all(&self, g: &Gradient, x: &[f32], dy: &[f32], out: &mut [f32]) {
+        let hw = self.planes.hw;
+        self.planes_map(out, |ch, plane, dst| self.dx_row(g, ch, &x[plane * hw..][..hw], &dy[plane * hw..][..hw], dst));
+    }
+
+    /// `(mean, biased variance)` as `(C,)` f32 tensors, for the running statistics.
+    pub fn stats(&self, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+        let t = |v: &[f64]| Tensor::from_iter(v.iter().map(|&v| v as f32), device);
+        Ok((t(&self.mean)?, t(&self.var)?))
+    }
 }
 
-/// `(x, γ, β) -> y`, normalising with the batch statistics, then a ReLU when `relu`.
+simd_dispatch! {
+    /// `out = max(x · scale + shift, floor)`.
+    fn affine_row(x: &[f32], scale: f32, shift: f32, floor: f32, out: &mut [f32]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = (v * scale + shift).max(floor);
+        }
+    }
+}
+
+/// `dy` where the forward's output `act(x · scale + shift)` was positive (everywhere without the
+/// ReLU): the same expression as [`affine_row`], so exactly the forward's mask.
+#[inline(always)]
+fn masked(x: f32, dy: f32, scale: f32, shift: f32, relu: bool) -> f32 {
+    if relu && x * scale + shift <= 0.0 {
+        0.0
+    } else {
+        dy
+    }
+}
+
+simd_dispatch! {
+    /// `sums += (Σ dy', Σ dy' · (x − mean))` over a row, in 8 lanes so that it vectorises.
+    fn grad_sums_row(x: &[f32], dy: &[f32], scale: f32, shift: f32, relu: bool, mean: f32, sums: &mut (f32, f32)) {
+        let (mut s0, mut s1) = ([0f32; 8], [0f32; 8]);
+        let (xc, dc) = (x.chunks_exact(8), dy.chunks_exact(8));
+        let (xr, dr) = (xc.remainder(), dc.remainder());
+        for (xs, ds) in xc.zip(dc) {
+            for l in 0..8 {
+                let d = masked(xs[l], ds[l], scale, shift, relu);
+                s0[l] += d;
+                s1[l] += d * (xs[l] - mean);
+            }
+        }
+        for (l, (&xv, &d)) in xr.iter().zip(dr).enumerate() {
+            let d = masked(xv, d, scale, shift, relu);
+            s0[l] += d;
+            s1[l] += d * (xv - mean);
+        }
+        sums.0 += s0.iter().sum::<f32>();
+        sums.1 += s1.iter().sum::<f32>();
+    }
+}
+
+simd_dispatch! {
+    /// `out = a · dy' + b · x + k`.
+    fn dx_row(x: &[f32], dy: &[f32], scale: f32, shift: f32, relu: bool, a: f32, b: f32, k: f32, out: &mut [f32]) {
+        for ((o, &xv), &d) in out.iter_mut().zip(x).zip(dy) {
+            *o = a * masked(xv, d, scale, shift, relu) + b * xv + k;
+        }
+    }
+}
+
+/// [`Normaliser::backward`]'s result.
+pub(crate) struct Gradient {
+    coef: Vec<(f32, f32, f32)>,
+    /// `[dγ | dβ]`.
+    pub params: Vec<f32>,
+}
+
+/// `(x, γ, β) -> act(BatchNorm(x))` with the batch statistics; the [`Normaliser`] is kept in
+/// `saved` for the backward and the running statistics.
 pub(crate) struct BatchNormTrain {
     pub eps: f64,
     pub relu: bool,
+    pub saved: Arc<OnceLock<Normaliser>>,
 }
 
 impl CustomOp3 for BatchNormTrain {
@@ -82,22 +227,11 @@ impl CustomOp3 for BatchNormTrain {
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let p = Planes::of(xl.dims(), self.name())?;
-        let (x, gamma, beta) =
-            (f32_slice(xs, xl, self.name())?, f32_slice(gs, gl, self.name())?, f32_slice(bs, bl, self.name())?);
-        if gamma.len() != p.c || beta.len() != p.c {
-            bail!("{}: {} channels but γ has {} and β {} values", self.name(), p.c, gamma.len(), beta.len())
-        }
-        let (scale, shift): (Vec<f32>, Vec<f32>) = stats(x, p)
-            .iter()
-            .zip(gamma.iter().zip(beta))
-            .map(|(&(mean, var), (&g, &b))| {
-                let s = g as f64 / (var + self.eps).sqrt();
-                (s as f32, (b as f64 - mean * s) as f32)
-            })
-            .unzip();
-        let mut y = vec![0f32; x.len()];
-        let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
-        affine_planes(&mut y, p, |ch, i| (x[i] * scale[ch] + shift[ch]).max(floor));
+        let x = f32_slice(xs, xl, self.name())?;
+        let (gamma, beta) = (f32_slice(gs, gl, self.name())?, f32_slice(bs, bl, self.name())?);
+        let norm = Normaliser::new(x, p, gamma, beta, self.eps, self.relu, self.name())?;
+        let y = norm.apply(x);
+        keep(&self.saved, norm, self.name())?;
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
@@ -106,95 +240,53 @@ impl CustomOp3 for BatchNormTrain {
         x: &Tensor,
         gamma: &Tensor,
         _beta: &Tensor,
-        y: &Tensor,
+        _y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = if self.relu { relu_grad(y, grad)? } else { grad.clone() };
-        norm_grads(x, gamma, &grad, &BatchNormBackward { eps: self.eps })
+        let all = x.apply_op2_no_bwd(&grad.contiguous()?, &BatchNormBackward { saved: self.saved.clone() })?;
+        let [dx, dgamma, dbeta] = split_flat(&all, [x.shape(), gamma.shape(), gamma.shape()])?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
     }
 }
 
-/// `(x, γ, dy) -> [dx | dγ | dβ]` flattened.
-struct BatchNormBackward {
-    eps: f64,
+/// Stores the forward's statistics for the backward.
+pub(crate) fn keep<T>(saved: &OnceLock<T>, value: T, op: &str) -> Result<()> {
+    if saved.set(value).is_err() {
+        bail!("{op}: the op was applied twice")
+    }
+    Ok(())
 }
 
-impl CustomOp3 for BatchNormBackward {
+/// The statistics a forward kept, or an error naming the op.
+pub(crate) fn kept<'a, T>(saved: &'a OnceLock<T>, op: &str) -> Result<&'a T> {
+    match saved.get() {
+        Some(v) => Ok(v),
+        None => bail!("{op}: backward before forward"),
+    }
+}
+
+/// `(x, dy) -> [dx | dγ | dβ]` flattened.
+struct BatchNormBackward {
+    saved: Arc<OnceLock<Normaliser>>,
+}
+
+impl CustomOp2 for BatchNormBackward {
     fn name(&self) -> &'static str {
         "castream-batch-norm-train-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        gs: &CpuStorage,
-        gl: &Layout,
-        ds: &CpuStorage,
-        dl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let p = Planes::of(xl.dims(), self.name())?;
-        let (x, gamma, dy) =
-            (f32_slice(xs, xl, self.name())?, f32_slice(gs, gl, self.name())?, f32_slice(ds, dl, self.name())?);
-        if dy.len() != x.len() || gamma.len() != p.c {
-            bail!("{}: gradient {:?} or γ {:?} does not match input {:?}", self.name(), dl.dims(), gl.dims(), xl.dims())
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ds: &CpuStorage, dl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let norm = kept(&self.saved, self.name())?;
+        let (x, dy) = (f32_slice(xs, xl, self.name())?, f32_slice(ds, dl, self.name())?);
+        if dy.len() != x.len() {
+            bail!("{}: gradient {:?} does not match input {:?}", self.name(), dl.dims(), xl.dims())
         }
-        // Per channel: mean, 1/σ, Σ dy, Σ dy · x̂.
-        let sums: Vec<(f64, f64, f64, f64)> = stats(x, p)
-            .into_par_iter()
-            .enumerate()
-            .map(|(ch, (mean, var))| {
-                let inv = 1.0 / (var + self.eps).sqrt();
-                let (mut sum_dy, mut sum_dy_xhat) = (0f64, 0f64);
-                for (xp, dp) in p.channel(x, ch).zip(p.channel(dy, ch)) {
-                    for (&xv, &d) in xp.iter().zip(dp) {
-                        sum_dy += d as f64;
-                        sum_dy_xhat += d as f64 * (xv as f64 - mean) * inv;
-                    }
-                }
-                (mean, inv, sum_dy, sum_dy_xhat)
-            })
-            .collect();
-        let n = p.n();
-        // dx = a · dy + b · x + k per channel, with a = γ/σ, b = −γ/σ · Σ(dy x̂)/(n σ) and k chosen
-        // so that the whole is γ/σ · (dy − Σdy/n − x̂ Σ(dy x̂)/n).
-        let coef: Vec<(f32, f32, f32)> = sums
-            .iter()
-            .zip(gamma)
-            .map(|(&(mean, inv, sum_dy, sum_dy_xhat), &g)| {
-                let a = g as f64 * inv;
-                let b = -a * sum_dy_xhat / n * inv;
-                let k = -a * sum_dy / n - b * mean;
-                (a as f32, b as f32, k as f32)
-            })
-            .collect();
-        let mut out = vec![0f32; x.len() + 2 * p.c];
-        let (dx, rest) = out.split_at_mut(x.len());
-        affine_planes(dx, p, |ch, i| {
-            let (a, b, k) = coef[ch];
-            a * dy[i] + b * x[i] + k
-        });
-        for (ch, &(_, _, sum_dy, sum_dy_xhat)) in sums.iter().enumerate() {
-            rest[ch] = sum_dy_xhat as f32;
-            rest[p.c + ch] = sum_dy as f32;
-        }
-        Ok((CpuStorage::F32(out), Shape::from(x.len() + 2 * p.c)))
-    }
-}
-
-/// `(B, C, H, W) -> (2, C)`: the per-channel batch mean and biased variance (no gradient), for
-/// the running statistics.
-pub(crate) struct ChannelStats;
-
-impl CustomOp1 for ChannelStats {
-    fn name(&self) -> &'static str {
-        "castream-channel-stats"
-    }
-
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let p = Planes::of(xl.dims(), self.name())?;
-        let s = stats(f32_slice(xs, xl, self.name())?, p);
-        let out: Vec<f32> = s.iter().map(|m| m.0 as f32).chain(s.iter().map(|m| m.1 as f32)).collect();
-        Ok((CpuStorage::F32(out), Shape::from((2, p.c))))
+        let g = norm.backward(x, dy);
+        let mut out = vec![0f32; x.len() + g.params.len()];
+        let (dx, params) = out.split_at_mut(x.len());
+        norm.dx_all(&g, x, dy, dx);
+        params.copy_from_slice(&g.params);
+        let n = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(n)))
     }
 }

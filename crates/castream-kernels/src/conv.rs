@@ -7,7 +7,7 @@
 //! ReLU are applied in the GEMM's epilogue: the output rows start as the bias, the GEMM
 //! accumulates into them, and the ReLU runs on each image's output while it is still in cache.
 
-use crate::cpu::{f32_slice, sgemm, split, zeros, Mat};
+use crate::cpu::{f32_slice, sgemm, split, split_flat, zeros, Mat};
 use crate::im2col::{col2im, im2col};
 use crate::relu::relu_grad;
 use crate::Conv2dParams;
@@ -103,41 +103,7 @@ impl CustomOp3 for Conv2d {
         if bias.len() != g.co {
             bail!("{}: {} output channels but {} bias values", self.name(), g.co, bias.len())
         }
-        let mut y = vec![0f32; g.b * g.y_len()];
-        let (chunk, par) = split(g.b);
-        let (cig_len, cog_len, kdim, npix) = (g.cig() * g.h * g.w, g.cog() * g.npix(), g.kdim(), g.npix());
-        y.par_chunks_mut(chunk * g.y_len()).zip(x.par_chunks(chunk * g.x_len())).for_each(|(ys, xs)| {
-            let mut col = if g.pointwise() { Vec::new() } else { vec![0f32; kdim * npix] };
-            for (y, x) in ys.chunks_mut(g.y_len()).zip(xs.chunks(g.x_len())) {
-                for (row, &b) in y.chunks_mut(npix).zip(bias) {
-                    row.fill(b);
-                }
-                for grp in 0..g.groups {
-                    let xg = &x[grp * cig_len..][..cig_len];
-                    let rhs = if g.pointwise() {
-                        xg
-                    } else {
-                        im2col(xg, &g, &mut col);
-                        &col
-                    };
-                    sgemm(
-                        g.cog(),
-                        npix,
-                        kdim,
-                        &mut y[grp * cog_len..][..cog_len],
-                        npix,
-                        true,
-                        Mat { data: &w[grp * g.cog() * kdim..][..g.cog() * kdim], rs: kdim, cs: 1 },
-                        Mat { data: rhs, rs: npix, cs: 1 },
-                        par,
-                    );
-                }
-                if self.relu {
-                    y.iter_mut().for_each(|v| *v = v.max(0.0));
-                }
-            }
-        });
-        Ok((CpuStorage::F32(y), g.out_shape()))
+        Ok((CpuStorage::F32(forward(&g, x, w, Some(bias), self.relu)), g.out_shape()))
     }
 
     fn bwd(
@@ -155,6 +121,89 @@ impl CustomOp3 for Conv2d {
     }
 }
 
+/// Output columns one GEMM should have at least: images whose output maps are smaller are
+/// batched, their patch matrices side by side, so that late-stage layers (a 4x4 map: 16 columns
+/// per image) stop packing the whole weight matrix again for every image.
+const MIN_GEMM_COLS: usize = 256;
+
+/// How many images each GEMM takes, for a thread holding `chunk` images.
+fn images_per_gemm(g: &Geom, chunk: usize) -> usize {
+    MIN_GEMM_COLS.div_ceil(g.npix()).clamp(1, chunk.max(1))
+}
+
+/// Scratch buffers of one thread: patch matrices and GEMM outputs for `nb` images side by side.
+struct Scratch {
+    col: Vec<f32>,
+    out: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(g: &Geom, nb: usize) -> Scratch {
+        let direct = g.pointwise() && nb == 1;
+        Scratch {
+            col: if direct { Vec::new() } else { vec![0f32; g.kdim() * nb * g.npix()] },
+            out: if nb > 1 { vec![0f32; g.co * nb * g.npix()] } else { Vec::new() },
+        }
+    }
+}
+
+/// The patch matrix of group `grp` of `xs` (`n` consecutive images) as a `k_dim x n·n_pix`
+/// matrix: the input itself for one image of a pointwise conv, else built in `col`.
+fn patches<'a>(g: &Geom, xs: &'a [f32], grp: usize, col: &'a mut [f32]) -> &'a [f32] {
+    let (cig_len, n) = (g.cig() * g.h * g.w, xs.len() / g.x_len());
+    if g.pointwise() && n == 1 {
+        return &xs[grp * cig_len..][..cig_len];
+    }
+    let ld = n * g.npix();
+    for (j, x) in xs.chunks(g.x_len()).enumerate() {
+        im2col(&x[grp * cig_len..][..cig_len], g, &mut col[j * g.npix()..], ld);
+    }
+    &col[..g.kdim() * ld]
+}
+
+/// `act(conv(x, w) + bias)` in NCHW, `act` ReLU when `relu`; no bias is a zero bias.
+pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>, relu: bool) -> Vec<f32> {
+    let mut y = vec![0f32; g.b * g.y_len()];
+    let (chunk, par) = split(g.b);
+    let nb = images_per_gemm(g, chunk);
+    let (cog, kdim, npix) = (g.cog(), g.kdim(), g.npix());
+    let bias_of = |c: usize| bias.map_or(0.0, |b| b[c]);
+    y.par_chunks_mut(chunk * g.y_len()).zip(x.par_chunks(chunk * g.x_len())).for_each(|(ys, xs)| {
+        let mut s = Scratch::new(g, nb);
+        for (ys, xs) in ys.chunks_mut(nb * g.y_len()).zip(xs.chunks(nb * g.x_len())) {
+            let ld = xs.len() / g.x_len() * npix;
+            if ld == npix {
+                // One image: the GEMM accumulates onto the bias in the output itself.
+                for (c, row) in ys.chunks_mut(npix).enumerate() {
+                    row.fill(bias_of(c));
+                }
+            }
+            for grp in 0..g.groups {
+                let wg = Mat { data: &w[grp * cog * kdim..][..cog * kdim], rs: kdim, cs: 1 };
+                let rhs = Mat { data: patches(g, xs, grp, &mut s.col), rs: ld, cs: 1 };
+                if ld == npix {
+                    sgemm(cog, npix, kdim, &mut ys[grp * cog * npix..][..cog * npix], npix, true, wg, rhs, par);
+                } else {
+                    sgemm(cog, ld, kdim, &mut s.out[grp * cog * ld..][..cog * ld], ld, false, wg, rhs, par);
+                }
+            }
+            if ld != npix {
+                // Channel rows of the side-by-side output back to each image, plus the bias.
+                for (j, y) in ys.chunks_mut(g.y_len()).enumerate() {
+                    for (c, row) in y.chunks_mut(npix).enumerate() {
+                        let b = bias_of(c);
+                        row.iter_mut().zip(&s.out[c * ld + j * npix..][..npix]).for_each(|(d, &v)| *d = v + b);
+                    }
+                }
+            }
+            if relu {
+                ys.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+        }
+    });
+    y
+}
+
 /// Runs a fused backward op `(x, w, grad_y) -> [grad_x | grad_w]` for whichever of `x` and `w`
 /// candle tracks, and splits its single flat output (custom ops return one tensor).
 pub(crate) fn fused_backward<Op: CustomOp3>(
@@ -168,16 +217,11 @@ pub(crate) fn fused_backward<Op: CustomOp3>(
         return Ok((None, None));
     }
     let both = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op(need_x, need_w))?;
-    let (nx, nw) = (x.elem_count(), w.elem_count());
-    let gx = if need_x { Some(both.narrow(0, 0, nx)?.reshape(x.shape())?) } else { None };
-    let gw = if need_w { Some(both.narrow(0, nx, nw)?.reshape(w.shape())?) } else { None };
-    Ok((gx, gw))
+    let [gx, gw] = split_flat(&both, [x.shape(), w.shape()])?;
+    Ok((need_x.then_some(gx), need_w.then_some(gw)))
 }
 
-/// `(x, w, grad_y) -> [grad_x | grad_w]` flattened. Per image and group:
-/// `grad_w += grad_y · im2col(x)ᵀ` and `grad_x += col2im(wᵀ · grad_y)`. Threads take disjoint
-/// images and keep private weight gradients, summed at the end. The half that is not needed is
-/// skipped.
+/// `(x, w, grad_y) -> [grad_x | grad_w]` flattened ([`backward`]).
 pub(crate) struct ConvBackward {
     pub p: Conv2dParams,
     pub need_x: bool,
@@ -205,64 +249,86 @@ impl CustomOp3 for ConvBackward {
         let x = f32_slice(xs, xl, self.name())?;
         let w = f32_slice(ws, wl, self.name())?;
         let gy = f32_slice(gs, gl, self.name())?;
-        let nx = g.b * g.x_len();
-        // col2im accumulates into grad_x; an unneeded grad_x stays untouched zero pages.
-        let mut out = if self.need_x { zeros(nx + w.len()) } else { vec![0f32; nx + w.len()] };
-        let (gx, gw_out) = out.split_at_mut(nx);
-        let (chunk, par) = split(g.b);
-        let (cig_len, cog_len, kdim, npix, cog) =
-            (g.cig() * g.h * g.w, g.cog() * g.npix(), g.kdim(), g.npix(), g.cog());
-        let (need_x, need_w) = (self.need_x, self.need_w);
-        let gw = gx
-            .par_chunks_mut(chunk * g.x_len())
-            .zip(x.par_chunks(chunk * g.x_len()))
-            .zip(gy.par_chunks(chunk * g.y_len()))
-            .map(|((gxs, xs), gys)| {
-                let mut gw = if need_w { vec![0f32; w.len()] } else { Vec::new() };
-                let mut col = if g.pointwise() { Vec::new() } else { vec![0f32; kdim * npix] };
-                for ((gx, x), gy) in gxs.chunks_mut(g.x_len()).zip(xs.chunks(g.x_len())).zip(gys.chunks(g.y_len())) {
-                    for grp in 0..g.groups {
-                        let gyg = Mat { data: &gy[grp * cog_len..][..cog_len], rs: npix, cs: 1 };
-                        let wg = &w[grp * cog * kdim..][..cog * kdim];
-                        if need_w {
-                            let xg = &x[grp * cig_len..][..cig_len];
-                            let patches = if g.pointwise() {
-                                xg
-                            } else {
-                                im2col(xg, &g, &mut col);
-                                &col
-                            };
-                            let dst = &mut gw[grp * cog * kdim..][..cog * kdim];
-                            sgemm(cog, kdim, npix, dst, kdim, true, gyg, Mat { data: patches, rs: 1, cs: npix }, par);
-                        }
-                        if need_x {
-                            let wt = Mat { data: wg, rs: 1, cs: kdim };
-                            let gxg = &mut gx[grp * cig_len..][..cig_len];
-                            if g.pointwise() {
-                                sgemm(kdim, npix, cog, gxg, npix, false, wt, gyg, par);
-                            } else {
-                                sgemm(kdim, npix, cog, &mut col, npix, false, wt, gyg, par);
-                                col2im(&col, &g, gxg);
+        let out = backward(&g, x, w, self.need_x, self.need_w, 0, |i, c, dst| {
+            dst.copy_from_slice(&gy[i * g.y_len() + c * g.npix()..][..g.npix()])
+        });
+        let n = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+}
+
+/// The gradients of a convolution as one flat `[grad_x | grad_w | tail]`, `tail` zeros left for
+/// the caller. `grad(i, c, dst)` writes channel `c` of image `i`'s output gradient into `dst`, so
+/// that a fused op can compute it while it is in cache. Per group of images (side by side as in
+/// the forward) and conv group: `grad_w += grad_y · patchesᵀ` and
+/// `grad_x += col2im(wᵀ · grad_y)`. Threads take disjoint images and keep private weight
+/// gradients, summed at the end. A half that is not needed is skipped (left zero).
+pub(crate) fn backward(
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    need_x: bool,
+    need_w: bool,
+    tail: usize,
+    grad: impl Fn(usize, usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let nx = g.b * g.x_len();
+    // col2im accumulates into grad_x; an unneeded grad_x stays untouched zero pages.
+    let mut out = if need_x { zeros(nx + w.len() + tail) } else { vec![0f32; nx + w.len() + tail] };
+    let (gx, rest) = out.split_at_mut(nx);
+    let (chunk, par) = split(g.b);
+    let nb = images_per_gemm(g, chunk);
+    let (cig_len, kdim, npix, cog) = (g.cig() * g.h * g.w, g.kdim(), g.npix(), g.cog());
+    let gw = gx
+        .par_chunks_mut(chunk * g.x_len())
+        .zip(x.par_chunks(chunk * g.x_len()))
+        .enumerate()
+        .map(|(t, (gxs, xs))| {
+            let mut gw = if need_w { vec![0f32; w.len()] } else { Vec::new() };
+            let mut col = vec![0f32; if g.pointwise() && nb == 1 { 0 } else { kdim * nb * npix }];
+            let mut gy = vec![0f32; g.co * nb * npix];
+            for (k, (gxs, xs)) in gxs.chunks_mut(nb * g.x_len()).zip(xs.chunks(nb * g.x_len())).enumerate() {
+                let n = xs.len() / g.x_len();
+                let ld = n * npix;
+                for j in 0..n {
+                    for c in 0..g.co {
+                        grad(t * chunk + k * nb + j, c, &mut gy[c * ld + j * npix..][..npix]);
+                    }
+                }
+                for grp in 0..g.groups {
+                    let gyg = Mat { data: &gy[grp * cog * ld..][..cog * ld], rs: ld, cs: 1 };
+                    if need_w {
+                        let rhs = Mat { data: patches(g, xs, grp, &mut col), rs: 1, cs: ld };
+                        sgemm(cog, kdim, ld, &mut gw[grp * cog * kdim..][..cog * kdim], kdim, true, gyg, rhs, par);
+                    }
+                    if need_x {
+                        let wt = Mat { data: &w[grp * cog * kdim..][..cog * kdim], rs: 1, cs: kdim };
+                        if g.pointwise() && n == 1 {
+                            sgemm(kdim, npix, cog, &mut gxs[grp * cig_len..][..cig_len], npix, false, wt, gyg, par);
+                        } else {
+                            sgemm(kdim, ld, cog, &mut col[..kdim * ld], ld, false, wt, gyg, par);
+                            for (j, gx) in gxs.chunks_mut(g.x_len()).enumerate() {
+                                col2im(&col[j * npix..], g, &mut gx[grp * cig_len..][..cig_len], ld);
                             }
                         }
                     }
                 }
-                gw
-            })
-            .reduce(Vec::new, |mut a, b| {
-                if a.is_empty() {
-                    return b;
-                }
-                for (a, b) in a.iter_mut().zip(&b) {
-                    *a += b;
-                }
-                a
-            });
-        if need_w {
-            gw_out.copy_from_slice(&gw);
-        }
-        Ok((CpuStorage::F32(out), Shape::from(nx + w.len())))
+            }
+            gw
+        })
+        .reduce(Vec::new, |mut a, b| {
+            if a.is_empty() {
+                return b;
+            }
+            for (a, b) in a.iter_mut().zip(&b) {
+                *a += b;
+            }
+            a
+        });
+    if need_w {
+        rest[..w.len()].copy_from_slice(&gw);
     }
+    out
 }
 
 /// `(B, C, H, W) -> (C,)`: the sum over batch and positions, the bias gradient of [`Conv2d`].

@@ -1,7 +1,7 @@
 //! Plumbing shared by the CPU kernels: typed views of candle storage, the batch split for rayon,
 //! a bounds-checked `gemm` wrapper and runtime SIMD dispatch.
 
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Tensor};
+use candle_core::{bail, CpuStorage, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 
 /// The f32 elements of a contiguous tensor. The facade makes every argument contiguous, so a
@@ -137,19 +137,18 @@ pub(crate) fn zeros(n: usize) -> Vec<f32> {
     v
 }
 
-/// The gradients `(dx, dγ, dβ)` of a normalisation layer from its backward op, which maps
-/// `(x, γ, dy)` to one flat `[dx | dγ | dβ]` (custom ops return a single tensor).
-pub(crate) fn norm_grads(
-    x: &Tensor,
-    gamma: &Tensor,
-    grad: &Tensor,
-    backward: &impl CustomOp3,
-) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-    let all = x.apply_op3_no_bwd(gamma, &grad.contiguous()?, backward)?;
-    let (n, c) = (x.elem_count(), gamma.elem_count());
-    Ok((
-        Some(all.narrow(0, 0, n)?.reshape(x.shape())?),
-        Some(all.narrow(0, n, c)?.reshape(gamma.shape())?),
-        Some(all.narrow(0, n + c, c)?.reshape(gamma.shape())?),
-    ))
+/// Splits a backward op's flat output (custom ops return one tensor) into consecutive pieces of
+/// the given shapes.
+pub(crate) fn split_flat<const N: usize>(all: &Tensor, shapes: [&Shape; N]) -> Result<[Tensor; N]> {
+    let mut offset = 0;
+    let mut parts = Vec::with_capacity(N);
+    for shape in shapes {
+        let n = shape.elem_count();
+        parts.push(all.narrow(0, offset, n)?.reshape(shape)?);
+        offset += n;
+    }
+    match parts.try_into() {
+        Ok(parts) => Ok(parts),
+        Err(_) => unreachable!("one part per shape"),
+    }
 }

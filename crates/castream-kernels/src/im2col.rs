@@ -16,8 +16,10 @@ pub(crate) fn valid_range(k: usize, p: usize, s: usize, len_in: usize, len_out: 
 }
 
 simd_dispatch! {
-    /// Writes the patch matrix of `x` (`C_in/g` planes of `h * w`) into `col` (`k_dim * n_pix`).
-    pub(crate) fn im2col(x: &[f32], g: &Geom, col: &mut [f32]) {
+    /// Writes the patch matrix of `x` (`C_in/g` planes of `h * w`) into `col`: `k_dim` rows of
+    /// `n_pix` values, row `r` starting at `r * ld` (`ld > n_pix` leaves room for other images'
+    /// columns).
+    pub(crate) fn im2col(x: &[f32], g: &Geom, col: &mut [f32], ld: usize) {
         let (h, w, oh, ow, s, p) = (g.h, g.w, g.oh, g.ow, g.stride, g.pad);
         let npix = oh * ow;
         for ci in 0..g.cig() {
@@ -25,7 +27,7 @@ simd_dispatch! {
             for ky in 0..g.kh {
                 let (oy0, oy1) = valid_range(ky, p, s, h, oh);
                 for kx in 0..g.kw {
-                    let row = &mut col[((ci * g.kh + ky) * g.kw + kx) * npix..][..npix];
+                    let row = &mut col[((ci * g.kh + ky) * g.kw + kx) * ld..][..npix];
                     let (ox0, ox1) = valid_range(kx, p, s, w, ow);
                     row[..oy0 * ow].fill(0.0);
                     row[oy1 * ow..].fill(0.0);
@@ -49,8 +51,9 @@ simd_dispatch! {
 }
 
 simd_dispatch! {
-    /// Adds the patch-matrix gradient `col` back onto the image gradient `x` (adjoint of `im2col`).
-    pub(crate) fn col2im(col: &[f32], g: &Geom, x: &mut [f32]) {
+    /// Adds the patch-matrix gradient `col` (row `r` at `r * ld`) back onto the image gradient `x`
+    /// (adjoint of `im2col`).
+    pub(crate) fn col2im(col: &[f32], g: &Geom, x: &mut [f32], ld: usize) {
         let (h, w, oh, ow, s, p) = (g.h, g.w, g.oh, g.ow, g.stride, g.pad);
         let npix = oh * ow;
         for ci in 0..g.cig() {
@@ -58,7 +61,7 @@ simd_dispatch! {
             for ky in 0..g.kh {
                 let (oy0, oy1) = valid_range(ky, p, s, h, oh);
                 for kx in 0..g.kw {
-                    let row = &col[((ci * g.kh + ky) * g.kw + kx) * npix..][..npix];
+                    let row = &col[((ci * g.kh + ky) * g.kw + kx) * ld..][..npix];
                     let (ox0, ox1) = valid_range(kx, p, s, w, ow);
                     for oy in oy0..oy1 {
                         let dst = &mut plane[(oy * s + ky - p) * w..][..w];

@@ -8,7 +8,7 @@
 //! with `g = dy · γ`: `dx = (g − mean_C(g) − x̂ · mean_C(g · x̂)) / sqrt(var + eps)`,
 //! `dγ = Σ dy · x̂`, `dβ = Σ dy`.
 
-use crate::cpu::{f32_slice, norm_grads};
+use crate::cpu::{f32_slice, split_flat};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -102,7 +102,10 @@ impl CustomOp3 for LayerNorm {
         _y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        norm_grads(x, gamma, grad, &LayerNormBackward { dim: self.dim, eps: self.eps })
+        let all =
+            x.apply_op3_no_bwd(gamma, &grad.contiguous()?, &LayerNormBackward { dim: self.dim, eps: self.eps })?;
+        let [dx, dgamma, dbeta] = split_flat(&all, [x.shape(), gamma.shape(), gamma.shape()])?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
     }
 }
 

@@ -13,6 +13,7 @@
 
 mod batchnorm;
 mod conv;
+mod convbn;
 mod cpu;
 mod depthwise;
 mod fold;
@@ -23,6 +24,8 @@ mod relu;
 mod upsample;
 
 pub use fold::fold_batchnorm;
+
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
@@ -75,7 +78,7 @@ fn conv2d_act(
     relu: bool,
     k: Kernels,
 ) -> Result<Tensor> {
-    let ((b, _, _, _), (c_out, c_in_group, kh, kw)) = (x.dims4()?, w.dims4()?);
+    let c_out = w.dim(0)?;
     let fast = k.fast_for(&[x, w]) && bias.is_none_or(|b| k.fast_for(&[b]));
     let y = if fast && !depthwise::is_depthwise(x.dims(), w.dims(), p.groups) {
         let bias = match bias {
@@ -99,9 +102,15 @@ fn conv2d_act(
             y
         }
     };
-    let (_, _, h_out, w_out) = y.dims4()?;
-    macs::add(b * c_out * h_out * w_out * c_in_group * kh * kw);
+    count_conv(&y, w)?;
     Ok(y)
+}
+
+/// Counts the multiply-adds of a convolution with weights `w` that gave output `y`.
+fn count_conv(y: &Tensor, w: &Tensor) -> Result<()> {
+    let ((b, c_out, h_out, w_out), (_, c_in_group, kh, kw)) = (y.dims4()?, w.dims4()?);
+    macs::add(b * c_out * h_out * w_out * c_in_group * kh * kw);
+    Ok(())
 }
 
 /// `max(x, 0)`, with a one-pass backward.
@@ -151,10 +160,11 @@ pub fn batch_norm_train(
     k: Kernels,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     if k.fast_for(&[x, gamma, beta]) {
-        let x = x.contiguous()?;
-        let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, batchnorm::BatchNormTrain { eps, relu })?;
-        let stats = x.detach().apply_op1_no_bwd(&batchnorm::ChannelStats)?;
-        return Ok((y, stats.get(0)?, stats.get(1)?));
+        let saved = Arc::new(OnceLock::new());
+        let op = batchnorm::BatchNormTrain { eps, relu, saved: saved.clone() };
+        let y = x.contiguous()?.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+        let (mean, var) = batchnorm::kept(&saved, "batch_norm_train")?.stats(x.device())?;
+        return Ok((y, mean, var));
     }
     let per_channel = |t: &Tensor| t.reshape((1, t.elem_count(), 1, 1));
     let mean = x.mean_keepdim((0, 2, 3))?;
@@ -166,6 +176,32 @@ pub fn batch_norm_train(
         .broadcast_add(&per_channel(beta)?)?;
     let y = if relu { y.relu()? } else { y };
     Ok((y, mean.detach().flatten_all()?, var.detach().flatten_all()?))
+}
+
+/// `conv2d(x, w)` without bias (the BatchNorm's shift takes its place) followed by
+/// [`batch_norm_train`], as one op with one backward: the convolution's output and its gradient
+/// never become candle tensors. Returns `(y, mean, var)` as [`batch_norm_train`] does.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_batch_norm_train(
+    x: &Tensor,
+    w: &Tensor,
+    p: Conv2dParams,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+    k: Kernels,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    if !k.fast_for(&[x, w, gamma, beta]) || depthwise::is_depthwise(x.dims(), w.dims(), p.groups) {
+        return batch_norm_train(&conv2d(x, w, None, p, k)?, gamma, beta, eps, relu, k);
+    }
+    let saved = Arc::new(OnceLock::new());
+    let params = Tensor::cat(&[gamma, beta], 0)?;
+    let op = convbn::ConvBnTrain { p, eps, relu, saved: saved.clone() };
+    let y = x.contiguous()?.apply_op3(&w.contiguous()?, &params, op)?;
+    count_conv(&y, w)?;
+    let (mean, var) = batchnorm::kept(&saved, "conv_batch_norm_train")?.norm.stats(x.device())?;
+    Ok((y, mean, var))
 }
 
 /// LayerNorm over dimension `dim` of `x` with an affine map: `(x − mean) / sqrt(var + eps) · γ + β`,

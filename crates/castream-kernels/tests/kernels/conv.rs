@@ -130,3 +130,32 @@ fn conv_falls_back_for_f64() {
     assert_close(&y, &conv2d(&s.x, &s.w, None, s.p, Kernels::Fast).unwrap(), 1e-5, "f64 fallback");
     assert!(y.device().same_device(&Device::Cpu));
 }
+
+/// Small output maps put several images side by side in one GEMM, how many depending on the
+/// images each thread holds: the same results with 1 thread (all five images in one GEMM) and 3
+/// (two, two and one), forward and both gradients.
+#[test]
+fn conv_with_images_side_by_side_matches_candle_at_any_thread_count() {
+    let cases: &[Case] = &[
+        (5, 6, 4, 4, 8, 3, 1, 1, 1), // late-stage 3x3 on a 4x4 map
+        (5, 4, 3, 5, 6, 1, 1, 0, 1), // pointwise
+        (5, 4, 8, 8, 6, 1, 2, 0, 1), // 1x1 stride 2
+        (5, 4, 5, 5, 6, 3, 2, 1, 2), // grouped, strided
+    ];
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            for (i, c) in cases.iter().enumerate() {
+                let s = setup(c, 500 + i as u64);
+                let what = format!("{c:?} on {threads} threads");
+                let bias = uniform(&mut rng(510 + i as u64), &[c.4]);
+                let fast = conv2d(&s.x, &s.w, Some(&bias), s.p, Kernels::Fast).unwrap();
+                assert_close(&fast, &conv2d(&s.x, &s.w, Some(&bias), s.p, Kernels::Candle).unwrap(), 1e-5, &what);
+                let (gx, gw) = grads2(conv(Kernels::Fast, s.p), &s.x, &s.w, &s.r);
+                let (rx, rw) = grads2(conv(Kernels::Candle, s.p), &s.x, &s.w, &s.r);
+                assert_close(&gx, &rx, 1e-5, &format!("input gradient {what}"));
+                assert_close(&gw, &rw, 1e-5, &format!("weight gradient {what}"));
+            }
+        });
+    }
+}

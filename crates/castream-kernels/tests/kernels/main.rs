@@ -6,6 +6,7 @@
 mod batchnorm;
 mod common;
 mod conv;
+mod convbn;
 mod epilogue;
 mod fold;
 mod layernorm;
