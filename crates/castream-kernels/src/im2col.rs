@@ -5,6 +5,8 @@
 //! row is a plain copy of an input row, so building it costs about one pass over memory. `col2im`
 //! is its adjoint (scatter-add back onto the image), used for the input gradient.
 
+use std::ops::Range;
+
 use crate::conv::Geom;
 use crate::cpu::simd_dispatch;
 
@@ -16,23 +18,28 @@ pub(crate) fn valid_range(k: usize, p: usize, s: usize, len_in: usize, len_out: 
 }
 
 simd_dispatch! {
-    /// Writes the patch matrix of `x` (`C_in/g` planes of `h * w`) into `col`: `k_dim` rows of
-    /// `n_pix` values, row `r` starting at `r * ld` (`ld > n_pix` leaves room for other images'
-    /// columns).
-    pub(crate) fn im2col(x: &[f32], g: &Geom, col: &mut [f32], ld: usize) {
-        let (h, w, oh, ow, s, p) = (g.h, g.w, g.oh, g.ow, g.stride, g.pad);
-        let npix = oh * ow;
+    /// Writes the patch matrix of `x` (`C_in/g` planes of `h * w`) for the output rows `rows` into
+    /// `col`: `k_dim` rows of `rows.len() * ow` values, row `r` starting at `r * ld` (`ld` larger
+    /// leaves room for other images' columns).
+    pub(crate) fn im2col(x: &[f32], g: &Geom, col: &mut [f32], ld: usize, rows: Range<usize>) {
+        let (h, w, ow, s, p) = (g.h, g.w, g.ow, g.stride, g.pad);
+        let npix = rows.len() * ow;
         for ci in 0..g.cig() {
             let plane = &x[ci * h * w..][..h * w];
             for ky in 0..g.kh {
-                let (oy0, oy1) = valid_range(ky, p, s, h, oh);
+                let (oy0, oy1) = relative(valid_range(ky, p, s, h, g.oh), &rows);
                 for kx in 0..g.kw {
                     let row = &mut col[((ci * g.kh + ky) * g.kw + kx) * ld..][..npix];
                     let (ox0, ox1) = valid_range(kx, p, s, w, ow);
+                    if s == 1 && ow == w {
+                        let shift = ((rows.start + ky) * w + kx) as isize - (p * w + p) as isize;
+                        shifted_copy(plane, row, shift, (oy0, oy1), (ox0, ox1), ow);
+                        continue;
+                    }
                     row[..oy0 * ow].fill(0.0);
                     row[oy1 * ow..].fill(0.0);
                     for oy in oy0..oy1 {
-                        let src = &plane[(oy * s + ky - p) * w..][..w];
+                        let src = &plane[((rows.start + oy) * s + ky - p) * w..][..w];
                         let out = &mut row[oy * ow..][..ow];
                         out[..ox0].fill(0.0);
                         out[ox1..].fill(0.0);
@@ -50,21 +57,77 @@ simd_dispatch! {
     }
 }
 
+/// A range of output rows `(lo, hi)` made relative to the rows `rows` being built.
+fn relative((lo, hi): (usize, usize), rows: &Range<usize>) -> (usize, usize) {
+    let clip = |v: usize| v.clamp(rows.start, rows.end) - rows.start;
+    (clip(lo), clip(hi))
+}
+
+/// One patch-matrix row of a stride-1 conv whose output is as wide as its input (a "same"
+/// conv): output `i` is input `i + shift` at the valid rows `oy0..oy1` and columns `ox0..ox1`, so
+/// the row is one contiguous copy whose wrapped columns (at most `2 · padding` per output row)
+/// are then zeroed, instead of a copy and two fills per output row.
+#[inline(always)]
+fn shifted_copy(
+    plane: &[f32],
+    row: &mut [f32],
+    shift: isize,
+    (oy0, oy1): (usize, usize),
+    (ox0, ox1): (usize, usize),
+    ow: usize,
+) {
+    if oy0 >= oy1 || ox0 >= ox1 {
+        row.fill(0.0);
+        return;
+    }
+    let (a, b) = (oy0 * ow + ox0, (oy1 - 1) * ow + ox1);
+    row[..a].fill(0.0);
+    row[b..].fill(0.0);
+    row[a..b].copy_from_slice(&plane[(a as isize + shift) as usize..][..b - a]);
+    zero_wrapped(row, (oy0, oy1), (ox0, ox1), ow);
+}
+
+/// Zeroes the columns outside `ox0..ox1` between the valid rows `oy0..oy1` of a patch-matrix row.
+#[inline(always)]
+fn zero_wrapped(row: &mut [f32], (oy0, oy1): (usize, usize), (ox0, ox1): (usize, usize), ow: usize) {
+    if ox0 > 0 || ox1 < ow {
+        for oy in oy0..oy1 - 1 {
+            for v in &mut row[oy * ow + ox1..(oy + 1) * ow + ox0] {
+                *v = 0.0;
+            }
+        }
+    }
+}
+
 simd_dispatch! {
-    /// Adds the patch-matrix gradient `col` (row `r` at `r * ld`) back onto the image gradient `x`
-    /// (adjoint of `im2col`).
-    pub(crate) fn col2im(col: &[f32], g: &Geom, x: &mut [f32], ld: usize) {
-        let (h, w, oh, ow, s, p) = (g.h, g.w, g.oh, g.ow, g.stride, g.pad);
-        let npix = oh * ow;
+    /// Adds the patch-matrix gradient `col` of the output rows `rows` (row `r` at `r * ld`) back
+    /// onto the image gradient `x` (adjoint of `im2col`). For a "same" stride-1 conv each row is
+    /// added as one contiguous shifted range after zeroing its wrapped columns, so `col` is
+    /// scratch that this overwrites.
+    pub(crate) fn col2im(col: &mut [f32], g: &Geom, x: &mut [f32], ld: usize, rows: Range<usize>) {
+        let (h, w, ow, s, p) = (g.h, g.w, g.ow, g.stride, g.pad);
+        let npix = rows.len() * ow;
         for ci in 0..g.cig() {
             let plane = &mut x[ci * h * w..][..h * w];
             for ky in 0..g.kh {
-                let (oy0, oy1) = valid_range(ky, p, s, h, oh);
+                let (oy0, oy1) = relative(valid_range(ky, p, s, h, g.oh), &rows);
                 for kx in 0..g.kw {
-                    let row = &col[((ci * g.kh + ky) * g.kw + kx) * ld..][..npix];
+                    let row = &mut col[((ci * g.kh + ky) * g.kw + kx) * ld..][..npix];
                     let (ox0, ox1) = valid_range(kx, p, s, w, ow);
+                    if s == 1 && ow == w {
+                        if oy0 < oy1 && ox0 < ox1 {
+                            let (a, b) = (oy0 * ow + ox0, (oy1 - 1) * ow + ox1);
+                            zero_wrapped(row, (oy0, oy1), (ox0, ox1), ow);
+                            let shift = ((rows.start + ky) * w + kx) as isize - (p * w + p) as isize;
+                            let dst = &mut plane[(a as isize + shift) as usize..][..b - a];
+                            for (d, v) in dst.iter_mut().zip(&row[a..b]) {
+                                *d += v;
+                            }
+                        }
+                        continue;
+                    }
                     for oy in oy0..oy1 {
-                        let dst = &mut plane[(oy * s + ky - p) * w..][..w];
+                        let dst = &mut plane[((rows.start + oy) * s + ky - p) * w..][..w];
                         let src = &row[oy * ow..][..ow];
                         if s == 1 {
                             let dst = &mut dst[ox0 + kx - p..ox1 + kx - p];

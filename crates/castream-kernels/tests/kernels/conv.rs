@@ -159,3 +159,20 @@ fn conv_with_images_side_by_side_matches_candle_at_any_thread_count() {
         });
     }
 }
+
+/// Large maps build their patch matrix in bands of output rows (so that it stays in cache):
+/// here two or three bands per image, with a ragged last band, stride 1 and 2.
+#[test]
+fn conv_in_row_bands_matches_candle() {
+    let cases: &[Case] =
+        &[(1, 8, 40, 37, 6, 3, 1, 1, 1), (2, 8, 81, 81, 4, 3, 2, 1, 1), (1, 20, 30, 30, 5, 3, 1, 1, 1)];
+    for (i, c) in cases.iter().enumerate() {
+        let s = setup(c, 600 + i as u64);
+        let fast = conv2d(&s.x, &s.w, None, s.p, Kernels::Fast).unwrap();
+        assert_close(&fast, &conv2d(&s.x, &s.w, None, s.p, Kernels::Candle).unwrap(), 1e-5, &format!("forward {c:?}"));
+        let (gx, gw) = grads2(conv(Kernels::Fast, s.p), &s.x, &s.w, &s.r);
+        let (rx, rw) = grads2(conv(Kernels::Candle, s.p), &s.x, &s.w, &s.r);
+        assert_close(&gx, &rx, 1e-5, &format!("input gradient {c:?}"));
+        assert_close(&gw, &rw, 1e-5, &format!("weight gradient {c:?}"));
+    }
+}
