@@ -6,6 +6,7 @@
 //! routes the whole output gradient to it, accumulating where windows overlap.
 
 use crate::cpu::{f32_slice, simd_dispatch, zeros};
+use crate::im2col::valid_range;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -42,10 +43,10 @@ impl MaxPool2d {
         (y0, (oy * s + k - p).min(g.h), x0, (ox * s + k - p).min(g.w))
     }
 
-    /// Index within the plane and value of the window's maximum, PyTorch's rule: start from the
-    /// first valid position at -inf, replace on `v > max || v.is_nan()`.
+    /// Index within the plane of the window's maximum, PyTorch's rule: start from the first valid
+    /// position at -inf, replace on `v > max || v.is_nan()`.
     #[inline(always)]
-    fn argmax(&self, g: &PoolGeom, plane: &[f32], oy: usize, ox: usize) -> (usize, f32) {
+    fn argmax(&self, g: &PoolGeom, plane: &[f32], oy: usize, ox: usize) -> usize {
         let (y0, y1, x0, x1) = self.window(g, oy, ox);
         let (mut best, mut max) = (y0 * g.w + x0, f32::NEG_INFINITY);
         for iy in y0..y1 {
@@ -57,15 +58,41 @@ impl MaxPool2d {
                 }
             }
         }
-        (best, max)
+        best
+    }
+}
+
+/// PyTorch's update rule: a larger value or a NaN replaces the running maximum.
+#[inline(always)]
+fn max_nan(max: f32, v: f32) -> f32 {
+    if v > max || v.is_nan() {
+        v
+    } else {
+        max
     }
 }
 
 simd_dispatch! {
-    fn forward_plane(op: &MaxPool2d, g: &PoolGeom, x: &[f32], y: &mut [f32]) {
-        for oy in 0..g.oh {
-            for ox in 0..g.ow {
-                y[oy * g.ow + ox] = op.argmax(g, x, oy, ox).1;
+    /// The window maxima of one plane, separably: for each output row, the maximum over its
+    /// window's input rows (`col`, a vectorised pass over whole rows per kernel row), then the
+    /// horizontal window maxima of that row. The same values as the direct window maximum (max is
+    /// associative; any NaN gives NaN).
+    fn forward_plane(op: &MaxPool2d, g: &PoolGeom, x: &[f32], col: &mut [f32], y: &mut [f32]) {
+        let (k, s, p) = (op.kernel, op.stride, op.padding);
+        for (oy, out) in y.chunks_exact_mut(g.ow).enumerate() {
+            let (y0, y1, _, _) = op.window(g, oy, 0);
+            col.fill(f32::NEG_INFINITY);
+            for row in x[y0 * g.w..y1 * g.w].chunks_exact(g.w) {
+                for (c, &v) in col.iter_mut().zip(row) {
+                    *c = max_nan(*c, v);
+                }
+            }
+            out.fill(f32::NEG_INFINITY);
+            for kx in 0..k {
+                let (lo, hi) = valid_range(kx, p, s, g.w, g.ow);
+                for ox in lo..hi {
+                    out[ox] = max_nan(out[ox], col[ox * s + kx - p]);
+                }
             }
         }
     }
@@ -75,7 +102,7 @@ simd_dispatch! {
     fn backward_plane(op: &MaxPool2d, g: &PoolGeom, x: &[f32], gy: &[f32], gx: &mut [f32]) {
         for oy in 0..g.oh {
             for ox in 0..g.ow {
-                gx[op.argmax(g, x, oy, ox).0] += gy[oy * g.ow + ox];
+                gx[op.argmax(g, x, oy, ox)] += gy[oy * g.ow + ox];
             }
         }
     }
@@ -90,7 +117,9 @@ impl CustomOp1 for MaxPool2d {
         let g = self.geom(l.dims())?;
         let x = f32_slice(s, l, self.name())?;
         let mut y = vec![0f32; g.planes * g.oh * g.ow];
-        y.par_chunks_mut(g.oh * g.ow).zip(x.par_chunks(g.h * g.w)).for_each(|(yp, xp)| forward_plane(self, &g, xp, yp));
+        y.par_chunks_mut(g.oh * g.ow)
+            .zip(x.par_chunks(g.h * g.w))
+            .for_each_init(|| vec![0f32; g.w], |col, (yp, xp)| forward_plane(self, &g, xp, col, yp));
         let d = l.dims();
         Ok((CpuStorage::F32(y), Shape::from((d[0], d[1], g.oh, g.ow))))
     }

@@ -131,3 +131,20 @@ fn max_pool_resnet_stem_shape() {
     let max_diff = gx.iter().zip(&rgx).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(max_diff <= 1e-6, "stem pool gradient differs from the reference by {max_diff}");
 }
+
+/// A NaN wins its windows (PyTorch propagates it): one NaN in a 5x5 plane under a 3x3/2 pool
+/// with padding 1 makes exactly the windows holding it NaN, and no other.
+#[test]
+fn max_pool_propagates_nan() {
+    let mut v: Vec<f32> = (0..25).map(|i| i as f32).collect();
+    v[2 * 5 + 3] = f32::NAN; // row 2, column 3
+    let y = to_vec(&max_pool2d(&t(&v, &[1, 1, 5, 5]), 3, 2, 1, Kernels::Fast).unwrap());
+    // Output (oy, ox) covers rows 2oy-1..=2oy+1 and columns 2ox-1..=2ox+1: row 2 lies only in
+    // oy = 1's window, column 3 in ox = 1's and ox = 2's.
+    let holds = |oy: usize, ox: usize| oy == 1 && (ox == 1 || ox == 2);
+    for oy in 0..3 {
+        for ox in 0..3 {
+            assert_eq!(y[oy * 3 + ox].is_nan(), holds(oy, ox), "output ({oy}, {ox}) = {}", y[oy * 3 + ox]);
+        }
+    }
+}
