@@ -154,46 +154,62 @@ simd_dispatch! {
     }
 }
 
-/// `dy` where the forward's output `act(x · scale + shift)` was positive (everywhere without the
-/// ReLU): the same expression as [`affine_row`], so exactly the forward's mask.
-#[inline(always)]
-fn masked(x: f32, dy: f32, scale: f32, shift: f32, relu: bool) -> f32 {
-    if relu && x * scale + shift <= 0.0 {
-        0.0
-    } else {
-        dy
-    }
+/// Calls `run` with the output-gradient mask of the ReLU: `dy` where the forward's output
+/// `max(x · scale + shift, 0)` was positive (the same expression as [`affine_row`], so exactly
+/// the forward's mask), or `dy` unmasked without the ReLU. Each is its own monomorphised loop,
+/// the mask a branch-free select, so both vectorise.
+macro_rules! with_mask {
+    ($relu:expr, $scale:expr, $shift:expr, $run:ident($($arg:expr),*)) => {
+        if $relu {
+            let (scale, shift) = ($scale, $shift);
+            $run($($arg,)* |x: f32, dy: f32| if x * scale + shift > 0.0 { dy } else { 0.0 })
+        } else {
+            $run($($arg,)* |_: f32, dy: f32| dy)
+        }
+    };
 }
 
 simd_dispatch! {
-    /// `sums += (Σ dy', Σ dy' · (x − mean))` over a row, in 8 lanes so that it vectorises.
+    /// `sums += (Σ dy', Σ dy' · (x − mean))` over a row.
     fn grad_sums_row(x: &[f32], dy: &[f32], scale: f32, shift: f32, relu: bool, mean: f32, sums: &mut (f32, f32)) {
-        let (mut s0, mut s1) = ([0f32; 8], [0f32; 8]);
-        let (xc, dc) = (x.chunks_exact(8), dy.chunks_exact(8));
-        let (xr, dr) = (xc.remainder(), dc.remainder());
-        for (xs, ds) in xc.zip(dc) {
-            for l in 0..8 {
-                let d = masked(xs[l], ds[l], scale, shift, relu);
-                s0[l] += d;
-                s1[l] += d * (xs[l] - mean);
-            }
-        }
-        for (l, (&xv, &d)) in xr.iter().zip(dr).enumerate() {
-            let d = masked(xv, d, scale, shift, relu);
-            s0[l] += d;
-            s1[l] += d * (xv - mean);
-        }
-        sums.0 += s0.iter().sum::<f32>();
-        sums.1 += s1.iter().sum::<f32>();
+        with_mask!(relu, scale, shift, grad_sums(x, dy, mean, sums))
     }
+}
+
+/// [`grad_sums_row`] for one mask, in 8 lanes so that the sums vectorise.
+#[inline(always)]
+fn grad_sums(x: &[f32], dy: &[f32], mean: f32, sums: &mut (f32, f32), mask: impl Fn(f32, f32) -> f32) {
+    let (mut s0, mut s1) = ([0f32; 8], [0f32; 8]);
+    let (xc, dc) = (x.chunks_exact(8), dy.chunks_exact(8));
+    let (xr, dr) = (xc.remainder(), dc.remainder());
+    for (xs, ds) in xc.zip(dc) {
+        for l in 0..8 {
+            let d = mask(xs[l], ds[l]);
+            s0[l] += d;
+            s1[l] += d * (xs[l] - mean);
+        }
+    }
+    for (l, (&xv, &d)) in xr.iter().zip(dr).enumerate() {
+        let d = mask(xv, d);
+        s0[l] += d;
+        s1[l] += d * (xv - mean);
+    }
+    sums.0 += s0.iter().sum::<f32>();
+    sums.1 += s1.iter().sum::<f32>();
 }
 
 simd_dispatch! {
     /// `out = a · dy' + b · x + k`.
     fn dx_row(x: &[f32], dy: &[f32], scale: f32, shift: f32, relu: bool, a: f32, b: f32, k: f32, out: &mut [f32]) {
-        for ((o, &xv), &d) in out.iter_mut().zip(x).zip(dy) {
-            *o = a * masked(xv, d, scale, shift, relu) + b * xv + k;
-        }
+        with_mask!(relu, scale, shift, dx(x, dy, (a, b, k), out))
+    }
+}
+
+/// [`dx_row`] for one mask.
+#[inline(always)]
+fn dx(x: &[f32], dy: &[f32], (a, b, k): (f32, f32, f32), out: &mut [f32], mask: impl Fn(f32, f32) -> f32) {
+    for ((o, &xv), &d) in out.iter_mut().zip(x).zip(dy) {
+        *o = a * mask(xv, d) + b * xv + k;
     }
 }
 
