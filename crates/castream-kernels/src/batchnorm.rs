@@ -64,8 +64,17 @@ impl Normaliser {
         let (mean, var): (Vec<f64>, Vec<f64>) = (0..p.c)
             .into_par_iter()
             .map(|ch| {
-                let mean = p.channel(x, ch).flatten().map(|&v| v as f64).sum::<f64>() / p.n();
-                let var = p.channel(x, ch).flatten().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / p.n();
+                // Two-pass: each plane summed in f32 lanes, the planes in f64.
+                let total = |shift: f32, square: bool| {
+                    let plane_sum = |plane: &[f32]| {
+                        let mut v = 0.0;
+                        lane_sum(plane, shift, square, &mut v);
+                        v as f64
+                    };
+                    p.channel(x, ch).map(plane_sum).sum::<f64>()
+                };
+                let mean = total(0.0, false) / p.n();
+                let var = total(mean as f32, true) / p.n();
                 (mean, var)
             })
             .unzip();
@@ -151,6 +160,25 @@ simd_dispatch! {
         for (o, &v) in out.iter_mut().zip(x) {
             *o = (v * scale + shift).max(floor);
         }
+    }
+}
+
+simd_dispatch! {
+    /// `Σ (x − shift)`, or `Σ (x − shift)²` when `square`, in 8 lanes so that it vectorises.
+    fn lane_sum(x: &[f32], shift: f32, square: bool, out: &mut f32) {
+        let mut acc = [0f32; 8];
+        let chunks = x.chunks_exact(8);
+        let rest = chunks.remainder();
+        let term = |v: f32| if square { (v - shift) * (v - shift) } else { v - shift };
+        for c in chunks {
+            for l in 0..8 {
+                acc[l] += term(c[l]);
+            }
+        }
+        for (l, &v) in rest.iter().enumerate() {
+            acc[l] += term(v);
+        }
+        *out = acc.iter().sum();
     }
 }
 
