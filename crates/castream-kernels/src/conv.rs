@@ -7,7 +7,7 @@
 //! ReLU are applied in the GEMM's epilogue: the output rows start as the bias, the GEMM
 //! accumulates into them, and the ReLU runs on each image's output while it is still in cache.
 
-use crate::cpu::{f32_slice, sgemm, split, split_flat, zeros, Mat};
+use crate::cpu::{f32_slice, par_build, sgemm, split, split_flat, with_scratch, zeros, Mat};
 use crate::im2col::{col2im, im2col};
 use crate::relu::relu_grad;
 use crate::Conv2dParams;
@@ -132,19 +132,13 @@ fn images_per_gemm(g: &Geom, chunk: usize) -> usize {
     MIN_GEMM_COLS.div_ceil(g.npix()).clamp(1, chunk.max(1))
 }
 
-/// Scratch buffers of one thread: patch matrices and GEMM outputs for `nb` images side by side.
-struct Scratch {
-    col: Vec<f32>,
-    out: Vec<f32>,
-}
-
-impl Scratch {
-    fn new(g: &Geom, nb: usize) -> Scratch {
-        let direct = g.pointwise() && nb == 1;
-        Scratch {
-            col: if direct { Vec::new() } else { vec![0f32; g.kdim() * nb * g.npix()] },
-            out: if nb > 1 { vec![0f32; g.co * nb * g.npix()] } else { Vec::new() },
-        }
+/// The largest patch matrix built for groups of `nb` images: `nb` whole maps side by side, or
+/// one band of rows per image (nothing for a pointwise conv, whose input is its patch matrix).
+fn col_len(g: &Geom, nb: usize) -> usize {
+    match (nb, g.pointwise()) {
+        (1, true) => 0,
+        (1, false) => g.kdim() * band_rows(g) * g.ow,
+        _ => g.kdim() * nb * g.npix(),
     }
 }
 
@@ -155,9 +149,14 @@ const COL_TILE: usize = 1 << 16;
 /// The bands of output rows each patch matrix covers for `n` images side by side: whole maps for
 /// several images or a pointwise conv (no patch matrix), else bands that fit [`COL_TILE`].
 fn row_tiles(g: &Geom, n: usize) -> impl Iterator<Item = Range<usize>> {
-    let step = if n > 1 || g.pointwise() { g.oh } else { (COL_TILE / (g.kdim() * g.ow).max(1)).clamp(1, g.oh.max(1)) };
+    let step = if n > 1 || g.pointwise() { g.oh.max(1) } else { band_rows(g) };
     let oh = g.oh;
     (0..oh).step_by(step).map(move |r| r..(r + step).min(oh))
+}
+
+/// Output rows per band of one image's patch matrix.
+fn band_rows(g: &Geom) -> usize {
+    (COL_TILE / (g.kdim() * g.ow).max(1)).clamp(1, g.oh.max(1))
 }
 
 /// The patch matrix of group `grp` of `xs` (`n` consecutive images) for the output rows `rows`
@@ -175,52 +174,51 @@ fn patches<'a>(g: &Geom, xs: &'a [f32], grp: usize, col: &'a mut [f32], rows: Ra
     &col[..g.kdim() * n * cols]
 }
 
-/// `act(conv(x, w) + bias)` in NCHW, `act` ReLU when `relu`; no bias is a zero bias.
+/// `act(conv(x, w) + bias)` in NCHW, `act` ReLU when `relu`; no bias is a zero bias. Each group
+/// of `nb` images is one task that writes its own output.
 pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>, relu: bool) -> Vec<f32> {
-    let mut y = vec![0f32; g.b * g.y_len()];
     let (chunk, par) = split(g.b);
     let nb = images_per_gemm(g, chunk);
-    let (cog, kdim, npix) = (g.cog(), g.kdim(), g.npix());
+    let (cog, kdim, npix, ylen) = (g.cog(), g.kdim(), g.npix(), g.y_len());
     let bias_of = |c: usize| bias.map_or(0.0, |b| b[c]);
-    y.par_chunks_mut(chunk * g.y_len()).zip(x.par_chunks(chunk * g.x_len())).for_each(|(ys, xs)| {
-        let mut s = Scratch::new(g, nb);
-        for (ys, xs) in ys.chunks_mut(nb * g.y_len()).zip(xs.chunks(nb * g.x_len())) {
-            let n = xs.len() / g.x_len();
-            let ld = n * npix;
-            if n == 1 {
+    let out_len = if nb > 1 { g.co * nb * npix } else { 0 };
+    par_build(g.b * ylen, nb * ylen, |i, blank| {
+        with_scratch(col_len(g, nb) + out_len, |scratch| {
+            let (col, out) = scratch.split_at_mut(col_len(g, nb));
+            let n = blank.len() / ylen;
+            let xs = &x[i * nb * g.x_len()..][..n * g.x_len()];
+            let mut ys = if n == 1 {
                 // One image: the GEMM accumulates onto the bias in the output itself.
-                for (c, row) in ys.chunks_mut(npix).enumerate() {
-                    row.fill(bias_of(c));
-                }
-            }
-            for grp in 0..g.groups {
-                let wg = Mat { data: &w[grp * cog * kdim..][..cog * kdim], rs: kdim, cs: 1 };
-                for rows in row_tiles(g, n) {
-                    let cols = n * rows.len() * g.ow;
-                    let at = grp * cog * npix + rows.start * g.ow;
-                    let rhs = Mat { data: patches(g, xs, grp, &mut s.col, rows), rs: cols, cs: 1 };
-                    if n == 1 {
+                let mut ys = blank.fill_rows(npix, |c, _| bias_of(c));
+                for grp in 0..g.groups {
+                    let wg = Mat { data: &w[grp * cog * kdim..][..cog * kdim], rs: kdim, cs: 1 };
+                    for rows in row_tiles(g, 1) {
+                        let cols = rows.len() * g.ow;
+                        let at = grp * cog * npix + rows.start * g.ow;
+                        let rhs = Mat { data: patches(g, xs, grp, col, rows), rs: cols, cs: 1 };
                         sgemm(cog, cols, kdim, &mut ys[at..], npix, true, wg, rhs, par);
-                    } else {
-                        sgemm(cog, ld, kdim, &mut s.out[grp * cog * ld..][..cog * ld], ld, false, wg, rhs, par);
                     }
                 }
-            }
-            if n > 1 {
+                ys
+            } else {
+                let ld = n * npix;
+                for grp in 0..g.groups {
+                    let wg = Mat { data: &w[grp * cog * kdim..][..cog * kdim], rs: kdim, cs: 1 };
+                    let rhs = Mat { data: patches(g, xs, grp, col, 0..g.oh), rs: ld, cs: 1 };
+                    sgemm(cog, ld, kdim, &mut out[grp * cog * ld..][..cog * ld], ld, false, wg, rhs, par);
+                }
                 // Channel rows of the side-by-side output back to each image, plus the bias.
-                for (j, y) in ys.chunks_mut(g.y_len()).enumerate() {
-                    for (c, row) in y.chunks_mut(npix).enumerate() {
-                        let b = bias_of(c);
-                        row.iter_mut().zip(&s.out[c * ld + j * npix..][..npix]).for_each(|(d, &v)| *d = v + b);
-                    }
-                }
-            }
+                blank.fill_rows(npix, |r, p| {
+                    let (j, c) = (r / g.co, r % g.co);
+                    out[c * ld + j * npix + p] + bias_of(c)
+                })
+            };
             if relu {
                 ys.iter_mut().for_each(|v| *v = v.max(0.0));
             }
-        }
-    });
-    y
+            ys
+        })
+    })
 }
 
 /// Runs a fused backward op `(x, w, grad_y) -> [grad_x | grad_w]` for whichever of `x` and `w`
@@ -304,41 +302,42 @@ pub(crate) fn backward(
         .enumerate()
         .map(|(t, (gxs, xs))| {
             let mut gw = if need_w { vec![0f32; w.len()] } else { Vec::new() };
-            let mut col = vec![0f32; if g.pointwise() && nb == 1 { 0 } else { kdim * nb * npix }];
-            let mut gy = vec![0f32; g.co * nb * npix];
-            for (k, (gxs, xs)) in gxs.chunks_mut(nb * g.x_len()).zip(xs.chunks(nb * g.x_len())).enumerate() {
-                let n = xs.len() / g.x_len();
-                let ld = n * npix;
-                for j in 0..n {
-                    for c in 0..g.co {
-                        grad(t * chunk + k * nb + j, c, &mut gy[c * ld + j * npix..][..npix]);
+            with_scratch(col_len(g, nb) + g.co * nb * npix, |scratch| {
+                let (col, gy) = scratch.split_at_mut(col_len(g, nb));
+                for (k, (gxs, xs)) in gxs.chunks_mut(nb * g.x_len()).zip(xs.chunks(nb * g.x_len())).enumerate() {
+                    let n = xs.len() / g.x_len();
+                    let ld = n * npix;
+                    for j in 0..n {
+                        for c in 0..g.co {
+                            grad(t * chunk + k * nb + j, c, &mut gy[c * ld + j * npix..][..npix]);
+                        }
                     }
-                }
-                for grp in 0..g.groups {
-                    let wt = Mat { data: &w[grp * cog * kdim..][..cog * kdim], rs: 1, cs: kdim };
-                    for rows in row_tiles(g, n) {
-                        let (img_cols, cols) = (rows.len() * g.ow, n * rows.len() * g.ow);
-                        let gyg = Mat { data: &gy[grp * cog * ld + rows.start * g.ow..], rs: ld, cs: 1 };
-                        if need_w {
-                            let rhs = Mat { data: patches(g, xs, grp, &mut col, rows.clone()), rs: 1, cs: cols };
-                            let dst = &mut gw[grp * cog * kdim..][..cog * kdim];
-                            sgemm(cog, kdim, cols, dst, kdim, true, gyg, rhs, par);
-                        }
-                        if !need_x {
-                            continue;
-                        }
-                        if g.pointwise() && n == 1 {
-                            sgemm(kdim, npix, cog, &mut gxs[grp * cig_len..][..cig_len], npix, false, wt, gyg, par);
-                        } else {
-                            sgemm(kdim, cols, cog, &mut col[..kdim * cols], cols, false, wt, gyg, par);
-                            for (j, gx) in gxs.chunks_mut(g.x_len()).enumerate() {
-                                let gxg = &mut gx[grp * cig_len..][..cig_len];
-                                col2im(&mut col[j * img_cols..], g, gxg, cols, rows.clone());
+                    for grp in 0..g.groups {
+                        let wt = Mat { data: &w[grp * cog * kdim..][..cog * kdim], rs: 1, cs: kdim };
+                        for rows in row_tiles(g, n) {
+                            let (img_cols, cols) = (rows.len() * g.ow, n * rows.len() * g.ow);
+                            let gyg = Mat { data: &gy[grp * cog * ld + rows.start * g.ow..], rs: ld, cs: 1 };
+                            if need_w {
+                                let rhs = Mat { data: patches(g, xs, grp, col, rows.clone()), rs: 1, cs: cols };
+                                let dst = &mut gw[grp * cog * kdim..][..cog * kdim];
+                                sgemm(cog, kdim, cols, dst, kdim, true, gyg, rhs, par);
+                            }
+                            if !need_x {
+                                continue;
+                            }
+                            if g.pointwise() && n == 1 {
+                                sgemm(kdim, npix, cog, &mut gxs[grp * cig_len..][..cig_len], npix, false, wt, gyg, par);
+                            } else {
+                                sgemm(kdim, cols, cog, &mut col[..kdim * cols], cols, false, wt, gyg, par);
+                                for (j, gx) in gxs.chunks_mut(g.x_len()).enumerate() {
+                                    let gxg = &mut gx[grp * cig_len..][..cig_len];
+                                    col2im(&mut col[j * img_cols..], g, gxg, cols, rows.clone());
+                                }
                             }
                         }
                     }
                 }
-            }
+            });
             gw
         })
         .reduce(Vec::new, |mut a, b| {

@@ -1,6 +1,9 @@
 //! Plumbing shared by the CPU kernels: typed views of candle storage, the batch split for rayon,
 //! a bounds-checked `gemm` wrapper and runtime SIMD dispatch.
 
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+
 use candle_core::{bail, CpuStorage, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 
@@ -135,6 +138,95 @@ pub(crate) fn zeros(n: usize) -> Vec<f32> {
     // SAFETY: all `n` elements were initialised above.
     unsafe { v.set_len(n) };
     v
+}
+
+/// A chunk of a new buffer, not written yet. The only way to get at its elements is
+/// [`Blank::fill`], which writes every one of them.
+pub(crate) struct Blank<'a>(&'a mut [MaybeUninit<f32>]);
+
+/// A [`Blank`] chunk after [`Blank::fill`]: every element written.
+pub(crate) struct Filled<'a>(&'a mut [f32]);
+
+impl<'a> Blank<'a> {
+    /// Writes `f(i)` at every position `i` and hands the chunk back as initialised floats.
+    pub fn fill(self, mut f: impl FnMut(usize) -> f32) -> Filled<'a> {
+        for (i, v) in self.0.iter_mut().enumerate() {
+            v.write(f(i));
+        }
+        // SAFETY: every element was written just above; MaybeUninit<f32> has f32's layout.
+        Filled(unsafe { &mut *(self.0 as *mut [MaybeUninit<f32>] as *mut [f32]) })
+    }
+
+    /// [`Blank::fill`] row by row: `f(row, column)` for rows of `row_len` elements.
+    pub fn fill_rows(self, row_len: usize, mut f: impl FnMut(usize, usize) -> f32) -> Filled<'a> {
+        for (r, row) in self.0.chunks_mut(row_len.max(1)).enumerate() {
+            for (c, v) in row.iter_mut().enumerate() {
+                v.write(f(r, c));
+            }
+        }
+        // SAFETY: as in `fill`: the rows cover the chunk and every element was written.
+        Filled(unsafe { &mut *(self.0 as *mut [MaybeUninit<f32>] as *mut [f32]) })
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl std::ops::Deref for Filled<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        self.0
+    }
+}
+
+impl std::ops::DerefMut for Filled<'_> {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        self.0
+    }
+}
+
+/// A new buffer of `n` floats built in parallel chunks of `chunk` elements: `build(i, blank)`
+/// fills chunk `i` (then computes on it). Unlike `vec![0.0; n]`, nothing is written twice: the
+/// allocator zeroing reused memory was a serial pass over every layer's output on the calling
+/// thread (~10% of a quick forward); here each chunk is first written by the thread that
+/// computes it, while it is in cache.
+pub(crate) fn par_build(
+    n: usize,
+    chunk: usize,
+    build: impl for<'a> Fn(usize, Blank<'a>) -> Filled<'a> + Sync + Send,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut v = Vec::with_capacity(n);
+    v.spare_capacity_mut()[..n].par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| {
+        let (ptr, len) = (c.as_ptr() as *const f32, c.len());
+        let filled = build(i, Blank(c));
+        // A `Filled` can only come from `Blank::fill`: this one must be chunk `i`'s.
+        assert!(std::ptr::eq(filled.0.as_ptr(), ptr) && filled.0.len() == len, "par_build: chunk {i} not filled");
+    });
+    // SAFETY: every chunk was filled (asserted above); a panic leaves the length at 0.
+    unsafe { v.set_len(n) };
+    v
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's scratch buffer of `n` floats, kept between calls so that patch
+/// matrices and GEMM staging buffers are not allocated and zeroed for every task. Its contents
+/// are whatever the last user left: `f` must write before it reads. A nested call (a thread that
+/// steals another task while inside `f`) gets a fresh buffer.
+pub(crate) fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < n {
+                v.resize(n, 0.0);
+            }
+            f(&mut v[..n])
+        }
+        Err(_) => f(&mut vec![0f32; n]),
+    })
 }
 
 /// Splits a backward op's flat output (custom ops return one tensor) into consecutive pieces of

@@ -5,7 +5,7 @@
 //! backward recomputes each window's argmax from the input (nothing stored in the forward) and
 //! routes the whole output gradient to it, accumulating where windows overlap.
 
-use crate::cpu::{f32_slice, simd_dispatch, zeros};
+use crate::cpu::{f32_slice, par_build, simd_dispatch, with_scratch, zeros};
 use crate::im2col::valid_range;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -116,10 +116,12 @@ impl CustomOp1 for MaxPool2d {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.geom(l.dims())?;
         let x = f32_slice(s, l, self.name())?;
-        let mut y = vec![0f32; g.planes * g.oh * g.ow];
-        y.par_chunks_mut(g.oh * g.ow)
-            .zip(x.par_chunks(g.h * g.w))
-            .for_each_init(|| vec![0f32; g.w], |col, (yp, xp)| forward_plane(self, &g, xp, col, yp));
+        let plane = g.oh * g.ow;
+        let y = par_build(g.planes * plane, plane, |i, blank| {
+            let mut yp = blank.fill(|_| f32::NEG_INFINITY);
+            with_scratch(g.w, |col| forward_plane(self, &g, &x[i * g.h * g.w..][..g.h * g.w], col, &mut yp));
+            yp
+        });
         let d = l.dims();
         Ok((CpuStorage::F32(y), Shape::from((d[0], d[1], g.oh, g.ow))))
     }

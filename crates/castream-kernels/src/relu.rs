@@ -3,31 +3,24 @@
 //! forward ops; these ops do each direction in one pass. The backward reads the op's own output:
 //! `y > 0` is exactly where the input was positive.
 
-use crate::cpu::f32_slice;
+use crate::cpu::{f32_slice, par_build};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 /// Elements per rayon task: big enough to amortise scheduling, small enough to split a layer.
 const CHUNK: usize = 1 << 15;
 
-fn map1(a: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; a.len()];
-    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).for_each(|(o, a)| {
-        for (o, &a) in o.iter_mut().zip(a) {
-            *o = f(a);
-        }
-    });
-    out
+fn map1(a: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
+    par_build(a.len(), CHUNK, |i, blank| {
+        let a = &a[i * CHUNK..];
+        blank.fill(|k| f(a[k]))
+    })
 }
 
-fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; a.len()];
-    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).zip(b.par_chunks(CHUNK)).for_each(|((o, a), b)| {
-        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-            *o = f(a, b);
-        }
-    });
-    out
+fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
+    par_build(a.len(), CHUNK, |i, blank| {
+        let (a, b) = (&a[i * CHUNK..], &b[i * CHUNK..]);
+        blank.fill(|k| f(a[k], b[k]))
+    })
 }
 
 fn same_shape(op: &str, a: &Layout, b: &Layout) -> Result<()> {
