@@ -11,7 +11,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use crate::cpu::{f32_slice, simd_dispatch, split_flat};
+use crate::cpu::{f32_slice, par_build, simd_dispatch, split_flat};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -84,21 +84,14 @@ impl Normaliser {
         Ok(Normaliser { planes: p, relu, mean, var, inv_std, scale, shift })
     }
 
-    /// Writes `f(channel, plane index, dst)` for every plane of an output shaped like the input.
-    fn planes_map(&self, out: &mut [f32], f: impl Fn(usize, usize, &mut [f32]) + Sync) {
-        let p = self.planes;
-        out.par_chunks_mut(p.hw).enumerate().for_each(|(plane, dst)| f(plane % p.c, plane, dst));
-    }
-
     /// The normalised (and rectified) output for input `x`.
     pub fn apply(&self, x: &[f32]) -> Vec<f32> {
-        let mut y = vec![0f32; x.len()];
-        let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
-        let hw = self.planes.hw;
-        self.planes_map(&mut y, |ch, plane, dst| {
-            affine_row(&x[plane * hw..][..hw], self.scale[ch], self.shift[ch], floor, dst)
-        });
-        y
+        let (hw, floor) = (self.planes.hw, if self.relu { 0.0 } else { f32::NEG_INFINITY });
+        par_build(x.len(), hw, |plane, blank| {
+            let (xs, ch) = (&x[plane * hw..][..hw], plane % self.planes.c);
+            let (scale, shift) = (self.scale[ch], self.shift[ch]);
+            blank.fill(|i| (xs[i] * scale + shift).max(floor))
+        })
     }
 
     /// The backward for output gradient `dy`: `dx_i = a · dy'_i + b · x_i + k` per channel
@@ -144,22 +137,15 @@ impl Normaliser {
     /// The whole input gradient, plane by plane.
     fn dx_all(&self, g: &Gradient, x: &[f32], dy: &[f32], out: &mut [f32]) {
         let hw = self.planes.hw;
-        self.planes_map(out, |ch, plane, dst| self.dx_row(g, ch, &x[plane * hw..][..hw], &dy[plane * hw..][..hw], dst));
+        out.par_chunks_mut(hw).enumerate().for_each(|(plane, dst)| {
+            self.dx_row(g, plane % self.planes.c, &x[plane * hw..][..hw], &dy[plane * hw..][..hw], dst)
+        });
     }
 
     /// `(mean, biased variance)` as `(C,)` f32 tensors, for the running statistics.
     pub fn stats(&self, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
         let t = |v: &[f64]| Tensor::from_iter(v.iter().map(|&v| v as f32), device);
         Ok((t(&self.mean)?, t(&self.var)?))
-    }
-}
-
-simd_dispatch! {
-    /// `out = max(x · scale + shift, floor)`.
-    fn affine_row(x: &[f32], scale: f32, shift: f32, floor: f32, out: &mut [f32]) {
-        for (o, &v) in out.iter_mut().zip(x) {
-            *o = (v * scale + shift).max(floor);
-        }
     }
 }
 
@@ -183,8 +169,8 @@ simd_dispatch! {
 }
 
 /// Calls `run` with the output-gradient mask of the ReLU: `dy` where the forward's output
-/// `max(x · scale + shift, 0)` was positive (the same expression as [`affine_row`], so exactly
-/// the forward's mask), or `dy` unmasked without the ReLU. Each is its own monomorphised loop,
+/// `max(x · scale + shift, 0)` was positive (the same expression as [`Normaliser::apply`], so
+/// exactly the forward's mask), or `dy` unmasked without the ReLU. Each is its own monomorphised loop,
 /// the mask a branch-free select, so both vectorise.
 macro_rules! with_mask {
     ($relu:expr, $scale:expr, $shift:expr, $run:ident($($arg:expr),*)) => {
