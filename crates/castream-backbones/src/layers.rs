@@ -164,21 +164,30 @@ impl BatchNorm2d {
     /// convolution with bias and ReLU in its epilogue: the same function, one pass over the
     /// activations instead of six.
     pub fn fold_into(&self, conv: &Conv2d, x: &Tensor, relu: bool) -> Result<Tensor> {
-        let (rm, rv) = (self.running_mean.as_detached_tensor(), self.running_var.as_detached_tensor());
-        let (w, b) = castream_kernels::fold_batchnorm(
-            &conv.weight,
-            conv.bias.as_ref(),
-            &self.weight,
-            &self.bias,
-            &rm,
-            &rv,
-            BN_EPS,
-        )?;
+        let (w, b) = self.folded(conv)?;
         if relu {
             castream_kernels::conv2d_relu(x, &w, Some(&b), conv.params, conv.kernels)
         } else {
             castream_kernels::conv2d(x, &w, Some(&b), conv.params, conv.kernels)
         }
+    }
+
+    /// [`BatchNorm2d::fold_into`] with a ReLU, then a max-pool (`kernel`, `stride`, `padding`),
+    /// all one op: the ResNet stem in evaluation mode.
+    pub fn fold_into_pooled(
+        &self,
+        conv: &Conv2d,
+        x: &Tensor,
+        (kernel, stride, padding): (usize, usize, usize),
+    ) -> Result<Tensor> {
+        let (w, b) = self.folded(conv)?;
+        castream_kernels::conv2d_relu_max_pool2d(x, &w, Some(&b), conv.params, kernel, stride, padding, conv.kernels)
+    }
+
+    /// `conv`'s weights and bias with this BatchNorm's evaluation-mode affine map folded in.
+    fn folded(&self, conv: &Conv2d) -> Result<(Tensor, Tensor)> {
+        let (rm, rv) = (self.running_mean.as_detached_tensor(), self.running_var.as_detached_tensor());
+        castream_kernels::fold_batchnorm(&conv.weight, conv.bias.as_ref(), &self.weight, &self.bias, &rm, &rv, BN_EPS)
     }
 }
 

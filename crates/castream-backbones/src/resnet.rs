@@ -86,6 +86,9 @@ impl Block {
     }
 }
 
+/// The stem's max-pool: kernel 3, stride 2, padding 1.
+const STEM_POOL: (usize, usize, usize) = (3, 2, 1);
+
 pub(crate) struct ResNet {
     stem: ConvBn,
     layers: Vec<Vec<Block>>,
@@ -137,8 +140,12 @@ impl Backbone for ResNet {
     }
 
     fn stem(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.stem.forward(x, train, true)?;
-        castream_kernels::max_pool2d(&y, 3, 2, 1, self.kernels)
+        if train {
+            let y = self.stem.forward(x, true, true)?;
+            return castream_kernels::max_pool2d(&y, STEM_POOL.0, STEM_POOL.1, STEM_POOL.2, self.kernels);
+        }
+        // Evaluation: conv, folded BatchNorm, ReLU and pool in one op.
+        self.stem.bn.fold_into_pooled(&self.stem.conv, x, STEM_POOL)
     }
 
     fn stage(&self, l: usize, f: &Tensor, train: bool) -> Result<Tensor> {

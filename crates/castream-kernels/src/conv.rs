@@ -12,6 +12,7 @@ use crate::im2col::{col2im, im2col};
 use crate::relu::relu_grad;
 use crate::Conv2dParams;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -134,7 +135,7 @@ fn images_per_gemm(g: &Geom, chunk: usize) -> usize {
 
 /// The largest patch matrix built for groups of `nb` images: `nb` whole maps side by side, or
 /// one band of rows per image (nothing for a pointwise conv, whose input is its patch matrix).
-fn col_len(g: &Geom, nb: usize) -> usize {
+pub(crate) fn col_len(g: &Geom, nb: usize) -> usize {
     match (nb, g.pointwise()) {
         (1, true) => 0,
         (1, false) => g.kdim() * band_rows(g) * g.ow,
@@ -190,15 +191,7 @@ pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>, relu
             let mut ys = if n == 1 {
                 // One image: the GEMM accumulates onto the bias in the output itself.
                 let mut ys = blank.fill_rows(npix, |c, _| bias_of(c));
-                for grp in 0..g.groups {
-                    let wg = Mat { data: &w[grp * cog * kdim..][..cog * kdim], rs: kdim, cs: 1 };
-                    for rows in row_tiles(g, 1) {
-                        let cols = rows.len() * g.ow;
-                        let at = grp * cog * npix + rows.start * g.ow;
-                        let rhs = Mat { data: patches(g, xs, grp, col, rows), rs: cols, cs: 1 };
-                        sgemm(cog, cols, kdim, &mut ys[at..], npix, true, wg, rhs, par);
-                    }
-                }
+                accumulate_image(g, xs, w, col, &mut ys, par);
                 ys
             } else {
                 let ld = n * npix;
@@ -219,6 +212,21 @@ pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>, relu
             ys
         })
     })
+}
+
+/// Adds one image's `conv(x, w)` onto `y` (`C_out` rows of `n_pix`), band by band of output
+/// rows; `col` holds [`col_len`]`(g, 1)` floats.
+pub(crate) fn accumulate_image(g: &Geom, x: &[f32], w: &[f32], col: &mut [f32], y: &mut [f32], par: Parallelism) {
+    let (cog, kdim, npix) = (g.cog(), g.kdim(), g.npix());
+    for grp in 0..g.groups {
+        let wg = Mat { data: &w[grp * cog * kdim..][..cog * kdim], rs: kdim, cs: 1 };
+        for rows in row_tiles(g, 1) {
+            let cols = rows.len() * g.ow;
+            let at = grp * cog * npix + rows.start * g.ow;
+            let rhs = Mat { data: patches(g, x, grp, col, rows), rs: cols, cs: 1 };
+            sgemm(cog, cols, kdim, &mut y[at..], npix, true, wg, rhs, par);
+        }
+    }
 }
 
 /// Runs a fused backward op `(x, w, grad_y) -> [grad_x | grad_w]` for whichever of `x` and `w`

@@ -14,6 +14,7 @@
 mod batchnorm;
 mod conv;
 mod convbn;
+mod convpool;
 mod cpu;
 mod depthwise;
 mod fold;
@@ -111,6 +112,35 @@ fn count_conv(y: &Tensor, w: &Tensor) -> Result<()> {
     let ((b, c_out, h_out, w_out), (_, c_in_group, kh, kw)) = (y.dims4()?, w.dims4()?);
     macs::add(b * c_out * h_out * w_out * c_in_group * kh * kw);
     Ok(())
+}
+
+/// `max_pool2d(conv2d_relu(x, w, bias))` (pool `kernel`, `stride`, `padding`) as one op: each
+/// image is pooled while its convolution output is in cache, which is never written out whole
+/// (the ResNet stem in evaluation mode).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_relu_max_pool2d(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    p: Conv2dParams,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    k: Kernels,
+) -> Result<Tensor> {
+    let fast = k.fast_for(&[x, w]) && bias.is_none_or(|b| k.fast_for(&[b]));
+    if !fast || depthwise::is_depthwise(x.dims(), w.dims(), p.groups) {
+        return max_pool2d(&conv2d_relu(x, w, bias, p, k)?, kernel, stride, padding, k);
+    }
+    let bias = match bias {
+        Some(b) => b.contiguous()?,
+        None => Tensor::zeros(w.dim(0)?, DType::F32, x.device())?,
+    };
+    let pool = pool::MaxPool2d { kernel, stride, padding };
+    let y = x.contiguous()?.apply_op3(&w.contiguous()?, &bias, convpool::ConvReluPool { conv: p, pool })?;
+    let conv_out = conv::Geom::new(x.dims(), w.dims(), p)?;
+    macs::add(conv_out.b * conv_out.co * conv_out.npix() * conv_out.kdim());
+    Ok(y)
 }
 
 /// `max(x, 0)`, with a one-pass backward.

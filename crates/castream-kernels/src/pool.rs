@@ -17,16 +17,16 @@ pub(crate) struct MaxPool2d {
     pub padding: usize,
 }
 
-struct PoolGeom {
-    planes: usize,
-    h: usize,
-    w: usize,
-    oh: usize,
-    ow: usize,
+pub(crate) struct PoolGeom {
+    pub planes: usize,
+    pub h: usize,
+    pub w: usize,
+    pub oh: usize,
+    pub ow: usize,
 }
 
 impl MaxPool2d {
-    fn geom(&self, dims: &[usize]) -> Result<PoolGeom> {
+    pub(crate) fn geom(&self, dims: &[usize]) -> Result<PoolGeom> {
         let &[b, c, h, w] = dims else { bail!("max_pool2d: expected a 4-d input, got {dims:?}") };
         let (k, s, p) = (self.kernel, self.stride, self.padding);
         if k == 0 || s == 0 || 2 * p > k || h + 2 * p < k || w + 2 * p < k {
@@ -77,7 +77,7 @@ simd_dispatch! {
     /// window's input rows (`col`, a vectorised pass over whole rows per kernel row), then the
     /// horizontal window maxima of that row. The same values as the direct window maximum (max is
     /// associative; any NaN gives NaN).
-    fn forward_plane(op: &MaxPool2d, g: &PoolGeom, x: &[f32], col: &mut [f32], y: &mut [f32]) {
+    pub(crate) fn forward_plane(op: &MaxPool2d, g: &PoolGeom, x: &[f32], col: &mut [f32], y: &mut [f32]) {
         let (k, s, p) = (op.kernel, op.stride, op.padding);
         for (oy, out) in y.chunks_exact_mut(g.ow).enumerate() {
             let (y0, y1, _, _) = op.window(g, oy, 0);
@@ -132,7 +132,7 @@ impl CustomOp1 for MaxPool2d {
 }
 
 /// `(x, grad_y) -> grad_x`.
-struct MaxPool2dBackward(MaxPool2d);
+pub(crate) struct MaxPool2dBackward(pub MaxPool2d);
 
 impl CustomOp2 for MaxPool2dBackward {
     fn name(&self) -> &'static str {

@@ -83,3 +83,42 @@ fn relu_and_add_relu_match_candle_ops_and_autograd() {
     assert_close(&gb, &rb, 0.0, "add_relu db");
     assert!(add_relu(&a, &r.narrow(3, 0, 6).unwrap(), Kernels::Fast).is_err(), "mismatched shapes are refused");
 }
+
+/// Conv + bias + ReLU + max-pool as one op (the ResNet stem in evaluation mode) against the two
+/// ops, forward and the x, w and bias gradients: the quick stem (3x3, pool 3/2/1), the ImageNet
+/// stem (7x7/2, pool 3/2/1), a pool whose windows do not overlap, and batch 1.
+#[test]
+fn conv_relu_max_pool_matches_the_separate_ops() {
+    use castream_kernels::{conv2d_relu_max_pool2d, max_pool2d};
+    let cases: &[(Case, (usize, usize, usize))] = &[
+        ((3, 3, 11, 9, 5, 3, 1, 1, 1), (3, 2, 1)),
+        ((2, 3, 19, 17, 4, 7, 2, 3, 1), (3, 2, 1)),
+        ((2, 4, 8, 8, 3, 3, 1, 1, 1), (2, 2, 0)),
+        ((1, 3, 10, 10, 4, 3, 1, 1, 1), (3, 2, 1)),
+    ];
+    for (i, &((b, ci, h, w, co, k, stride, padding, groups), (pk, ps, pp))) in cases.iter().enumerate() {
+        let mut g = rng(340 + i as u64);
+        let (x, wt, bias) = (uniform(&mut g, &[b, ci, h, w]), uniform(&mut g, &[co, ci, k, k]), uniform(&mut g, &[co]));
+        let p = Conv2dParams { stride, padding, groups };
+        let separate = |x: &Tensor, w: &Tensor, bias: &Tensor| {
+            max_pool2d(&conv2d_relu(x, w, Some(bias), p, Kernels::Fast)?, pk, ps, pp, Kernels::Fast)
+        };
+        let fused = |x: &Tensor, w: &Tensor, bias: &Tensor| {
+            conv2d_relu_max_pool2d(x, w, Some(bias), p, pk, ps, pp, Kernels::Fast)
+        };
+        let reference = separate(&x, &wt, &bias).unwrap();
+        let r = uniform(&mut g, reference.dims());
+        let what = format!("case {i}");
+        assert_close(&fused(&x, &wt, &bias).unwrap(), &reference, 1e-6, &what);
+        let grads = |f: &dyn Fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>| {
+            let vars = [&x, &wt, &bias].map(|t| Var::from_tensor(t).unwrap());
+            let y = f(vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor()).unwrap();
+            let gs = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            vars.map(|v| gs.get(v.as_tensor()).unwrap().clone())
+        };
+        let (gf, gr) = (grads(&fused), grads(&separate));
+        for (j, arg) in ["dx", "dw", "dbias"].iter().enumerate() {
+            assert_close(&gf[j], &gr[j], 1e-6, &format!("{arg} {what}"));
+        }
+    }
+}
