@@ -304,14 +304,17 @@ pub(crate) fn backward(
     let (chunk, par) = split(g.b);
     let nb = images_per_gemm(g, chunk);
     let (cig_len, kdim, npix, cog) = (g.cig() * g.h * g.w, g.kdim(), g.npix(), g.cog());
+    let flipped = if need_x { Transposed::of(g, w) } else { None };
+    let flipped_col = flipped.as_ref().map_or(0, |t| col_len(&t.g, 1));
     let gw = gx
         .par_chunks_mut(chunk * g.x_len())
         .zip(x.par_chunks(chunk * g.x_len()))
         .enumerate()
         .map(|(t, (gxs, xs))| {
             let mut gw = if need_w { vec![0f32; w.len()] } else { Vec::new() };
-            with_scratch(col_len(g, nb) + g.co * nb * npix, |scratch| {
-                let (col, gy) = scratch.split_at_mut(col_len(g, nb));
+            with_scratch(col_len(g, nb) + flipped_col + g.co * nb * npix, |scratch| {
+                let (col, rest) = scratch.split_at_mut(col_len(g, nb));
+                let (tcol, gy) = rest.split_at_mut(flipped_col);
                 for (k, (gxs, xs)) in gxs.chunks_mut(nb * g.x_len()).zip(xs.chunks(nb * g.x_len())).enumerate() {
                     let n = xs.len() / g.x_len();
                     let ld = n * npix;
@@ -330,7 +333,7 @@ pub(crate) fn backward(
                                 let dst = &mut gw[grp * cog * kdim..][..cog * kdim];
                                 sgemm(cog, kdim, cols, dst, kdim, true, gyg, rhs, par);
                             }
-                            if !need_x {
+                            if !need_x || (n == 1 && flipped.is_some()) {
                                 continue;
                             }
                             if g.pointwise() && n == 1 {
@@ -343,6 +346,9 @@ pub(crate) fn backward(
                                 }
                             }
                         }
+                    }
+                    if let (Some(t), 1) = (&flipped, n) {
+                        accumulate_image(&t.g, &gy[..g.co * npix], &t.w, tcol, gxs, par);
                     }
                 }
             });
@@ -361,6 +367,41 @@ pub(crate) fn backward(
         rest[..w.len()].copy_from_slice(&gw);
     }
     out
+}
+
+/// The input gradient of a stride-1 convolution is itself a convolution: of the output gradient
+/// with the kernel flipped and its input and output channels swapped, padding `k − 1 − p`. Run
+/// as one, its GEMM is `C_out·k²` deep (instead of `C_out`) and writes the gradient directly,
+/// with no patch-matrix gradient to scatter back (`col2im`).
+struct Transposed {
+    g: Geom,
+    w: Vec<f32>,
+}
+
+impl Transposed {
+    /// `None` where it does not apply: strided or pointwise convs, non-square kernels, padding
+    /// larger than `k − 1`.
+    fn of(g: &Geom, w: &[f32]) -> Option<Transposed> {
+        if g.stride != 1 || g.pointwise() || g.kh != g.kw || g.pad >= g.kh {
+            return None;
+        }
+        let (cig, cog, kk) = (g.cig(), g.cog(), g.kh * g.kw);
+        let p = Conv2dParams { stride: 1, padding: g.kh - 1 - g.pad, groups: g.groups };
+        let tg = Geom::new(&[g.b, g.co, g.oh, g.ow], &[g.ci, cog, g.kh, g.kw], p).ok()?;
+        debug_assert_eq!((tg.oh, tg.ow), (g.h, g.w));
+        let mut wt = vec![0f32; w.len()];
+        for grp in 0..g.groups {
+            for co in 0..cog {
+                for ci in 0..cig {
+                    let src = &w[((grp * cog + co) * cig + ci) * kk..][..kk];
+                    let dst = &mut wt[((grp * cig + ci) * cog + co) * kk..][..kk];
+                    // Flipped in both axes: (ky, kx) -> (kh − 1 − ky, kw − 1 − kx) is a reversal.
+                    dst.iter_mut().zip(src.iter().rev()).for_each(|(d, &v)| *d = v);
+                }
+            }
+        }
+        Some(Transposed { g: tg, w: wt })
+    }
 }
 
 /// `(B, C, H, W) -> (C,)`: the sum over batch and positions, the bias gradient of [`Conv2d`].
