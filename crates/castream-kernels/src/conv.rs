@@ -77,6 +77,49 @@ impl Geom {
     }
 }
 
+/// A convolution op's input and weights, with their geometry.
+pub(crate) struct ConvArgs<'a> {
+    pub g: Geom,
+    pub x: &'a [f32],
+    pub w: &'a [f32],
+}
+
+impl<'a> ConvArgs<'a> {
+    pub fn new(
+        op: &str,
+        p: Conv2dParams,
+        (xs, xl): (&'a CpuStorage, &Layout),
+        (ws, wl): (&'a CpuStorage, &Layout),
+    ) -> Result<ConvArgs<'a>> {
+        Ok(ConvArgs { g: Geom::new(xl.dims(), wl.dims(), p)?, x: f32_slice(xs, xl, op)?, w: f32_slice(ws, wl, op)? })
+    }
+}
+
+impl Geom {
+    /// An argument with `n` values per output channel (a bias: 1; BatchNorm's γ and β: 2).
+    pub fn per_channel<'a>(
+        &self,
+        op: &str,
+        (s, l): (&'a CpuStorage, &Layout),
+        n: usize,
+        what: &str,
+    ) -> Result<&'a [f32]> {
+        let v = f32_slice(s, l, op)?;
+        if v.len() != n * self.co {
+            bail!("{op}: {} output channels but {} {what}", self.co, v.len())
+        }
+        Ok(v)
+    }
+
+    /// An argument shaped like the output: its gradient.
+    pub fn output_grad<'a>(&self, op: &str, (s, l): (&'a CpuStorage, &Layout)) -> Result<&'a [f32]> {
+        if l.dims() != self.out_shape().dims() {
+            bail!("{op}: gradient {:?} does not match output {:?}", l.dims(), self.out_shape())
+        }
+        f32_slice(s, l, op)
+    }
+}
+
 /// Forward convolution `(x, w, bias) -> act(conv(x, w) + bias)`, `act` ReLU or identity; `bwd`
 /// returns the input and weight gradients from one [`ConvBackward`] pass.
 pub(crate) struct Conv2d {
@@ -98,13 +141,8 @@ impl CustomOp3 for Conv2d {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Geom::new(xl.dims(), wl.dims(), self.p)?;
-        let x = f32_slice(xs, xl, self.name())?;
-        let w = f32_slice(ws, wl, self.name())?;
-        let bias = f32_slice(bs, bl, self.name())?;
-        if bias.len() != g.co {
-            bail!("{}: {} output channels but {} bias values", self.name(), g.co, bias.len())
-        }
+        let ConvArgs { g, x, w } = ConvArgs::new(self.name(), self.p, (xs, xl), (ws, wl))?;
+        let bias = g.per_channel(self.name(), (bs, bl), 1, "bias values")?;
         Ok((CpuStorage::F32(forward(&g, x, w, Some(bias), self.relu)), g.out_shape()))
     }
 
@@ -267,13 +305,8 @@ impl CustomOp3 for ConvBackward {
         gs: &CpuStorage,
         gl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Geom::new(xl.dims(), wl.dims(), self.p)?;
-        if gl.dims() != g.out_shape().dims() {
-            bail!("{}: gradient {:?} does not match output {:?}", self.name(), gl.dims(), g.out_shape())
-        }
-        let x = f32_slice(xs, xl, self.name())?;
-        let w = f32_slice(ws, wl, self.name())?;
-        let gy = f32_slice(gs, gl, self.name())?;
+        let ConvArgs { g, x, w } = ConvArgs::new(self.name(), self.p, (xs, xl), (ws, wl))?;
+        let gy = g.output_grad(self.name(), (gs, gl))?;
         let out = backward(&g, x, w, self.need_x, self.need_w, 0, |i, c, dst| {
             dst.copy_from_slice(&gy[i * g.y_len() + c * g.npix()..][..g.npix()])
         });

@@ -10,10 +10,10 @@
 use std::sync::{Arc, OnceLock};
 
 use crate::batchnorm::{keep, kept, Normaliser, Planes};
-use crate::conv::{self, Geom};
-use crate::cpu::{f32_slice, split_flat};
+use crate::conv::{self, ConvArgs};
+use crate::cpu::split_flat;
 use crate::Conv2dParams;
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// What the forward keeps: the convolution's output and its normalisation.
 pub(crate) struct Saved {
@@ -43,17 +43,8 @@ impl CustomOp3 for ConvBnTrain {
         ps: &CpuStorage,
         pl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Geom::new(xl.dims(), wl.dims(), self.p)?;
-        let (x, w, params) =
-            (f32_slice(xs, xl, self.name())?, f32_slice(ws, wl, self.name())?, f32_slice(ps, pl, self.name())?);
-        if params.len() != 2 * g.co {
-            bail!(
-                "{}: {} output channels but {} BatchNorm parameters (expected γ and β)",
-                self.name(),
-                g.co,
-                params.len()
-            )
-        }
+        let ConvArgs { g, x, w } = ConvArgs::new(self.name(), self.p, (xs, xl), (ws, wl))?;
+        let params = g.per_channel(self.name(), (ps, pl), 2, "BatchNorm parameters (expected γ and β)")?;
         let z = conv::forward(&g, x, w, None, false);
         let (gamma, beta) = params.split_at(g.co);
         let planes = Planes::of(g.out_shape().dims(), self.name())?;
@@ -102,12 +93,8 @@ impl CustomOp3 for ConvBnBackward {
         dl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let Saved { z, norm } = kept(&self.saved, self.name())?;
-        let g = Geom::new(xl.dims(), wl.dims(), self.p)?;
-        if dl.dims() != g.out_shape().dims() {
-            bail!("{}: gradient {:?} does not match output {:?}", self.name(), dl.dims(), g.out_shape())
-        }
-        let (x, w, dy) =
-            (f32_slice(xs, xl, self.name())?, f32_slice(ws, wl, self.name())?, f32_slice(ds, dl, self.name())?);
+        let ConvArgs { g, x, w } = ConvArgs::new(self.name(), self.p, (xs, xl), (ws, wl))?;
+        let dy = g.output_grad(self.name(), (ds, dl))?;
         let grad = norm.backward(z, dy);
         let (npix, ylen) = (g.npix(), g.y_len());
         let mut out = conv::backward(&g, x, w, self.need_x, self.need_w, grad.params.len(), |i, ch, dz| {

@@ -3,11 +3,11 @@
 //! is never written out; each image is pooled while its convolution output is in cache. The
 //! backward recomputes that output and runs the two ops' backward passes.
 
-use crate::conv::{self, col_len, Conv2d, Geom};
-use crate::cpu::{f32_slice, par_build, split, with_scratch};
+use crate::conv::{self, col_len, Conv2d, ConvArgs};
+use crate::cpu::{par_build, split, with_scratch};
 use crate::pool::{forward_plane, MaxPool2d, MaxPool2dBackward};
 use crate::Conv2dParams;
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// `(x, w, bias) -> max_pool(ReLU(conv(x, w) + bias))`.
 pub(crate) struct ConvReluPool {
@@ -29,12 +29,8 @@ impl CustomOp3 for ConvReluPool {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Geom::new(xl.dims(), wl.dims(), self.conv)?;
-        let (x, w, bias) =
-            (f32_slice(xs, xl, self.name())?, f32_slice(ws, wl, self.name())?, f32_slice(bs, bl, self.name())?);
-        if bias.len() != g.co {
-            bail!("{}: {} output channels but {} bias values", self.name(), g.co, bias.len())
-        }
+        let ConvArgs { g, x, w } = ConvArgs::new(self.name(), self.conv, (xs, xl), (ws, wl))?;
+        let bias = g.per_channel(self.name(), (bs, bl), 1, "bias values")?;
         let pg = self.pool.geom(&[g.b, g.co, g.oh, g.ow])?;
         let (pooled, npix) = (pg.oh * pg.ow, g.npix());
         let (_, par) = split(g.b);

@@ -9,7 +9,9 @@ const EPS: f64 = 1e-5;
 
 /// (batch, c_in, h, w, c_out, kernel, stride, padding, groups): 3x3, strided, pointwise,
 /// strided pointwise, grouped, odd sizes.
-const CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize, usize)] = &[
+type Case = (usize, usize, usize, usize, usize, usize, usize, usize, usize);
+
+const CASES: &[Case] = &[
     (2, 3, 7, 9, 5, 3, 1, 1, 1),
     (3, 4, 11, 9, 6, 3, 2, 1, 1),
     (3, 6, 5, 7, 4, 1, 1, 0, 1),
