@@ -319,7 +319,8 @@ impl CustomOp3 for ConvBackward {
 /// the caller. `grad(i, c, dst)` writes channel `c` of image `i`'s output gradient into `dst`, so
 /// that a fused op can compute it while it is in cache. Per group of images (side by side as in
 /// the forward) and conv group: `grad_w += grad_y · patchesᵀ` and
-/// `grad_x += col2im(wᵀ · grad_y)`. Threads take disjoint images and keep private weight
+/// `grad_x += col2im(wᵀ · grad_y)`, or for one image of a stride-1 conv `grad_x +=` the
+/// [`Transposed`] convolution of `grad_y`. Threads take disjoint images and keep private weight
 /// gradients, summed at the end. A half that is not needed is skipped (left zero).
 pub(crate) fn backward(
     g: &Geom,
@@ -331,7 +332,8 @@ pub(crate) fn backward(
     grad: impl Fn(usize, usize, &mut [f32]) + Sync,
 ) -> Vec<f32> {
     let nx = g.b * g.x_len();
-    // col2im accumulates into grad_x; an unneeded grad_x stays untouched zero pages.
+    // col2im and the transposed conv accumulate into grad_x; an unneeded one stays untouched zero
+    // pages.
     let mut out = if need_x { zeros(nx + w.len() + tail) } else { vec![0f32; nx + w.len() + tail] };
     let (gx, rest) = out.split_at_mut(nx);
     let (chunk, par) = split(g.b);
