@@ -46,11 +46,11 @@ impl Planes {
 
 /// A batch's per-channel statistics and the affine map they give, `y = act(x · scale + shift)`.
 pub(crate) struct Normaliser {
-    pub planes: Planes,
-    pub relu: bool,
-    pub mean: Vec<f64>,
+    planes: Planes,
+    relu: bool,
+    mean: Vec<f64>,
     /// Biased variance.
-    pub var: Vec<f64>,
+    var: Vec<f64>,
     inv_std: Vec<f64>,
     scale: Vec<f32>,
     shift: Vec<f32>,

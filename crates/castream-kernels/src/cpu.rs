@@ -150,21 +150,20 @@ pub(crate) struct Filled<'a>(&'a mut [f32]);
 impl<'a> Blank<'a> {
     /// Writes `f(i)` at every position `i` and hands the chunk back as initialised floats.
     pub fn fill(self, mut f: impl FnMut(usize) -> f32) -> Filled<'a> {
-        for (i, v) in self.0.iter_mut().enumerate() {
-            v.write(f(i));
-        }
-        // SAFETY: every element was written just above; MaybeUninit<f32> has f32's layout.
-        Filled(unsafe { &mut *(self.0 as *mut [MaybeUninit<f32>] as *mut [f32]) })
+        let len = self.0.len();
+        self.fill_rows(len, |_, i| f(i))
     }
 
-    /// [`Blank::fill`] row by row: `f(row, column)` for rows of `row_len` elements.
+    /// Writes `f(row, column)` at every position, for rows of `row_len` elements, and hands the
+    /// chunk back as initialised floats.
     pub fn fill_rows(self, row_len: usize, mut f: impl FnMut(usize, usize) -> f32) -> Filled<'a> {
         for (r, row) in self.0.chunks_mut(row_len.max(1)).enumerate() {
             for (c, v) in row.iter_mut().enumerate() {
                 v.write(f(r, c));
             }
         }
-        // SAFETY: as in `fill`: the rows cover the chunk and every element was written.
+        // SAFETY: the rows cover the chunk and every element was written just above;
+        // MaybeUninit<f32> has f32's layout.
         Filled(unsafe { &mut *(self.0 as *mut [MaybeUninit<f32>] as *mut [f32]) })
     }
 

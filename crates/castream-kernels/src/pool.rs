@@ -75,8 +75,9 @@ fn max_nan(max: f32, v: f32) -> f32 {
 simd_dispatch! {
     /// The window maxima of one plane, separably: for each output row, the maximum over its
     /// window's input rows (`col`, a vectorised pass over whole rows per kernel row), then the
-    /// horizontal window maxima of that row. The same values as the direct window maximum (max is
-    /// associative; any NaN gives NaN).
+    /// horizontal window maxima of that row into `y`, which must start at −inf (its callers build
+    /// it so). The same values as the direct window maximum (max is associative; any NaN gives
+    /// NaN).
     pub(crate) fn forward_plane(op: &MaxPool2d, g: &PoolGeom, x: &[f32], col: &mut [f32], y: &mut [f32]) {
         let (k, s, p) = (op.kernel, op.stride, op.padding);
         for (oy, out) in y.chunks_exact_mut(g.ow).enumerate() {
@@ -87,7 +88,6 @@ simd_dispatch! {
                     *c = max_nan(*c, v);
                 }
             }
-            out.fill(f32::NEG_INFINITY);
             for kx in 0..k {
                 let (lo, hi) = valid_range(kx, p, s, g.w, g.ow);
                 for ox in lo..hi {
