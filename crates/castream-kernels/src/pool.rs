@@ -5,10 +5,9 @@
 //! backward recomputes each window's argmax from the input (nothing stored in the forward) and
 //! routes the whole output gradient to it, accumulating where windows overlap.
 
-use crate::cpu::{f32_slice, par_build, simd_dispatch, with_scratch, zeros};
+use crate::cpu::{f32_slice, par_build, simd_dispatch, with_scratch};
 use crate::im2col::valid_range;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct MaxPool2d {
@@ -41,24 +40,6 @@ impl MaxPool2d {
         let y0 = (oy * s).saturating_sub(p);
         let x0 = (ox * s).saturating_sub(p);
         (y0, (oy * s + k - p).min(g.h), x0, (ox * s + k - p).min(g.w))
-    }
-
-    /// Index within the plane of the window's maximum, PyTorch's rule: start from the first valid
-    /// position at -inf, replace on `v > max || v.is_nan()`.
-    #[inline(always)]
-    fn argmax(&self, g: &PoolGeom, plane: &[f32], oy: usize, ox: usize) -> usize {
-        let (y0, y1, x0, x1) = self.window(g, oy, ox);
-        let (mut best, mut max) = (y0 * g.w + x0, f32::NEG_INFINITY);
-        for iy in y0..y1 {
-            for ix in x0..x1 {
-                let v = plane[iy * g.w + ix];
-                if v > max || v.is_nan() {
-                    max = v;
-                    best = iy * g.w + ix;
-                }
-            }
-        }
-        best
     }
 }
 
@@ -98,11 +79,52 @@ simd_dispatch! {
     }
 }
 
+/// Per-row scratch of the max-pool backward, one entry per output column.
+struct Winners {
+    /// The running maximum of each window.
+    best: Vec<f32>,
+    /// Its position in the plane.
+    at: Vec<u32>,
+    /// The candidates of one kernel offset, gathered contiguously.
+    cand: Vec<f32>,
+    /// `ox * stride`: a candidate's column relative to the offset's first.
+    step: Vec<u32>,
+}
+
 simd_dispatch! {
-    fn backward_plane(op: &MaxPool2d, g: &PoolGeom, x: &[f32], gy: &[f32], gx: &mut [f32]) {
-        for oy in 0..g.oh {
-            for ox in 0..g.ow {
-                gx[op.argmax(g, x, oy, ox)] += gy[oy * g.ow + ox];
+    /// Routes one plane's output gradient to each window's argmax, one output row at a time: for
+    /// each kernel offset in row-major window order, every window of the row compares its
+    /// candidate with its running maximum (PyTorch's rule: a larger value or a NaN replaces it) —
+    /// branch-free selects over contiguous arrays, which vectorise; then the row's gradients are
+    /// added at the winners. `gx` must start at zero. Per-window argmax loops spent most of their
+    /// time in mispredicted comparisons.
+    fn backward_plane(op: &MaxPool2d, g: &PoolGeom, x: &[f32], gy: &[f32], gx: &mut [f32], r: &mut Winners) {
+        let (k, s, p) = (op.kernel, op.stride, op.padding);
+        for (oy, gyr) in gy.chunks_exact(g.ow).enumerate() {
+            let (y0, y1, _, _) = op.window(g, oy, 0);
+            r.best.fill(f32::NEG_INFINITY);
+            for (ox, a) in r.at.iter_mut().enumerate() {
+                *a = (y0 * g.w + op.window(g, oy, ox).2) as u32;
+            }
+            for iy in y0..y1 {
+                let row = &x[iy * g.w..][..g.w];
+                for kx in 0..k {
+                    let (lo, hi) = valid_range(kx, p, s, g.w, g.ow);
+                    for (ox, c) in (lo..hi).zip(&mut r.cand[lo..hi]) {
+                        *c = row[ox * s + kx - p];
+                    }
+                    // Position of candidate `ox`: `iy * w + ox * s + kx - p` (>= 0 for ox >= lo).
+                    let base = (iy * g.w + kx) as u32;
+                    let cands = r.cand[lo..hi].iter().zip(&r.step[lo..hi]);
+                    for ((b, a), (&v, &o)) in r.best[lo..hi].iter_mut().zip(&mut r.at[lo..hi]).zip(cands) {
+                        let wins = (v > *b) | v.is_nan();
+                        *b = if wins { v } else { *b };
+                        *a = if wins { (base + o).wrapping_sub(p as u32) } else { *a };
+                    }
+                }
+            }
+            for (&a, &d) in r.at.iter().zip(gyr) {
+                gx[a as usize] += d;
             }
         }
     }
@@ -147,11 +169,18 @@ impl CustomOp2 for MaxPool2dBackward {
         }
         let x = f32_slice(xs, xl, self.name())?;
         let gy = f32_slice(gs, gl, self.name())?;
-        let mut gx = zeros(x.len());
-        gx.par_chunks_mut(g.h * g.w)
-            .zip(x.par_chunks(g.h * g.w))
-            .zip(gy.par_chunks(g.oh * g.ow))
-            .for_each(|((gxp, xp), gyp)| backward_plane(&self.0, &g, xp, gyp, gxp));
+        let (plane, out_plane) = (g.h * g.w, g.oh * g.ow);
+        let gx = par_build(x.len(), plane, |i, blank| {
+            let mut gxp = blank.fill(|_| 0.0);
+            let mut r = Winners {
+                best: vec![0.0; g.ow],
+                at: vec![0; g.ow],
+                cand: vec![0.0; g.ow],
+                step: (0..g.ow).map(|ox| (ox * self.0.stride) as u32).collect(),
+            };
+            backward_plane(&self.0, &g, &x[i * plane..][..plane], &gy[i * out_plane..][..out_plane], &mut gxp, &mut r);
+            gxp
+        });
         Ok((CpuStorage::F32(gx), xl.shape().clone()))
     }
 }
