@@ -6,7 +6,7 @@
 //! routes the whole output gradient to it, accumulating where windows overlap.
 
 use crate::cpu::{f32_slice, par_build, simd_dispatch, with_scratch};
-use crate::im2col::valid_range;
+use crate::im2col::{gather_strided, valid_range};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 #[derive(Debug, Clone, Copy)]
@@ -110,23 +110,46 @@ simd_dispatch! {
                 let row = &x[iy * g.w..][..g.w];
                 for kx in 0..k {
                     let (lo, hi) = valid_range(kx, p, s, g.w, g.ow);
-                    for (ox, c) in (lo..hi).zip(&mut r.cand[lo..hi]) {
-                        *c = row[ox * s + kx - p];
-                    }
+                    gather_strided(&mut r.cand[lo..hi], &row[lo * s + kx - p..], s);
                     // Position of candidate `ox`: `iy * w + ox * s + kx - p` (>= 0 for ox >= lo).
-                    let base = (iy * g.w + kx) as u32;
-                    let cands = r.cand[lo..hi].iter().zip(&r.step[lo..hi]);
-                    for ((b, a), (&v, &o)) in r.best[lo..hi].iter_mut().zip(&mut r.at[lo..hi]).zip(cands) {
-                        let wins = (v > *b) | v.is_nan();
-                        *b = if wins { v } else { *b };
-                        *a = if wins { (base + o).wrapping_sub(p as u32) } else { *a };
-                    }
+                    let base = ((iy * g.w + kx) as u32).wrapping_sub(p as u32);
+                    let (best, at) = (&mut r.best[lo..hi], &mut r.at[lo..hi]);
+                    update_winners(best, at, &r.cand[lo..hi], &r.step[lo..hi], base);
                 }
             }
             for (&a, &d) in r.at.iter().zip(gyr) {
                 gx[a as usize] += d;
             }
         }
+    }
+}
+
+/// One kernel offset's candidates against the running maxima. Blocks of eight are updated in
+/// registers and stored whole: written in place as `if wins { .. }`, LLVM emits masked stores,
+/// which are slow on AMD cores. Candidate `i` sits at `base + step[i]` (wrapping: `base` may be
+/// "negative" by the padding).
+#[inline(always)]
+fn update_winners(best: &mut [f32], at: &mut [u32], cand: &[f32], step: &[u32], base: u32) {
+    #[inline(always)]
+    fn one(b: f32, a: u32, v: f32, at_v: u32) -> (f32, u32) {
+        if v > b || v.is_nan() {
+            (v, at_v)
+        } else {
+            (b, a)
+        }
+    }
+    let n = best.len() / 8 * 8;
+    let blocks = best[..n].chunks_exact_mut(8).zip(at[..n].chunks_exact_mut(8));
+    for ((b, a), (v, o)) in blocks.zip(cand[..n].chunks_exact(8).zip(step[..n].chunks_exact(8))) {
+        let (mut bb, mut aa) = ([0f32; 8], [0u32; 8]);
+        for j in 0..8 {
+            (bb[j], aa[j]) = one(b[j], a[j], v[j], base.wrapping_add(o[j]));
+        }
+        b.copy_from_slice(&bb);
+        a.copy_from_slice(&aa);
+    }
+    for i in n..best.len() {
+        (best[i], at[i]) = one(best[i], at[i], cand[i], base.wrapping_add(step[i]));
     }
 }
 

@@ -10,6 +10,7 @@ const CASES: &[Case] = &[
     (3, 4, 11, 8, 6, 3, 2, 1, 1),  // 3x3 stride 2
     (2, 6, 9, 9, 4, 1, 1, 0, 1),   // pointwise: plain GEMM, no im2col
     (3, 5, 8, 7, 3, 1, 2, 0, 1),   // 1x1 stride 2 (ResNet downsample)
+    (2, 3, 11, 10, 4, 3, 3, 1, 1), // stride 3: the generic strided gather
     (2, 4, 10, 9, 6, 3, 1, 3, 2),  // grouped, padding 3
     (2, 3, 13, 13, 8, 7, 2, 3, 1), // ResNet stem-like 7x7/2
     (1, 5, 9, 11, 7, 5, 1, 0, 1),  // batch 1 (gemm-level parallelism), 5x5 unpadded
