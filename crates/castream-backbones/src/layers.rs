@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{Device, Result, Tensor, Var};
-use castream_kernels::{Conv2dParams, Kernels};
+use castream_kernels::{BatchStats, Conv2dParams, ConvBnLayer, Kernels};
 
 use crate::init::Init;
 
@@ -84,7 +84,7 @@ pub(crate) struct BatchNorm2d {
     kernels: Kernels,
 }
 
-const BN_EPS: f64 = 1e-5;
+pub(crate) const BN_EPS: f64 = 1e-5;
 const BN_MOMENTUM: f64 = 0.1;
 
 impl BatchNorm2d {
@@ -108,7 +108,7 @@ impl BatchNorm2d {
         if train {
             let (y, mean, var) =
                 castream_kernels::batch_norm_train(x, &self.weight, &self.bias, BN_EPS, relu, self.kernels)?;
-            self.update_running(&y, mean, var)?;
+            self.update_running(batch_stats(&y, mean, var)?)?;
             return Ok(y);
         }
         let (mean, var) = (
@@ -127,37 +127,32 @@ impl BatchNorm2d {
     /// `conv` (without bias) followed by this BatchNorm in training mode (and a ReLU when `relu`),
     /// as one op.
     pub fn train_after(&self, conv: &Conv2d, x: &Tensor, relu: bool) -> Result<Tensor> {
-        if conv.bias.is_some() {
-            candle_core::bail!("a convolution fused with its BatchNorm has no bias of its own");
-        }
-        let (y, mean, var) = castream_kernels::conv_batch_norm_train(
-            x,
-            &conv.weight,
-            conv.params,
-            &self.weight,
-            &self.bias,
-            BN_EPS,
-            relu,
-            self.kernels,
-        )?;
-        self.update_running(&y, mean, var)?;
+        let l = self.layer_after(conv)?;
+        let (y, mean, var) =
+            castream_kernels::conv_batch_norm_train(x, l.w, l.p, l.gamma, l.beta, BN_EPS, relu, self.kernels)?;
+        self.update_running(batch_stats(&y, mean, var)?)?;
         Ok(y)
     }
 
-    /// Moves the running statistics towards a batch's `mean` and biased `var` (of output `y`),
-    /// storing the variance unbiased, as PyTorch does.
-    fn update_running(&self, y: &Tensor, mean: Tensor, var: Tensor) -> Result<()> {
-        let (b, _, h, w) = y.dims4()?;
-        if b * h * w < 2 {
-            candle_core::bail!(
-                "BatchNorm in training mode needs more than one value per channel, got an output of {:?}",
-                y.dims()
-            );
+    /// `conv` (without bias) and this BatchNorm as one layer of a fused residual block
+    /// ([`castream_kernels::residual_block_train`]).
+    pub fn layer_after<'a>(&'a self, conv: &'a Conv2d) -> Result<ConvBnLayer<'a>> {
+        if conv.bias.is_some() {
+            candle_core::bail!("a convolution fused with its BatchNorm has no bias of its own");
         }
-        let n = (b * h * w) as f64;
+        Ok(ConvBnLayer { w: &conv.weight, p: conv.params, gamma: &self.weight, beta: &self.bias })
+    }
+
+    /// Moves the running statistics towards a batch's mean and biased variance, storing the
+    /// variance unbiased, as PyTorch does.
+    pub fn update_running(&self, s: BatchStats) -> Result<()> {
+        if s.count < 2 {
+            candle_core::bail!("BatchNorm in training mode needs more than one value per channel, got {}", s.count);
+        }
+        let n = s.count as f64;
         let m = BN_MOMENTUM;
-        self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
-        self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (var * (m * n / (n - 1.0)))?)?)
+        self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (s.mean * m)?)?)?;
+        self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (s.var * (m * n / (n - 1.0)))?)?)
     }
 
     /// `conv` followed by this BatchNorm in evaluation mode (and a ReLU when `relu`), as one
@@ -242,6 +237,12 @@ impl LayerNorm {
     pub fn forward_last(&self, x: &Tensor) -> Result<Tensor> {
         self.forward(x, x.dims().len() - 1)
     }
+}
+
+/// The statistics of a BatchNorm whose output is `y`: `count` is its values per channel.
+fn batch_stats(y: &Tensor, mean: Tensor, var: Tensor) -> Result<BatchStats> {
+    let (b, _, h, w) = y.dims4()?;
+    Ok(BatchStats { mean, var, count: b * h * w })
 }
 
 #[cfg(test)]

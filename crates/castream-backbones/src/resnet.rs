@@ -8,7 +8,7 @@ use castream_kernels::{Conv2dParams, Kernels};
 use crate::backbone::Backbone;
 use crate::config::{Arch, BackboneConfig, Stem};
 use crate::init::Init;
-use crate::layers::{BatchNorm2d, Conv2d, Linear, Params};
+use crate::layers::{BatchNorm2d, Conv2d, Linear, Params, BN_EPS};
 
 /// A convolution followed by its BatchNorm: `convN`/`bnN` in a block, `downsample.{0,1}`.
 struct ConvBn {
@@ -23,6 +23,11 @@ impl ConvBn {
             conv: Conv2d::new(ps, conv, shape, params, Init::KaimingNormalFanOut, None)?,
             bn: BatchNorm2d::new(ps, bn, shape[0])?,
         })
+    }
+
+    /// As one layer of a residual block in training mode.
+    fn layer(&self) -> Result<castream_kernels::ConvBnLayer<'_>> {
+        self.bn.layer_after(&self.conv)
     }
 
     /// `relu` appends a ReLU. Training runs conv + BatchNorm + ReLU as one op, evaluation the
@@ -73,7 +78,17 @@ impl Block {
         Ok(Block { chain, downsample })
     }
 
+    /// Training runs the whole block as one op; evaluation each conv with its BatchNorm folded in.
     fn forward(&self, x: &Tensor, train: bool, kernels: Kernels) -> Result<Tensor> {
+        if train {
+            let chain = self.chain.iter().map(ConvBn::layer).collect::<Result<Vec<_>>>()?;
+            let shortcut = self.downsample.as_ref().map(ConvBn::layer).transpose()?;
+            let (y, stats) = castream_kernels::residual_block_train(x, &chain, shortcut.as_ref(), BN_EPS, kernels)?;
+            for (l, s) in self.chain.iter().chain(&self.downsample).zip(stats) {
+                l.bn.update_running(s)?;
+            }
+            return Ok(y);
+        }
         let mut y = x.clone();
         for (i, layer) in self.chain.iter().enumerate() {
             y = layer.forward(&y, train, i + 1 < self.chain.len())?;

@@ -85,13 +85,18 @@ impl Normaliser {
         Ok(Normaliser { planes: p, relu, mean, var, inv_std, scale, shift })
     }
 
+    /// Channel `ch`'s affine map `(scale, shift)`: `x · scale + shift` before the ReLU.
+    pub fn affine(&self, ch: usize) -> (f32, f32) {
+        (self.scale[ch], self.shift[ch])
+    }
+
     /// The normalised (and rectified) output for input `x`.
     pub fn apply(&self, x: &[f32]) -> Vec<f32> {
         let (hw, floor) = (self.planes.hw, if self.relu { 0.0 } else { f32::NEG_INFINITY });
         par_build(x.len(), hw, |plane, blank| {
             let (xs, ch) = (&x[plane * hw..][..hw], plane % self.planes.c);
             let (scale, shift) = (self.scale[ch], self.shift[ch]);
-            blank.fill(|i| (xs[i] * scale + shift).max(floor))
+            blank.map([xs], |[x]| (x * scale + shift).max(floor))
         })
     }
 

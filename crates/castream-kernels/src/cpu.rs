@@ -154,6 +154,20 @@ impl<'a> Blank<'a> {
         self.fill_rows(len, |_, i| f(i))
     }
 
+    /// Writes `f([src_0[i], src_1[i], ..])` at every position `i`: an element-wise map over
+    /// sources at least as long as the chunk, written so that it inlines and vectorises (an
+    /// index closure through [`Blank::fill`] does not).
+    #[inline(always)]
+    pub fn map<const N: usize>(self, src: [&[f32]; N], f: impl Fn([f32; N]) -> f32) -> Filled<'a> {
+        let len = self.0.len();
+        let src = src.map(|s| &s[..len]);
+        for (i, v) in self.0.iter_mut().enumerate() {
+            v.write(f(src.map(|s| s[i])));
+        }
+        // SAFETY: every element was written just above; MaybeUninit<f32> has f32's layout.
+        Filled(unsafe { &mut *(self.0 as *mut [MaybeUninit<f32>] as *mut [f32]) })
+    }
+
     /// Writes `f(row, column)` at every position, for rows of `row_len` elements, and hands the
     /// chunk back as initialised floats.
     pub fn fill_rows(self, row_len: usize, mut f: impl FnMut(usize, usize) -> f32) -> Filled<'a> {

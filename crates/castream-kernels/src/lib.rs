@@ -12,6 +12,7 @@
 //! one switch in the model configuration.
 
 mod batchnorm;
+mod block;
 mod conv;
 mod convbn;
 mod convpool;
@@ -232,6 +233,77 @@ pub fn conv_batch_norm_train(
     count_conv(&y, w)?;
     let (mean, var) = batchnorm::kept(&saved, "conv_batch_norm_train")?.norm.stats(x.device())?;
     Ok((y, mean, var))
+}
+
+/// One conv + BatchNorm layer of a residual block: the conv has no bias (the BatchNorm's β takes
+/// its place).
+pub struct ConvBnLayer<'a> {
+    pub w: &'a Tensor,
+    pub p: Conv2dParams,
+    pub gamma: &'a Tensor,
+    pub beta: &'a Tensor,
+}
+
+/// One BatchNorm's batch statistics in training mode: per-channel mean and biased variance
+/// (detached), taken over `count` values per channel.
+pub struct BatchStats {
+    pub mean: Tensor,
+    pub var: Tensor,
+    pub count: usize,
+}
+
+/// A residual block in training mode, `relu(chain(x) + shortcut(x))`: `chain` is the layers in
+/// order with a ReLU after each but the last, `shortcut` the identity or one more layer. Returns
+/// the output and each BatchNorm's statistics, the chain's in order and then the shortcut's. One
+/// op with one backward (see `block.rs`); composed of [`conv_batch_norm_train`] and [`add_relu`]
+/// on candle's kernels or for grouped convolutions.
+pub fn residual_block_train(
+    x: &Tensor,
+    chain: &[ConvBnLayer],
+    shortcut: Option<&ConvBnLayer>,
+    eps: f64,
+    k: Kernels,
+) -> Result<(Tensor, Vec<BatchStats>)> {
+    let layers: Vec<&ConvBnLayer> = chain.iter().chain(shortcut).collect();
+    let fused = k.fast_for(&[x])
+        && !chain.is_empty()
+        && layers.iter().all(|l| k.fast_for(&[l.w, l.gamma, l.beta]) && l.p.groups == 1);
+    if !fused {
+        let mut stats = Vec::with_capacity(layers.len());
+        let mut layer = |x: &Tensor, l: &ConvBnLayer, relu: bool| -> Result<Tensor> {
+            let (y, mean, var) = conv_batch_norm_train(x, l.w, l.p, l.gamma, l.beta, eps, relu, k)?;
+            let (b, _, h, w) = y.dims4()?;
+            stats.push(BatchStats { mean, var, count: b * h * w });
+            Ok(y)
+        };
+        let mut y = x.clone();
+        for (i, l) in chain.iter().enumerate() {
+            y = layer(&y, l, i + 1 < chain.len())?;
+        }
+        let short = match shortcut {
+            Some(l) => layer(x, l, false)?,
+            None => x.clone(),
+        };
+        return Ok((add_relu(&y, &short, k)?, stats));
+    }
+    let flat = |ts: Vec<&Tensor>| -> Result<Tensor> {
+        Tensor::cat(&ts.into_iter().map(|t| t.flatten_all()).collect::<Result<Vec<_>>>()?, 0)
+    };
+    let weights = flat(layers.iter().map(|l| l.w).collect())?;
+    let params = flat(layers.iter().flat_map(|l| [l.gamma, l.beta]).collect())?;
+    let specs = layers
+        .iter()
+        .map(|l| {
+            let (co, ci, kh, kw) = l.w.dims4()?;
+            Ok(block::LayerSpec { w_shape: [co, ci, kh, kw], p: l.p })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (y, stats) = block::residual_block_train(x, &weights, &params, specs, shortcut.is_some(), eps)?;
+    for (l, &(_, _, count)) in layers.iter().zip(&stats) {
+        macs::add(count * l.w.elem_count());
+    }
+    let stats = stats.into_iter().map(|(mean, var, count)| BatchStats { mean, var, count }).collect();
+    Ok((y, stats))
 }
 
 /// LayerNorm over dimension `dim` of `x` with an affine map: `(x − mean) / sqrt(var + eps) · γ + β`,

@@ -12,14 +12,14 @@ const CHUNK: usize = 1 << 15;
 fn map1(a: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
     par_build(a.len(), CHUNK, |i, blank| {
         let a = &a[i * CHUNK..];
-        blank.fill(|k| f(a[k]))
+        blank.map([a], |[a]| f(a))
     })
 }
 
 fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
     par_build(a.len(), CHUNK, |i, blank| {
         let (a, b) = (&a[i * CHUNK..], &b[i * CHUNK..]);
-        blank.fill(|k| f(a[k], b[k]))
+        blank.map([a, b], |[a, b]| f(a, b))
     })
 }
 

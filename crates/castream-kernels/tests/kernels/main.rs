@@ -4,6 +4,7 @@
 //! finite differences, and hand-worked PyTorch examples.
 
 mod batchnorm;
+mod block;
 mod common;
 mod conv;
 mod convbn;
