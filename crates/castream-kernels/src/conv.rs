@@ -341,12 +341,13 @@ pub(crate) fn backward(
     let (cig_len, kdim, npix, cog) = (g.cig() * g.h * g.w, g.kdim(), g.npix(), g.cog());
     let flipped = if need_x { Transposed::of(g, w) } else { None };
     let flipped_col = flipped.as_ref().map_or(0, |t| col_len(&t.g, 1));
-    let gw = gx
+    let gw_t = gx
         .par_chunks_mut(chunk * g.x_len())
         .zip(x.par_chunks(chunk * g.x_len()))
         .enumerate()
         .map(|(t, (gxs, xs))| {
-            let mut gw = if need_w { vec![0f32; w.len()] } else { Vec::new() };
+            // Per group, `kdim x cog`: the weight gradient transposed.
+            let mut gw_t = if need_w { vec![0f32; w.len()] } else { Vec::new() };
             with_scratch(col_len(g, nb) + flipped_col + g.co * nb * npix, |scratch| {
                 let (col, rest) = scratch.split_at_mut(col_len(g, nb));
                 let (tcol, gy) = rest.split_at_mut(flipped_col);
@@ -364,9 +365,12 @@ pub(crate) fn backward(
                             let (img_cols, cols) = (rows.len() * g.ow, n * rows.len() * g.ow);
                             let gyg = Mat { data: &gy[grp * cog * ld + rows.start * g.ow..], rs: ld, cs: 1 };
                             if need_w {
-                                let rhs = Mat { data: patches(g, xs, grp, col, rows.clone()), rs: 1, cs: cols };
-                                let dst = &mut gw[grp * cog * kdim..][..cog * kdim];
-                                sgemm(cog, kdim, cols, dst, kdim, true, gyg, rhs, par);
+                                // Transposed, `grad_wᵀ += patches · grad_yᵀ`: so gemm packs the
+                                // small `grad_y` operand rather than the patch matrix.
+                                let lhs = Mat { data: patches(g, xs, grp, col, rows.clone()), rs: cols, cs: 1 };
+                                let gy_t = Mat { data: gyg.data, rs: 1, cs: ld };
+                                let dst = &mut gw_t[grp * cog * kdim..][..cog * kdim];
+                                sgemm(kdim, cog, cols, dst, cog, true, lhs, gy_t, par);
                             }
                             if !need_x || (n == 1 && flipped.is_some()) {
                                 continue;
@@ -387,7 +391,7 @@ pub(crate) fn backward(
                     }
                 }
             });
-            gw
+            gw_t
         })
         .reduce(Vec::new, |mut a, b| {
             if a.is_empty() {
@@ -399,7 +403,13 @@ pub(crate) fn backward(
             a
         });
     if need_w {
-        rest[..w.len()].copy_from_slice(&gw);
+        for (dst, src) in rest[..w.len()].chunks_mut(cog * kdim).zip(gw_t.chunks(cog * kdim)) {
+            for (co, row) in dst.chunks_mut(kdim).enumerate() {
+                for (kk, v) in row.iter_mut().enumerate() {
+                    *v = src[kk * cog + co];
+                }
+            }
+        }
     }
     out
 }
