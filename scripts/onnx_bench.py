@@ -8,11 +8,14 @@ relative to an optimised runtime on the same architecture, weights and input.
 
     python3 scripts/onnx_bench.py CKPT.safetensors --batch 64 --size 64 [--threads 2]
         [--warmup 2] [--runs 10] [--check INPUT.bin LOGITS.bin] [--save-onnx out.onnx] [--json]
+    python3 scripts/onnx_bench.py CKPT.safetensors ... --json --serve   # timings on request
     python3 scripts/onnx_bench.py --self-test
 
 `--json` prints exactly one JSON line on stdout (everything else goes to stderr) so that a caller
 can parse stdout as a whole. `--check` compares the ONNX model's logits on a given input with the
-logits our Rust code wrote, and exits with status 1 if they disagree. `--self-test` writes tiny
+logits our Rust code wrote, and exits with status 1 if they disagree. `--serve` (with `--json`)
+answers timing requests instead, one JSON line each, so that a caller can alternate ORT's runs
+with its own and both see the same machine state. `--self-test` writes tiny
 random checkpoints and checks the ONNX graph against the plain numpy forward pass at the bottom
 of this file, which shares only the config parsing and the eps constants with the graph builder.
 
@@ -381,6 +384,21 @@ def time_runs(session, x: np.ndarray, warmup: int, runs: int) -> list[float]:
     return times
 
 
+def serve(session, x: np.ndarray, warmup: int) -> int:
+    """`--serve`: one line per request on stdin (a run count), one JSON line per answer."""
+    time_runs(session, x, warmup, 0)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        try:
+            runs = int(line)
+        except ValueError:
+            raise ValueError(f"--serve: expected a run count per line, got {line.strip()!r}")
+        if runs < 1:
+            raise ValueError(f"--serve: the run count must be positive, got {runs}")
+        print(json.dumps({"median_ms": round(statistics.median(time_runs(session, x, 0, runs)), 4)}), flush=True)
+    return 0
+
+
 def read_f32(path: str, shape: tuple) -> np.ndarray:
     arr = np.fromfile(path, dtype="<f4")
     if arr.size != math.prod(shape):
@@ -647,6 +665,10 @@ def main(argv=None) -> int:
                     help="raw little-endian f32 (batch,3,size,size) input and (batch,num_classes) logits to compare with")
     ap.add_argument("--save-onnx", metavar="OUT.onnx", help="also write the ONNX model")
     ap.add_argument("--json", action="store_true", help="print one JSON line on stdout; human-readable lines go to stderr")
+    ap.add_argument("--serve", action="store_true",
+                    help="with --json: after the warm-up print {\"ready\": true}, then for each line N on stdin time N "
+                         "runs and print one JSON line with their median, until stdin closes (lets a caller interleave "
+                         "ORT's timings with its own)")
     ap.add_argument("--self-test", action="store_true", help="check the graph builder against a numpy forward on random checkpoints")
     args = ap.parse_args(argv)
 
@@ -654,6 +676,8 @@ def main(argv=None) -> int:
         return self_test()
     if not args.checkpoint:
         ap.error("a checkpoint is needed (or --self-test)")
+    if args.serve and not args.json:
+        ap.error("--serve needs --json")
     if min(args.batch, args.size, args.threads, args.runs) < 1 or args.warmup < 0:
         ap.error("--batch, --size, --threads and --runs must be positive, --warmup non-negative")
 
@@ -683,7 +707,10 @@ def run(args) -> int:
         if not ok:
             return 1
 
-    times = time_runs(session, bench_input(args.batch, args.size), args.warmup, args.runs)
+    x = bench_input(args.batch, args.size)
+    if args.serve:
+        return serve(session, x, args.warmup)
+    times = time_runs(session, x, args.warmup, args.runs)
     median = statistics.median(times)
     ips = args.batch / (median / 1e3)
     log(f"batch {args.batch} x 3 x {args.size} x {args.size}: median {median:.2f} ms/batch "

@@ -57,6 +57,11 @@ enum Command {
         /// Timed runs per measurement (the median is reported).
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Rounds per backbone, each timing our forward, our train step and ONNX Runtime's
+        /// forward back to back; figures are medians over rounds, ratios medians of each round's
+        /// ratio (robust to the machine's speed drifting during the benchmark).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Skip the ONNX Runtime comparison.
         #[arg(long)]
         no_onnx: bool,
@@ -206,11 +211,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::TrainBackbones { retrain, resume, only } => {
             castream_experiments::quick::train_backbones(Path::new("."), &TrainOptions { retrain, resume, only })
         }
-        Command::Bench { runs, no_onnx, only, cam } => {
+        Command::Bench { runs, rounds, no_onnx, only, cam } => {
             if cam {
                 castream_experiments::bench::run_cam(Path::new("."), runs, only.as_deref())
             } else {
-                castream_experiments::bench::run(Path::new("."), runs, !no_onnx, only.as_deref())
+                castream_experiments::bench::run(Path::new("."), runs, rounds, !no_onnx, only.as_deref())
             }
         }
         Command::Explain(a) => {
