@@ -124,13 +124,21 @@ impl BatchNorm2d {
         }
     }
 
-    /// `conv` (without bias) followed by this BatchNorm in training mode (and a ReLU when `relu`),
-    /// as one op.
-    pub fn train_after(&self, conv: &Conv2d, x: &Tensor, relu: bool) -> Result<Tensor> {
+    /// `conv` (without bias), this BatchNorm in training mode, a ReLU and a max-pool `(kernel,
+    /// stride, padding)` as one op.
+    pub fn train_after_pooled(&self, conv: &Conv2d, x: &Tensor, pool: (usize, usize, usize)) -> Result<Tensor> {
         let l = self.layer_after(conv)?;
-        let (y, mean, var) =
-            castream_kernels::conv_batch_norm_train(x, l.w, l.p, l.gamma, l.beta, BN_EPS, relu, self.kernels)?;
-        self.update_running(batch_stats(&y, mean, var)?)?;
+        let (y, stats) = castream_kernels::conv_batch_norm_relu_max_pool_train(
+            x,
+            l.w,
+            l.p,
+            l.gamma,
+            l.beta,
+            BN_EPS,
+            pool,
+            self.kernels,
+        )?;
+        self.update_running(stats)?;
         Ok(y)
     }
 

@@ -30,14 +30,10 @@ impl ConvBn {
         self.bn.layer_after(&self.conv)
     }
 
-    /// `relu` appends a ReLU. Training runs conv + BatchNorm + ReLU as one op, evaluation the
-    /// conv with the BatchNorm folded in.
-    fn forward(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
-        if train {
-            self.bn.train_after(&self.conv, x, relu)
-        } else {
-            self.bn.fold_into(&self.conv, x, relu)
-        }
+    /// Evaluation: the conv with the BatchNorm folded in; `relu` appends a ReLU. (Training runs
+    /// whole blocks, or the stem, as one op.)
+    fn evaluate(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        self.bn.fold_into(&self.conv, x, relu)
     }
 }
 
@@ -91,10 +87,10 @@ impl Block {
         }
         let mut y = x.clone();
         for (i, layer) in self.chain.iter().enumerate() {
-            y = layer.forward(&y, train, i + 1 < self.chain.len())?;
+            y = layer.evaluate(&y, i + 1 < self.chain.len())?;
         }
         let shortcut = match &self.downsample {
-            Some(d) => d.forward(x, train, false)?,
+            Some(d) => d.evaluate(x, false)?,
             None => x.clone(),
         };
         castream_kernels::add_relu(&y, &shortcut, kernels)
@@ -155,11 +151,10 @@ impl Backbone for ResNet {
     }
 
     fn stem(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        // Conv, BatchNorm (folded in evaluation), ReLU and pool in one op.
         if train {
-            let y = self.stem.forward(x, true, true)?;
-            return castream_kernels::max_pool2d(&y, STEM_POOL.0, STEM_POOL.1, STEM_POOL.2, self.kernels);
+            return self.stem.bn.train_after_pooled(&self.stem.conv, x, STEM_POOL);
         }
-        // Evaluation: conv, folded BatchNorm, ReLU and pool in one op.
         self.stem.bn.fold_into_pooled(&self.stem.conv, x, STEM_POOL)
     }
 
@@ -199,7 +194,7 @@ mod tests {
         let x =
             Tensor::arange(0f32, 2.0 * 3.0 * 49.0, &Device::Cpu).unwrap().sin().unwrap().reshape((2, 3, 7, 7)).unwrap();
         for relu in [false, true] {
-            let folded = layer.forward(&x, false, relu).unwrap();
+            let folded = layer.evaluate(&x, relu).unwrap();
             let unfolded = layer.bn.forward(&layer.conv.forward(&x).unwrap(), false, false).unwrap();
             let unfolded = if relu { unfolded.relu().unwrap() } else { unfolded };
             let diff = (folded - unfolded).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();

@@ -92,12 +92,25 @@ impl Normaliser {
 
     /// The normalised (and rectified) output for input `x`.
     pub fn apply(&self, x: &[f32]) -> Vec<f32> {
-        let (hw, floor) = (self.planes.hw, if self.relu { 0.0 } else { f32::NEG_INFINITY });
+        let hw = self.planes.hw;
         par_build(x.len(), hw, |plane, blank| {
-            let (xs, ch) = (&x[plane * hw..][..hw], plane % self.planes.c);
-            let (scale, shift) = (self.scale[ch], self.shift[ch]);
-            blank.map([xs], |[x]| (x * scale + shift).max(floor))
+            let (scale, shift, floor) = self.map_of(plane);
+            blank.map([&x[plane * hw..][..hw]], |[x]| (x * scale + shift).max(floor))
         })
+    }
+
+    /// [`Normaliser::apply`] on one plane (number `plane` of the batch) into `out`.
+    pub fn apply_plane(&self, plane: usize, x: &[f32], out: &mut [f32]) {
+        let (scale, shift, floor) = self.map_of(plane);
+        for (o, &x) in out.iter_mut().zip(x) {
+            *o = (x * scale + shift).max(floor);
+        }
+    }
+
+    /// Plane `plane`'s `(scale, shift, floor)`: `max(x · scale + shift, floor)`.
+    fn map_of(&self, plane: usize) -> (f32, f32, f32) {
+        let ch = plane % self.planes.c;
+        (self.scale[ch], self.shift[ch], if self.relu { 0.0 } else { f32::NEG_INFINITY })
     }
 
     /// The backward for output gradient `dy`: `dx_i = a · dy'_i + b · x_i + k` per channel

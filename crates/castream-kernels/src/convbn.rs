@@ -6,26 +6,36 @@
 //! back. Here the convolution's output stays inside the op (kept for the backward with the batch
 //! statistics), and the backward computes each image's BatchNorm input gradient just before that
 //! image's GEMMs, while it is in cache.
+//!
+//! With a max-pool after the ReLU (the ResNet stem), each normalised plane is pooled while it is
+//! in cache, so the full-resolution activation is never written out; the forward keeps each
+//! window's argmax, and the backward routes the pooled gradient through them.
 
 use std::sync::{Arc, OnceLock};
 
 use crate::batchnorm::{keep, kept, Normaliser, Planes};
 use crate::conv::{self, ConvArgs};
-use crate::cpu::split_flat;
+use crate::cpu::{f32_slice, par_build, split_flat, with_scratch};
+use crate::pool::{argmax_row, scatter_plane, MaxPool2d, PoolGeom, Winners};
 use crate::Conv2dParams;
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
-/// What the forward keeps: the convolution's output and its normalisation.
+/// What the forward keeps: the convolution's output and its normalisation, and with a pool, the
+/// position in its plane of each window's maximum.
 pub(crate) struct Saved {
     z: Vec<f32>,
     pub norm: Normaliser,
+    argmax: Vec<u32>,
 }
 
-/// `(x, w, [γ | β]) -> act(BatchNorm(conv(x, w)))` with the batch statistics.
+/// `(x, w, [γ | β]) -> act(BatchNorm(conv(x, w)))` with the batch statistics, `act` a ReLU or
+/// the identity, then the max-pool `pool` (which needs the ReLU).
 pub(crate) struct ConvBnTrain {
     pub p: Conv2dParams,
     pub eps: f64,
     pub relu: bool,
+    pub pool: Option<MaxPool2d>,
     pub saved: Arc<OnceLock<Saved>>,
 }
 
@@ -49,9 +59,31 @@ impl CustomOp3 for ConvBnTrain {
         let (gamma, beta) = params.split_at(g.co);
         let planes = Planes::of(g.out_shape().dims(), self.name())?;
         let norm = Normaliser::new(&z, planes, gamma, beta, self.eps, self.relu, self.name())?;
-        let y = norm.apply(&z);
-        keep(&self.saved, Saved { z, norm }, self.name())?;
-        Ok((CpuStorage::F32(y), g.out_shape()))
+        let Some(pool) = self.pool else {
+            let y = norm.apply(&z);
+            keep(&self.saved, Saved { z, norm, argmax: Vec::new() }, self.name())?;
+            return Ok((CpuStorage::F32(y), g.out_shape()));
+        };
+        if !self.relu {
+            bail!("{}: the fused max-pool follows a ReLU", self.name())
+        }
+        let pg = pool.geom(g.out_shape().dims())?;
+        let (npix, pooled) = (g.npix(), pg.oh * pg.ow);
+        let mut argmax = vec![0u32; pg.planes * pooled];
+        let mut y = vec![0f32; pg.planes * pooled];
+        y.par_chunks_mut(pooled).zip(argmax.par_chunks_mut(pooled)).enumerate().for_each(|(i, (yp, ap))| {
+            let mut r = Winners::new(&pg, &pool);
+            with_scratch(npix, |a| {
+                norm.apply_plane(i, &z[i * npix..][..npix], a);
+                for ((oy, yr), ar) in yp.chunks_mut(pg.ow).enumerate().zip(ap.chunks_mut(pg.ow)) {
+                    argmax_row(&pool, &pg, a, oy, &mut r);
+                    yr.copy_from_slice(r.best());
+                    ar.copy_from_slice(r.at());
+                }
+            })
+        });
+        keep(&self.saved, Saved { z, norm, argmax }, self.name())?;
+        Ok((CpuStorage::F32(y), Shape::from((g.b, g.co, pg.oh, pg.ow))))
     }
 
     fn bwd(
@@ -63,8 +95,15 @@ impl CustomOp3 for ConvBnTrain {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (need_x, need_w) = (x.track_op(), w.track_op());
+        let grad = match self.pool {
+            Some(pool) => {
+                let g = conv::Geom::new(x.dims(), w.dims(), self.p)?;
+                grad.contiguous()?.apply_op1_no_bwd(&Unpool { pool, h: g.oh, w: g.ow, saved: self.saved.clone() })?
+            }
+            None => grad.contiguous()?,
+        };
         let op = ConvBnBackward { p: self.p, need_x, need_w, saved: self.saved.clone() };
-        let all = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
+        let all = x.apply_op3_no_bwd(w, &grad, &op)?;
         let [gx, gw, gp] = split_flat(&all, [x.shape(), w.shape(), params.shape()])?;
         Ok((need_x.then_some(gx), need_w.then_some(gw), Some(gp)))
     }
@@ -92,7 +131,7 @@ impl CustomOp3 for ConvBnBackward {
         ds: &CpuStorage,
         dl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let Saved { z, norm } = kept(&self.saved, self.name())?;
+        let Saved { z, norm, .. } = kept(&self.saved, self.name())?;
         let ConvArgs { g, x, w } = ConvArgs::new(self.name(), self.p, (xs, xl), (ws, wl))?;
         let dy = g.output_grad(self.name(), (ds, dl))?;
         let grad = norm.backward(z, dy);
@@ -104,5 +143,39 @@ impl CustomOp3 for ConvBnBackward {
         let n = out.len();
         out[n - grad.params.len()..].copy_from_slice(&grad.params);
         Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+}
+
+/// The pooled output's gradient routed to each window's maximum (kept by the forward): the
+/// gradient of the activation before the pool.
+struct Unpool {
+    pool: MaxPool2d,
+    /// The pooled activation's height and width.
+    h: usize,
+    w: usize,
+    saved: Arc<OnceLock<Saved>>,
+}
+
+impl CustomOp1 for Unpool {
+    fn name(&self) -> &'static str {
+        "castream-max-pool2d-unpool"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let saved = kept(&self.saved, self.name())?;
+        let gy = f32_slice(s, l, self.name())?;
+        let &[b, c, oh, ow] = l.dims() else { bail!("{}: expected a 4-d gradient, got {:?}", self.name(), l.dims()) };
+        let (h, w) = (self.h, self.w);
+        let PoolGeom { oh: poh, ow: pow, .. } = self.pool.geom(&[b, c, h, w])?;
+        if (poh, pow) != (oh, ow) || gy.len() != saved.argmax.len() {
+            bail!("{}: gradient {:?} does not match the pooled output {:?}", self.name(), l.dims(), [b, c, poh, pow])
+        }
+        let (plane, pooled) = (h * w, oh * ow);
+        let gx = par_build(b * c * plane, plane, |i, blank| {
+            let mut gxp = blank.fill(|_| 0.0);
+            scatter_plane(&saved.argmax[i * pooled..][..pooled], &gy[i * pooled..][..pooled], &mut gxp);
+            gxp
+        });
+        Ok((CpuStorage::F32(gx), Shape::from((b, c, h, w))))
     }
 }

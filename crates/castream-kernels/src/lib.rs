@@ -223,16 +223,60 @@ pub fn conv_batch_norm_train(
     relu: bool,
     k: Kernels,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    if !k.fast_for(&[x, w, gamma, beta]) || depthwise::is_depthwise(x.dims(), w.dims(), p.groups) {
+    if !fused_conv_bn(x, w, p, gamma, beta, k) {
         return batch_norm_train(&conv2d(x, w, None, p, k)?, gamma, beta, eps, relu, k);
     }
+    let (y, stats) = conv_bn_op(x, w, p, gamma, beta, eps, relu, None)?;
+    Ok((y, stats.mean, stats.var))
+}
+
+/// [`conv_batch_norm_train`] with a ReLU, then a max-pool (`kernel`, `stride`, `padding`), as one
+/// op (the ResNet stem in training mode): each normalised plane is pooled while it is in cache,
+/// and the forward keeps each window's argmax for the backward. Returns the pooled output and
+/// the BatchNorm's statistics.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_batch_norm_relu_max_pool_train(
+    x: &Tensor,
+    w: &Tensor,
+    p: Conv2dParams,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    (kernel, stride, padding): (usize, usize, usize),
+    k: Kernels,
+) -> Result<(Tensor, BatchStats)> {
+    if !fused_conv_bn(x, w, p, gamma, beta, k) {
+        let (y, mean, var) = conv_batch_norm_train(x, w, p, gamma, beta, eps, true, k)?;
+        let (b, _, h, wd) = y.dims4()?;
+        return Ok((max_pool2d(&y, kernel, stride, padding, k)?, BatchStats { mean, var, count: b * h * wd }));
+    }
+    conv_bn_op(x, w, p, gamma, beta, eps, true, Some(pool::MaxPool2d { kernel, stride, padding }))
+}
+
+fn fused_conv_bn(x: &Tensor, w: &Tensor, p: Conv2dParams, gamma: &Tensor, beta: &Tensor, k: Kernels) -> bool {
+    k.fast_for(&[x, w, gamma, beta]) && !depthwise::is_depthwise(x.dims(), w.dims(), p.groups)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_bn_op(
+    x: &Tensor,
+    w: &Tensor,
+    p: Conv2dParams,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+    pool: Option<pool::MaxPool2d>,
+) -> Result<(Tensor, BatchStats)> {
     let saved = Arc::new(OnceLock::new());
     let params = Tensor::cat(&[gamma, beta], 0)?;
-    let op = convbn::ConvBnTrain { p, eps, relu, saved: saved.clone() };
+    let op = convbn::ConvBnTrain { p, eps, relu, pool, saved: saved.clone() };
     let y = x.contiguous()?.apply_op3(&w.contiguous()?, &params, op)?;
-    count_conv(&y, w)?;
+    let g = conv::Geom::new(x.dims(), w.dims(), p)?;
+    let count = g.b * g.npix();
+    macs::add(count * w.elem_count());
     let (mean, var) = batchnorm::kept(&saved, "conv_batch_norm_train")?.norm.stats(x.device())?;
-    Ok((y, mean, var))
+    Ok((y, BatchStats { mean, var, count }))
 }
 
 /// One conv + BatchNorm layer of a residual block: the conv has no bias (the BatchNorm's β takes

@@ -79,77 +79,157 @@ simd_dispatch! {
     }
 }
 
-/// Per-row scratch of the max-pool backward, one entry per output column.
-struct Winners {
-    /// The running maximum of each window.
+/// Per-row scratch of the window argmax, one entry per output column (padded to whole blocks of
+/// [`LANES`]).
+pub(crate) struct Winners {
+    /// Each window's maximum, and its position in the plane.
     best: Vec<f32>,
-    /// Its position in the plane.
     at: Vec<u32>,
-    /// The candidates of one kernel offset, gathered contiguously.
+    /// The candidates of each kernel offset, gathered contiguously (−inf where the offset falls in
+    /// the padding or past the row): `k * k` rows.
     cand: Vec<f32>,
-    /// `ox * stride`: a candidate's column relative to the offset's first.
+    /// Each candidate row's position in the plane, relative to `ox * stride`.
+    base: Vec<u32>,
+    /// `ox * stride`.
     step: Vec<u32>,
+    /// Per kernel column, the output columns whose candidate lies inside the row.
+    valid: Vec<(usize, usize)>,
+    /// Output columns, and their number rounded up to whole blocks.
+    ow: usize,
+    width: usize,
+}
+
+/// Output columns per block of the argmax: one AVX register of f32.
+const LANES: usize = 8;
+
+impl Winners {
+    pub fn new(g: &PoolGeom, op: &MaxPool2d) -> Winners {
+        let width = g.ow.next_multiple_of(LANES);
+        let k2 = op.kernel * op.kernel;
+        Winners {
+            best: vec![0.0; width],
+            at: vec![0; width],
+            cand: vec![0.0; k2 * width],
+            base: vec![0; k2],
+            step: (0..width).map(|ox| (ox * op.stride) as u32).collect(),
+            valid: (0..op.kernel).map(|kx| valid_range(kx, op.padding, op.stride, g.w, g.ow)).collect(),
+            ow: g.ow,
+            width,
+        }
+    }
+
+    /// The maxima of the last [`argmax_row`].
+    pub fn best(&self) -> &[f32] {
+        &self.best[..self.ow]
+    }
+
+    /// Their positions in the plane.
+    pub fn at(&self) -> &[u32] {
+        &self.at[..self.ow]
+    }
 }
 
 simd_dispatch! {
-    /// Routes one plane's output gradient to each window's argmax, one output row at a time: for
-    /// each kernel offset in row-major window order, every window of the row compares its
-    /// candidate with its running maximum (PyTorch's rule: a larger value or a NaN replaces it) —
-    /// branch-free selects over contiguous arrays, which vectorise; then the row's gradients are
-    /// added at the winners. `gx` must start at zero. Per-window argmax loops spent most of their
-    /// time in mispredicted comparisons.
-    fn backward_plane(op: &MaxPool2d, g: &PoolGeom, x: &[f32], gy: &[f32], gx: &mut [f32], r: &mut Winners) {
-        let (k, s, p) = (op.kernel, op.stride, op.padding);
-        for (oy, gyr) in gy.chunks_exact(g.ow).enumerate() {
-            let (y0, y1, _, _) = op.window(g, oy, 0);
-            r.best.fill(f32::NEG_INFINITY);
-            for (ox, a) in r.at.iter_mut().enumerate() {
-                *a = (y0 * g.w + op.window(g, oy, ox).2) as u32;
+    /// The maximum and its position (PyTorch's rule: the first in row-major window order, a NaN
+    /// wins) of each window of output row `oy` of plane `x`, into `r`. The candidates of each
+    /// kernel offset are gathered into rows first; then each block of eight windows runs through
+    /// them with its running maxima in registers, with branch-free selects ([`block_avx2`]):
+    /// per-window loops spent most of their time in mispredicted comparisons.
+    pub(crate) fn argmax_row(op: &MaxPool2d, g: &PoolGeom, x: &[f32], oy: usize, r: &mut Winners) {
+        let (k, s, p, width) = (op.kernel, op.stride, op.padding, r.width);
+        let (y0, y1, _, _) = op.window(g, oy, 0);
+        let rows_used = (y1 - y0) * k;
+        for (t, cand) in r.cand.chunks_exact_mut(width).take(rows_used).enumerate() {
+            let (iy, kx) = (y0 + t / k, t % k);
+            let (lo, hi) = r.valid[kx];
+            cand[..lo].fill(f32::NEG_INFINITY);
+            cand[hi..].fill(f32::NEG_INFINITY);
+            gather_strided(&mut cand[lo..hi], &x[iy * g.w + lo * s + kx - p..], s);
+            // Position of candidate `ox`: `iy * w + ox * s + kx - p` (wrapping: may be
+            // "negative" by the padding where the candidate is −inf and never wins).
+            r.base[t] = ((iy * g.w + kx) as u32).wrapping_sub(p as u32);
+        }
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = std::arch::is_x86_feature_detected!("avx2");
+        for ox0 in (0..g.ow).step_by(LANES) {
+            let mut best = [f32::NEG_INFINITY; LANES];
+            let mut at = [0u32; LANES];
+            for (j, a) in at.iter_mut().enumerate() {
+                // A window whose values are all −inf reports its first valid position.
+                *a = (y0 * g.w + op.window(g, oy, (ox0 + j).min(g.ow - 1)).2) as u32;
             }
-            for iy in y0..y1 {
-                let row = &x[iy * g.w..][..g.w];
-                for kx in 0..k {
-                    let (lo, hi) = valid_range(kx, p, s, g.w, g.ow);
-                    gather_strided(&mut r.cand[lo..hi], &row[lo * s + kx - p..], s);
-                    // Position of candidate `ox`: `iy * w + ox * s + kx - p` (>= 0 for ox >= lo).
-                    let base = ((iy * g.w + kx) as u32).wrapping_sub(p as u32);
-                    let (best, at) = (&mut r.best[lo..hi], &mut r.at[lo..hi]);
-                    update_winners(best, at, &r.cand[lo..hi], &r.step[lo..hi], base);
-                }
+            let step: &[u32; LANES] = r.step[ox0..ox0 + LANES].try_into().expect("whole blocks");
+            let rows = r.cand.chunks_exact(width).map(|c| c[ox0..ox0 + LANES].try_into().expect("whole blocks"));
+            let rows = rows.zip(r.base.iter().copied()).take(rows_used);
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: the CPU has AVX2.
+                unsafe { block_avx2(&mut best, &mut at, rows, step) };
+                r.best[ox0..ox0 + LANES].copy_from_slice(&best);
+                r.at[ox0..ox0 + LANES].copy_from_slice(&at);
+                continue;
             }
-            for (&a, &d) in r.at.iter().zip(gyr) {
-                gx[a as usize] += d;
+            block(&mut best, &mut at, rows, step);
+            r.best[ox0..ox0 + LANES].copy_from_slice(&best);
+            r.at[ox0..ox0 + LANES].copy_from_slice(&at);
+        }
+    }
+}
+
+/// A block of windows' running `(best, at)` through candidate rows `(values, base)`: a value
+/// that is larger, or a NaN, replaces the maximum, its position being `base + step`.
+#[inline(always)]
+fn block<'a>(
+    best: &mut [f32; LANES],
+    at: &mut [u32; LANES],
+    rows: impl Iterator<Item = (&'a [f32; LANES], u32)>,
+    step: &[u32; LANES],
+) {
+    for (v, base) in rows {
+        for j in 0..LANES {
+            if v[j] > best[j] || v[j].is_nan() {
+                (best[j], at[j]) = (v[j], base.wrapping_add(step[j]));
             }
         }
     }
 }
 
-/// One kernel offset's candidates against the running maxima. Blocks of eight are updated in
-/// registers and stored whole: written in place as `if wins { .. }`, LLVM emits masked stores,
-/// which are slow on AMD cores. Candidate `i` sits at `base + step[i]` (wrapping: `base` may be
-/// "negative" by the padding).
-#[inline(always)]
-fn update_winners(best: &mut [f32], at: &mut [u32], cand: &[f32], step: &[u32], base: u32) {
-    #[inline(always)]
-    fn one(b: f32, a: u32, v: f32, at_v: u32) -> (f32, u32) {
-        if v > b || v.is_nan() {
-            (v, at_v)
-        } else {
-            (b, a)
-        }
+/// [`block`] in AVX registers: written as plain code, LLVM either keeps it scalar and branchy
+/// or turns it into masked stores, which are slow on AMD cores.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn block_avx2<'a>(
+    best: &mut [f32; LANES],
+    at: &mut [u32; LANES],
+    rows: impl Iterator<Item = (&'a [f32; LANES], u32)>,
+    step: &[u32; LANES],
+) {
+    use std::arch::x86_64::*;
+    // SAFETY (loads and stores): each pointer is to an array of LANES = 8 lanes of 4 bytes.
+    let (mut b, mut a, st) = unsafe {
+        (
+            _mm256_loadu_ps(best.as_ptr()),
+            _mm256_castsi256_ps(_mm256_loadu_si256(at.as_ptr() as *const __m256i)),
+            _mm256_loadu_si256(step.as_ptr() as *const __m256i),
+        )
+    };
+    for (v, base) in rows {
+        let v = unsafe { _mm256_loadu_ps(v.as_ptr()) };
+        let wins = _mm256_or_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, b), _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+        let pos = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_set1_epi32(base as i32), st));
+        b = _mm256_blendv_ps(b, v, wins);
+        a = _mm256_blendv_ps(a, pos, wins);
     }
-    let n = best.len() / 8 * 8;
-    let blocks = best[..n].chunks_exact_mut(8).zip(at[..n].chunks_exact_mut(8));
-    for ((b, a), (v, o)) in blocks.zip(cand[..n].chunks_exact(8).zip(step[..n].chunks_exact(8))) {
-        let (mut bb, mut aa) = ([0f32; 8], [0u32; 8]);
-        for j in 0..8 {
-            (bb[j], aa[j]) = one(b[j], a[j], v[j], base.wrapping_add(o[j]));
-        }
-        b.copy_from_slice(&bb);
-        a.copy_from_slice(&aa);
+    unsafe {
+        _mm256_storeu_ps(best.as_mut_ptr(), b);
+        _mm256_storeu_si256(at.as_mut_ptr() as *mut __m256i, _mm256_castps_si256(a));
     }
-    for i in n..best.len() {
-        (best[i], at[i]) = one(best[i], at[i], cand[i], base.wrapping_add(step[i]));
+}
+
+/// Adds one plane's output gradient `gy` at the positions `at` of its windows' maxima into `gx`.
+pub(crate) fn scatter_plane(at: &[u32], gy: &[f32], gx: &mut [f32]) {
+    for (&a, &d) in at.iter().zip(gy) {
+        gx[a as usize] += d;
     }
 }
 
@@ -193,15 +273,15 @@ impl CustomOp2 for MaxPool2dBackward {
         let x = f32_slice(xs, xl, self.name())?;
         let gy = f32_slice(gs, gl, self.name())?;
         let (plane, out_plane) = (g.h * g.w, g.oh * g.ow);
+        // The argmax of every window is recomputed from the input: nothing was kept.
         let gx = par_build(x.len(), plane, |i, blank| {
             let mut gxp = blank.fill(|_| 0.0);
-            let mut r = Winners {
-                best: vec![0.0; g.ow],
-                at: vec![0; g.ow],
-                cand: vec![0.0; g.ow],
-                step: (0..g.ow).map(|ox| (ox * self.0.stride) as u32).collect(),
-            };
-            backward_plane(&self.0, &g, &x[i * plane..][..plane], &gy[i * out_plane..][..out_plane], &mut gxp, &mut r);
+            let mut r = Winners::new(&g, &self.0);
+            let (xp, gyp) = (&x[i * plane..][..plane], &gy[i * out_plane..][..out_plane]);
+            for (oy, gyr) in gyp.chunks_exact(g.ow).enumerate() {
+                argmax_row(&self.0, &g, xp, oy, &mut r);
+                scatter_plane(r.at(), gyr, &mut gxp);
+            }
             gxp
         });
         Ok((CpuStorage::F32(gx), xl.shape().clone()))

@@ -73,3 +73,49 @@ fn conv_batch_norm_weight_gradient_matches_finite_differences() {
     let f = |w: &Tensor| conv_batch_norm_train(&x, w, p, &gamma, &beta, EPS, false, Kernels::Fast).unwrap().0;
     check_fd(f, &wt, &r, &dw, 1e-2, 30, 3e-3, "conv + batch norm dw");
 }
+
+/// Conv + BatchNorm + ReLU + max-pool as one op (the ResNet stem in training mode), which keeps
+/// each window's argmax in the forward, against the two ops (conv + BatchNorm + ReLU, then the
+/// max-pool, whose backward recomputes the argmax): output, statistics and every gradient. The
+/// quick stem (3x3, pool 3/2/1), the ImageNet stem (7x7/2, pool 3/2/1), a pool whose windows
+/// do not overlap, and batch 1.
+#[test]
+fn conv_batch_norm_relu_max_pool_matches_the_separate_ops() {
+    use castream_kernels::{conv_batch_norm_relu_max_pool_train, max_pool2d};
+    let cases: &[([usize; 4], usize, [usize; 3], (usize, usize, usize))] = &[
+        ([3, 3, 9, 8], 5, [3, 1, 1], (3, 2, 1)),
+        ([2, 3, 19, 17], 4, [7, 2, 3], (3, 2, 1)),
+        ([2, 2, 8, 9], 3, [3, 1, 1], (2, 2, 0)),
+        ([1, 3, 7, 7], 4, [3, 1, 1], (3, 2, 1)),
+    ];
+    for (i, &(xd, co, [k, stride, padding], pool)) in cases.iter().enumerate() {
+        let mut g = rng(420 + i as u64);
+        let x = uniform(&mut g, &xd).affine(2.0, 0.5).unwrap();
+        let wt = uniform(&mut g, &[co, xd[1], k, k]);
+        let (gamma, beta) = (uniform(&mut g, &[co]).affine(0.5, 1.0).unwrap(), uniform(&mut g, &[co]));
+        let p = Conv2dParams { stride, padding, groups: 1 };
+        let separate = |x: &Tensor, w: &Tensor, gm: &Tensor, bt: &Tensor| {
+            let (y, mean, var) = conv_batch_norm_train(x, w, p, gm, bt, EPS, true, Kernels::Fast).unwrap();
+            (max_pool2d(&y, pool.0, pool.1, pool.2, Kernels::Fast).unwrap(), mean, var)
+        };
+        let fused = |x: &Tensor, w: &Tensor, gm: &Tensor, bt: &Tensor| {
+            let (y, s) = conv_batch_norm_relu_max_pool_train(x, w, p, gm, bt, EPS, pool, Kernels::Fast).unwrap();
+            (y, s.mean, s.var)
+        };
+        let r = uniform(&mut g, separate(&x, &wt, &gamma, &beta).0.dims());
+        for track_x in [true, false] {
+            let run = |f: &dyn Fn(&Tensor, &Tensor, &Tensor, &Tensor) -> (Tensor, Tensor, Tensor)| {
+                let vars = [&x, &wt, &gamma, &beta].map(|t| Var::from_tensor(t).unwrap());
+                let xin = if track_x { vars[0].as_tensor().clone() } else { x.clone() };
+                let (y, mean, var) = f(&xin, vars[1].as_tensor(), vars[2].as_tensor(), vars[3].as_tensor());
+                let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let get = |v: &Var| grads.get(v.as_tensor()).cloned().unwrap_or_else(|| v.zeros_like().unwrap());
+                [y, mean, var, get(&vars[0]), get(&vars[1]), get(&vars[2]), get(&vars[3])]
+            };
+            let (a, b) = (run(&fused), run(&separate));
+            for (j, what) in ["y", "mean", "var", "dx", "dw", "dgamma", "dbeta"].iter().enumerate() {
+                assert_close(&a[j], &b[j], 1e-5, &format!("{what} case {i} track x {track_x}"));
+            }
+        }
+    }
+}
