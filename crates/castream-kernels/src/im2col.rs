@@ -65,6 +65,25 @@ pub(crate) fn gather_strided(out: &mut [f32], src: &[f32], s: usize) {
     }
 }
 
+/// `dst[i * s] += src[i]`, vectorised for stride 2: each pair `(dst[2i], dst[2i + 1])` gets
+/// `(src[i], 0.0)` added, a whole interleaved group LLVM can vectorise (adding zero only turns a
+/// −0.0 in between into +0.0).
+#[inline(always)]
+fn scatter_add_strided(dst: &mut [f32], src: &[f32], s: usize) {
+    let Some(last) = src.len().checked_sub(1) else { return };
+    if s == 2 {
+        for (d, &v) in dst[..2 * last].chunks_exact_mut(2).zip(&src[..last]) {
+            d[0] += v;
+            d[1] += 0.0;
+        }
+    } else {
+        for (i, &v) in src[..last].iter().enumerate() {
+            dst[i * s] += v;
+        }
+    }
+    dst[last * s] += src[last];
+}
+
 /// `out[i] = src[i * S]`, with the stride known at compile time so that the loads vectorise
 /// (as interleaved loads and shuffles).
 #[inline(always)]
@@ -166,9 +185,7 @@ simd_dispatch! {
                                 *d += v;
                             }
                         } else {
-                            for ox in ox0..ox1 {
-                                dst[ox * s + kx - p] += src[ox];
-                            }
+                            scatter_add_strided(&mut dst[ox0 * s + kx - p..], &src[ox0..ox1], s);
                         }
                     }
                 }
