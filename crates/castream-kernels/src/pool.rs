@@ -287,3 +287,37 @@ impl CustomOp2 for MaxPool2dBackward {
         Ok((CpuStorage::F32(gx), xl.shape().clone()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX2 block update against the plain one (the fallback, and the definition) on rows
+    /// with ties, −inf and NaNs, where PyTorch's rule decides which position wins.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_block_matches_the_plain_one() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        // Ties, −inf and repeated maxima; lanes 0–2 meet a NaN (at rows 2–4), lane 3 two.
+        let values = [0.0, 1.0, -1.0, 1.0, f32::NEG_INFINITY, 2.0, 0.0];
+        let value = |t: usize, j: usize| match (t, j) {
+            (t, j) if j < 3 && t == j + 2 => f32::NAN,
+            (1 | 6, 3) => f32::NAN,
+            _ => values[(j * 3 + t * 5) % values.len()],
+        };
+        let rows: Vec<([f32; LANES], u32)> =
+            (0..9).map(|t| (std::array::from_fn(|j| value(t, j)), 100 * t as u32)).collect();
+        let step: [u32; LANES] = std::array::from_fn(|j| 2 * j as u32);
+        let (mut b1, mut a1) = ([f32::NEG_INFINITY; LANES], [7u32; LANES]);
+        let (mut b2, mut a2) = (b1, a1);
+        block(&mut b1, &mut a1, rows.iter().map(|(v, b)| (v, *b)), &step);
+        // SAFETY: AVX2 checked above.
+        unsafe { block_avx2(&mut b2, &mut a2, rows.iter().map(|(v, b)| (v, *b)), &step) };
+        assert_eq!(a1, a2);
+        assert_eq!(b1.map(f32::to_bits), b2.map(f32::to_bits));
+        // The rows do exercise the rule: some lane ends on a NaN, some on a number.
+        assert!(b1.iter().any(|v| v.is_nan()) && b1.iter().any(|v| !v.is_nan()));
+    }
+}
