@@ -14,12 +14,11 @@ use std::sync::{Arc, OnceLock};
 use crate::batchnorm::{keep, kept, Normaliser, Planes};
 use crate::conv::{self, Geom};
 use crate::cpu::{f32_slice, par_build, split_flat};
-use crate::Conv2dParams;
+use crate::{BatchStats, Conv2dParams};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// One conv + BatchNorm layer: weight shape and conv parameters (γ, β travel in the op's
 /// parameter input).
-#[derive(Clone)]
 pub(crate) struct LayerSpec {
     pub w_shape: [usize; 4],
     pub p: Conv2dParams,
@@ -50,9 +49,7 @@ struct BlockTrain {
 }
 
 /// Applies the block op to `x` with the flattened `weights` and `params` (see [`BlockTrain`]);
-/// returns the output and, per BatchNorm (chain order, then the shortcut's), its batch mean,
-/// biased variance and the number of values per channel they were taken over.
-#[allow(clippy::type_complexity)]
+/// returns the output and each BatchNorm's statistics (chain order, then the shortcut's).
 pub(crate) fn residual_block_train(
     x: &Tensor,
     weights: &Tensor,
@@ -60,7 +57,7 @@ pub(crate) fn residual_block_train(
     layers: Vec<LayerSpec>,
     projection: bool,
     eps: f64,
-) -> Result<(Tensor, Vec<(Tensor, Tensor, usize)>)> {
+) -> Result<(Tensor, Vec<BatchStats>)> {
     if layers.len() <= projection as usize {
         bail!("residual block: no layers in its chain")
     }
@@ -72,7 +69,7 @@ pub(crate) fn residual_block_train(
         .iter()
         .map(|k| {
             let (mean, var) = k.norm.stats(x.device())?;
-            Ok((mean, var, k.g.b * k.g.npix()))
+            Ok(BatchStats { mean, var, count: k.g.b * k.g.npix() })
         })
         .collect::<Result<_>>()?;
     Ok((y, stats))
@@ -125,14 +122,14 @@ fn residual_rows<'a>(saved: &'a Saved, chain: usize, x: &'a [f32], plane: usize)
     let last = &saved.layers[chain - 1];
     let (hw, ch) = (last.g.npix(), plane % last.g.co);
     let (scale, shift) = last.norm.affine(ch);
-    let ((short, s_scale, s_shift), main) = match saved.layers.get(chain) {
+    let (short, s_scale, s_shift) = match saved.layers.get(chain) {
         Some(s) => {
             let (a, b) = s.norm.affine(ch);
-            ((&s.z[..], a, b), &last.z[..])
+            (&s.z[..], a, b)
         }
-        None => ((x, 1.0, 0.0), &last.z[..]),
+        None => (x, 1.0, 0.0),
     };
-    ([&main[plane * hw..][..hw], &short[plane * hw..][..hw]], [scale, shift, s_scale, s_shift])
+    ([&last.z[plane * hw..][..hw], &short[plane * hw..][..hw]], [scale, shift, s_scale, s_shift])
 }
 
 #[inline(always)]
@@ -180,7 +177,7 @@ impl CustomOp3 for BlockTrain {
                 relu,
                 name,
             )?;
-            if i + 1 < chain {
+            if relu {
                 inputs.push(norm.apply(&z));
             }
             if i < chain {

@@ -343,10 +343,9 @@ pub fn residual_block_train(
         })
         .collect::<Result<Vec<_>>>()?;
     let (y, stats) = block::residual_block_train(x, &weights, &params, specs, shortcut.is_some(), eps)?;
-    for (l, &(_, _, count)) in layers.iter().zip(&stats) {
-        macs::add(count * l.w.elem_count());
+    for (l, s) in layers.iter().zip(&stats) {
+        macs::add(s.count * l.w.elem_count());
     }
-    let stats = stats.into_iter().map(|(mean, var, count)| BatchStats { mean, var, count }).collect();
     Ok((y, stats))
 }
 

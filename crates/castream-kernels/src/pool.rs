@@ -3,7 +3,8 @@
 //!
 //! candle's backward divides the gradient by k² and is missing when kernel != stride; here the
 //! backward recomputes each window's argmax from the input (nothing stored in the forward) and
-//! routes the whole output gradient to it, accumulating where windows overlap.
+//! routes the whole output gradient to it, accumulating where windows overlap. (The ResNet stem's
+//! training op, in `convbn.rs`, keeps the argmax from its forward instead.)
 
 use crate::cpu::{f32_slice, par_build, simd_dispatch, with_scratch};
 use crate::im2col::{gather_strided, valid_range};
@@ -149,8 +150,7 @@ simd_dispatch! {
             // "negative" by the padding where the candidate is −inf and never wins).
             r.base[t] = ((iy * g.w + kx) as u32).wrapping_sub(p as u32);
         }
-        #[cfg(target_arch = "x86_64")]
-        let avx2 = std::arch::is_x86_feature_detected!("avx2");
+        let avx2 = has_avx2();
         for ox0 in (0..g.ow).step_by(LANES) {
             let mut best = [f32::NEG_INFINITY; LANES];
             let mut at = [0u32; LANES];
@@ -161,19 +161,36 @@ simd_dispatch! {
             let step: &[u32; LANES] = r.step[ox0..ox0 + LANES].try_into().expect("whole blocks");
             let rows = r.cand.chunks_exact(width).map(|c| c[ox0..ox0 + LANES].try_into().expect("whole blocks"));
             let rows = rows.zip(r.base.iter().copied()).take(rows_used);
-            #[cfg(target_arch = "x86_64")]
-            if avx2 {
-                // SAFETY: the CPU has AVX2.
-                unsafe { block_avx2(&mut best, &mut at, rows, step) };
-                r.best[ox0..ox0 + LANES].copy_from_slice(&best);
-                r.at[ox0..ox0 + LANES].copy_from_slice(&at);
-                continue;
-            }
-            block(&mut best, &mut at, rows, step);
+            run_block(avx2, &mut best, &mut at, rows, step);
             r.best[ox0..ox0 + LANES].copy_from_slice(&best);
             r.at[ox0..ox0 + LANES].copy_from_slice(&at);
         }
     }
+}
+
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx2");
+    #[allow(unreachable_code)]
+    false
+}
+
+/// [`block_avx2`] when `avx2` (which [`has_avx2`] gave), otherwise [`block`].
+#[inline(always)]
+fn run_block<'a>(
+    avx2: bool,
+    best: &mut [f32; LANES],
+    at: &mut [u32; LANES],
+    rows: impl Iterator<Item = (&'a [f32; LANES], u32)>,
+    step: &[u32; LANES],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` says the CPU has AVX2.
+        return unsafe { block_avx2(best, at, rows, step) };
+    }
+    let _ = avx2;
+    block(best, at, rows, step)
 }
 
 /// A block of windows' running `(best, at)` through candidate rows `(values, base)`: a value
@@ -297,7 +314,7 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn avx2_block_matches_the_plain_one() {
-        if !std::arch::is_x86_feature_detected!("avx2") {
+        if !has_avx2() {
             return;
         }
         // Ties, −inf and repeated maxima; lanes 0–2 meet a NaN (at rows 2–4), lane 3 two.
