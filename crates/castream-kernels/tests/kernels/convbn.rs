@@ -82,7 +82,11 @@ fn conv_batch_norm_weight_gradient_matches_finite_differences() {
 #[test]
 fn conv_batch_norm_relu_max_pool_matches_the_separate_ops() {
     use castream_kernels::{conv_batch_norm_relu_max_pool_train, max_pool2d};
-    let cases: &[([usize; 4], usize, [usize; 3], (usize, usize, usize))] = &[
+    // (x dims, c_out, [kernel, stride, padding], pool (kernel, stride, padding))
+    type Case = ([usize; 4], usize, [usize; 3], (usize, usize, usize));
+    /// `(x, w, γ, β) -> (y, mean, var)`.
+    type Op<'a> = &'a dyn Fn(&Tensor, &Tensor, &Tensor, &Tensor) -> (Tensor, Tensor, Tensor);
+    let cases: &[Case] = &[
         ([3, 3, 9, 8], 5, [3, 1, 1], (3, 2, 1)),
         ([2, 3, 19, 17], 4, [7, 2, 3], (3, 2, 1)),
         ([2, 2, 8, 9], 3, [3, 1, 1], (2, 2, 0)),
@@ -104,7 +108,7 @@ fn conv_batch_norm_relu_max_pool_matches_the_separate_ops() {
         };
         let r = uniform(&mut g, separate(&x, &wt, &gamma, &beta).0.dims());
         for track_x in [true, false] {
-            let run = |f: &dyn Fn(&Tensor, &Tensor, &Tensor, &Tensor) -> (Tensor, Tensor, Tensor)| {
+            let run = |f: Op| {
                 let vars = [&x, &wt, &gamma, &beta].map(|t| Var::from_tensor(t).unwrap());
                 let xin = if track_x { vars[0].as_tensor().clone() } else { x.clone() };
                 let (y, mean, var) = f(&xin, vars[1].as_tensor(), vars[2].as_tensor(), vars[3].as_tensor());
