@@ -228,7 +228,7 @@ pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>, relu
             let xs = &x[i * nb * g.x_len()..][..n * g.x_len()];
             let mut ys = if n == 1 {
                 // One image: the GEMM accumulates onto the bias in the output itself.
-                let mut ys = blank.fill_rows(npix, |c, _| bias_of(c));
+                let mut ys = blank.fill_rows(npix, bias_of);
                 accumulate_image(g, xs, w, col, &mut ys, par);
                 ys
             } else {
@@ -239,9 +239,9 @@ pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>, relu
                     sgemm(cog, ld, kdim, &mut out[grp * cog * ld..][..cog * ld], ld, false, wg, rhs, par);
                 }
                 // Channel rows of the side-by-side output back to each image, plus the bias.
-                blank.fill_rows(npix, |r, p| {
+                blank.rows_from(npix, |r| {
                     let (j, c) = (r / g.co, r % g.co);
-                    out[c * ld + j * npix + p] + bias_of(c)
+                    (&out[c * ld + j * npix..][..npix], bias_of(c))
                 })
             };
             if relu {

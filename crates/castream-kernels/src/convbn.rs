@@ -172,7 +172,7 @@ impl CustomOp1 for Unpool {
         }
         let (plane, pooled) = (h * w, oh * ow);
         let gx = par_build(b * c * plane, plane, |i, blank| {
-            let mut gxp = blank.fill(|_| 0.0);
+            let mut gxp = blank.fill(0.0);
             scatter_plane(&saved.argmax[i * pooled..][..pooled], &gy[i * pooled..][..pooled], &mut gxp);
             gxp
         });

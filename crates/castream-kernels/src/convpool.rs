@@ -43,7 +43,7 @@ impl CustomOp3 for ConvReluPool {
                 }
                 conv::accumulate_image(&g, &x[i * g.x_len()..][..g.x_len()], w, col, z, par);
                 z.iter_mut().for_each(|v| *v = v.max(0.0));
-                let mut y = blank.fill(|_| f32::NEG_INFINITY);
+                let mut y = blank.fill(f32::NEG_INFINITY);
                 for (zp, yp) in z.chunks(npix).zip(y.chunks_mut(pooled)) {
                     forward_plane(&self.pool, &pg, zp, row, yp);
                 }

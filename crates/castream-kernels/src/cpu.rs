@@ -140,23 +140,49 @@ pub(crate) fn zeros(n: usize) -> Vec<f32> {
     v
 }
 
-/// A chunk of a new buffer, not written yet. The only way to get at its elements is
-/// [`Blank::fill`], which writes every one of them.
+/// A chunk of a new buffer, not written yet. The only ways to get at its elements are the
+/// methods that write every one of them ([`Blank::fill`], [`Blank::map`], ...).
 pub(crate) struct Blank<'a>(&'a mut [MaybeUninit<f32>]);
 
 /// A [`Blank`] chunk after [`Blank::fill`]: every element written.
 pub(crate) struct Filled<'a>(&'a mut [f32]);
 
 impl<'a> Blank<'a> {
-    /// Writes `f(i)` at every position `i` and hands the chunk back as initialised floats.
-    pub fn fill(self, mut f: impl FnMut(usize) -> f32) -> Filled<'a> {
+    /// Writes `value` everywhere.
+    pub fn fill(self, value: f32) -> Filled<'a> {
         let len = self.0.len();
-        self.fill_rows(len, |_, i| f(i))
+        self.fill_rows(len, |_| value)
+    }
+
+    /// Writes `value(r)` across each row `r` of `row_len` elements.
+    pub fn fill_rows(self, row_len: usize, value: impl Fn(usize) -> f32) -> Filled<'a> {
+        for (r, row) in self.0.chunks_mut(row_len.max(1)).enumerate() {
+            let v = value(r);
+            for x in row {
+                x.write(v);
+            }
+        }
+        // SAFETY: the rows cover the chunk and every element was written just above.
+        unsafe { self.filled() }
+    }
+
+    /// Writes row `r` (of `row_len` elements) as `src + add` where `(src, add) = row(r)`, `src`
+    /// at least a row long.
+    pub fn rows_from<'s>(self, row_len: usize, row: impl Fn(usize) -> (&'s [f32], f32)) -> Filled<'a> {
+        for (r, out) in self.0.chunks_mut(row_len.max(1)).enumerate() {
+            let (src, add) = row(r);
+            let src = &src[..out.len()];
+            for (o, &v) in out.iter_mut().zip(src) {
+                o.write(v + add);
+            }
+        }
+        // SAFETY: the rows cover the chunk and every element was written just above.
+        unsafe { self.filled() }
     }
 
     /// Writes `f([src_0[i], src_1[i], ..])` at every position `i`: an element-wise map over
-    /// sources at least as long as the chunk, written so that it inlines and vectorises (an
-    /// index closure through [`Blank::fill`] does not).
+    /// sources at least as long as the chunk, written so that it inlines and vectorises (no
+    /// index closure called per element).
     #[inline(always)]
     pub fn map<const N: usize>(self, src: [&[f32]; N], f: impl Fn([f32; N]) -> f32) -> Filled<'a> {
         let len = self.0.len();
@@ -164,20 +190,16 @@ impl<'a> Blank<'a> {
         for (i, v) in self.0.iter_mut().enumerate() {
             v.write(f(src.map(|s| s[i])));
         }
-        // SAFETY: every element was written just above; MaybeUninit<f32> has f32's layout.
-        Filled(unsafe { &mut *(self.0 as *mut [MaybeUninit<f32>] as *mut [f32]) })
+        // SAFETY: every element was written just above.
+        unsafe { self.filled() }
     }
 
-    /// Writes `f(row, column)` at every position, for rows of `row_len` elements, and hands the
-    /// chunk back as initialised floats.
-    pub fn fill_rows(self, row_len: usize, mut f: impl FnMut(usize, usize) -> f32) -> Filled<'a> {
-        for (r, row) in self.0.chunks_mut(row_len.max(1)).enumerate() {
-            for (c, v) in row.iter_mut().enumerate() {
-                v.write(f(r, c));
-            }
-        }
-        // SAFETY: the rows cover the chunk and every element was written just above;
-        // MaybeUninit<f32> has f32's layout.
+    /// The chunk as initialised floats.
+    ///
+    /// # Safety
+    /// Every element must have been written.
+    unsafe fn filled(self) -> Filled<'a> {
+        // SAFETY: the caller wrote every element; MaybeUninit<f32> has f32's layout.
         Filled(unsafe { &mut *(self.0 as *mut [MaybeUninit<f32>] as *mut [f32]) })
     }
 

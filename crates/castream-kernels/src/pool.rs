@@ -260,7 +260,7 @@ impl CustomOp1 for MaxPool2d {
         let x = f32_slice(s, l, self.name())?;
         let plane = g.oh * g.ow;
         let y = par_build(g.planes * plane, plane, |i, blank| {
-            let mut yp = blank.fill(|_| f32::NEG_INFINITY);
+            let mut yp = blank.fill(f32::NEG_INFINITY);
             with_scratch(g.w, |col| forward_plane(self, &g, &x[i * g.h * g.w..][..g.h * g.w], col, &mut yp));
             yp
         });
@@ -292,7 +292,7 @@ impl CustomOp2 for MaxPool2dBackward {
         let (plane, out_plane) = (g.h * g.w, g.oh * g.ow);
         // The argmax of every window is recomputed from the input: nothing was kept.
         let gx = par_build(x.len(), plane, |i, blank| {
-            let mut gxp = blank.fill(|_| 0.0);
+            let mut gxp = blank.fill(0.0);
             let mut r = Winners::new(&g, &self.0);
             let (xp, gyp) = (&x[i * plane..][..plane], &gy[i * out_plane..][..out_plane]);
             for (oy, gyr) in gyp.chunks_exact(g.ow).enumerate() {
