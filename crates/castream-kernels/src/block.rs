@@ -13,6 +13,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::batchnorm::{keep, kept, Normaliser, Planes};
 use crate::conv::{self, Geom};
+use crate::convbn;
 use crate::cpu::{f32_slice, par_build, split_flat};
 use crate::{BatchStats, Conv2dParams};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -227,13 +228,9 @@ struct BlockBackward {
 impl BlockBackward {
     /// One layer's backward for its output gradient `dy`: `[dx | dw]` and `[dγ | dβ]`.
     fn layer(&self, k: &Kept, input: &[f32], w: &[f32], dy: &[f32], need_x: bool) -> (Vec<f32>, Vec<f32>) {
-        let grad = k.norm.backward(&k.z, dy);
-        let (npix, ylen) = (k.g.npix(), k.g.y_len());
-        let out = conv::backward(&k.g, input, w, need_x, self.need_w, 0, |i, ch, dz| {
-            let at = i * ylen + ch * npix;
-            k.norm.dx_row(&grad, ch, &k.z[at..][..npix], &dy[at..][..npix], dz);
-        });
-        (out, grad.params)
+        let mut out = convbn::backward(&k.g, input, w, &k.z, &k.norm, dy, need_x, self.need_w);
+        let params = out.split_off(out.len() - 2 * k.g.co);
+        (out, params)
     }
 }
 

@@ -14,7 +14,7 @@
 use std::sync::{Arc, OnceLock};
 
 use crate::batchnorm::{keep, kept, Normaliser, Planes};
-use crate::conv::{self, ConvArgs};
+use crate::conv::{self, ConvArgs, Geom};
 use crate::cpu::{f32_slice, par_build, split_flat, with_scratch};
 use crate::pool::{argmax_row, scatter_plane, MaxPool2d, PoolGeom, Winners};
 use crate::Conv2dParams;
@@ -134,16 +134,36 @@ impl CustomOp3 for ConvBnBackward {
         let Saved { z, norm, .. } = kept(&self.saved, self.name())?;
         let ConvArgs { g, x, w } = ConvArgs::new(self.name(), self.p, (xs, xl), (ws, wl))?;
         let dy = g.output_grad(self.name(), (ds, dl))?;
-        let grad = norm.backward(z, dy);
-        let (npix, ylen) = (g.npix(), g.y_len());
-        let mut out = conv::backward(&g, x, w, self.need_x, self.need_w, grad.params.len(), |i, ch, dz| {
-            let at = i * ylen + ch * npix;
-            norm.dx_row(&grad, ch, &z[at..][..npix], &dy[at..][..npix], dz);
-        });
+        let out = backward(&g, x, w, z, norm, dy, self.need_x, self.need_w);
         let n = out.len();
-        out[n - grad.params.len()..].copy_from_slice(&grad.params);
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }
+}
+
+/// The gradients of conv + BatchNorm (+ ReLU) for the output gradient `dy`, from the conv output
+/// `z` and the normalisation the forward kept: `[dx | dw | dγ | dβ]` flattened (`dx`, `dw` left
+/// zero when not needed). Each image's BatchNorm input gradient is computed just before that
+/// image's GEMMs, while it is in cache.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward(
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    z: &[f32],
+    norm: &Normaliser,
+    dy: &[f32],
+    need_x: bool,
+    need_w: bool,
+) -> Vec<f32> {
+    let grad = norm.backward(z, dy);
+    let (npix, ylen) = (g.npix(), g.y_len());
+    let mut out = conv::backward(g, x, w, need_x, need_w, grad.params.len(), |i, ch, dz| {
+        let at = i * ylen + ch * npix;
+        norm.dx_row(&grad, ch, &z[at..][..npix], &dy[at..][..npix], dz);
+    });
+    let n = out.len();
+    out[n - grad.params.len()..].copy_from_slice(&grad.params);
+    out
 }
 
 /// The pooled output's gradient routed to each window's maximum (kept by the forward): the
