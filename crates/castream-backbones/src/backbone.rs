@@ -2,6 +2,8 @@
 //! methods run the network from a stage onward (candle keeps gradients only for `Var`s, so the
 //! activation is wrapped in a `Var` between the two halves).
 
+use std::ops::RangeInclusive;
+
 use candle_core::{Result, Tensor};
 
 /// A CNN split at the paper's taps: `F_0` is the stem output (after the max-pool for ResNet),
@@ -39,14 +41,20 @@ pub trait Backbone: Send + Sync {
         Ok(out)
     }
 
+    /// Runs `stages` one after the other on the input of the first (none: returns `f`). A
+    /// backbone may run them as one op.
+    fn run_stages(&self, stages: RangeInclusive<usize>, f: &Tensor, train: bool) -> Result<Tensor> {
+        stages.into_iter().try_fold(f.clone(), |f, i| self.stage(i, &f, train))
+    }
+
     /// `F_l` only, without computing the later stages.
     fn stages_to(&self, l: usize, x: &Tensor, train: bool) -> Result<Tensor> {
-        (1..=l).try_fold(self.stem(x, train)?, |f, i| self.stage(i, &f, train))
+        self.run_stages(1..=l, &self.stem(x, train)?, train)
     }
 
     /// Runs the stages after `l` on `F_l`, returning `F_4` (`l == 4` returns `f`).
     fn forward_from(&self, l: usize, f: &Tensor, train: bool) -> Result<Tensor> {
-        (l + 1..=4).try_fold(f.clone(), |f, i| self.stage(i, &f, train))
+        self.run_stages(l + 1..=4, f, train)
     }
 
     /// The original head: global average pooling of `F_4`, then [`Backbone::classify`].

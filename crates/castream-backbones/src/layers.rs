@@ -143,7 +143,7 @@ impl BatchNorm2d {
     }
 
     /// `conv` (without bias) and this BatchNorm as one layer of a fused residual block
-    /// ([`castream_kernels::residual_block_train`]).
+    /// ([`castream_kernels::residual_blocks_train`]).
     pub fn layer_after<'a>(&'a self, conv: &'a Conv2d) -> Result<ConvBnLayer<'a>> {
         if conv.bias.is_some() {
             candle_core::bail!("a convolution fused with its BatchNorm has no bias of its own");

@@ -2,6 +2,8 @@
 //! convolution), with torchvision's parameter names, so its checkpoints and timm's `*.tv_in1k`
 //! load unchanged.
 
+use std::ops::RangeInclusive;
+
 use candle_core::{Result, Tensor};
 use castream_kernels::{Conv2dParams, Kernels};
 
@@ -74,17 +76,16 @@ impl Block {
         Ok(Block { chain, downsample })
     }
 
-    /// Training runs the whole block as one op; evaluation each conv with its BatchNorm folded in.
-    fn forward(&self, x: &Tensor, train: bool, kernels: Kernels) -> Result<Tensor> {
-        if train {
-            let chain = self.chain.iter().map(ConvBn::layer).collect::<Result<Vec<_>>>()?;
-            let shortcut = self.downsample.as_ref().map(ConvBn::layer).transpose()?;
-            let (y, stats) = castream_kernels::residual_block_train(x, &chain, shortcut.as_ref(), BN_EPS, kernels)?;
-            for (l, s) in self.chain.iter().chain(&self.downsample).zip(stats) {
-                l.bn.update_running(s)?;
-            }
-            return Ok(y);
-        }
+    /// As one block of a training op ([`ResNet::train_blocks`]).
+    fn layers(&self) -> Result<castream_kernels::ResidualBlock<'_>> {
+        Ok(castream_kernels::ResidualBlock {
+            chain: self.chain.iter().map(ConvBn::layer).collect::<Result<_>>()?,
+            shortcut: self.downsample.as_ref().map(ConvBn::layer).transpose()?,
+        })
+    }
+
+    /// Evaluation: each conv with its BatchNorm folded in.
+    fn evaluate(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
         let mut y = x.clone();
         for (i, layer) in self.chain.iter().enumerate() {
             y = layer.evaluate(&y, i + 1 < self.chain.len())?;
@@ -159,9 +160,28 @@ impl Backbone for ResNet {
     }
 
     fn stage(&self, l: usize, f: &Tensor, train: bool) -> Result<Tensor> {
-        let blocks = l.checked_sub(1).and_then(|i| self.layers.get(i));
-        let Some(blocks) = blocks else { candle_core::bail!("ResNet stage {l} does not exist (stages are 1..=4)") };
-        blocks.iter().try_fold(f.clone(), |x, b| b.forward(&x, train, self.kernels))
+        self.run_stages(l..=l, f, train)
+    }
+
+    /// Training runs all the stages' blocks as one op (one gradient edge between the stem and
+    /// the head instead of one per block); evaluation block after block.
+    fn run_stages(&self, stages: RangeInclusive<usize>, f: &Tensor, train: bool) -> Result<Tensor> {
+        if let Some(l) = stages.clone().find(|l| !(1..=4).contains(l)) {
+            candle_core::bail!("ResNet stage {l} does not exist (stages are 1..=4)")
+        }
+        let blocks = stages.flat_map(|l| &self.layers[l - 1]);
+        if !train {
+            return blocks.into_iter().try_fold(f.clone(), |x, b| b.evaluate(&x, self.kernels));
+        }
+        let blocks: Vec<&Block> = blocks.collect();
+        let ops = blocks.iter().map(|b| b.layers()).collect::<Result<Vec<_>>>()?;
+        let (y, stats) = castream_kernels::residual_blocks_train(f, &ops, BN_EPS, self.kernels)?;
+        for (b, stats) in blocks.iter().zip(stats) {
+            for (l, s) in b.chain.iter().chain(&b.downsample).zip(stats) {
+                l.bn.update_running(s)?;
+            }
+        }
+        Ok(y)
     }
 
     fn classify(&self, pooled: &Tensor) -> Result<Tensor> {

@@ -227,6 +227,9 @@ fn gradients_reach_every_trainable_parameter() {
     }
 }
 
+/// Our kernels and candle's give the same network: logits in both modes, and the BatchNorm
+/// running statistics a training-mode forward updates (ResNets train their stages as one op, whose
+/// statistics must reach the right layers).
 #[test]
 fn fast_and_candle_kernels_compute_the_same_network() {
     let x = Tensor::cat(&[input(64), input(64).affine(-1.0, 0.2).unwrap()], 0).unwrap();
@@ -238,20 +241,49 @@ fn fast_and_candle_kernels_compute_the_same_network() {
             &Device::Cpu,
         )
         .unwrap();
+        let what = config.describe();
         for train in [false, true] {
             let (a, b) =
                 (values(&fast.net.forward(&x, train).unwrap()), values(&candle.net.forward(&x, train).unwrap()));
-            let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
             // Training mode divides by batch standard deviations, amplifying rounding differences
             // (our BatchNorm accumulates its statistics in f64, candle's in f32).
-            let tol = if train { 1e-3 } else { 1e-4 };
-            assert!(
-                a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= tol * scale.max(1.0)),
-                "{} (train {train}): {a:?} vs {b:?}",
-                config.describe()
-            );
+            assert_near(&a, &b, if train { 1e-3 } else { 1e-4 }, &format!("{what}: logits (train {train})"));
+        }
+        for ((name, a), (_, b)) in fast.named_vars().iter().zip(candle.named_vars()) {
+            assert_near(&values(a.as_tensor()), &values(b.as_tensor()), 1e-4, &format!("{what}: {name}"));
         }
     }
+}
+
+/// A training step through the whole network (ResNets: all stages' blocks as one op) and stage
+/// by stage (one op per stage) give the same gradients. (candle's own max-pool has no backward
+/// for the ResNet stem's 3x3/2 window, so the fast kernels are their own reference here; each
+/// op's gradients are checked against candle in the kernels' tests.)
+#[test]
+fn whole_network_and_stage_by_stage_training_agree() {
+    let x = Tensor::cat(&[input(64), input(64).affine(-1.0, 0.2).unwrap()], 0).unwrap();
+    for config in tiny_variants() {
+        let model = Model::new(config.clone(), 4, &Device::Cpu).unwrap();
+        let net = &model.net;
+        let whole = net.forward(&x, true).unwrap();
+        let staged = (1..=4).try_fold(net.stem(&x, true).unwrap(), |f, l| net.stage(l, &f, true)).unwrap();
+        let staged = net.head(&staged).unwrap();
+        let what = config.describe();
+        assert_near(&values(&whole), &values(&staged), 1e-5, &format!("{what}: logits"));
+        let grads = |logits: &Tensor| logits.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let (ga, gb) = (grads(&whole), grads(&staged));
+        for (name, var) in model.trainable_vars() {
+            let (a, b) = (ga.get(var.as_tensor()).unwrap(), gb.get(var.as_tensor()).unwrap());
+            assert_near(&values(a), &values(b), 1e-5, &format!("{what}: gradient of {name}"));
+        }
+    }
+}
+
+/// `a` within `tol` of `b`, relative to `b`'s largest magnitude (at least 1).
+fn assert_near(a: &[f32], b: &[f32], tol: f32, what: &str) {
+    let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+    let err = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(a.len() == b.len() && err <= tol * scale, "{what}: error {err} (scale {scale})");
 }
 
 /// Multiply-accumulates of the published networks at 224 px, as fvcore and the papers count them

@@ -1,13 +1,13 @@
-//! A residual block in training mode as one op: its chain of conv + BatchNorm layers (a ReLU
-//! after each but the last), the shortcut (the identity or one more conv + BatchNorm), the sum
-//! and the final ReLU.
+//! Residual blocks in training mode as one op: per block, its chain of conv + BatchNorm layers (a
+//! ReLU after each but the last), the shortcut (the identity or one more conv + BatchNorm), the
+//! sum and the final ReLU; then the next block on its output.
 //!
-//! As separate ops, every activation inside the block is a candle tensor, and candle's backward
+//! As separate ops, every activation inside a block is a candle tensor, and candle's backward
 //! accumulates each one's gradient into a fresh zero tensor (`zeros_like` + `add`, two extra
 //! passes per edge); the residual sum's gradient is written out twice, once per branch. Here the
-//! block's input is its only gradient edge: the inner gradients go from one layer's backward to
-//! the next inside the op, and the sum's gradient (masked by the final ReLU) is computed once and
-//! read by both branches.
+//! op's input is its only gradient edge: the inner gradients go from one layer's backward to the
+//! next, and from one block's to the one before, inside the op; each block's sum gradient
+//! (masked by the final ReLU) is computed once and read by both branches.
 
 use std::sync::{Arc, OnceLock};
 
@@ -25,6 +25,18 @@ pub(crate) struct LayerSpec {
     pub p: Conv2dParams,
 }
 
+/// One block: its chain layers, then the shortcut's when `projection`.
+pub(crate) struct BlockSpec {
+    pub layers: Vec<LayerSpec>,
+    pub projection: bool,
+}
+
+impl BlockSpec {
+    fn chain_len(&self) -> usize {
+        self.layers.len() - self.projection as usize
+    }
+}
+
 /// What one layer's forward keeps.
 struct Kept {
     g: Geom,
@@ -32,45 +44,52 @@ struct Kept {
     norm: Normaliser,
 }
 
+/// What one block's forward keeps.
 struct Saved {
     /// The chain layers, then the shortcut's when it has one.
     layers: Vec<Kept>,
     /// The inputs of chain layers 1.. (layer 0's is the block's input).
     inputs: Vec<Vec<f32>>,
+    /// The block's input (the previous block's output); empty for the first block, whose input
+    /// is the op's.
+    input: Vec<f32>,
 }
 
-/// `(x, [w_0 | w_1 | ..], [γ_0 | β_0 | γ_1 | β_1 | ..]) -> relu(chain(x) + shortcut(x))`, the
-/// weights and parameters of the chain layers and then the shortcut's, flattened.
-struct BlockTrain {
-    /// The chain layers, then the shortcut's when `projection`.
-    layers: Vec<LayerSpec>,
-    projection: bool,
+/// `(x, [w_0 | w_1 | ..], [γ_0 | β_0 | γ_1 | β_1 | ..]) -> blocks(x)`, the weights and
+/// parameters of every block's layers in order (each block's chain, then its shortcut), flattened.
+struct BlocksTrain {
+    blocks: Vec<BlockSpec>,
     eps: f64,
-    saved: Arc<OnceLock<Saved>>,
+    saved: Arc<OnceLock<Vec<Saved>>>,
 }
 
-/// Applies the block op to `x` with the flattened `weights` and `params` (see [`BlockTrain`]);
-/// returns the output and each BatchNorm's statistics (chain order, then the shortcut's).
-pub(crate) fn residual_block_train(
+/// Applies the blocks op to `x` with the flattened `weights` and `params` (see [`BlocksTrain`]);
+/// returns the output and, per block, each BatchNorm's statistics (chain order, then the
+/// shortcut's).
+pub(crate) fn residual_blocks_train(
     x: &Tensor,
     weights: &Tensor,
     params: &Tensor,
-    layers: Vec<LayerSpec>,
-    projection: bool,
+    blocks: Vec<BlockSpec>,
     eps: f64,
-) -> Result<(Tensor, Vec<BatchStats>)> {
-    if layers.len() <= projection as usize {
-        bail!("residual block: no layers in its chain")
+) -> Result<(Tensor, Vec<Vec<BatchStats>>)> {
+    if blocks.iter().any(|b| b.layers.len() <= b.projection as usize) {
+        bail!("residual blocks: a block without layers in its chain")
     }
     let saved = Arc::new(OnceLock::new());
-    let op = BlockTrain { layers, projection, eps, saved: saved.clone() };
+    let op = BlocksTrain { blocks, eps, saved: saved.clone() };
     let y = x.contiguous()?.apply_op3(weights, params, op)?;
-    let stats = kept(&saved, "residual_block_train")?
-        .layers
+    let stats = kept(&saved, "residual_blocks_train")?
         .iter()
-        .map(|k| {
-            let (mean, var) = k.norm.stats(x.device())?;
-            Ok(BatchStats { mean, var, count: k.g.b * k.g.npix() })
+        .map(|block| {
+            block
+                .layers
+                .iter()
+                .map(|k| {
+                    let (mean, var) = k.norm.stats(x.device())?;
+                    Ok(BatchStats { mean, var, count: k.g.b * k.g.npix() })
+                })
+                .collect::<Result<Vec<_>>>()
         })
         .collect::<Result<_>>()?;
     Ok((y, stats))
@@ -83,14 +102,14 @@ struct Parts<'a> {
     beta: Vec<&'a [f32]>,
 }
 
-impl BlockTrain {
-    fn chain_len(&self) -> usize {
-        self.layers.len() - self.projection as usize
+impl BlocksTrain {
+    fn layers(&self) -> impl Iterator<Item = &LayerSpec> {
+        self.blocks.iter().flat_map(|b| &b.layers)
     }
 
     fn parts<'a>(&self, op: &str, w: &'a [f32], params: &'a [f32]) -> Result<Parts<'a>> {
         let (mut parts, mut at_w, mut at_p) = (Parts { w: vec![], gamma: vec![], beta: vec![] }, 0, 0);
-        for l in &self.layers {
+        for l in self.layers() {
             let (nw, co) = (l.w_shape.iter().product::<usize>(), l.w_shape[0]);
             if at_w + nw > w.len() || at_p + 2 * co > params.len() {
                 bail!(
@@ -112,13 +131,14 @@ impl BlockTrain {
     }
 
     fn shapes(&self) -> Vec<[usize; 4]> {
-        self.layers.iter().map(|l| l.w_shape).collect()
+        self.layers().map(|l| l.w_shape).collect()
     }
 }
 
-/// Plane `plane` of the block's output before its ReLU is `residual` of the returned rows: the
-/// last chain layer's conv output and the shortcut's (or `x` itself), with their BatchNorm maps.
-/// The forward and the backward's ReLU mask both come from here, so they agree exactly.
+/// Plane `plane` of a block's output before its ReLU is `residual` of the returned rows: the
+/// last chain layer's conv output and the shortcut's (or the block's input `x` itself), with
+/// their BatchNorm maps. The forward and the backward's ReLU mask both come from here, so they
+/// agree exactly.
 fn residual_rows<'a>(saved: &'a Saved, chain: usize, x: &'a [f32], plane: usize) -> ([&'a [f32]; 2], [f32; 4]) {
     let last = &saved.layers[chain - 1];
     let (hw, ch) = (last.g.npix(), plane % last.g.co);
@@ -138,9 +158,57 @@ fn residual(main: f32, short: f32, [a, b, c, d]: [f32; 4]) -> f32 {
     (main * a + b) + (short * c + d)
 }
 
-impl CustomOp3 for BlockTrain {
+/// One block's forward on `x` of shape `dims`, its layers `parts` from number `first` on: what it
+/// keeps (without its input), its output and the output's shape.
+fn forward_block(
+    spec: &BlockSpec,
+    parts: &Parts,
+    first: usize,
+    x: &[f32],
+    dims: &[usize],
+    eps: f64,
+    name: &str,
+) -> Result<(Saved, Vec<f32>, Vec<usize>)> {
+    let chain = spec.chain_len();
+    let (mut layers, mut inputs) = (Vec::with_capacity(spec.layers.len()), Vec::<Vec<f32>>::with_capacity(chain - 1));
+    let mut out_dims = dims.to_vec();
+    for (i, l) in spec.layers.iter().enumerate() {
+        let input = match inputs.last() {
+            Some(a) if i < chain => a.as_slice(),
+            _ => x,
+        };
+        let relu = i + 1 < chain;
+        let in_dims = if i < chain { &out_dims[..] } else { dims };
+        let g = Geom::new(in_dims, &l.w_shape, l.p)?;
+        let z = conv::forward(&g, input, parts.w[first + i], None, false);
+        let out = g.out_shape();
+        let (gamma, beta) = (parts.gamma[first + i], parts.beta[first + i]);
+        let norm = Normaliser::new(&z, Planes::of(out.dims(), name)?, gamma, beta, eps, relu, name)?;
+        if relu {
+            inputs.push(norm.apply(&z));
+        }
+        if i < chain {
+            out_dims = out.dims().to_vec();
+        } else if out.dims() != out_dims {
+            bail!("{name}: the shortcut's output {:?} does not match the chain's {out_dims:?}", out.dims())
+        }
+        layers.push(Kept { g, z, norm });
+    }
+    if !spec.projection && out_dims != dims {
+        bail!("{name}: an identity shortcut needs the chain's output {out_dims:?} to match its input {dims:?}")
+    }
+    let saved = Saved { layers, inputs, input: Vec::new() };
+    let hw = out_dims[2] * out_dims[3];
+    let y = par_build(out_dims.iter().product(), hw, |plane, blank| {
+        let ([main, short], m) = residual_rows(&saved, chain, x, plane);
+        blank.map([main, short], |[a, b]| residual(a, b, m).max(0.0))
+    });
+    Ok((saved, y, out_dims))
+}
+
+impl CustomOp3 for BlocksTrain {
     fn name(&self) -> &'static str {
-        "castream-residual-block-train"
+        "castream-residual-blocks-train"
     }
 
     fn cpu_fwd(
@@ -155,48 +223,20 @@ impl CustomOp3 for BlockTrain {
         let name = self.name();
         let x = f32_slice(xs, xl, name)?;
         let parts = self.parts(name, f32_slice(ws, wl, name)?, f32_slice(ps, pl, name)?)?;
-        let chain = self.chain_len();
-        let (mut layers, mut inputs) =
-            (Vec::with_capacity(self.layers.len()), Vec::<Vec<f32>>::with_capacity(chain - 1));
-        let mut dims = xl.dims().to_vec();
-        for (i, l) in self.layers.iter().enumerate() {
-            let input = match inputs.last() {
-                Some(a) if i < chain => a.as_slice(),
-                _ => x,
-            };
-            let relu = i + 1 < chain;
-            let in_dims = if i < chain { &dims[..] } else { xl.dims() };
-            let g = Geom::new(in_dims, &l.w_shape, l.p)?;
-            let z = conv::forward(&g, input, parts.w[i], None, false);
-            let out = g.out_shape();
-            let norm = Normaliser::new(
-                &z,
-                Planes::of(out.dims(), name)?,
-                parts.gamma[i],
-                parts.beta[i],
-                self.eps,
-                relu,
-                name,
-            )?;
-            if relu {
-                inputs.push(norm.apply(&z));
+        let mut saved = Vec::with_capacity(self.blocks.len());
+        // The previous block's output and its shape.
+        let mut prev: Option<(Vec<f32>, Vec<usize>)> = None;
+        let mut first = 0;
+        for spec in &self.blocks {
+            let (input, dims) = prev.as_ref().map_or((x, xl.dims()), |(y, d)| (&y[..], &d[..]));
+            let (mut block, y, dims) = forward_block(spec, &parts, first, input, dims, self.eps, name)?;
+            if let Some((input, _)) = prev.replace((y, dims)) {
+                block.input = input;
             }
-            if i < chain {
-                dims = out.dims().to_vec();
-            } else if out.dims() != dims {
-                bail!("{name}: the shortcut's output {:?} does not match the chain's {dims:?}", out.dims())
-            }
-            layers.push(Kept { g, z, norm });
+            saved.push(block);
+            first += spec.layers.len();
         }
-        if !self.projection && dims != xl.dims() {
-            bail!("{name}: an identity shortcut needs the chain's output {dims:?} to match its input {:?}", xl.dims())
-        }
-        let saved = Saved { layers, inputs };
-        let hw = dims[2] * dims[3];
-        let y = par_build(dims.iter().product(), hw, |plane, blank| {
-            let ([main, short], m) = residual_rows(&saved, chain, x, plane);
-            blank.map([main, short], |[a, b]| residual(a, b, m).max(0.0))
-        });
+        let Some((y, dims)) = prev else { bail!("{name}: no blocks") };
         keep(&self.saved, saved, name)?;
         Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
@@ -210,7 +250,8 @@ impl CustomOp3 for BlockTrain {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (need_x, need_w) = (x.track_op(), weights.track_op());
-        let op = BlockBackward { chain: self.chain_len(), need_x, need_w, saved: self.saved.clone() };
+        let chains = self.blocks.iter().map(BlockSpec::chain_len).collect();
+        let op = BlocksBackward { chains, need_x, need_w, saved: self.saved.clone() };
         let all = x.apply_op3_no_bwd(weights, &grad.contiguous()?, &op)?;
         let [gx, gw, gp] = split_flat(&all, [x.shape(), weights.shape(), params.shape()])?;
         Ok((need_x.then_some(gx), need_w.then_some(gw), params.track_op().then_some(gp)))
@@ -218,25 +259,70 @@ impl CustomOp3 for BlockTrain {
 }
 
 /// `(x, weights, dy) -> [dx | dweights | dparams]` flattened.
-struct BlockBackward {
-    chain: usize,
+struct BlocksBackward {
+    /// Each block's chain length.
+    chains: Vec<usize>,
     need_x: bool,
     need_w: bool,
-    saved: Arc<OnceLock<Saved>>,
+    saved: Arc<OnceLock<Vec<Saved>>>,
 }
 
-impl BlockBackward {
-    /// One layer's backward for its output gradient `dy`: `[dx | dw]` and `[dγ | dβ]`.
-    fn layer(&self, k: &Kept, input: &[f32], w: &[f32], dy: &[f32], need_x: bool) -> (Vec<f32>, Vec<f32>) {
-        let mut out = convbn::backward(&k.g, input, w, &k.z, &k.norm, dy, need_x, self.need_w);
-        let params = out.split_off(out.len() - 2 * k.g.co);
-        (out, params)
+/// One block's gradients: its input's, and per layer `dw` and `[dγ | dβ]`.
+struct BlockGrads {
+    dx: Vec<f32>,
+    dw: Vec<Vec<f32>>,
+    dp: Vec<Vec<f32>>,
+}
+
+impl BlocksBackward {
+    /// The gradients of one block (chain length `chain`, input `x`, weights `w` flattened) for
+    /// its output gradient `gy`.
+    fn block(&self, chain: usize, saved: &Saved, x: &[f32], w: &[f32], gy: &[f32], need_x: bool) -> BlockGrads {
+        // The sum's gradient through the final ReLU, shared by both branches.
+        let hw = saved.layers[chain - 1].g.npix();
+        let gs = par_build(gy.len(), hw, |plane, blank| {
+            let ([main, short], m) = residual_rows(saved, chain, x, plane);
+            blank.map([main, short, &gy[plane * hw..]], |[a, b, g]| if residual(a, b, m) > 0.0 { g } else { 0.0 })
+        });
+        let mut weights = Vec::with_capacity(saved.layers.len());
+        let mut at = 0;
+        for k in &saved.layers {
+            weights.push(&w[at..][..k.g.co * k.g.kdim()]);
+            at += k.g.co * k.g.kdim();
+        }
+        let layer = |i: usize, input: &[f32], dy: &[f32], need_x: bool| {
+            let k = &saved.layers[i];
+            let mut out = convbn::backward(&k.g, input, weights[i], &k.z, &k.norm, dy, need_x, self.need_w);
+            let dp = out.split_off(out.len() - 2 * k.g.co);
+            let dw = out.split_off(k.g.b * k.g.x_len());
+            (out, dw, dp)
+        };
+        let n = saved.layers.len();
+        let mut grads = BlockGrads { dx: Vec::new(), dw: vec![Vec::new(); n], dp: vec![Vec::new(); n] };
+        // The chain, last layer first; each layer's input gradient is the previous one's `dy`.
+        for i in (0..chain).rev() {
+            let input = if i == 0 { x } else { &saved.inputs[i - 1] };
+            let dy: &[f32] = if i + 1 == chain { &gs } else { &grads.dx };
+            (grads.dx, grads.dw[i], grads.dp[i]) = layer(i, input, dy, i > 0 || need_x);
+        }
+        match chain < n {
+            true => {
+                let (dx, dw, dp) = layer(chain, x, &gs, need_x);
+                if need_x {
+                    add_into(&mut grads.dx, &dx);
+                }
+                (grads.dw[chain], grads.dp[chain]) = (dw, dp);
+            }
+            false if need_x => add_into(&mut grads.dx, &gs),
+            false => {}
+        }
+        grads
     }
 }
 
-impl CustomOp3 for BlockBackward {
+impl CustomOp3 for BlocksBackward {
     fn name(&self) -> &'static str {
-        "castream-residual-block-train-backward"
+        "castream-residual-blocks-train-backward"
     }
 
     fn cpu_fwd(
@@ -251,57 +337,35 @@ impl CustomOp3 for BlockBackward {
         let name = self.name();
         let saved = kept(&self.saved, name)?;
         let (x, w, gy) = (f32_slice(xs, xl, name)?, f32_slice(ws, wl, name)?, f32_slice(ds, dl, name)?);
-        let last = &saved.layers[self.chain - 1].g;
-        if dl.dims() != last.out_shape().dims() {
-            bail!("{name}: gradient {:?} does not match the block's output {:?}", dl.dims(), last.out_shape())
+        let (Some(last), Some(&chain)) = (saved.last(), self.chains.last()) else { bail!("{name}: no blocks") };
+        let out = last.layers[chain - 1].g.out_shape();
+        if dl.dims() != out.dims() {
+            bail!("{name}: gradient {:?} does not match the blocks' output {out:?}", dl.dims())
         }
-        // The sum's gradient through the final ReLU, shared by both branches.
-        let hw = last.npix();
-        let gs = par_build(gy.len(), hw, |plane, blank| {
-            let ([main, short], m) = residual_rows(saved, self.chain, x, plane);
-            blank.map([main, short, &gy[plane * hw..]], |[a, b, g]| if residual(a, b, m) > 0.0 { g } else { 0.0 })
-        });
-        let mut offsets = Vec::with_capacity(saved.layers.len());
-        let mut at = 0;
-        for k in &saved.layers {
-            offsets.push(at);
-            at += k.g.co * k.g.kdim();
+        // Each block's weights: the flat input cut at the blocks' ends.
+        let ends: Vec<usize> = saved
+            .iter()
+            .scan(0, |at, b| {
+                *at += b.layers.iter().map(|k| k.g.co * k.g.kdim()).sum::<usize>();
+                Some(*at)
+            })
+            .collect();
+        let (mut dw, mut dp) = (Vec::new(), Vec::new());
+        // The last block first; each block's input gradient is the output gradient of the one
+        // before.
+        let mut g: Vec<f32> = Vec::new();
+        for (b, (saved, &chain)) in saved.iter().zip(&self.chains).enumerate().rev() {
+            let (input, need_x) = if b == 0 { (x, self.need_x) } else { (&saved.input[..], true) };
+            let start = if b == 0 { 0 } else { ends[b - 1] };
+            let gy = if b + 1 == self.chains.len() { gy } else { &g[..] };
+            let grads = self.block(chain, saved, input, &w[start..ends[b]], gy, need_x);
+            g = grads.dx;
+            dw.push(grads.dw);
+            dp.push(grads.dp);
         }
-        let weights = |i: usize| {
-            let k = &saved.layers[i].g;
-            &w[offsets[i]..][..k.co * k.kdim()]
-        };
-        let nx = x.len();
-        let (mut dw, mut dp) = (vec![Vec::new(); saved.layers.len()], vec![Vec::new(); saved.layers.len()]);
-        // The chain, last layer first; each layer's input gradient is the previous one's `dy`.
-        let mut dy = None;
-        for i in (0..self.chain).rev() {
-            let input = if i == 0 { x } else { &saved.inputs[i - 1] };
-            let out_dy: &[f32] = dy.as_deref().unwrap_or(&gs);
-            let need_x = i > 0 || self.need_x;
-            let (mut out, params) = self.layer(&saved.layers[i], input, weights(i), out_dy, need_x);
-            let in_len = saved.layers[i].g.b * saved.layers[i].g.x_len();
-            dw[i] = out.split_off(in_len);
-            dp[i] = params;
-            dy = Some(out);
-        }
-        let mut dx = dy.unwrap_or_default();
-        match saved.layers.get(self.chain) {
-            Some(k) => {
-                let (out, params) = self.layer(k, x, weights(self.chain), &gs, self.need_x);
-                if self.need_x {
-                    add_into(&mut dx, &out[..nx]);
-                }
-                dw[self.chain] = out[nx..].to_vec();
-                dp[self.chain] = params;
-            }
-            None if self.need_x => add_into(&mut dx, &gs),
-            None => {}
-        }
-        let dp: Vec<f32> = dp.into_iter().flatten().collect();
-        let mut all = dx;
-        all.extend(dw.into_iter().flatten());
-        all.extend(dp);
+        let mut all = g;
+        all.extend(dw.into_iter().rev().flatten().flatten());
+        all.extend(dp.into_iter().rev().flatten().flatten());
         let n = all.len();
         Ok((CpuStorage::F32(all), Shape::from(n)))
     }

@@ -317,11 +317,11 @@ impl CustomOp3 for ConvBackward {
 
 /// The gradients of a convolution as one flat `[grad_x | grad_w | tail]`, `tail` zeros left for
 /// the caller. `grad(i, c, dst)` writes channel `c` of image `i`'s output gradient into `dst`, so
-/// that a fused op can compute it while it is in cache. Per group of images (side by side as in
-/// the forward) and conv group: `grad_w += grad_y · patchesᵀ` and
-/// `grad_x += col2im(wᵀ · grad_y)`, or for one image of a stride-1 conv `grad_x +=` the
-/// [`Transposed`] convolution of `grad_y`. Threads take disjoint images and keep private weight
-/// gradients, summed at the end. A half that is not needed is skipped (left zero).
+/// that a fused op can compute it while it is in cache. Threads take disjoint groups of images
+/// (side by side in one GEMM where maps are small, as in the forward) and keep private weight
+/// gradients, summed at the end. A stride-1 conv whose input gradient is needed goes through
+/// [`Transposed`]; any other through [`backward_gemm`]. A half that is not needed is skipped
+/// (left zero).
 pub(crate) fn backward(
     g: &Geom,
     x: &[f32],
@@ -332,66 +332,31 @@ pub(crate) fn backward(
     grad: impl Fn(usize, usize, &mut [f32]) + Sync,
 ) -> Vec<f32> {
     let nx = g.b * g.x_len();
-    // col2im and the transposed conv accumulate into grad_x; an unneeded one stays untouched zero
-    // pages.
+    // The GEMM path's col2im accumulates into grad_x; an unneeded one stays untouched zero pages.
     let mut out = if need_x { zeros(nx + w.len() + tail) } else { vec![0f32; nx + w.len() + tail] };
     let (gx, rest) = out.split_at_mut(nx);
     let (chunk, par) = split(g.b);
     let nb = images_per_gemm(g, chunk);
-    let (cig_len, kdim, npix, cog) = (g.cig() * g.h * g.w, g.kdim(), g.npix(), g.cog());
     let flipped = if need_x { Transposed::of(g, w) } else { None };
-    let flipped_col = flipped.as_ref().map_or(0, |t| col_len(&t.g, 1));
-    let gw_t = gx
+    let scratch = flipped.as_ref().map_or_else(|| gemm_scratch_len(g, nb), |t| t.scratch_len(g, nb));
+    let acc = gx
         .par_chunks_mut(chunk * g.x_len())
         .zip(x.par_chunks(chunk * g.x_len()))
         .enumerate()
         .map(|(t, (gxs, xs))| {
-            // Per group, `kdim x cog`: the weight gradient transposed.
-            let mut gw_t = if need_w { vec![0f32; w.len()] } else { Vec::new() };
-            with_scratch(col_len(g, nb) + flipped_col + g.co * nb * npix, |scratch| {
-                let (col, rest) = scratch.split_at_mut(col_len(g, nb));
-                let (tcol, gy) = rest.split_at_mut(flipped_col);
+            let mut acc = if need_w { vec![0f32; w.len()] } else { Vec::new() };
+            with_scratch(scratch, |scratch| {
                 for (k, (gxs, xs)) in gxs.chunks_mut(nb * g.x_len()).zip(xs.chunks(nb * g.x_len())).enumerate() {
-                    let n = xs.len() / g.x_len();
-                    let ld = n * npix;
-                    for j in 0..n {
-                        for c in 0..g.co {
-                            grad(t * chunk + k * nb + j, c, &mut gy[c * ld + j * npix..][..npix]);
+                    let images = Images { first: t * chunk + k * nb, x: xs, gx: gxs, n: xs.len() / g.x_len() };
+                    match &flipped {
+                        Some(tr) => tr.backward(g, images, &grad, scratch, need_w.then_some(&mut acc[..]), par),
+                        None => {
+                            backward_gemm(g, w, images, &grad, scratch, need_x, need_w.then_some(&mut acc[..]), par)
                         }
-                    }
-                    for grp in 0..g.groups {
-                        let wt = Mat { data: &w[grp * cog * kdim..][..cog * kdim], rs: 1, cs: kdim };
-                        for rows in row_tiles(g, n) {
-                            let (img_cols, cols) = (rows.len() * g.ow, n * rows.len() * g.ow);
-                            let gyg = Mat { data: &gy[grp * cog * ld + rows.start * g.ow..], rs: ld, cs: 1 };
-                            if need_w {
-                                // Transposed, `grad_wᵀ += patches · grad_yᵀ`: so gemm packs the
-                                // small `grad_y` operand rather than the patch matrix.
-                                let lhs = Mat { data: patches(g, xs, grp, col, rows.clone()), rs: cols, cs: 1 };
-                                let gy_t = Mat { data: gyg.data, rs: 1, cs: ld };
-                                let dst = &mut gw_t[grp * cog * kdim..][..cog * kdim];
-                                sgemm(kdim, cog, cols, dst, cog, true, lhs, gy_t, par);
-                            }
-                            if !need_x || (n == 1 && flipped.is_some()) {
-                                continue;
-                            }
-                            if g.pointwise() && n == 1 {
-                                sgemm(kdim, npix, cog, &mut gxs[grp * cig_len..][..cig_len], npix, false, wt, gyg, par);
-                            } else {
-                                sgemm(kdim, cols, cog, &mut col[..kdim * cols], cols, false, wt, gyg, par);
-                                for (j, gx) in gxs.chunks_mut(g.x_len()).enumerate() {
-                                    let gxg = &mut gx[grp * cig_len..][..cig_len];
-                                    col2im(&mut col[j * img_cols..], g, gxg, cols, rows.clone());
-                                }
-                            }
-                        }
-                    }
-                    if let (Some(t), 1) = (&flipped, n) {
-                        accumulate_image(&t.g, &gy[..g.co * npix], &t.w, tcol, gxs, par);
                     }
                 }
             });
-            gw_t
+            acc
         })
         .reduce(Vec::new, |mut a, b| {
             if a.is_empty() {
@@ -403,21 +368,111 @@ pub(crate) fn backward(
             a
         });
     if need_w {
-        for (dst, src) in rest[..w.len()].chunks_mut(cog * kdim).zip(gw_t.chunks(cog * kdim)) {
-            for (co, row) in dst.chunks_mut(kdim).enumerate() {
-                for (kk, v) in row.iter_mut().enumerate() {
-                    *v = src[kk * cog + co];
-                }
-            }
+        let gw = &mut rest[..w.len()];
+        match &flipped {
+            Some(tr) => tr.weight_grad(g, &acc, gw),
+            None => weight_grad_gemm(g, &acc, gw),
         }
     }
     out
 }
 
+/// `n` consecutive images of a backward pass, from image `first`: their inputs and input
+/// gradients.
+struct Images<'a> {
+    first: usize,
+    x: &'a [f32],
+    gx: &'a mut [f32],
+    n: usize,
+}
+
+/// Writes the output gradient of `images` into `gy`, channel rows of `ld` floats, image `j`'s
+/// starting at `j * at`.
+fn output_grads(
+    g: &Geom,
+    images: &Images,
+    grad: &impl Fn(usize, usize, &mut [f32]),
+    gy: &mut [f32],
+    ld: usize,
+    at: usize,
+) {
+    let npix = g.npix();
+    for j in 0..images.n {
+        for c in 0..g.co {
+            grad(images.first + j, c, &mut gy[c * ld + j * at..][..npix]);
+        }
+    }
+}
+
+/// Scratch floats of [`backward_gemm`] for groups of `nb` images.
+fn gemm_scratch_len(g: &Geom, nb: usize) -> usize {
+    col_len(g, nb) + g.co * nb * g.npix()
+}
+
+/// The gradients of `images` as GEMMs over the patch matrix, per conv group (the output
+/// gradient side by side, `ld = n·n_pix`): `grad_wᵀ += patches · grad_yᵀ` into `acc` (per group
+/// `kdim x cog`, transposed so that gemm packs the small `grad_y` operand rather than the patch
+/// matrix), and `grad_x += col2im(wᵀ · grad_y)`.
+#[allow(clippy::too_many_arguments)]
+fn backward_gemm(
+    g: &Geom,
+    w: &[f32],
+    images: Images,
+    grad: &impl Fn(usize, usize, &mut [f32]),
+    scratch: &mut [f32],
+    need_x: bool,
+    mut acc: Option<&mut [f32]>,
+    par: Parallelism,
+) {
+    let (cig_len, kdim, npix, cog, n) = (g.cig() * g.h * g.w, g.kdim(), g.npix(), g.cog(), images.n);
+    let ld = n * npix;
+    let (col, gy) = scratch.split_at_mut(col_len(g, n));
+    output_grads(g, &images, grad, gy, ld, npix);
+    let Images { x: xs, gx: gxs, .. } = images;
+    for grp in 0..g.groups {
+        let wt = Mat { data: &w[grp * cog * kdim..][..cog * kdim], rs: 1, cs: kdim };
+        for rows in row_tiles(g, n) {
+            let (img_cols, cols) = (rows.len() * g.ow, n * rows.len() * g.ow);
+            let gyg = Mat { data: &gy[grp * cog * ld + rows.start * g.ow..], rs: ld, cs: 1 };
+            if let Some(acc) = acc.as_deref_mut() {
+                let lhs = Mat { data: patches(g, xs, grp, col, rows.clone()), rs: cols, cs: 1 };
+                let gy_t = Mat { data: gyg.data, rs: 1, cs: ld };
+                sgemm(kdim, cog, cols, &mut acc[grp * cog * kdim..][..cog * kdim], cog, true, lhs, gy_t, par);
+            }
+            if !need_x {
+                continue;
+            }
+            if g.pointwise() && n == 1 {
+                sgemm(kdim, npix, cog, &mut gxs[grp * cig_len..][..cig_len], npix, false, wt, gyg, par);
+            } else {
+                sgemm(kdim, cols, cog, &mut col[..kdim * cols], cols, false, wt, gyg, par);
+                for (j, gx) in gxs.chunks_mut(g.x_len()).enumerate() {
+                    let gxg = &mut gx[grp * cig_len..][..cig_len];
+                    col2im(&mut col[j * img_cols..], g, gxg, cols, rows.clone());
+                }
+            }
+        }
+    }
+}
+
+/// `grad_w` from [`backward_gemm`]'s per-group `kdim x cog` accumulator.
+fn weight_grad_gemm(g: &Geom, acc: &[f32], gw: &mut [f32]) {
+    let (cog, kdim) = (g.cog(), g.kdim());
+    for (dst, src) in gw.chunks_mut(cog * kdim).zip(acc.chunks(cog * kdim)) {
+        for (co, row) in dst.chunks_mut(kdim).enumerate() {
+            for (kk, v) in row.iter_mut().enumerate() {
+                *v = src[kk * cog + co];
+            }
+        }
+    }
+}
+
 /// The input gradient of a stride-1 convolution is itself a convolution: of the output gradient
 /// with the kernel flipped and its input and output channels swapped, padding `k − 1 − p`. Run
 /// as one, its GEMM is `C_out·k²` deep (instead of `C_out`) and writes the gradient directly,
-/// with no patch-matrix gradient to scatter back (`col2im`).
+/// with no patch-matrix gradient to scatter back (`col2im`). Its patch matrix `P` (of the output
+/// gradient) also gives the weight gradient: `grad_w[o, i, k] = Σ_q x[i, q] · P[(o, k̄), q]`, `k̄`
+/// the flipped kernel offset, so the backward builds one patch matrix instead of two.
 struct Transposed {
     g: Geom,
     w: Vec<f32>,
@@ -446,6 +501,81 @@ impl Transposed {
             }
         }
         Some(Transposed { g: tg, w: wt })
+    }
+
+    /// Scratch floats for groups of `nb` images: their output gradients (image after image, the
+    /// transposed conv's input), its patch matrix, and for several images the inputs and input
+    /// gradients side by side.
+    fn scratch_len(&self, g: &Geom, nb: usize) -> usize {
+        let side_by_side = if nb > 1 { 2 * g.ci * nb * g.h * g.w } else { 0 };
+        g.co * nb * g.npix() + col_len(&self.g, nb) + side_by_side
+    }
+
+    /// The gradients of `images` per conv group and band of input rows: `grad_x = w̃ · P`, and
+    /// `acc += P · xᵀ` (per group `cog·k² x cig`, rows in `P`'s order).
+    fn backward(
+        &self,
+        g: &Geom,
+        images: Images,
+        grad: &impl Fn(usize, usize, &mut [f32]),
+        scratch: &mut [f32],
+        mut acc: Option<&mut [f32]>,
+        par: Parallelism,
+    ) {
+        let (tg, n, hw) = (&self.g, images.n, g.h * g.w);
+        let (cig, kd) = (g.cig(), tg.kdim());
+        let (gy, rest) = scratch.split_at_mut(g.co * n * g.npix());
+        output_grads(g, &images, grad, gy, g.npix(), g.y_len());
+        let (col, rest) = rest.split_at_mut(col_len(tg, n));
+        let (xsb, gxb) = rest.split_at_mut(if n > 1 { g.ci * n * hw } else { 0 });
+        let Images { x: xs, gx: gxs, .. } = images;
+        if n > 1 && acc.is_some() {
+            // The inputs side by side, the weight gradient's GEMM operand.
+            for (r, dst) in xsb.chunks_mut(hw).enumerate() {
+                let (c, j) = (r / n, r % n);
+                dst.copy_from_slice(&xs[j * g.x_len() + c * hw..][..hw]);
+            }
+        }
+        for grp in 0..g.groups {
+            let wt = Mat { data: &self.w[grp * cig * kd..][..cig * kd], rs: kd, cs: 1 };
+            for rows in row_tiles(tg, n) {
+                let cols = n * rows.len() * tg.ow;
+                let p = Mat { data: patches(tg, gy, grp, col, rows.clone()), rs: cols, cs: 1 };
+                if n == 1 {
+                    let at = grp * cig * hw + rows.start * g.w;
+                    sgemm(cig, cols, kd, &mut gxs[at..], hw, false, wt, p, par);
+                } else {
+                    sgemm(cig, cols, kd, &mut gxb[..cig * cols], cols, false, wt, p, par);
+                    for (r, src) in gxb[..cig * cols].chunks(hw).enumerate() {
+                        let (c, j) = (r / n, r % n);
+                        gxs[j * g.x_len() + (grp * cig + c) * hw..][..hw].copy_from_slice(src);
+                    }
+                }
+                if let Some(acc) = acc.as_deref_mut() {
+                    let xt = match n {
+                        1 => Mat { data: &xs[grp * cig * hw + rows.start * g.w..], rs: 1, cs: hw },
+                        _ => Mat { data: &xsb[grp * cig * n * hw..], rs: 1, cs: n * hw },
+                    };
+                    sgemm(kd, cig, cols, &mut acc[grp * kd * cig..][..kd * cig], cig, true, p, xt, par);
+                }
+            }
+        }
+    }
+
+    /// `grad_w` from [`Transposed::backward`]'s accumulator: row `(o, k̄)`, column `i` is
+    /// `grad_w[o, i, k]`.
+    fn weight_grad(&self, g: &Geom, acc: &[f32], gw: &mut [f32]) {
+        let (cig, cog, kk) = (g.cig(), g.cog(), g.kh * g.kw);
+        for (grp, src) in acc.chunks(cog * kk * cig).enumerate() {
+            for co in 0..cog {
+                for ci in 0..cig {
+                    let dst = &mut gw[((grp * cog + co) * cig + ci) * kk..][..kk];
+                    for (k, v) in dst.iter_mut().enumerate() {
+                        *v = src[(co * kk + kk - 1 - k) * cig + ci];
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -296,57 +296,88 @@ pub struct BatchStats {
     pub count: usize,
 }
 
-/// A residual block in training mode, `relu(chain(x) + shortcut(x))`: `chain` is the layers in
-/// order with a ReLU after each but the last, `shortcut` the identity or one more layer. Returns
-/// the output and each BatchNorm's statistics, the chain's in order and then the shortcut's. One
-/// op with one backward (see `block.rs`); composed of [`conv_batch_norm_train`] and [`add_relu`]
-/// on candle's kernels or for grouped convolutions.
-pub fn residual_block_train(
+/// A residual block, `relu(chain(x) + shortcut(x))`: `chain` is its conv + BatchNorm layers in
+/// order with a ReLU after each but the last, `shortcut` the identity or one more layer.
+pub struct ResidualBlock<'a> {
+    pub chain: Vec<ConvBnLayer<'a>>,
+    pub shortcut: Option<ConvBnLayer<'a>>,
+}
+
+impl<'a> ResidualBlock<'a> {
+    /// The chain's layers, then the shortcut's.
+    fn layers(&self) -> impl Iterator<Item = &ConvBnLayer<'a>> {
+        self.chain.iter().chain(&self.shortcut)
+    }
+}
+
+/// Residual blocks applied one after the other in training mode (a ResNet stage, or several).
+/// Returns the output and, per block, each BatchNorm's statistics, the chain's in order and then
+/// the shortcut's. One op with one backward (see `block.rs`); composed of
+/// [`conv_batch_norm_train`] and [`add_relu`] on candle's kernels or for grouped convolutions.
+pub fn residual_blocks_train(
     x: &Tensor,
-    chain: &[ConvBnLayer],
-    shortcut: Option<&ConvBnLayer>,
+    blocks: &[ResidualBlock],
     eps: f64,
     k: Kernels,
-) -> Result<(Tensor, Vec<BatchStats>)> {
-    let layers: Vec<&ConvBnLayer> = chain.iter().chain(shortcut).collect();
+) -> Result<(Tensor, Vec<Vec<BatchStats>>)> {
+    let all: Vec<&ConvBnLayer> = blocks.iter().flat_map(ResidualBlock::layers).collect();
     let fused = k.fast_for(&[x])
-        && !chain.is_empty()
-        && layers.iter().all(|l| k.fast_for(&[l.w, l.gamma, l.beta]) && l.p.groups == 1);
+        && !blocks.is_empty()
+        && blocks.iter().all(|b| !b.chain.is_empty())
+        && all.iter().all(|l| k.fast_for(&[l.w, l.gamma, l.beta]) && l.p.groups == 1);
     if !fused {
-        let mut stats = Vec::with_capacity(layers.len());
-        let mut layer = |x: &Tensor, l: &ConvBnLayer, relu: bool| -> Result<Tensor> {
-            let (y, mean, var) = conv_batch_norm_train(x, l.w, l.p, l.gamma, l.beta, eps, relu, k)?;
-            let (b, _, h, w) = y.dims4()?;
-            stats.push(BatchStats { mean, var, count: b * h * w });
-            Ok(y)
-        };
+        let mut stats = Vec::with_capacity(blocks.len());
         let mut y = x.clone();
-        for (i, l) in chain.iter().enumerate() {
-            y = layer(&y, l, i + 1 < chain.len())?;
+        for b in blocks {
+            let (out, s) = composed_block(&y, b, eps, k)?;
+            stats.push(s);
+            y = out;
         }
-        let short = match shortcut {
-            Some(l) => layer(x, l, false)?,
-            None => x.clone(),
-        };
-        return Ok((add_relu(&y, &short, k)?, stats));
+        return Ok((y, stats));
     }
     let flat = |ts: Vec<&Tensor>| -> Result<Tensor> {
         Tensor::cat(&ts.into_iter().map(|t| t.flatten_all()).collect::<Result<Vec<_>>>()?, 0)
     };
-    let weights = flat(layers.iter().map(|l| l.w).collect())?;
-    let params = flat(layers.iter().flat_map(|l| [l.gamma, l.beta]).collect())?;
-    let specs = layers
+    let weights = flat(all.iter().map(|l| l.w).collect())?;
+    let params = flat(all.iter().flat_map(|l| [l.gamma, l.beta]).collect())?;
+    let specs = blocks
         .iter()
-        .map(|l| {
-            let (co, ci, kh, kw) = l.w.dims4()?;
-            Ok(block::LayerSpec { w_shape: [co, ci, kh, kw], p: l.p })
+        .map(|b| {
+            let layers = b
+                .layers()
+                .map(|l| {
+                    let (co, ci, kh, kw) = l.w.dims4()?;
+                    Ok(block::LayerSpec { w_shape: [co, ci, kh, kw], p: l.p })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(block::BlockSpec { layers, projection: b.shortcut.is_some() })
         })
         .collect::<Result<Vec<_>>>()?;
-    let (y, stats) = block::residual_block_train(x, &weights, &params, specs, shortcut.is_some(), eps)?;
-    for (l, s) in layers.iter().zip(&stats) {
+    let (y, stats) = block::residual_blocks_train(x, &weights, &params, specs, eps)?;
+    for (l, s) in all.iter().zip(stats.iter().flatten()) {
         macs::add(s.count * l.w.elem_count());
     }
     Ok((y, stats))
+}
+
+/// One residual block of separate ops: [`conv_batch_norm_train`] per layer, then [`add_relu`].
+fn composed_block(x: &Tensor, b: &ResidualBlock, eps: f64, k: Kernels) -> Result<(Tensor, Vec<BatchStats>)> {
+    let mut stats = Vec::with_capacity(b.chain.len() + 1);
+    let mut layer = |x: &Tensor, l: &ConvBnLayer, relu: bool| -> Result<Tensor> {
+        let (y, mean, var) = conv_batch_norm_train(x, l.w, l.p, l.gamma, l.beta, eps, relu, k)?;
+        let (b, _, h, w) = y.dims4()?;
+        stats.push(BatchStats { mean, var, count: b * h * w });
+        Ok(y)
+    };
+    let mut y = x.clone();
+    for (i, l) in b.chain.iter().enumerate() {
+        y = layer(&y, l, i + 1 < b.chain.len())?;
+    }
+    let short = match &b.shortcut {
+        Some(l) => layer(x, l, false)?,
+        None => x.clone(),
+    };
+    Ok((add_relu(&y, &short, k)?, stats))
 }
 
 /// LayerNorm over dimension `dim` of `x` with an affine map: `(x − mean) / sqrt(var + eps) · γ + β`,

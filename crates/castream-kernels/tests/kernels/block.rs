@@ -1,44 +1,47 @@
-//! A residual block in training mode as one op, against the same block composed of candle's
-//! ops (convolution, BatchNorm from reductions, add, ReLU) with candle's autograd: output,
-//! batch statistics and every gradient, for the block shapes ResNets use.
+//! Residual blocks in training mode as one op, against the same blocks composed of candle's ops
+//! (convolution, BatchNorm from reductions, add, ReLU) with candle's autograd: output, batch
+//! statistics and every gradient, for the block shapes ResNets use, alone and in sequence.
 
 use crate::common::*;
 use candle_core::{Tensor, Var};
-use castream_kernels::{count_macs, residual_block_train, BatchStats, Conv2dParams, ConvBnLayer, Kernels};
+use castream_kernels::{
+    count_macs, residual_blocks_train, BatchStats, Conv2dParams, ConvBnLayer, Kernels, ResidualBlock,
+};
 
 const EPS: f64 = 1e-5;
 
 /// One layer: `(c_out, c_in, kernel, stride)`, padding `kernel / 2`.
 type Layer = (usize, usize, usize, usize);
 
+/// One block: its chain and its shortcut (the identity when `None`).
+type Block = (&'static [Layer], Option<Layer>);
+
+const BASIC_DOWN: Block = (&[(5, 3, 3, 2), (5, 5, 3, 1)], Some((5, 3, 1, 2)));
+const BASIC: Block = (&[(5, 5, 3, 1), (5, 5, 3, 1)], None);
+const BOTTLENECK_DOWN: Block = (&[(3, 6, 1, 1), (3, 3, 3, 2), (8, 3, 1, 1)], Some((8, 6, 1, 2)));
+const BOTTLENECK: Block = (&[(3, 8, 1, 1), (3, 3, 3, 1), (8, 3, 1, 1)], None);
+
 struct Case {
     what: &'static str,
     x: [usize; 4],
-    chain: &'static [Layer],
-    shortcut: Option<Layer>,
+    blocks: &'static [Block],
 }
 
 const CASES: &[Case] = &[
-    Case { what: "basic, identity", x: [3, 4, 7, 6], chain: &[(4, 4, 3, 1), (4, 4, 3, 1)], shortcut: None },
-    Case {
-        what: "basic, stride 2",
-        x: [2, 3, 9, 7],
-        chain: &[(5, 3, 3, 2), (5, 5, 3, 1)],
-        shortcut: Some((5, 3, 1, 2)),
-    },
-    Case {
-        what: "bottleneck, stride 2",
-        x: [2, 6, 7, 7],
-        chain: &[(3, 6, 1, 1), (3, 3, 3, 2), (8, 3, 1, 1)],
-        shortcut: Some((8, 6, 1, 2)),
-    },
-    Case {
-        what: "bottleneck, identity",
-        x: [2, 8, 5, 5],
-        chain: &[(3, 8, 1, 1), (3, 3, 3, 1), (8, 3, 1, 1)],
-        shortcut: None,
-    },
+    Case { what: "basic, identity", x: [3, 4, 7, 6], blocks: &[(&[(4, 4, 3, 1), (4, 4, 3, 1)], None)] },
+    Case { what: "basic, stride 2", x: [2, 3, 9, 7], blocks: &[BASIC_DOWN] },
+    Case { what: "bottleneck, stride 2", x: [2, 6, 7, 7], blocks: &[BOTTLENECK_DOWN] },
+    Case { what: "bottleneck, identity", x: [2, 8, 5, 5], blocks: &[BOTTLENECK] },
+    Case { what: "basic stage of three", x: [2, 3, 9, 7], blocks: &[BASIC_DOWN, BASIC, BASIC] },
+    Case { what: "bottleneck stage of two", x: [2, 6, 7, 7], blocks: &[BOTTLENECK_DOWN, BOTTLENECK] },
 ];
+
+impl Case {
+    /// Every block's layers in order, chain then shortcut.
+    fn layers(&self) -> Vec<Layer> {
+        self.blocks.iter().flat_map(|(chain, short)| chain.iter().copied().chain(*short)).collect()
+    }
+}
 
 /// Each layer's `(w, γ, β)`, random, with γ away from zero.
 fn params(g: &mut rand_chacha::ChaCha8Rng, layers: &[Layer]) -> Vec<[Tensor; 3]> {
@@ -56,20 +59,23 @@ fn params(g: &mut rand_chacha::ChaCha8Rng, layers: &[Layer]) -> Vec<[Tensor; 3]>
 fn run(case: &Case, x: &Tensor, ps: &[[Tensor; 3]], r: &Tensor, k: Kernels) -> (Vec<Tensor>, Vec<usize>, u64) {
     let xv = Var::from_tensor(x).unwrap();
     let vars: Vec<[Var; 3]> = ps.iter().map(|p| p.clone().map(|t| Var::from_tensor(&t).unwrap())).collect();
-    let specs: Vec<Layer> = case.chain.iter().copied().chain(case.shortcut).collect();
-    let layers: Vec<ConvBnLayer> = vars
+    let mut layers = vars.iter().zip(case.layers()).map(|(v, (_, _, kk, stride))| ConvBnLayer {
+        w: v[0].as_tensor(),
+        p: Conv2dParams { stride, padding: kk / 2, groups: 1 },
+        gamma: v[1].as_tensor(),
+        beta: v[2].as_tensor(),
+    });
+    let blocks: Vec<ResidualBlock> = case
+        .blocks
         .iter()
-        .zip(&specs)
-        .map(|(v, &(_, _, kk, stride))| ConvBnLayer {
-            w: v[0].as_tensor(),
-            p: Conv2dParams { stride, padding: kk / 2, groups: 1 },
-            gamma: v[1].as_tensor(),
-            beta: v[2].as_tensor(),
+        .map(|(chain, short)| ResidualBlock {
+            chain: layers.by_ref().take(chain.len()).collect(),
+            shortcut: short.and_then(|_| layers.next()),
         })
         .collect();
-    let n = case.chain.len();
-    let (block, macs) = count_macs(|| residual_block_train(xv.as_tensor(), &layers[..n], layers.get(n), EPS, k));
-    let (y, stats) = block.unwrap();
+    let (out, macs) = count_macs(|| residual_blocks_train(xv.as_tensor(), &blocks, EPS, k));
+    let (y, stats) = out.unwrap();
+    let stats: Vec<BatchStats> = stats.into_iter().flatten().collect();
     let grads = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
     let mut out = vec![y.clone(), grads.get(xv.as_tensor()).unwrap().clone()];
     for (v, BatchStats { mean, var, .. }) in vars.iter().zip(&stats) {
@@ -80,16 +86,17 @@ fn run(case: &Case, x: &Tensor, ps: &[[Tensor; 3]], r: &Tensor, k: Kernels) -> (
 }
 
 #[test]
-fn residual_block_matches_candle_ops_and_autograd() {
+fn residual_blocks_match_candle_ops_and_autograd() {
     for (i, case) in CASES.iter().enumerate() {
         let mut g = rng(700 + i as u64);
         // Statistics far from (0, 1): an input offset.
         let x = uniform(&mut g, &case.x).affine(2.0, 0.5).unwrap();
-        let layers: Vec<Layer> = case.chain.iter().copied().chain(case.shortcut).collect();
+        let layers = case.layers();
         let ps = params(&mut g, &layers);
-        let stride: usize = case.chain.iter().map(|l| l.3).product();
-        let out_dims =
-            [case.x[0], case.chain.last().unwrap().0, case.x[2].div_ceil(stride), case.x[3].div_ceil(stride)];
+        let chains = case.blocks.iter().flat_map(|(chain, _)| chain.iter());
+        let stride: usize = chains.clone().map(|l| l.3).product();
+        let c_out = chains.last().unwrap().0;
+        let out_dims = [case.x[0], c_out, case.x[2].div_ceil(stride), case.x[3].div_ceil(stride)];
         let r = uniform(&mut g, &out_dims);
         let (fast, fast_counts, fast_macs) = run(case, &x, &ps, &r, Kernels::Fast);
         let (reference, counts, macs) = run(case, &x, &ps, &r, Kernels::Candle);
