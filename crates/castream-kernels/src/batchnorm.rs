@@ -3,13 +3,15 @@
 //!
 //! Written with candle's ops it is a chain of reductions over dimensions (0, 2, 3) and broadcasts,
 //! each with its own backward: measured at 85% of a quick ResNet-18 train step. Here the forward
-//! is three passes over the input (per-channel mean, then variance, each plane summed in f32 lanes
-//! and the planes in f64; then the affine map and ReLU) and the backward two more, with the
-//! textbook gradient
+//! takes each plane's sum and centred sum of squares (in f32 lanes; after a convolution, while its
+//! output plane is in cache), combines them per channel in f64, then applies the affine map and
+//! ReLU; the backward's per-channel sums are likewise taken per plane, by the pass that produces
+//! the output gradient where it can, with the textbook gradient
 //! `dx = γ/σ · (dy' − mean(dy') − x̂ · mean(dy' · x̂))`, `dγ = Σ dy' · x̂`, `dβ = Σ dy'`, where
 //! `dy'` is the output gradient with the ReLU's mask applied. The forward keeps its statistics
 //! ([`Normaliser`]) for the backward and for the running statistics, so they are computed once.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::cpu::{f32_slice, par_build, simd_dispatch, split_flat};
@@ -36,12 +38,6 @@ impl Planes {
     fn n(&self) -> f64 {
         (self.b * self.hw) as f64
     }
-
-    /// The planes of channel `ch`.
-    fn channel<'a>(&self, x: &'a [f32], ch: usize) -> impl Iterator<Item = &'a [f32]> + 'a {
-        let (c, hw) = (self.c, self.hw);
-        (0..self.b).map(move |i| &x[(i * c + ch) * hw..][..hw])
-    }
 }
 
 /// A batch's per-channel statistics and the affine map they give, `y = act(x · scale + shift)`.
@@ -57,26 +53,35 @@ pub(crate) struct Normaliser {
 }
 
 impl Normaliser {
-    /// Statistics of `x` (two-pass: mean, then the variance about it) and the map with `γ`, `β`.
+    /// Statistics of `x` and the map with `γ`, `β`.
     pub fn new(x: &[f32], p: Planes, gamma: &[f32], beta: &[f32], eps: f64, relu: bool, op: &str) -> Result<Self> {
+        let stats = PlaneSums::new(p.b * p.c);
+        x.par_chunks(p.hw).enumerate().for_each(|(plane, x)| stats.record(plane, plane_stats(x)));
+        Normaliser::from_planes(&stats, p, gamma, beta, eps, relu, op)
+    }
+
+    /// The statistics from each plane's [`plane_stats`] (recorded while the input was in cache)
+    /// and the map with `γ`, `β`. Per channel, the planes' sums and centred squares are combined
+    /// in f64 (Chan et al.'s parallel variance).
+    pub fn from_planes(
+        stats: &PlaneSums,
+        p: Planes,
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f64,
+        relu: bool,
+        op: &str,
+    ) -> Result<Self> {
         if gamma.len() != p.c || beta.len() != p.c {
             bail!("{op}: {} channels but γ has {} and β {} values", p.c, gamma.len(), beta.len())
         }
         let (mean, var): (Vec<f64>, Vec<f64>) = (0..p.c)
-            .into_par_iter()
             .map(|ch| {
-                // Two-pass: each plane summed in f32 lanes, the planes in f64.
-                let total = |shift: f32, square: bool| {
-                    let plane_sum = |plane: &[f32]| {
-                        let mut v = 0.0;
-                        lane_sum(plane, shift, square, &mut v);
-                        v as f64
-                    };
-                    p.channel(x, ch).map(plane_sum).sum::<f64>()
-                };
-                let mean = total(0.0, false) / p.n();
-                let var = total(mean as f32, true) / p.n();
-                (mean, var)
+                let planes = || (0..p.b).map(|i| stats.get(i * p.c + ch));
+                let mean = planes().map(|(s, _)| s as f64).sum::<f64>() / p.n();
+                let hw = p.hw as f64;
+                let m2: f64 = planes().map(|(s, q)| q as f64 + hw * (s as f64 / hw - mean).powi(2)).sum();
+                (mean, m2 / p.n())
             })
             .unzip();
         let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
@@ -113,21 +118,37 @@ impl Normaliser {
         (self.scale[ch], self.shift[ch], if self.relu { 0.0 } else { f32::NEG_INFINITY })
     }
 
+    /// Plane `plane`'s `(Σ dy', Σ dy' · (x − mean))` for its input `x` and output gradient `dy`
+    /// (in f32 lanes): the backward's sums, recorded by whichever pass produces `dy`.
+    pub fn plane_grad_sums(&self, plane: usize, x: &[f32], dy: &[f32]) -> (f32, f32) {
+        let ch = plane % self.planes.c;
+        let mut s = (0f32, 0f32);
+        grad_sums_row(x, dy, self.scale[ch], self.shift[ch], self.relu, self.mean[ch] as f32, &mut s);
+        s
+    }
+
     /// The backward for output gradient `dy`: `dx_i = a · dy'_i + b · x_i + k` per channel
     /// `(a, b, k)`, and `[dγ | dβ]`.
     pub fn backward(&self, x: &[f32], dy: &[f32]) -> Gradient {
+        let hw = self.planes.hw;
+        self.gradient_of(|plane| self.plane_grad_sums(plane, &x[plane * hw..][..hw], &dy[plane * hw..][..hw]))
+    }
+
+    /// [`Normaliser::backward`] from per-plane sums recorded while `dy` was produced.
+    pub fn gradient(&self, sums: &PlaneSums) -> Gradient {
+        self.gradient_of(|plane| sums.get(plane))
+    }
+
+    /// The gradient from each plane's sums (`plane_sums`): per channel, the planes added in f64
+    /// in batch order.
+    fn gradient_of(&self, plane_sums: impl Fn(usize) -> (f32, f32) + Sync) -> Gradient {
         let p = self.planes;
-        // Per channel: Σ dy' and Σ dy' · (x − mean), each plane summed in f32, planes in f64.
         let sums: Vec<(f64, f64)> = (0..p.c)
             .into_par_iter()
             .map(|ch| {
-                let mut total = (0f64, 0f64);
-                for (xp, dp) in p.channel(x, ch).zip(p.channel(dy, ch)) {
-                    let mut s = (0f32, 0f32);
-                    let (scale, shift, mean) = (self.scale[ch], self.shift[ch], self.mean[ch] as f32);
-                    grad_sums_row(xp, dp, scale, shift, self.relu, mean, &mut s);
-                    total = (total.0 + s.0 as f64, total.1 + s.1 as f64);
-                }
+                let total = (0..p.b)
+                    .map(|i| plane_sums(i * p.c + ch))
+                    .fold((0f64, 0f64), |t, s| (t.0 + s.0 as f64, t.1 + s.1 as f64));
                 (total.0, total.1 * self.inv_std[ch])
             })
             .collect();
@@ -145,6 +166,11 @@ impl Normaliser {
             .collect();
         let params = sums.iter().map(|s| s.1 as f32).chain(sums.iter().map(|s| s.0 as f32)).collect();
         Gradient { coef, params }
+    }
+
+    /// Planes in the batch (`B·C`).
+    pub fn planes(&self) -> usize {
+        self.planes.b * self.planes.c
     }
 
     /// One row of `dx` (channel `ch`) from [`Normaliser::backward`]'s coefficients.
@@ -166,6 +192,15 @@ impl Normaliser {
         let t = |v: &[f64]| Tensor::from_iter(v.iter().map(|&v| v as f32), device);
         Ok((t(&self.mean)?, t(&self.var)?))
     }
+}
+
+/// One plane's `(Σ x, Σ (x − m)²)`, `m` its mean: the forward's statistics, per plane while it is
+/// in cache (two passes over it, each summed in f32 lanes).
+pub(crate) fn plane_stats(x: &[f32]) -> (f32, f32) {
+    let (mut sum, mut m2) = (0f32, 0f32);
+    lane_sum(x, 0.0, false, &mut sum);
+    lane_sum(x, sum / x.len().max(1) as f32, true, &mut m2);
+    (sum, m2)
 }
 
 simd_dispatch! {
@@ -243,6 +278,27 @@ simd_dispatch! {
 fn dx(x: &[f32], dy: &[f32], (a, b, k): (f32, f32, f32), out: &mut [f32], mask: impl Fn(f32, f32) -> f32) {
     for ((o, &xv), &d) in out.iter_mut().zip(x).zip(dy) {
         *o = a * mask(xv, d) + b * xv + k;
+    }
+}
+
+/// Two sums per plane, each plane's recorded once by the pass that has it in cache, from
+/// whichever thread computes it: the forward's statistics ([`plane_stats`]) or the backward's
+/// ([`Normaliser::plane_grad_sums`]).
+pub(crate) struct PlaneSums(Vec<[AtomicU32; 2]>);
+
+impl PlaneSums {
+    pub fn new(planes: usize) -> PlaneSums {
+        PlaneSums((0..planes).map(|_| [AtomicU32::new(0), AtomicU32::new(0)]).collect())
+    }
+
+    pub fn record(&self, plane: usize, (a, b): (f32, f32)) {
+        self.0[plane][0].store(a.to_bits(), Ordering::Relaxed);
+        self.0[plane][1].store(b.to_bits(), Ordering::Relaxed);
+    }
+
+    fn get(&self, plane: usize) -> (f32, f32) {
+        let [a, b] = &self.0[plane];
+        (f32::from_bits(a.load(Ordering::Relaxed)), f32::from_bits(b.load(Ordering::Relaxed)))
     }
 }
 

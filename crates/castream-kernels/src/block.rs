@@ -11,7 +11,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use crate::batchnorm::{keep, kept, Normaliser, Planes};
+use crate::batchnorm::{keep, kept, Normaliser, PlaneSums, Planes};
 use crate::conv::{self, Geom};
 use crate::convbn;
 use crate::cpu::{f32_slice, par_build, split_flat};
@@ -180,10 +180,10 @@ fn forward_block(
         let relu = i + 1 < chain;
         let in_dims = if i < chain { &out_dims[..] } else { dims };
         let g = Geom::new(in_dims, &l.w_shape, l.p)?;
-        let z = conv::forward(&g, input, parts.w[first + i], None, false);
+        let (z, stats) = conv::forward_with_stats(&g, input, parts.w[first + i]);
         let out = g.out_shape();
         let (gamma, beta) = (parts.gamma[first + i], parts.beta[first + i]);
-        let norm = Normaliser::new(&z, Planes::of(out.dims(), name)?, gamma, beta, eps, relu, name)?;
+        let norm = Normaliser::from_planes(&stats, Planes::of(out.dims(), name)?, gamma, beta, eps, relu, name)?;
         if relu {
             inputs.push(norm.apply(&z));
         }
@@ -278,13 +278,25 @@ impl BlocksBackward {
     /// The gradients of one block (chain length `chain`, input `x`, weights `w` flattened) for
     /// its output gradient `gy`.
     fn block(&self, chain: usize, saved: &Saved, x: &[f32], w: &[f32], gy: &[f32], need_x: bool) -> BlockGrads {
-        // The sum's gradient through the final ReLU, shared by both branches.
+        let n = saved.layers.len();
+        // Each BatchNorm's backward sums, recorded by the pass that produces its output gradient.
+        let sums: Vec<PlaneSums> = saved.layers.iter().map(|k| PlaneSums::new(k.norm.planes())).collect();
+        let record = |i: usize, plane: usize, dy: &[f32]| {
+            let k = &saved.layers[i];
+            let hw = k.g.npix();
+            sums[i].record(plane, k.norm.plane_grad_sums(plane, &k.z[plane * hw..][..hw], dy));
+        };
+        // The sum's gradient through the final ReLU, shared by both branches: the output gradient
+        // of the last chain layer and of the shortcut.
         let hw = saved.layers[chain - 1].g.npix();
         let gs = par_build(gy.len(), hw, |plane, blank| {
             let ([main, short], m) = residual_rows(saved, chain, x, plane);
-            blank.map([main, short, &gy[plane * hw..]], |[a, b, g]| if residual(a, b, m) > 0.0 { g } else { 0.0 })
+            let gs =
+                blank.map([main, short, &gy[plane * hw..]], |[a, b, g]| if residual(a, b, m) > 0.0 { g } else { 0.0 });
+            (chain - 1..n).for_each(|i| record(i, plane, &gs));
+            gs
         });
-        let mut weights = Vec::with_capacity(saved.layers.len());
+        let mut weights = Vec::with_capacity(n);
         let mut at = 0;
         for k in &saved.layers {
             weights.push(&w[at..][..k.g.co * k.g.kdim()]);
@@ -292,12 +304,20 @@ impl BlocksBackward {
         }
         let layer = |i: usize, input: &[f32], dy: &[f32], need_x: bool| {
             let k = &saved.layers[i];
-            let mut out = convbn::backward(&k.g, input, weights[i], &k.z, &k.norm, dy, need_x, self.need_w);
+            let grad = k.norm.gradient(&sums[i]);
+            // Inside the chain, this layer's input gradient is the previous one's output gradient.
+            let done = |image: usize, dx: &[f32]| {
+                if (1..chain).contains(&i) {
+                    let (c, hw) = (k.g.ci, k.g.h * k.g.w);
+                    (0..c).for_each(|ch| record(i - 1, image * c + ch, &dx[ch * hw..][..hw]));
+                }
+            };
+            let mut out =
+                convbn::backward(&k.g, (input, weights[i]), (&k.z, &k.norm, &grad), dy, need_x, self.need_w, done);
             let dp = out.split_off(out.len() - 2 * k.g.co);
             let dw = out.split_off(k.g.b * k.g.x_len());
             (out, dw, dp)
         };
-        let n = saved.layers.len();
         let mut grads = BlockGrads { dx: Vec::new(), dw: vec![Vec::new(); n], dp: vec![Vec::new(); n] };
         // The chain, last layer first; each layer's input gradient is the previous one's `dy`.
         for i in (0..chain).rev() {

@@ -7,6 +7,7 @@
 //! ReLU are applied in the GEMM's epilogue: the output rows start as the bias, the GEMM
 //! accumulates into them, and the ReLU runs on each image's output while it is still in cache.
 
+use crate::batchnorm::{plane_stats, PlaneSums};
 use crate::cpu::{f32_slice, par_build, sgemm, split, split_flat, with_scratch, zeros, Mat};
 use crate::im2col::{col2im, im2col};
 use crate::relu::relu_grad;
@@ -143,7 +144,7 @@ impl CustomOp3 for Conv2d {
     ) -> Result<(CpuStorage, Shape)> {
         let ConvArgs { g, x, w } = ConvArgs::new(self.name(), self.p, (xs, xl), (ws, wl))?;
         let bias = g.per_channel(self.name(), (bs, bl), 1, "bias values")?;
-        Ok((CpuStorage::F32(forward(&g, x, w, Some(bias), self.relu)), g.out_shape()))
+        Ok((CpuStorage::F32(forward(&g, x, w, Some(bias), self.relu, |_, _| {})), g.out_shape()))
     }
 
     fn bwd(
@@ -214,8 +215,16 @@ fn patches<'a>(g: &Geom, xs: &'a [f32], grp: usize, col: &'a mut [f32], rows: Ra
 }
 
 /// `act(conv(x, w) + bias)` in NCHW, `act` ReLU when `relu`; no bias is a zero bias. Each group
-/// of `nb` images is one task that writes its own output.
-pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>, relu: bool) -> Vec<f32> {
+/// of `nb` images is one task that writes its own output; `done(i, y_i)` sees image `i`'s output
+/// when complete, while it is in cache.
+pub(crate) fn forward(
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    done: impl Fn(usize, &[f32]) + Sync,
+) -> Vec<f32> {
     let (chunk, par) = split(g.b);
     let nb = images_per_gemm(g, chunk);
     let (cog, kdim, npix, ylen) = (g.cog(), g.kdim(), g.npix(), g.y_len());
@@ -247,9 +256,21 @@ pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>, relu
             if relu {
                 ys.iter_mut().for_each(|v| *v = v.max(0.0));
             }
+            ys.chunks(ylen).enumerate().for_each(|(j, y)| done(i * nb + j, y));
             ys
         })
     })
+}
+
+/// `conv(x, w)` without bias, and each output plane's statistics ([`plane_stats`]) taken while
+/// it is in cache: a training-mode BatchNorm's input.
+pub(crate) fn forward_with_stats(g: &Geom, x: &[f32], w: &[f32]) -> (Vec<f32>, PlaneSums) {
+    let stats = PlaneSums::new(g.b * g.co);
+    let npix = g.npix();
+    let z = forward(g, x, w, None, false, |i, y| {
+        y.chunks(npix).enumerate().for_each(|(c, plane)| stats.record(i * g.co + c, plane_stats(plane)))
+    });
+    (z, stats)
 }
 
 /// Adds one image's `conv(x, w)` onto `y` (`C_out` rows of `n_pix`), band by band of output
@@ -307,9 +328,9 @@ impl CustomOp3 for ConvBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let ConvArgs { g, x, w } = ConvArgs::new(self.name(), self.p, (xs, xl), (ws, wl))?;
         let gy = g.output_grad(self.name(), (gs, gl))?;
-        let out = backward(&g, x, w, self.need_x, self.need_w, 0, |i, c, dst| {
-            dst.copy_from_slice(&gy[i * g.y_len() + c * g.npix()..][..g.npix()])
-        });
+        let grad =
+            |i: usize, c: usize, dst: &mut [f32]| dst.copy_from_slice(&gy[i * g.y_len() + c * g.npix()..][..g.npix()]);
+        let out = backward(&g, x, w, self.need_x, self.need_w, 0, grad, |_, _| {});
         let n = out.len();
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }
@@ -317,7 +338,8 @@ impl CustomOp3 for ConvBackward {
 
 /// The gradients of a convolution as one flat `[grad_x | grad_w | tail]`, `tail` zeros left for
 /// the caller. `grad(i, c, dst)` writes channel `c` of image `i`'s output gradient into `dst`, so
-/// that a fused op can compute it while it is in cache. Threads take disjoint groups of images
+/// that a fused op can compute it while it is in cache; `done(i, grad_x_i)` is called once image
+/// `i`'s input gradient is complete (when computed), while it is in cache. Threads take disjoint groups of images
 /// (side by side in one GEMM where maps are small, as in the forward) and keep private weight
 /// gradients, summed at the end. A stride-1 conv whose input gradient is needed goes through
 /// [`Transposed`]; any other through [`backward_gemm`]. A half that is not needed is skipped
@@ -330,6 +352,7 @@ pub(crate) fn backward(
     need_w: bool,
     tail: usize,
     grad: impl Fn(usize, usize, &mut [f32]) + Sync,
+    done: impl Fn(usize, &[f32]) + Sync,
 ) -> Vec<f32> {
     let nx = g.b * g.x_len();
     // The GEMM path's col2im accumulates into grad_x; an unneeded one stays untouched zero pages.
@@ -347,12 +370,15 @@ pub(crate) fn backward(
             let mut acc = if need_w { vec![0f32; w.len()] } else { Vec::new() };
             with_scratch(scratch, |scratch| {
                 for (k, (gxs, xs)) in gxs.chunks_mut(nb * g.x_len()).zip(xs.chunks(nb * g.x_len())).enumerate() {
-                    let images = Images { first: t * chunk + k * nb, x: xs, gx: gxs, n: xs.len() / g.x_len() };
-                    match &flipped {
-                        Some(tr) => tr.backward(g, images, &grad, scratch, need_w.then_some(&mut acc[..]), par),
-                        None => {
-                            backward_gemm(g, w, images, &grad, scratch, need_x, need_w.then_some(&mut acc[..]), par)
-                        }
+                    let first = t * chunk + k * nb;
+                    let images = Images { first, x: xs, gx: gxs, n: xs.len() / g.x_len() };
+                    let acc = need_w.then_some(&mut acc[..]);
+                    let gxs = match &flipped {
+                        Some(tr) => tr.backward(g, images, &grad, scratch, acc, par),
+                        None => backward_gemm(g, w, images, &grad, scratch, need_x, acc, par),
+                    };
+                    if need_x {
+                        gxs.chunks(g.x_len()).enumerate().for_each(|(j, gx)| done(first + j, gx));
                     }
                 }
             });
@@ -412,18 +438,18 @@ fn gemm_scratch_len(g: &Geom, nb: usize) -> usize {
 /// The gradients of `images` as GEMMs over the patch matrix, per conv group (the output
 /// gradient side by side, `ld = n·n_pix`): `grad_wᵀ += patches · grad_yᵀ` into `acc` (per group
 /// `kdim x cog`, transposed so that gemm packs the small `grad_y` operand rather than the patch
-/// matrix), and `grad_x += col2im(wᵀ · grad_y)`.
+/// matrix), and `grad_x += col2im(wᵀ · grad_y)`. Returns the images' input gradients.
 #[allow(clippy::too_many_arguments)]
-fn backward_gemm(
+fn backward_gemm<'a>(
     g: &Geom,
     w: &[f32],
-    images: Images,
+    images: Images<'a>,
     grad: &impl Fn(usize, usize, &mut [f32]),
     scratch: &mut [f32],
     need_x: bool,
     mut acc: Option<&mut [f32]>,
     par: Parallelism,
-) {
+) -> &'a mut [f32] {
     let (cig_len, kdim, npix, cog, n) = (g.cig() * g.h * g.w, g.kdim(), g.npix(), g.cog(), images.n);
     let ld = n * npix;
     let (col, gy) = scratch.split_at_mut(col_len(g, n));
@@ -453,6 +479,7 @@ fn backward_gemm(
             }
         }
     }
+    gxs
 }
 
 /// `grad_w` from [`backward_gemm`]'s per-group `kdim x cog` accumulator.
@@ -512,16 +539,17 @@ impl Transposed {
     }
 
     /// The gradients of `images` per conv group and band of input rows: `grad_x = w̃ · P`, and
-    /// `acc += P · xᵀ` (per group `cog·k² x cig`, rows in `P`'s order).
-    fn backward(
+    /// `acc += P · xᵀ` (per group `cog·k² x cig`, rows in `P`'s order). Returns the images' input
+    /// gradients.
+    fn backward<'a>(
         &self,
         g: &Geom,
-        images: Images,
+        images: Images<'a>,
         grad: &impl Fn(usize, usize, &mut [f32]),
         scratch: &mut [f32],
         mut acc: Option<&mut [f32]>,
         par: Parallelism,
-    ) {
+    ) -> &'a mut [f32] {
         let (tg, n, hw) = (&self.g, images.n, g.h * g.w);
         let (cig, kd) = (g.cig(), tg.kdim());
         let (gy, rest) = scratch.split_at_mut(g.co * n * g.npix());
@@ -560,6 +588,7 @@ impl Transposed {
                 }
             }
         }
+        gxs
     }
 
     /// `grad_w` from [`Transposed::backward`]'s accumulator: row `(o, k̄)`, column `i` is

@@ -13,7 +13,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use crate::batchnorm::{keep, kept, Normaliser, Planes};
+use crate::batchnorm::{keep, kept, Gradient, Normaliser, Planes};
 use crate::conv::{self, ConvArgs, Geom};
 use crate::cpu::{f32_slice, par_build, split_flat, with_scratch};
 use crate::pool::{argmax_row, scatter_plane, MaxPool2d, PoolGeom, Winners};
@@ -55,10 +55,10 @@ impl CustomOp3 for ConvBnTrain {
     ) -> Result<(CpuStorage, Shape)> {
         let ConvArgs { g, x, w } = ConvArgs::new(self.name(), self.p, (xs, xl), (ws, wl))?;
         let params = g.per_channel(self.name(), (ps, pl), 2, "BatchNorm parameters (expected γ and β)")?;
-        let z = conv::forward(&g, x, w, None, false);
+        let (z, stats) = conv::forward_with_stats(&g, x, w);
         let (gamma, beta) = params.split_at(g.co);
         let planes = Planes::of(g.out_shape().dims(), self.name())?;
-        let norm = Normaliser::new(&z, planes, gamma, beta, self.eps, self.relu, self.name())?;
+        let norm = Normaliser::from_planes(&stats, planes, gamma, beta, self.eps, self.relu, self.name())?;
         let Some(pool) = self.pool else {
             let y = norm.apply(&z);
             keep(&self.saved, Saved { z, norm, argmax: Vec::new() }, self.name())?;
@@ -134,33 +134,34 @@ impl CustomOp3 for ConvBnBackward {
         let Saved { z, norm, .. } = kept(&self.saved, self.name())?;
         let ConvArgs { g, x, w } = ConvArgs::new(self.name(), self.p, (xs, xl), (ws, wl))?;
         let dy = g.output_grad(self.name(), (ds, dl))?;
-        let out = backward(&g, x, w, z, norm, dy, self.need_x, self.need_w);
+        let grad = norm.backward(z, dy);
+        let out = backward(&g, (x, w), (z, norm, &grad), dy, self.need_x, self.need_w, |_, _| {});
         let n = out.len();
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }
 }
 
 /// The gradients of conv + BatchNorm (+ ReLU) for the output gradient `dy`, from the conv output
-/// `z` and the normalisation the forward kept: `[dx | dw | dγ | dβ]` flattened (`dx`, `dw` left
-/// zero when not needed). Each image's BatchNorm input gradient is computed just before that
-/// image's GEMMs, while it is in cache.
+/// `z`, the normalisation the forward kept and its gradient `grad` (its sums over `dy`):
+/// `[dx | dw | dγ | dβ]` flattened (`dx`, `dw` left zero when not needed). Each image's
+/// BatchNorm input gradient is computed just before that image's GEMMs, while it is in cache;
+/// `done` sees each image's `dx` when complete ([`conv::backward`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
     g: &Geom,
-    x: &[f32],
-    w: &[f32],
-    z: &[f32],
-    norm: &Normaliser,
+    (x, w): (&[f32], &[f32]),
+    (z, norm, grad): (&[f32], &Normaliser, &Gradient),
     dy: &[f32],
     need_x: bool,
     need_w: bool,
+    done: impl Fn(usize, &[f32]) + Sync,
 ) -> Vec<f32> {
-    let grad = norm.backward(z, dy);
     let (npix, ylen) = (g.npix(), g.y_len());
-    let mut out = conv::backward(g, x, w, need_x, need_w, grad.params.len(), |i, ch, dz| {
+    let dz = |i: usize, ch: usize, dz: &mut [f32]| {
         let at = i * ylen + ch * npix;
-        norm.dx_row(&grad, ch, &z[at..][..npix], &dy[at..][..npix], dz);
-    });
+        norm.dx_row(grad, ch, &z[at..][..npix], &dy[at..][..npix], dz);
+    };
+    let mut out = conv::backward(g, x, w, need_x, need_w, grad.params.len(), dz, done);
     let n = out.len();
     out[n - grad.params.len()..].copy_from_slice(&grad.params);
     out

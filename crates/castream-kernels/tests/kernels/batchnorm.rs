@@ -55,6 +55,29 @@ fn batch_norm_statistics_and_input_gradient_by_hand_and_finite_differences() {
     check_fd(f, &x, &r, &dx, 1e-2, 40, 2e-3, "batch norm dx");
 }
 
+/// A large offset with a small spread (mean ~1000, standard deviation ~0.006): the variance
+/// (per plane about the plane's own mean, combined in f64) against a brute-force f64 two-pass of
+/// the same values. A one-pass `E[x²] − E[x]²` in f32 gets it wrong by orders of magnitude.
+#[test]
+fn batch_norm_statistics_of_a_large_offset_match_f64() {
+    let mut rng = rng(13);
+    let dims = [4, 3, 9, 11];
+    let x = uniform(&mut rng, &dims).affine(0.01, 1000.0).unwrap();
+    let (gamma, beta) = (uniform(&mut rng, &[3]), uniform(&mut rng, &[3]));
+    let (_, mean, var) = batch_norm_train(&x, &gamma, &beta, EPS, false, Kernels::Fast).unwrap();
+    let v = to_vec(&x);
+    let hw = dims[2] * dims[3];
+    for ch in 0..dims[1] {
+        let values: Vec<f64> =
+            (0..dims[0]).flat_map(|i| &v[(i * dims[1] + ch) * hw..][..hw]).map(|&x| x as f64).collect();
+        let m = values.iter().sum::<f64>() / values.len() as f64;
+        let var_ref = values.iter().map(|x| (x - m).powi(2)).sum::<f64>() / values.len() as f64;
+        let (got_m, got_v) = (to_vec(&mean)[ch] as f64, to_vec(&var)[ch] as f64);
+        assert!((got_m - m).abs() < 1e-4, "channel {ch}: mean {got_m} vs {m}");
+        assert!((got_v - var_ref).abs() < 1e-3 * var_ref, "channel {ch}: variance {got_v:e} vs {var_ref:e}");
+    }
+}
+
 #[test]
 fn batch_norm_refuses_a_single_value_per_channel() {
     let x = Tensor::ones((1, 3, 1, 1), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
