@@ -330,7 +330,7 @@ impl CustomOp3 for ConvBackward {
         let gy = g.output_grad(self.name(), (gs, gl))?;
         let grad =
             |i: usize, c: usize, dst: &mut [f32]| dst.copy_from_slice(&gy[i * g.y_len() + c * g.npix()..][..g.npix()]);
-        let out = backward(&g, x, w, self.need_x, self.need_w, 0, grad, |_, _| {});
+        let out = backward(&g, (x, w), self.need_x, self.need_w, 0, grad, |_, _| {});
         let n = out.len();
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }
@@ -346,8 +346,7 @@ impl CustomOp3 for ConvBackward {
 /// (left zero).
 pub(crate) fn backward(
     g: &Geom,
-    x: &[f32],
-    w: &[f32],
+    (x, w): (&[f32], &[f32]),
     need_x: bool,
     need_w: bool,
     tail: usize,

@@ -161,7 +161,7 @@ pub(crate) fn backward(
         let at = i * ylen + ch * npix;
         norm.dx_row(grad, ch, &z[at..][..npix], &dy[at..][..npix], dz);
     };
-    let mut out = conv::backward(g, x, w, need_x, need_w, grad.params.len(), dz, done);
+    let mut out = conv::backward(g, (x, w), need_x, need_w, grad.params.len(), dz, done);
     let n = out.len();
     out[n - grad.params.len()..].copy_from_slice(&grad.params);
     out
