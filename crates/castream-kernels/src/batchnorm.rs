@@ -127,6 +127,22 @@ impl Normaliser {
         s
     }
 
+    /// [`Normaliser::plane_grad_sums`] for an output gradient that is zero but at the positions
+    /// `at` of the plane, where it is `gy` (added where positions repeat): a max-pool's gradient
+    /// before it is spread over the plane. Summed in f64 (no lanes to vectorise over).
+    pub fn plane_grad_sums_sparse(&self, plane: usize, x: &[f32], (at, gy): (&[u32], &[f32])) -> (f32, f32) {
+        let ch = plane % self.planes.c;
+        let (scale, shift, mean) = (self.scale[ch], self.shift[ch], self.mean[ch]);
+        let mut s = (0f64, 0f64);
+        for (&a, &d) in at.iter().zip(gy) {
+            let xv = x[a as usize];
+            if !self.relu || xv * scale + shift > 0.0 {
+                s = (s.0 + d as f64, s.1 + d as f64 * (xv as f64 - mean));
+            }
+        }
+        (s.0 as f32, s.1 as f32)
+    }
+
     /// The backward for output gradient `dy`: `dx_i = a · dy'_i + b · x_i + k` per channel
     /// `(a, b, k)`, and `[dγ | dβ]`.
     pub fn backward(&self, x: &[f32], dy: &[f32]) -> Gradient {
@@ -177,6 +193,22 @@ impl Normaliser {
     pub fn dx_row(&self, g: &Gradient, ch: usize, x: &[f32], dy: &[f32], out: &mut [f32]) {
         let (a, b, k) = g.coef[ch];
         dx_row(x, dy, self.scale[ch], self.shift[ch], self.relu, a, b, k, out)
+    }
+
+    /// [`Normaliser::dx_row`] of a whole plane for the sparse output gradient of
+    /// [`Normaliser::plane_grad_sums_sparse`].
+    pub fn dx_plane_sparse(&self, g: &Gradient, ch: usize, x: &[f32], (at, gy): (&[u32], &[f32]), out: &mut [f32]) {
+        let (a, b, k) = g.coef[ch];
+        let (scale, shift) = (self.scale[ch], self.shift[ch]);
+        for (o, &xv) in out.iter_mut().zip(x) {
+            *o = b * xv + k;
+        }
+        for (&p, &d) in at.iter().zip(gy) {
+            let p = p as usize;
+            if !self.relu || x[p] * scale + shift > 0.0 {
+                out[p] += a * d;
+            }
+        }
     }
 
     /// The whole input gradient, plane by plane.

@@ -9,16 +9,18 @@
 //!
 //! With a max-pool after the ReLU (the ResNet stem), each normalised plane is pooled while it is
 //! in cache, so the full-resolution activation is never written out; the forward keeps each
-//! window's argmax, and the backward routes the pooled gradient through them.
+//! window's argmax. The backward routes the pooled gradient through them as it computes the
+//! BatchNorm's sums and each plane's input gradient, so the full-resolution gradient is never
+//! written out either.
 
 use std::sync::{Arc, OnceLock};
 
-use crate::batchnorm::{keep, kept, Gradient, Normaliser, Planes};
+use crate::batchnorm::{keep, kept, Gradient, Normaliser, PlaneSums, Planes};
 use crate::conv::{self, ConvArgs, Geom};
-use crate::cpu::{f32_slice, par_build, split_flat, with_scratch};
-use crate::pool::{argmax_row, scatter_plane, MaxPool2d, PoolGeom, Winners};
+use crate::cpu::{f32_slice, split_flat, with_scratch};
+use crate::pool::{argmax_row, MaxPool2d, Winners};
 use crate::Conv2dParams;
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// What the forward keeps: the convolution's output and its normalisation, and with a pool, the
@@ -95,23 +97,19 @@ impl CustomOp3 for ConvBnTrain {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (need_x, need_w) = (x.track_op(), w.track_op());
-        let grad = match self.pool {
-            Some(pool) => {
-                let g = conv::Geom::new(x.dims(), w.dims(), self.p)?;
-                grad.contiguous()?.apply_op1_no_bwd(&Unpool { pool, h: g.oh, w: g.ow, saved: self.saved.clone() })?
-            }
-            None => grad.contiguous()?,
-        };
-        let op = ConvBnBackward { p: self.p, need_x, need_w, saved: self.saved.clone() };
-        let all = x.apply_op3_no_bwd(w, &grad, &op)?;
+        let op = ConvBnBackward { p: self.p, pool: self.pool, need_x, need_w, saved: self.saved.clone() };
+        let all = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
         let [gx, gw, gp] = split_flat(&all, [x.shape(), w.shape(), params.shape()])?;
         Ok((need_x.then_some(gx), need_w.then_some(gw), Some(gp)))
     }
 }
 
-/// `(x, w, dy) -> [dx | dw | dγ | dβ]` flattened.
+/// `(x, w, dy) -> [dx | dw | dγ | dβ]` flattened, `dy` the pooled output's gradient when the
+/// forward pooled: it is routed to each window's maximum as the BatchNorm's gradient is computed,
+/// plane by plane in cache, and the full-resolution gradient is never written out.
 struct ConvBnBackward {
     p: Conv2dParams,
+    pool: Option<MaxPool2d>,
     need_x: bool,
     need_w: bool,
     saved: Arc<OnceLock<Saved>>,
@@ -131,11 +129,42 @@ impl CustomOp3 for ConvBnBackward {
         ds: &CpuStorage,
         dl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let Saved { z, norm, .. } = kept(&self.saved, self.name())?;
+        let Saved { z, norm, argmax } = kept(&self.saved, self.name())?;
         let ConvArgs { g, x, w } = ConvArgs::new(self.name(), self.p, (xs, xl), (ws, wl))?;
-        let dy = g.output_grad(self.name(), (ds, dl))?;
-        let grad = norm.backward(z, dy);
-        let out = backward(&g, (x, w), (z, norm, &grad), dy, self.need_x, self.need_w, |_, _| {});
+        let (need_x, need_w) = (self.need_x, self.need_w);
+        let no_hook = |_: usize, _: &[f32]| {};
+        let out = match self.pool {
+            None => {
+                let dy = g.output_grad(self.name(), (ds, dl))?;
+                let grad = norm.backward(z, dy);
+                backward(&g, (x, w), (z, norm, &grad), dy, need_x, need_w, no_hook)
+            }
+            Some(pool) => {
+                let pg = pool.geom(g.out_shape().dims())?;
+                let (npix, pooled) = (g.npix(), pg.oh * pg.ow);
+                let gy = f32_slice(ds, dl, self.name())?;
+                if dl.dims() != [g.b, g.co, pg.oh, pg.ow] || gy.len() != argmax.len() {
+                    bail!(
+                        "{}: gradient {:?} does not match the pooled output {:?}",
+                        self.name(),
+                        dl.dims(),
+                        [g.b, g.co, pg.oh, pg.ow]
+                    )
+                }
+                // Plane `i`'s gradient: `gy` at the windows' maxima.
+                let sparse = |i: usize| (&argmax[i * pooled..][..pooled], &gy[i * pooled..][..pooled]);
+                let sums = PlaneSums::new(pg.planes);
+                (0..pg.planes)
+                    .into_par_iter()
+                    .for_each(|i| sums.record(i, norm.plane_grad_sums_sparse(i, &z[i * npix..][..npix], sparse(i))));
+                let grad = norm.gradient(&sums);
+                let dz = |i: usize, ch: usize, out: &mut [f32]| {
+                    let plane = i * g.co + ch;
+                    norm.dx_plane_sparse(&grad, ch, &z[plane * npix..][..npix], sparse(plane), out)
+                };
+                backward_with(&g, (x, w), &grad, dz, need_x, need_w, no_hook)
+            }
+        };
         let n = out.len();
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }
@@ -161,42 +190,22 @@ pub(crate) fn backward(
         let at = i * ylen + ch * npix;
         norm.dx_row(grad, ch, &z[at..][..npix], &dy[at..][..npix], dz);
     };
+    backward_with(g, (x, w), grad, dz, need_x, need_w, done)
+}
+
+/// [`backward`] with `dz(i, ch, out)` writing the BatchNorm's input gradient for channel `ch` of
+/// image `i`.
+fn backward_with(
+    g: &Geom,
+    (x, w): (&[f32], &[f32]),
+    grad: &Gradient,
+    dz: impl Fn(usize, usize, &mut [f32]) + Sync,
+    need_x: bool,
+    need_w: bool,
+    done: impl Fn(usize, &[f32]) + Sync,
+) -> Vec<f32> {
     let mut out = conv::backward(g, (x, w), need_x, need_w, grad.params.len(), dz, done);
     let n = out.len();
     out[n - grad.params.len()..].copy_from_slice(&grad.params);
     out
-}
-
-/// The pooled output's gradient routed to each window's maximum (kept by the forward): the
-/// gradient of the activation before the pool.
-struct Unpool {
-    pool: MaxPool2d,
-    /// The pooled activation's height and width.
-    h: usize,
-    w: usize,
-    saved: Arc<OnceLock<Saved>>,
-}
-
-impl CustomOp1 for Unpool {
-    fn name(&self) -> &'static str {
-        "castream-max-pool2d-unpool"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let saved = kept(&self.saved, self.name())?;
-        let gy = f32_slice(s, l, self.name())?;
-        let &[b, c, oh, ow] = l.dims() else { bail!("{}: expected a 4-d gradient, got {:?}", self.name(), l.dims()) };
-        let (h, w) = (self.h, self.w);
-        let PoolGeom { oh: poh, ow: pow, .. } = self.pool.geom(&[b, c, h, w])?;
-        if (poh, pow) != (oh, ow) || gy.len() != saved.argmax.len() {
-            bail!("{}: gradient {:?} does not match the pooled output {:?}", self.name(), l.dims(), [b, c, poh, pow])
-        }
-        let (plane, pooled) = (h * w, oh * ow);
-        let gx = par_build(b * c * plane, plane, |i, blank| {
-            let mut gxp = blank.fill(0.0);
-            scatter_plane(&saved.argmax[i * pooled..][..pooled], &gy[i * pooled..][..pooled], &mut gxp);
-            gxp
-        });
-        Ok((CpuStorage::F32(gx), Shape::from((b, c, h, w))))
-    }
 }
