@@ -17,6 +17,7 @@ use crate::convbn;
 use crate::cpu::{f32_slice, par_build, split_flat};
 use crate::{BatchStats, Conv2dParams};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 /// One conv + BatchNorm layer: weight shape and conv parameters (γ, β travel in the op's
 /// parameter input).
@@ -383,9 +384,13 @@ impl CustomOp3 for BlocksBackward {
             dw.push(grads.dw);
             dp.push(grads.dp);
         }
-        let mut all = g;
-        all.extend(dw.into_iter().rev().flatten().flatten());
-        all.extend(dp.into_iter().rev().flatten().flatten());
+        // One allocation for the flat output, the input gradient copied in parallel (extending
+        // `g` would reallocate and copy it on this thread while the pool waits).
+        let (dw, dp): (Vec<f32>, Vec<f32>) =
+            (dw.into_iter().rev().flatten().flatten().collect(), dp.into_iter().rev().flatten().flatten().collect());
+        let mut all = Vec::with_capacity(g.len() + dw.len() + dp.len());
+        all.par_extend(g.par_iter().copied());
+        all.extend(dw.into_iter().chain(dp));
         let n = all.len();
         Ok((CpuStorage::F32(all), Shape::from(n)))
     }
@@ -393,7 +398,6 @@ impl CustomOp3 for BlocksBackward {
 
 /// `a += b`, in parallel chunks.
 fn add_into(a: &mut [f32], b: &[f32]) {
-    use rayon::prelude::*;
     a.par_chunks_mut(1 << 15).zip(b.par_chunks(1 << 15)).for_each(|(a, b)| {
         for (a, b) in a.iter_mut().zip(b) {
             *a += b;
