@@ -6,7 +6,7 @@
 //! ([`ConvNorm`], [`WeightInit`]).
 
 use candle_core::{Result, Tensor};
-use castream_kernels::Conv2dParams;
+use castream_kernels::{Conv2dParams, Kernels};
 
 use crate::backbone::Backbone;
 use crate::config::{Arch, BackboneConfig, ConvNorm, Stem, WeightInit};
@@ -73,6 +73,7 @@ struct Block {
     fc1: Linear,
     fc2: Linear,
     gamma: Tensor,
+    kernels: Kernels,
 }
 
 impl Block {
@@ -85,14 +86,14 @@ impl Block {
             fc1: Linear::new(ps, &format!("{name}.mlp.fc1"), c, 4 * c, w, BIAS)?,
             fc2: Linear::new(ps, &format!("{name}.mlp.fc2"), 4 * c, c, w, BIAS)?,
             gamma: ps.tensor(format!("{name}.gamma"), &[c], Init::Constant(recipe.layer_scale))?,
+            kernels: ps.kernels,
         })
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = self.norm.after_conv(&self.conv_dw, x, train)?.permute((0, 2, 3, 1))?;
-        let y = self.fc1.forward(&y)?.gelu_erf()?;
-        let y = self.fc2.forward(&y)?.broadcast_mul(&self.gamma)?;
-        y.permute((0, 3, 1, 2))? + x
+        let y = castream_kernels::gelu(&self.fc1.forward(&y)?, self.kernels)?;
+        castream_kernels::layer_scale_residual(x, &self.fc2.forward(&y)?, &self.gamma, self.kernels)
     }
 }
 

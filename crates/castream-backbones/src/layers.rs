@@ -197,6 +197,7 @@ impl BatchNorm2d {
 pub(crate) struct Linear {
     weight: Tensor,
     bias: Tensor,
+    kernels: Kernels,
 }
 
 impl Linear {
@@ -204,12 +205,13 @@ impl Linear {
         Ok(Linear {
             weight: ps.tensor(format!("{name}.weight"), &[c_out, c_in], weight)?,
             bias: ps.tensor(format!("{name}.bias"), &[c_out], bias)?,
+            kernels: ps.kernels,
         })
     }
 
     /// Applies the layer to the last dimension of `x`, any leading dimensions.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        castream_kernels::linear(x, &self.weight, Some(&self.bias))
+        castream_kernels::linear(x, &self.weight, Some(&self.bias), self.kernels)
     }
 
     /// `(weight, bias)`, detached from the parameters' gradient graph.

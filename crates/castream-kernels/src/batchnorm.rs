@@ -328,7 +328,7 @@ impl PlaneSums {
         self.0[plane][1].store(b.to_bits(), Ordering::Relaxed);
     }
 
-    fn get(&self, plane: usize) -> (f32, f32) {
+    pub fn get(&self, plane: usize) -> (f32, f32) {
         let [a, b] = &self.0[plane];
         (f32::from_bits(a.load(Ordering::Relaxed)), f32::from_bits(b.load(Ordering::Relaxed)))
     }

@@ -244,6 +244,31 @@ pub(crate) fn par_build(
     v
 }
 
+/// Elements per rayon task of an element-wise map: big enough to amortise scheduling, small
+/// enough to split a layer.
+const MAP_CHUNK: usize = 1 << 15;
+
+/// `f(a_i)` for every element, in parallel chunks.
+pub(crate) fn map1(a: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
+    par_build(a.len(), MAP_CHUNK, |i, blank| blank.map([&a[i * MAP_CHUNK..]], |[a]| f(a)))
+}
+
+/// `f(a_i, b_i)` for every element, in parallel chunks.
+pub(crate) fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
+    par_build(a.len(), MAP_CHUNK, |i, blank| {
+        let (a, b) = (&a[i * MAP_CHUNK..], &b[i * MAP_CHUNK..]);
+        blank.map([a, b], |[a, b]| f(a, b))
+    })
+}
+
+/// An error unless the two operands of an element-wise op have the same shape.
+pub(crate) fn same_shape(op: &str, a: &Layout, b: &Layout) -> Result<()> {
+    if a.dims() != b.dims() {
+        bail!("{op}: shapes {:?} and {:?} differ", a.dims(), b.dims())
+    }
+    Ok(())
+}
+
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }

@@ -19,8 +19,11 @@ mod convpool;
 mod cpu;
 mod depthwise;
 mod fold;
+mod gelu;
 mod im2col;
+mod layer_scale;
 mod layernorm;
+mod linear;
 mod pool;
 mod relu;
 mod upsample;
@@ -160,19 +163,44 @@ pub fn add_relu(a: &Tensor, b: &Tensor, k: Kernels) -> Result<Tensor> {
     (a + b)?.relu()
 }
 
+/// Exact GELU, `x · Φ(x)` (`Φ` the standard normal CDF, through erf), as candle's `gelu_erf`;
+/// the fast kernel's backward is one pass (see `gelu.rs`).
+pub fn gelu(x: &Tensor, k: Kernels) -> Result<Tensor> {
+    if k.fast_for(&[x]) {
+        let saved = x.track_op().then(|| Arc::new(OnceLock::new()));
+        return x.contiguous()?.apply_op1(gelu::Gelu { saved });
+    }
+    x.gelu_erf()
+}
+
+/// ConvNeXt's block output, `x + γ ⊙ h` with `x` channels first `(B, C, H, W)` and the residual
+/// branch `h` channels last `(B, H, W, C)`; one op each way with the fast kernels (see
+/// `layer_scale.rs`).
+pub fn layer_scale_residual(x: &Tensor, h: &Tensor, gamma: &Tensor, k: Kernels) -> Result<Tensor> {
+    if k.fast_for(&[x, h, gamma]) {
+        let op = layer_scale::LayerScaleResidual;
+        return x.contiguous()?.apply_op3(&h.contiguous()?, &gamma.contiguous()?, op);
+    }
+    x + h.broadcast_mul(gamma)?.permute((0, 3, 1, 2))?
+}
+
 /// Max pooling with a square `kernel`, `stride` and zero `padding` positions that never win
 /// (padding acts as -inf, as in PyTorch).
 /// A linear layer on the last dimension of `x` (any leading dimensions): `x W^T + b` with `w`
-/// `(out, in)`. Through the facade so that its multiply-adds are counted with the convolutions'.
-pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+/// `(out, in)`, one op each way with the fast kernels (see `linear.rs`). Through the facade so
+/// that its multiply-adds are counted with the convolutions'.
+pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, k: Kernels) -> Result<Tensor> {
     let mut dims = x.dims().to_vec();
     let c_in = dims.pop().unwrap_or(0);
     let (c_out, _) = w.dims2()?;
     let rows = x.elem_count() / c_in.max(1);
-    let y = x.reshape((rows, c_in))?.matmul(&w.t()?)?;
+    let x = x.reshape((rows, c_in))?;
     let y = match bias {
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
+        Some(b) if k.fast_for(&[&x, w, b]) => {
+            x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, linear::Linear)?
+        }
+        Some(b) => x.matmul(&w.t()?)?.broadcast_add(b)?,
+        None => x.matmul(&w.t()?)?,
     };
     macs::add(rows * c_in * c_out);
     dims.push(c_out);

@@ -3,32 +3,8 @@
 //! forward ops; these ops do each direction in one pass. The backward reads the op's own output:
 //! `y > 0` is exactly where the input was positive.
 
-use crate::cpu::{f32_slice, par_build};
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
-
-/// Elements per rayon task: big enough to amortise scheduling, small enough to split a layer.
-const CHUNK: usize = 1 << 15;
-
-fn map1(a: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
-    par_build(a.len(), CHUNK, |i, blank| {
-        let a = &a[i * CHUNK..];
-        blank.map([a], |[a]| f(a))
-    })
-}
-
-fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
-    par_build(a.len(), CHUNK, |i, blank| {
-        let (a, b) = (&a[i * CHUNK..], &b[i * CHUNK..]);
-        blank.map([a, b], |[a, b]| f(a, b))
-    })
-}
-
-fn same_shape(op: &str, a: &Layout, b: &Layout) -> Result<()> {
-    if a.dims() != b.dims() {
-        bail!("{op}: shapes {:?} and {:?} differ", a.dims(), b.dims())
-    }
-    Ok(())
-}
+use crate::cpu::{f32_slice, map1, map2, same_shape};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// `dy · [y > 0]`: the gradient through a ReLU whose output is `y`.
 pub(crate) fn relu_grad(y: &Tensor, dy: &Tensor) -> Result<Tensor> {

@@ -11,5 +11,6 @@ mod convbn;
 mod epilogue;
 mod fold;
 mod layernorm;
+mod mlp;
 mod pool;
 mod upsample;

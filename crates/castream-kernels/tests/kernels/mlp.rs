@@ -1,0 +1,121 @@
+//! The MLP layers of ConvNeXt (the linear layer, exact GELU, the layer-scaled residual), against candle's ops with
+//! candle's autograd, hand-worked values and central finite differences.
+
+use crate::common::*;
+use candle_core::{Tensor, Var};
+use castream_kernels::{gelu, layer_scale_residual, linear, Kernels};
+
+/// `(y, dx, dW, db)` of `Σ linear(x) · r` with the chosen kernels.
+fn run_linear(x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor, k: Kernels) -> [Tensor; 4] {
+    let (xv, wv, bv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap(), Var::from_tensor(b).unwrap());
+    let y = linear(xv.as_tensor(), wv.as_tensor(), Some(bv.as_tensor()), k).unwrap();
+    let g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+    let get = |v: &Var| g.get(v.as_tensor()).unwrap().clone();
+    [y, get(&xv), get(&wv), get(&bv)]
+}
+
+#[test]
+fn linear_matches_candle_ops_and_autograd() {
+    let mut g = rng(31);
+    // Leading dimensions of any rank; one row; more rows than a thread's block; odd widths.
+    for (x_dims, c_out) in
+        [(vec![2usize, 3, 5, 7], 11usize), (vec![1, 4], 3), (vec![1031, 9], 6), (vec![2, 64, 16], 64)]
+    {
+        let c_in = *x_dims.last().unwrap();
+        let (x, w, b) = (uniform(&mut g, &x_dims), uniform(&mut g, &[c_out, c_in]), uniform(&mut g, &[c_out]));
+        let mut y_dims = x_dims.clone();
+        *y_dims.last_mut().unwrap() = c_out;
+        let r = uniform(&mut g, &y_dims);
+        let fast = run_linear(&x, &w, &b, &r, Kernels::Fast);
+        let candle = run_linear(&x, &w, &b, &r, Kernels::Candle);
+        assert_eq!(fast[0].dims(), &y_dims[..]);
+        for (i, what) in ["y", "dx", "dW", "db"].iter().enumerate() {
+            assert_close(&fast[i], &candle[i], 1e-5, &format!("{what} {x_dims:?} -> {c_out}"));
+        }
+    }
+}
+
+#[test]
+fn linear_by_hand_and_by_finite_differences() {
+    // x = [[1, 2]], W = [[1, 0], [2, -1], [0, 3]], b = [0.5, 0, -1]: y = [1.5, 0, 5].
+    let dev = candle_core::Device::Cpu;
+    let x = Tensor::new(&[[1f32, 2.0]], &dev).unwrap();
+    let w = Tensor::new(&[[1f32, 0.0], [2.0, -1.0], [0.0, 3.0]], &dev).unwrap();
+    let b = Tensor::new(&[0.5f32, 0.0, -1.0], &dev).unwrap();
+    assert_eq!(to_vec(&linear(&x, &w, Some(&b), Kernels::Fast).unwrap()), vec![1.5, 0.0, 5.0]);
+
+    let mut g = rng(32);
+    let (x, w, b, r) =
+        (uniform(&mut g, &[5, 4]), uniform(&mut g, &[3, 4]), uniform(&mut g, &[3]), uniform(&mut g, &[5, 3]));
+    let [_, dx, dw, db] = run_linear(&x, &w, &b, &r, Kernels::Fast);
+    check_fd(|x| linear(x, &w, Some(&b), Kernels::Fast).unwrap(), &x, &r, &dx, 1e-2, 20, 1e-3, "linear dx");
+    check_fd(|w| linear(&x, w, Some(&b), Kernels::Fast).unwrap(), &w, &r, &dw, 1e-2, 12, 1e-3, "linear dW");
+    check_fd(|b| linear(&x, &w, Some(b), Kernels::Fast).unwrap(), &b, &r, &db, 1e-2, 3, 1e-3, "linear db");
+}
+
+/// `(y, dx)` of `Σ gelu(x) · r` with the chosen kernels.
+fn run_gelu(x: &Tensor, r: &Tensor, k: Kernels) -> [Tensor; 2] {
+    let xv = Var::from_tensor(x).unwrap();
+    let y = gelu(xv.as_tensor(), k).unwrap();
+    let g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+    [y, g.get(xv.as_tensor()).unwrap().clone()]
+}
+
+#[test]
+fn gelu_matches_candle_and_its_derivative() {
+    let mut g = rng(33);
+    let dims = [3, 5, 7, 11];
+    // Values in [-6, 6): both tails and the curved middle.
+    let x = (uniform(&mut g, &dims) * 6.0).unwrap();
+    let r = uniform(&mut g, &dims);
+    let (fast, candle) = (run_gelu(&x, &r, Kernels::Fast), run_gelu(&x, &r, Kernels::Candle));
+    assert_close(&fast[0], &candle[0], 1e-6, "gelu y");
+    // candle's backward rounds 1/√(2π) to 0.398942.
+    assert_close(&fast[1], &candle[1], 1e-5, "gelu dx");
+    check_fd(|x| gelu(x, Kernels::Fast).unwrap(), &x, &r, &fast[1], 1e-2, 60, 2e-3, "gelu dx");
+    // Without a gradient to track, the forward keeps nothing and gives the same values.
+    assert_eq!(to_vec(&gelu(&x, Kernels::Fast).unwrap()), to_vec(&fast[0]));
+}
+
+#[test]
+fn gelu_by_hand() {
+    // GELU(0) = 0, GELU(1) = Φ(1) = 0.841344746, GELU(-1) = -(1 − Φ(1)), GELU(3) = 3 · 0.998650102;
+    // its derivative at 0 is 1/2, at 1 Φ(1) + φ(1) = 0.841344746 + 0.241970725.
+    let x = Tensor::new(&[0f32, 1.0, -1.0, 3.0], &candle_core::Device::Cpu).unwrap();
+    let expected = [0.0, 0.841_344_746, -0.158_655_254, 3.0 * 0.998_650_102];
+    let y = to_vec(&gelu(&x, Kernels::Fast).unwrap());
+    assert!(y.iter().zip(expected).all(|(a, b)| (*a as f64 - b).abs() < 1e-6), "{y:?} vs {expected:?}");
+    let dx = to_vec(&run_gelu(&x, &Tensor::ones(4, candle_core::DType::F32, x.device()).unwrap(), Kernels::Fast)[1]);
+    assert!((dx[0] - 0.5).abs() < 1e-6 && (dx[1] as f64 - 1.083_315_471).abs() < 1e-6, "{dx:?}");
+}
+
+/// `(y, dx, dh, dγ)` of `Σ layer_scale_residual(x, h, γ) · r` with the chosen kernels.
+fn run_layer_scale(x: &Tensor, h: &Tensor, gamma: &Tensor, r: &Tensor, k: Kernels) -> [Tensor; 4] {
+    let vars = [x, h, gamma].map(|t| Var::from_tensor(t).unwrap());
+    let y = layer_scale_residual(vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor(), k).unwrap();
+    let g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+    let [dx, dh, dgamma] = vars.map(|v| g.get(v.as_tensor()).unwrap().clone());
+    [y, dx, dh, dgamma]
+}
+
+#[test]
+fn layer_scale_residual_matches_candle_ops_and_autograd() {
+    let mut g = rng(34);
+    for [b, c, h, w] in [[2usize, 5, 3, 7], [1, 1, 1, 1], [3, 16, 4, 4]] {
+        let (x, branch) = (uniform(&mut g, &[b, c, h, w]), uniform(&mut g, &[b, h, w, c]));
+        let (gamma, r) = (uniform(&mut g, &[c]), uniform(&mut g, &[b, c, h, w]));
+        let fast = run_layer_scale(&x, &branch, &gamma, &r, Kernels::Fast);
+        let candle = run_layer_scale(&x, &branch, &gamma, &r, Kernels::Candle);
+        for (i, what) in ["y", "dx", "dh", "dgamma"].iter().enumerate() {
+            assert_close(&fast[i], &candle[i], 1e-6, &format!("{what} {:?}", [b, c, h, w]));
+        }
+    }
+    // A branch whose layout does not match the input is refused, naming both shapes.
+    let err = layer_scale_residual(
+        &uniform(&mut g, &[1, 2, 3, 4]),
+        &uniform(&mut g, &[1, 2, 3, 4]),
+        &uniform(&mut g, &[2]),
+        Kernels::Fast,
+    );
+    assert!(err.unwrap_err().to_string().contains("[1, 2, 3, 4]"));
+}
