@@ -303,14 +303,21 @@ impl BlocksBackward {
             weights.push(&w[at..][..k.g.co * k.g.kdim()]);
             at += k.g.co * k.g.kdim();
         }
-        let layer = |i: usize, input: &[f32], dy: &[f32], need_x: bool| {
+        // Layer `i`'s gradients; `residual` is added to its input gradient image by image, while
+        // in cache.
+        let layer = |i: usize, input: &[f32], dy: &[f32], need_x: bool, residual: Option<&[f32]>| {
             let k = &saved.layers[i];
             let grad = k.norm.gradient(&sums[i]);
-            // Inside the chain, this layer's input gradient is the previous one's output gradient.
-            let done = |image: usize, dx: &[f32]| {
+            let done = |image: usize, dx: &mut [f32]| {
+                // Inside the chain, this layer's input gradient is the previous one's output
+                // gradient.
                 if (1..chain).contains(&i) {
                     let (c, hw) = (k.g.ci, k.g.h * k.g.w);
                     (0..c).for_each(|ch| record(i - 1, image * c + ch, &dx[ch * hw..][..hw]));
+                }
+                if let Some(r) = residual {
+                    let r = &r[image * dx.len()..][..dx.len()];
+                    dx.iter_mut().zip(r).for_each(|(d, &r)| *d += r);
                 }
             };
             let mut out =
@@ -320,22 +327,20 @@ impl BlocksBackward {
             (out, dw, dp)
         };
         let mut grads = BlockGrads { dx: Vec::new(), dw: vec![Vec::new(); n], dp: vec![Vec::new(); n] };
+        // The shortcut first: its input gradient (for the identity, the sum's gradient itself) is
+        // added to the chain's as the first layer completes it.
+        let short = (chain < n).then(|| {
+            let (dx, dw, dp) = layer(chain, x, &gs, need_x, None);
+            (grads.dw[chain], grads.dp[chain]) = (dw, dp);
+            dx
+        });
+        let residual = need_x.then(|| short.as_deref().unwrap_or(&gs));
         // The chain, last layer first; each layer's input gradient is the previous one's `dy`.
         for i in (0..chain).rev() {
             let input = if i == 0 { x } else { &saved.inputs[i - 1] };
             let dy: &[f32] = if i + 1 == chain { &gs } else { &grads.dx };
-            (grads.dx, grads.dw[i], grads.dp[i]) = layer(i, input, dy, i > 0 || need_x);
-        }
-        match chain < n {
-            true => {
-                let (dx, dw, dp) = layer(chain, x, &gs, need_x);
-                if need_x {
-                    add_into(&mut grads.dx, &dx);
-                }
-                (grads.dw[chain], grads.dp[chain]) = (dw, dp);
-            }
-            false if need_x => add_into(&mut grads.dx, &gs),
-            false => {}
+            let residual = if i == 0 { residual } else { None };
+            (grads.dx, grads.dw[i], grads.dp[i]) = layer(i, input, dy, i > 0 || need_x, residual);
         }
         grads
     }
@@ -394,13 +399,4 @@ impl CustomOp3 for BlocksBackward {
         let n = all.len();
         Ok((CpuStorage::F32(all), Shape::from(n)))
     }
-}
-
-/// `a += b`, in parallel chunks.
-fn add_into(a: &mut [f32], b: &[f32]) {
-    a.par_chunks_mut(1 << 15).zip(b.par_chunks(1 << 15)).for_each(|(a, b)| {
-        for (a, b) in a.iter_mut().zip(b) {
-            *a += b;
-        }
-    });
 }

@@ -330,7 +330,7 @@ impl CustomOp3 for ConvBackward {
         let gy = g.output_grad(self.name(), (gs, gl))?;
         let grad =
             |i: usize, c: usize, dst: &mut [f32]| dst.copy_from_slice(&gy[i * g.y_len() + c * g.npix()..][..g.npix()]);
-        let out = backward(&g, (x, w), self.need_x, self.need_w, 0, grad, |_, _| {});
+        let out = backward(&g, (x, w), self.need_x, self.need_w, 0, grad, |_, _: &mut [f32]| {});
         let n = out.len();
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }
@@ -339,7 +339,8 @@ impl CustomOp3 for ConvBackward {
 /// The gradients of a convolution as one flat `[grad_x | grad_w | tail]`, `tail` zeros left for
 /// the caller. `grad(i, c, dst)` writes channel `c` of image `i`'s output gradient into `dst`, so
 /// that a fused op can compute it while it is in cache; `done(i, grad_x_i)` is called once image
-/// `i`'s input gradient is complete (when computed), while it is in cache. Threads take disjoint groups of images
+/// `i`'s input gradient is complete (when computed), while it is in cache, to read it or add to
+/// it. Threads take disjoint groups of images
 /// (side by side in one GEMM where maps are small, as in the forward) and keep private weight
 /// gradients, summed at the end. A stride-1 conv whose input gradient is needed goes through
 /// [`Transposed`]; any other through [`backward_gemm`]. A half that is not needed is skipped
@@ -351,7 +352,7 @@ pub(crate) fn backward(
     need_w: bool,
     tail: usize,
     grad: impl Fn(usize, usize, &mut [f32]) + Sync,
-    done: impl Fn(usize, &[f32]) + Sync,
+    done: impl Fn(usize, &mut [f32]) + Sync,
 ) -> Vec<f32> {
     let nx = g.b * g.x_len();
     // The GEMM path's col2im accumulates into grad_x; an unneeded one stays untouched zero pages.
@@ -377,7 +378,7 @@ pub(crate) fn backward(
                         None => backward_gemm(g, w, images, &grad, scratch, need_x, acc, par),
                     };
                     if need_x {
-                        gxs.chunks(g.x_len()).enumerate().for_each(|(j, gx)| done(first + j, gx));
+                        gxs.chunks_mut(g.x_len()).enumerate().for_each(|(j, gx)| done(first + j, gx));
                     }
                 }
             });
@@ -435,9 +436,12 @@ fn gemm_scratch_len(g: &Geom, nb: usize) -> usize {
 }
 
 /// The gradients of `images` as GEMMs over the patch matrix, per conv group (the output
-/// gradient side by side, `ld = n·n_pix`): `grad_wᵀ += patches · grad_yᵀ` into `acc` (per group
-/// `kdim x cog`, transposed so that gemm packs the small `grad_y` operand rather than the patch
-/// matrix), and `grad_x += col2im(wᵀ · grad_y)`. Returns the images' input gradients.
+/// gradient side by side, `ld = n·n_pix`): the weight gradient into `acc`, and
+/// `grad_x += col2im(wᵀ · grad_y)`. Returns the images' input gradients. gemm copies (packs)
+/// whichever operand of the weight gradient it must read across its rows: the smaller one, so
+/// `grad_wᵀ += patches · grad_yᵀ` (per group `kdim x cog`) where the patch matrix has more rows
+/// (`kdim = C_in·k²` against `C_out`), else `grad_w += grad_y · patchesᵀ` (per group
+/// `cog x kdim`: a ResNet-50's expanding 1x1 convs). [`weight_grad_gemm`] reads either.
 #[allow(clippy::too_many_arguments)]
 fn backward_gemm<'a>(
     g: &Geom,
@@ -460,9 +464,14 @@ fn backward_gemm<'a>(
             let (img_cols, cols) = (rows.len() * g.ow, n * rows.len() * g.ow);
             let gyg = Mat { data: &gy[grp * cog * ld + rows.start * g.ow..], rs: ld, cs: 1 };
             if let Some(acc) = acc.as_deref_mut() {
-                let lhs = Mat { data: patches(g, xs, grp, col, rows.clone()), rs: cols, cs: 1 };
-                let gy_t = Mat { data: gyg.data, rs: 1, cs: ld };
-                sgemm(kdim, cog, cols, &mut acc[grp * cog * kdim..][..cog * kdim], cog, true, lhs, gy_t, par);
+                let p = patches(g, xs, grp, col, rows.clone());
+                let dst = &mut acc[grp * cog * kdim..][..cog * kdim];
+                if transposed_weight_grad(g) {
+                    let (p, gy_t) = (Mat { data: p, rs: cols, cs: 1 }, Mat { data: gyg.data, rs: 1, cs: ld });
+                    sgemm(kdim, cog, cols, dst, cog, true, p, gy_t, par);
+                } else {
+                    sgemm(cog, kdim, cols, dst, kdim, true, gyg, Mat { data: p, rs: 1, cs: cols }, par);
+                }
             }
             if !need_x {
                 continue;
@@ -481,9 +490,18 @@ fn backward_gemm<'a>(
     gxs
 }
 
-/// `grad_w` from [`backward_gemm`]'s per-group `kdim x cog` accumulator, output channels in
-/// parallel (a ResNet-50's weights are 100 MB).
+/// Whether [`backward_gemm`] accumulates the weight gradient transposed.
+fn transposed_weight_grad(g: &Geom) -> bool {
+    g.kdim() > g.cog()
+}
+
+/// `grad_w` from [`backward_gemm`]'s accumulator, output channels in parallel (a ResNet-50's
+/// weights are 100 MB).
 fn weight_grad_gemm(g: &Geom, acc: &[f32], gw: &mut [f32]) {
+    if !transposed_weight_grad(g) {
+        gw.copy_from_slice(acc);
+        return;
+    }
     let (cog, kdim) = (g.cog(), g.kdim());
     gw.par_chunks_mut(kdim).enumerate().for_each(|(r, row)| {
         let (src, co) = (&acc[(r / cog) * cog * kdim..][..cog * kdim], r % cog);

@@ -132,7 +132,7 @@ impl CustomOp3 for ConvBnBackward {
         let Saved { z, norm, argmax } = kept(&self.saved, self.name())?;
         let ConvArgs { g, x, w } = ConvArgs::new(self.name(), self.p, (xs, xl), (ws, wl))?;
         let (need_x, need_w) = (self.need_x, self.need_w);
-        let no_hook = |_: usize, _: &[f32]| {};
+        let no_hook = |_: usize, _: &mut [f32]| {};
         let out = match self.pool {
             None => {
                 let dy = g.output_grad(self.name(), (ds, dl))?;
@@ -183,7 +183,7 @@ pub(crate) fn backward(
     dy: &[f32],
     need_x: bool,
     need_w: bool,
-    done: impl Fn(usize, &[f32]) + Sync,
+    done: impl Fn(usize, &mut [f32]) + Sync,
 ) -> Vec<f32> {
     let (npix, ylen) = (g.npix(), g.y_len());
     let dz = |i: usize, ch: usize, dz: &mut [f32]| {
@@ -202,7 +202,7 @@ fn backward_with(
     dz: impl Fn(usize, usize, &mut [f32]) + Sync,
     need_x: bool,
     need_w: bool,
-    done: impl Fn(usize, &[f32]) + Sync,
+    done: impl Fn(usize, &mut [f32]) + Sync,
 ) -> Vec<f32> {
     let mut out = conv::backward(g, (x, w), need_x, need_w, grad.params.len(), dz, done);
     let n = out.len();

@@ -138,10 +138,11 @@ fn conv_falls_back_for_f64() {
 #[test]
 fn conv_with_images_side_by_side_matches_candle_at_any_thread_count() {
     let cases: &[Case] = &[
-        (5, 6, 4, 4, 8, 3, 1, 1, 1), // late-stage 3x3 on a 4x4 map
-        (5, 4, 3, 5, 6, 1, 1, 0, 1), // pointwise
-        (5, 4, 8, 8, 6, 1, 2, 0, 1), // 1x1 stride 2
-        (5, 4, 5, 5, 6, 3, 2, 1, 2), // grouped, strided
+        (5, 6, 4, 4, 8, 3, 1, 1, 1),   // late-stage 3x3 on a 4x4 map
+        (5, 4, 3, 5, 6, 1, 1, 0, 1),   // pointwise
+        (5, 4, 8, 8, 6, 1, 2, 0, 1),   // 1x1 stride 2
+        (5, 4, 5, 5, 6, 3, 2, 1, 2),   // grouped, strided
+        (3, 4, 16, 17, 9, 1, 1, 0, 1), // pointwise, expanding: one image per GEMM, the weight gradient accumulated over them
     ];
     for threads in [1, 3] {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
