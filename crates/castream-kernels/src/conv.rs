@@ -340,11 +340,10 @@ impl CustomOp3 for ConvBackward {
 /// the caller. `grad(i, c, dst)` writes channel `c` of image `i`'s output gradient into `dst`, so
 /// that a fused op can compute it while it is in cache; `done(i, grad_x_i)` is called once image
 /// `i`'s input gradient is complete (when computed), while it is in cache, to read it or add to
-/// it. Threads take disjoint groups of images
-/// (side by side in one GEMM where maps are small, as in the forward) and keep private weight
-/// gradients, summed at the end. A stride-1 conv whose input gradient is needed goes through
-/// [`Transposed`]; any other through [`backward_gemm`]. A half that is not needed is skipped
-/// (left zero).
+/// it. Threads take disjoint groups of images (side by side in one GEMM where maps are small, as
+/// in the forward) and keep private weight gradients, summed at the end. A stride-1 conv whose
+/// input gradient is needed goes through [`Transposed`]; any other through [`backward_gemm`]. A
+/// half that is not needed is skipped (left zero).
 pub(crate) fn backward(
     g: &Geom,
     (x, w): (&[f32], &[f32]),
