@@ -23,7 +23,7 @@ impl Dims {
         let (&[rows, c_in], &[c_out, w_in]) = (xl.dims(), wl.dims()) else {
             bail!("{op}: expected 2-d input and weights, got {:?} and {:?}", xl.dims(), wl.dims())
         };
-        if c_in != w_in || bias != c_out {
+        if c_in == 0 || c_in != w_in || bias != c_out {
             bail!("{op}: input {:?}, weights {:?} and {bias} biases do not match", xl.dims(), wl.dims())
         }
         Ok(Dims { rows, c_in, c_out })
