@@ -169,9 +169,9 @@ impl Backbone for ResNet {
         if let Some(l) = stages.clone().find(|l| !(1..=4).contains(l)) {
             candle_core::bail!("ResNet stage {l} does not exist (stages are 1..=4)")
         }
-        let blocks = stages.flat_map(|l| &self.layers[l - 1]);
+        let mut blocks = stages.flat_map(|l| &self.layers[l - 1]);
         if !train {
-            return blocks.into_iter().try_fold(f.clone(), |x, b| b.evaluate(&x, self.kernels));
+            return blocks.try_fold(f.clone(), |x, b| b.evaluate(&x, self.kernels));
         }
         let blocks: Vec<&Block> = blocks.collect();
         let ops = blocks.iter().map(|b| b.layers()).collect::<Result<Vec<_>>>()?;

@@ -276,9 +276,17 @@ struct BlockGrads {
 }
 
 impl BlocksBackward {
-    /// The gradients of one block (chain length `chain`, input `x`, weights `w` flattened) for
-    /// its output gradient `gy`.
-    fn block(&self, chain: usize, saved: &Saved, x: &[f32], w: &[f32], gy: &[f32], need_x: bool) -> BlockGrads {
+    /// The gradients of one block (chain length `chain`, input `x`, each layer's weights
+    /// `weights`) for its output gradient `gy`.
+    fn block(
+        &self,
+        chain: usize,
+        saved: &Saved,
+        x: &[f32],
+        weights: &[&[f32]],
+        gy: &[f32],
+        need_x: bool,
+    ) -> BlockGrads {
         let n = saved.layers.len();
         // Each BatchNorm's backward sums, recorded by the pass that produces its output gradient.
         let sums: Vec<PlaneSums> = saved.layers.iter().map(|k| PlaneSums::new(k.norm.planes())).collect();
@@ -297,12 +305,6 @@ impl BlocksBackward {
             (chain - 1..n).for_each(|i| record(i, plane, &gs));
             gs
         });
-        let mut weights = Vec::with_capacity(n);
-        let mut at = 0;
-        for k in &saved.layers {
-            weights.push(&w[at..][..k.g.co * k.g.kdim()]);
-            at += k.g.co * k.g.kdim();
-        }
         // Layer `i`'s gradients; `residual` is added to its input gradient image by image, while
         // in cache.
         let layer = |i: usize, input: &[f32], dy: &[f32], need_x: bool, residual: Option<&[f32]>| {
@@ -368,23 +370,30 @@ impl CustomOp3 for BlocksBackward {
         if dl.dims() != out.dims() {
             bail!("{name}: gradient {:?} does not match the blocks' output {out:?}", dl.dims())
         }
-        // Each block's weights: the flat input cut at the blocks' ends.
-        let ends: Vec<usize> = saved
-            .iter()
-            .scan(0, |at, b| {
-                *at += b.layers.iter().map(|k| k.g.co * k.g.kdim()).sum::<usize>();
-                Some(*at)
+        // Each layer's weights: the flat input cut in layer order.
+        let sizes: Vec<usize> = saved.iter().flat_map(|b| &b.layers).map(|k| k.g.co * k.g.kdim()).collect();
+        if sizes.iter().sum::<usize>() != w.len() {
+            bail!("{name}: {} weights for layers of {} in all", w.len(), sizes.iter().sum::<usize>())
+        }
+        let mut rest = w;
+        let weights: Vec<&[f32]> = sizes
+            .into_iter()
+            .map(|n| {
+                let (layer, tail) = rest.split_at(n);
+                rest = tail;
+                layer
             })
             .collect();
         let (mut dw, mut dp) = (Vec::new(), Vec::new());
         // The last block first; each block's input gradient is the output gradient of the one
         // before.
-        let mut g: Vec<f32> = Vec::new();
+        let (mut g, mut end): (Vec<f32>, usize) = (Vec::new(), weights.len());
         for (b, (saved, &chain)) in saved.iter().zip(&self.chains).enumerate().rev() {
             let (input, need_x) = if b == 0 { (x, self.need_x) } else { (&saved.input[..], true) };
-            let start = if b == 0 { 0 } else { ends[b - 1] };
+            let first = end - saved.layers.len();
             let gy = if b + 1 == self.chains.len() { gy } else { &g[..] };
-            let grads = self.block(chain, saved, input, &w[start..ends[b]], gy, need_x);
+            let grads = self.block(chain, saved, input, &weights[first..end], gy, need_x);
+            end = first;
             g = grads.dx;
             dw.push(grads.dw);
             dp.push(grads.dp);
