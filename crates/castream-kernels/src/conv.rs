@@ -9,6 +9,7 @@
 
 use crate::batchnorm::{plane_stats, PlaneSums};
 use crate::cpu::{f32_slice, par_build, sgemm, split, split_flat, with_scratch, zeros, Mat};
+use crate::direct;
 use crate::im2col::{col2im, im2col};
 use crate::relu::relu_grad;
 use crate::Conv2dParams;
@@ -341,9 +342,9 @@ impl CustomOp3 for ConvBackward {
 /// that a fused op can compute it while it is in cache; `done(i, grad_x_i)` is called once image
 /// `i`'s input gradient is complete (when computed), while it is in cache, to read it or add to
 /// it. Threads take disjoint groups of images (side by side in one GEMM where maps are small, as
-/// in the forward) and keep private weight gradients, summed at the end. A stride-1 conv whose
-/// input gradient is needed goes through [`Transposed`]; any other through [`backward_gemm`]. A
-/// half that is not needed is skipped (left zero).
+/// in the forward) and keep private weight gradients, summed at the end. The [`Method`] depends on
+/// the conv and on whether its input gradient is needed. A half that is not needed is skipped
+/// (left zero).
 pub(crate) fn backward(
     g: &Geom,
     (x, w): (&[f32], &[f32]),
@@ -359,8 +360,9 @@ pub(crate) fn backward(
     let (gx, rest) = out.split_at_mut(nx);
     let (chunk, par) = split(g.b);
     let nb = images_per_gemm(g, chunk);
-    let flipped = if need_x { Transposed::of(g, w) } else { None };
-    let scratch = flipped.as_ref().map_or_else(|| gemm_scratch_len(g, nb), |t| t.scratch_len(g, nb));
+    let method = Method::of(g, w, need_x);
+    let nb = if matches!(method, Method::Direct(_)) { 1 } else { nb };
+    let scratch = method.scratch_len(g, nb);
     let acc = gx
         .par_chunks_mut(chunk * g.x_len())
         .zip(x.par_chunks(chunk * g.x_len()))
@@ -372,9 +374,10 @@ pub(crate) fn backward(
                     let first = t * chunk + k * nb;
                     let images = Images { first, x: xs, gx: gxs, n: xs.len() / g.x_len() };
                     let acc = need_w.then_some(&mut acc[..]);
-                    let gxs = match &flipped {
-                        Some(tr) => tr.backward(g, images, &grad, scratch, acc, par),
-                        None => backward_gemm(g, w, images, &grad, scratch, need_x, acc, par),
+                    let gxs = match &method {
+                        Method::Direct(d) => d.backward(g, images, &grad, scratch, acc),
+                        Method::Transposed(tr) => tr.backward(g, images, &grad, scratch, acc, par),
+                        Method::Gemm => backward_gemm(g, w, images, &grad, scratch, need_x, acc, par),
                     };
                     if need_x {
                         gxs.chunks_mut(g.x_len()).enumerate().for_each(|(j, gx)| done(first + j, gx));
@@ -394,12 +397,43 @@ pub(crate) fn backward(
         });
     if need_w {
         let gw = &mut rest[..w.len()];
-        match &flipped {
-            Some(tr) => tr.weight_grad(g, &acc, gw),
-            None => weight_grad_gemm(g, &acc, gw),
+        match &method {
+            Method::Direct(_) => gw.copy_from_slice(&acc),
+            Method::Transposed(tr) => tr.weight_grad(g, &acc, gw),
+            Method::Gemm => weight_grad_gemm(g, &acc, gw),
         }
     }
     out
+}
+
+/// How [`backward`] computes a conv's gradients.
+enum Method {
+    /// 3x3 stride-1 "same" convs on maps at least 16 wide, one image at a time, with no patch
+    /// matrix ([`direct`]).
+    Direct(DirectBackward),
+    /// Other stride-1 convs whose input gradient is needed: one patch matrix for both gradients.
+    Transposed(Transposed),
+    /// Strided and pointwise convs, and weight gradients alone: GEMMs over the input's patch
+    /// matrix, `col2im` for the input gradient.
+    Gemm,
+}
+
+impl Method {
+    fn of(g: &Geom, w: &[f32], need_x: bool) -> Method {
+        if direct::applies(g) {
+            return Method::Direct(DirectBackward::of(g, w, need_x));
+        }
+        let flipped = if need_x { Transposed::of(g, w) } else { None };
+        flipped.map_or(Method::Gemm, Method::Transposed)
+    }
+
+    fn scratch_len(&self, g: &Geom, nb: usize) -> usize {
+        match self {
+            Method::Direct(_) => DirectBackward::scratch_len(g),
+            Method::Transposed(tr) => tr.scratch_len(g, nb),
+            Method::Gemm => gemm_scratch_len(g, nb),
+        }
+    }
 }
 
 /// `n` consecutive images of a backward pass, from image `first`: their inputs and input
@@ -619,6 +653,55 @@ impl Transposed {
                 }
             }
         });
+    }
+}
+
+/// [`Method::Direct`]: the input gradient is the convolution of the padded `grad_y` with the
+/// flipped, transposed kernel (as in [`Transposed`]), the weight gradient the correlation of
+/// `grad_y` with the padded input, both read in place by [`direct`]'s register tiles.
+struct DirectBackward {
+    /// The transposed conv's kernels (`C_out` to `C_in` channels, flipped) in [`direct::pack`]'s
+    /// order, where the input gradient is needed.
+    packed: Option<Vec<f32>>,
+}
+
+impl DirectBackward {
+    fn of(g: &Geom, w: &[f32], need_x: bool) -> DirectBackward {
+        let (ci, co) = (g.ci, g.co);
+        // Transposed conv: output channel `i`, input channel `o`, offset `t` flipped (8 − t).
+        let packed = need_x.then(|| direct::pack(ci, co, |i, o, t| w[(o * ci + i) * 9 + 8 - t]));
+        DirectBackward { packed }
+    }
+
+    /// Scratch floats: one image's output gradient, plain and padded, and its padded input.
+    fn scratch_len(g: &Geom) -> usize {
+        g.co * g.npix() + direct::padded_len(g.co, g.h, g.w) + direct::padded_len(g.ci, g.h, g.w)
+    }
+
+    /// The gradients of one image (`images.n == 1`): its input gradient written whole (where
+    /// needed), its weight gradient added to `acc` (OIHW).
+    fn backward<'a>(
+        &self,
+        g: &Geom,
+        images: Images<'a>,
+        grad: &impl Fn(usize, usize, &mut [f32]),
+        scratch: &mut [f32],
+        acc: Option<&mut [f32]>,
+    ) -> &'a mut [f32] {
+        debug_assert_eq!(images.n, 1);
+        let hw = (g.h, g.w);
+        let (gy, rest) = scratch.split_at_mut(g.co * g.npix());
+        output_grads(g, &images, grad, gy, g.npix(), g.y_len());
+        let (gyp, xp) = rest.split_at_mut(direct::padded_len(g.co, g.h, g.w));
+        if let Some(packed) = &self.packed {
+            direct::pad(gy, g.co, g.h, g.w, gyp);
+            direct::conv(gyp, packed, g.co, g.ci, hw, images.gx);
+        }
+        if let Some(acc) = acc {
+            direct::pad(images.x, g.ci, g.h, g.w, xp);
+            direct::weight_grad(gy, xp, g.co, g.ci, hw, acc);
+        }
+        images.gx
     }
 }
 

@@ -18,6 +18,7 @@ mod convbn;
 mod convpool;
 mod cpu;
 mod depthwise;
+mod direct;
 mod fold;
 mod gelu;
 mod im2col;

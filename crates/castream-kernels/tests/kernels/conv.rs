@@ -21,7 +21,13 @@ const CASES: &[Case] = &[
     (1, 6, 9, 17, 6, 3, 1, 1, 6),  // depthwise 3x3, one column tile
     (2, 3, 8, 21, 3, 5, 1, 2, 3),  // depthwise 5x5
     (2, 3, 9, 8, 3, 4, 1, 1, 3),   // depthwise even kernel: generic weight-gradient loop
+    (2, 5, 7, 16, 7, 3, 1, 1, 1),  // 3x3 "same", 16 wide: direct backward, channel tiles 6 + 1, odd pairs
+    (1, 3, 5, 40, 13, 3, 1, 1, 1), // direct backward: 16 + 16 + 8 pixel tiles, channels 6 + 6 + 1
+    (3, 8, 3, 24, 4, 3, 1, 1, 1),  // direct backward: 16 + 8 pixel tiles, three rows
 ];
+
+/// The first case of `CASES` whose backward runs the direct kernels.
+const DIRECT: usize = 15;
 
 struct Setup {
     x: Tensor,
@@ -90,7 +96,7 @@ fn conv_gradients_match_finite_differences() {
 /// Frozen inputs (an image batch, a frozen layer) get no gradient, and the other one is still right.
 #[test]
 fn conv_gradient_for_one_argument_only() {
-    for c in [&CASES[0], &CASES[7]] {
+    for c in [&CASES[0], &CASES[7], &CASES[DIRECT]] {
         let s = setup(c, 7);
         let (rx, rw) = grads2(conv(Kernels::Candle, s.p), &s.x, &s.w, &s.r);
 
