@@ -1,5 +1,6 @@
 //! Dense and grouped 2-d convolution as GEMM (`C_out/g x K` weights times a `K x oh*ow` patch
-//! matrix per image and group), with a backward pass made of GEMMs too.
+//! matrix per image and group), with a backward pass made of GEMMs too, or of [`direct`] register
+//! tiles for 3x3 convs on wide maps.
 //!
 //! candle's CPU conv reaches about a quarter of its own matmul speed and computes the input
 //! gradient with a naive transposed-convolution loop; here both directions run at GEMM speed.
