@@ -18,11 +18,20 @@ const OC: usize = 6;
 
 /// Whether the direct kernels run this convolution's backward: a 3x3 stride-1 conv with padding 1
 /// (output as large as the input) and one group, on maps whose width is a multiple of 8 and at
-/// least 16 (narrower ones put several images side by side in one GEMM instead), on a CPU with
-/// AVX2 and FMA.
+/// least 16 (narrower ones put several images side by side in one GEMM instead; measured: one
+/// 8-pixel vector per tile row made an 8x8 map's backward slower than that), on a CPU with AVX2
+/// and FMA but not AVX-512, where gemm's micro-kernels are 512 bits wide and these 256-bit tiles
+/// have not been measured against them.
 pub(crate) fn applies(g: &Geom) -> bool {
     let shape = (g.kh, g.kw, g.stride, g.pad, g.groups) == (3, 3, 1, 1, 1) && g.w.is_multiple_of(8) && g.w >= 16;
-    shape && has_avx2_fma()
+    shape && has_avx2_fma() && !has_avx512()
+}
+
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f");
+    #[allow(unreachable_code)]
+    false
 }
 
 fn has_avx2_fma() -> bool {
@@ -271,5 +280,79 @@ mod avx2 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1).
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Input `(i, y, x)` with zero padding, by index arithmetic.
+    fn at(x: &[f32], (h, w): (usize, usize), i: usize, y: isize, xx: isize) -> f32 {
+        let inside = (0..h as isize).contains(&y) && (0..w as isize).contains(&xx);
+        if inside {
+            x[(i * h + y as usize) * w + xx as usize]
+        } else {
+            0.0
+        }
+    }
+
+    /// Kernel tails (6 + 1 channels, an odd channel pair) and 16 + 8 pixel tiles, checked against
+    /// loops over the definition. Runs wherever AVX2 and FMA are, AVX-512 or not, so that the
+    /// tiles stay tested on machines where [`applies`] keeps them out of the network.
+    #[test]
+    fn conv_and_weight_gradient_match_the_definition() {
+        if !has_avx2_fma() {
+            return;
+        }
+        for (n_in, n_out, h, w) in [(3, 7, 5, 24), (5, 13, 3, 16), (2, 6, 2, 40)] {
+            let x = values(n_in * h * w, 1 + n_in as u32);
+            let wt = values(n_out * n_in * 9, 2 + n_out as u32);
+            let mut xp = vec![f32::NAN; padded_len(n_in, h, w)];
+            pad(&x, n_in, h, w, &mut xp);
+            let packed = pack(n_out, n_in, |o, i, t| wt[(o * n_in + i) * 9 + t]);
+            let mut y = vec![f32::NAN; n_out * h * w];
+            conv(&xp, &packed, n_in, n_out, (h, w), &mut y);
+            for o in 0..n_out {
+                for (p, &got) in y[o * h * w..][..h * w].iter().enumerate() {
+                    let (oy, ox) = ((p / w) as isize, (p % w) as isize);
+                    let want: f32 = (0..n_in * 9)
+                        .map(|r| {
+                            let (i, ky, kx) = (r / 9, (r % 9 / 3) as isize, (r % 3) as isize);
+                            wt[o * n_in * 9 + r] * at(&x, (h, w), i, oy + ky - 1, ox + kx - 1)
+                        })
+                        .sum();
+                    assert!((got - want).abs() < 1e-4, "conv {n_in}->{n_out} {h}x{w}: y[{o}, {p}] {got} vs {want}");
+                }
+            }
+            // Weight gradient of `Σ y · gy`, added onto a non-zero start.
+            let gy = values(n_out * h * w, 3);
+            let mut gw = vec![0.5f32; n_out * n_in * 9];
+            weight_grad(&gy, &xp, n_out, n_in, (h, w), &mut gw);
+            for (r, &got) in gw.iter().enumerate() {
+                let (o, i, ky, kx) = (r / (n_in * 9), r / 9 % n_in, (r % 9 / 3) as isize, (r % 3) as isize);
+                let want: f32 = 0.5
+                    + (0..h * w)
+                        .map(|p| {
+                            let (oy, ox) = ((p / w) as isize, (p % w) as isize);
+                            gy[o * h * w + p] * at(&x, (h, w), i, oy + ky - 1, ox + kx - 1)
+                        })
+                        .sum::<f32>();
+                assert!((got - want).abs() < 1e-4, "weight gradient {n_in}->{n_out} {h}x{w}: [{r}] {got} vs {want}");
+            }
+        }
     }
 }
