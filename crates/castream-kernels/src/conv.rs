@@ -362,7 +362,6 @@ pub(crate) fn backward(
     let (chunk, par) = split(g.b);
     let nb = images_per_gemm(g, chunk);
     let method = Method::of(g, w, need_x);
-    let nb = if matches!(method, Method::Direct(_)) { 1 } else { nb };
     let scratch = method.scratch_len(g, nb);
     let acc = gx
         .par_chunks_mut(chunk * g.x_len())
@@ -409,8 +408,8 @@ pub(crate) fn backward(
 
 /// How [`backward`] computes a conv's gradients.
 enum Method {
-    /// 3x3 stride-1 "same" convs on maps at least 16 wide, one image at a time, with no patch
-    /// matrix ([`direct`]).
+    /// 3x3 stride-1 "same" convs on maps whose width is a multiple of 8, with no patch matrix
+    /// ([`direct`]).
     Direct(DirectBackward),
     /// Other stride-1 convs whose input gradient is needed: one patch matrix for both gradients.
     Transposed(Transposed),
@@ -430,7 +429,7 @@ impl Method {
 
     fn scratch_len(&self, g: &Geom, nb: usize) -> usize {
         match self {
-            Method::Direct(_) => DirectBackward::scratch_len(g),
+            Method::Direct(_) => DirectBackward::scratch_len(g, nb),
             Method::Transposed(tr) => tr.scratch_len(g, nb),
             Method::Gemm => gemm_scratch_len(g, nb),
         }
@@ -674,13 +673,15 @@ impl DirectBackward {
         DirectBackward { packed }
     }
 
-    /// Scratch floats: one image's output gradient, plain and padded, and its padded input.
-    fn scratch_len(g: &Geom) -> usize {
-        g.co * g.npix() + direct::padded_len(g.co, g.h, g.w) + direct::padded_len(g.ci, g.h, g.w)
+    /// Scratch floats for groups of `nb` images: their output gradients, one of them padded, and
+    /// their padded inputs.
+    fn scratch_len(g: &Geom, nb: usize) -> usize {
+        nb * (g.co * g.npix() + direct::padded_len(g.ci, g.h, g.w)) + direct::padded_len(g.co, g.h, g.w)
     }
 
-    /// The gradients of one image (`images.n == 1`): its input gradient written whole (where
-    /// needed), its weight gradient added to `acc` (OIHW).
+    /// The gradients of `images`: their input gradients written whole (where needed), their
+    /// weight gradient added to `acc` (OIHW) in one pass over all of them, whose register sums
+    /// then cover several small maps.
     fn backward<'a>(
         &self,
         g: &Geom,
@@ -689,18 +690,19 @@ impl DirectBackward {
         scratch: &mut [f32],
         acc: Option<&mut [f32]>,
     ) -> &'a mut [f32] {
-        debug_assert_eq!(images.n, 1);
-        let hw = (g.h, g.w);
-        let (gy, rest) = scratch.split_at_mut(g.co * g.npix());
-        output_grads(g, &images, grad, gy, g.npix(), g.y_len());
+        let (hw, ylen) = ((g.h, g.w), g.y_len());
+        let (gy, rest) = scratch.split_at_mut(images.n * ylen);
+        output_grads(g, &images, grad, gy, g.npix(), ylen);
         let (gyp, xp) = rest.split_at_mut(direct::padded_len(g.co, g.h, g.w));
         if let Some(packed) = &self.packed {
-            direct::pad(gy, g.co, g.h, g.w, gyp);
-            direct::conv(gyp, packed, g.co, g.ci, hw, images.gx);
+            for (gy, gx) in gy.chunks_exact(ylen).zip(images.gx.chunks_exact_mut(g.x_len())) {
+                direct::pad(gy, g.co, g.h, g.w, gyp);
+                direct::conv(gyp, packed, g.co, g.ci, hw, gx);
+            }
         }
         if let Some(acc) = acc {
-            direct::pad(images.x, g.ci, g.h, g.w, xp);
-            direct::weight_grad(gy, xp, g.co, g.ci, hw, acc);
+            direct::pad(images.x, images.n * g.ci, g.h, g.w, xp);
+            direct::weight_grad(gy, xp, (g.co, g.ci, images.n), hw, acc);
         }
         images.gx
     }

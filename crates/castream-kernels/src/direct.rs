@@ -18,10 +18,10 @@ const OC: usize = 6;
 
 /// Whether the direct kernels run this convolution's backward: a 3x3 stride-1 conv with padding 1
 /// (output as large as the input) and one group, on maps whose width is a multiple of 8 and at
-/// least 16 (narrower ones put several images side by side in one GEMM instead; measured: one
-/// 8-pixel vector per tile row made an 8x8 map's backward slower than that), on a CPU with AVX2
-/// and FMA but not AVX-512, where gemm's micro-kernels are 512 bits wide and these 256-bit tiles
-/// have not been measured against them.
+/// least 16 (narrower ones put several images side by side in one GEMM instead: on 8x8 maps,
+/// one vector per tile row, both tiles ran at ~50 GFLOP/s per core against gemm's ~70), on a CPU
+/// with AVX2 and FMA but not AVX-512, where gemm's micro-kernels are 512 bits wide and these
+/// 256-bit tiles have not been measured against them.
 pub(crate) fn applies(g: &Geom) -> bool {
     let shape = (g.kh, g.kw, g.stride, g.pad, g.groups) == (3, 3, 1, 1, 1) && g.w.is_multiple_of(8) && g.w >= 16;
     shape && has_avx2_fma() && !has_avx512()
@@ -91,21 +91,28 @@ pub(crate) fn conv(xp: &[f32], packed: &[f32], n_in: usize, n_out: usize, (h, w)
     }
 }
 
-/// `gw[o, i, t] += Σ_p gy[o, p] · x[i, p + offset(t)]` for one image: `gy` its `n_out` output
-/// gradient planes of `h x w`, `xp` its `n_in` input planes [`pad`]ded, `gw` in OIHW order. Only
-/// where [`applies`].
-pub(crate) fn weight_grad(gy: &[f32], xp: &[f32], n_out: usize, n_in: usize, (h, w): (usize, usize), gw: &mut [f32]) {
+/// `gw[o, i, t] += Σ_{n, p} gy[n, o, p] · x[n, i, p + offset(t)]` over `images` images: `gy`
+/// their `n_out` output gradient planes of `h x w` each, `xp` their `n_in` input planes each
+/// [`pad`]ded, `gw` in OIHW order. Only where [`applies`].
+pub(crate) fn weight_grad(
+    gy: &[f32],
+    xp: &[f32],
+    (n_out, n_in, images): (usize, usize, usize),
+    (h, w): (usize, usize),
+    gw: &mut [f32],
+) {
     assert!(
         w.is_multiple_of(8) && has_avx2_fma(),
         "direct::weight_grad: width {w} not a multiple of 8, or no AVX2/FMA"
     );
-    assert!(gy.len() >= n_out * h * w && xp.len() >= padded_len(n_in, h, w) && gw.len() >= n_out * n_in * 9);
+    assert!(gy.len() >= images * n_out * h * w && xp.len() >= images * padded_len(n_in, h, w));
+    assert!(gw.len() >= n_out * n_in * 9);
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX2 and FMA are present (asserted); the loads stay inside the `gy` planes and the
-    // padded `xp` planes (rows `oy + ky`, columns up to `w + 1`), the sums go to `gw`'s
+    // SAFETY: AVX2 and FMA are present (asserted); the loads stay inside the images' `gy` planes
+    // and padded `xp` planes (rows `oy + ky`, columns up to `w + 1`), the sums go to `gw`'s
     // `n_out x n_in x 9` floats, all asserted above.
     unsafe {
-        avx2::weight_grad(gy.as_ptr(), xp.as_ptr(), n_out, n_in, (h, w), gw.as_mut_ptr())
+        avx2::weight_grad(gy.as_ptr(), xp.as_ptr(), (n_out, n_in, images), (h, w), gw.as_mut_ptr())
     }
 }
 
@@ -124,32 +131,40 @@ mod avx2 {
         (h, w): (usize, usize),
         y: *mut f32,
     ) {
-        let (wp, plane) = (w + 2, (h + 2) * (w + 2));
-        for blk in 0..n_out.div_ceil(OC) {
-            let wb = unsafe { packed.add(blk * n_in * 9 * OC) };
-            let n = (n_out - blk * OC).min(OC);
-            for oy in 0..h {
-                let mut ox = 0;
-                while ox < w {
-                    let (src, out) = unsafe { (xp.add(oy * wp + ox), y.add((blk * OC * h + oy) * w + ox)) };
-                    let t = Tile { src, wb, n_in, plane, wp, out, out_plane: h * w };
-                    // Two vectors (16 pixels) while they fit, then one.
-                    unsafe {
-                        if ox + 16 <= w {
-                            t.run_n::<2>(n);
-                            ox += 16;
-                        } else {
-                            t.run_n::<1>(n);
-                            ox += 8;
-                        }
-                    }
+        let (wp, plane, blocks) = (w + 2, (h + 2) * (w + 2), n_out.div_ceil(OC));
+        let tile = |oy: usize, ox: usize, blk: usize| Tile {
+            src: unsafe { xp.add(oy * wp + ox) },
+            wb: unsafe { packed.add(blk * n_in * 9 * OC) },
+            n_in,
+            plane,
+            wp,
+            out: unsafe { y.add((blk * OC * h + oy) * w + ox) },
+            out_plane: h * w,
+        };
+        // Rows outside, channel blocks inside: each block reads the same three input rows of
+        // every plane, which then stay in cache (a 56x56 map of 64 padded planes is 860 KB).
+        for oy in 0..h {
+            let mut ox = 0;
+            // Two vectors (16 pixels) by one block of channels while they fit: two loads and six
+            // broadcasts per twelve FMAs.
+            while ox + 16 <= w {
+                for blk in 0..blocks {
+                    unsafe { tile(oy, ox, blk).run_n::<2>((n_out - blk * OC).min(OC)) };
+                }
+                ox += 16;
+            }
+            // Then one vector by two blocks: one load and twelve broadcasts per twelve FMAs.
+            if ox < w {
+                for blk in (0..blocks).step_by(2) {
+                    unsafe { tile(oy, ox, blk).run_n::<1>((n_out - blk * OC).min(2 * OC)) };
                 }
             }
         }
     }
 
     /// One register tile of [`conv`]: `8·V` pixels of one output row from `src` (the top-left
-    /// input of the first pixel), the output channels of one packed block `wb`.
+    /// input of the first pixel), output channels from the packed block `wb` on (`N` of them, up
+    /// to two blocks).
     struct Tile {
         src: *const f32,
         wb: *const f32,
@@ -165,6 +180,12 @@ mod avx2 {
         unsafe fn run_n<const V: usize>(&self, n: usize) {
             unsafe {
                 match n {
+                    12 => self.run::<V, 12>(),
+                    11 => self.run::<V, 11>(),
+                    10 => self.run::<V, 10>(),
+                    9 => self.run::<V, 9>(),
+                    8 => self.run::<V, 8>(),
+                    7 => self.run::<V, 7>(),
                     6 => self.run::<V, 6>(),
                     5 => self.run::<V, 5>(),
                     4 => self.run::<V, 4>(),
@@ -175,10 +196,14 @@ mod avx2 {
             }
         }
 
-        /// `V` vectors of pixels by `N` output channels.
+        /// `V` vectors of pixels by `N` output channels. Not inlined: inlined into [`Tile::run_n`]
+        /// with all its siblings, the accumulators no longer stayed in registers (measured: half
+        /// the speed).
+        #[inline(never)]
         #[target_feature(enable = "avx2,fma")]
         unsafe fn run<const V: usize, const N: usize>(&self) {
             let mut acc = [[_mm256_setzero_ps(); V]; N];
+            let block = self.n_in * 9 * OC;
             for i in 0..self.n_in {
                 let (xi, wi) = unsafe { (self.src.add(i * self.plane), self.wb.add(i * 9 * OC)) };
                 for ky in 0..3 {
@@ -187,7 +212,7 @@ mod avx2 {
                         let a: [__m256; V] = std::array::from_fn(|v| unsafe { _mm256_loadu_ps(s.add(8 * v)) });
                         let wk = unsafe { wi.add((ky * 3 + kx) * OC) };
                         for (j, acc) in acc.iter_mut().enumerate() {
-                            let b = unsafe { _mm256_broadcast_ss(&*wk.add(j)) };
+                            let b = unsafe { _mm256_broadcast_ss(&*wk.add(j / OC * block + j % OC)) };
                             for (acc, &a) in acc.iter_mut().zip(&a) {
                                 *acc = _mm256_fmadd_ps(a, b, *acc);
                             }
@@ -208,17 +233,17 @@ mod avx2 {
     pub(super) unsafe fn weight_grad(
         gy: *const f32,
         xp: *const f32,
-        n_out: usize,
-        n_in: usize,
+        (n_out, n_in, images): (usize, usize, usize),
         (h, w): (usize, usize),
         gw: *mut f32,
     ) {
-        let wt = WeightTile { h, w, plane: (h + 2) * (w + 2), n_in };
+        let plane = (h + 2) * (w + 2);
+        let wt = WeightTile { h, w, plane, n_in, images, gy_image: n_out * h * w, xp_image: n_in * plane };
         for o in (0..n_out).step_by(2) {
             for i in (0..n_in).step_by(2) {
                 for ky in 0..3 {
                     let gy = unsafe { gy.add(o * h * w) };
-                    let xp = unsafe { xp.add(i * wt.plane + ky * (w + 2)) };
+                    let xp = unsafe { xp.add(i * plane + ky * (w + 2)) };
                     let gw = unsafe { gw.add((o * n_in + i) * 9 + ky * 3) };
                     unsafe {
                         match (n_out - o >= 2, n_in - i >= 2) {
@@ -238,11 +263,17 @@ mod avx2 {
         w: usize,
         plane: usize,
         n_in: usize,
+        images: usize,
+        /// Floats from one image's output gradient (input) to the next one's.
+        gy_image: usize,
+        xp_image: usize,
     }
 
     impl WeightTile {
         /// `O` output gradient planes from `gy` against `I` padded input planes from `xp` (already
-        /// moved down by `ky` rows), at the three `kx` offsets, added to `gw[o, i, ky, 0..3]`.
+        /// moved down by `ky` rows), at the three `kx` offsets, summed over the images and added
+        /// to `gw[o, i, ky, 0..3]`: the lanes are summed once for all images (an 8x8 map is eight
+        /// vectors).
         // Each input vector is loaded once and used for all `O` outputs before the next: with
         // twelve accumulators, iterating the arrays instead would keep more registers live.
         #[allow(clippy::needless_range_loop)]
@@ -250,15 +281,18 @@ mod avx2 {
         unsafe fn run<const O: usize, const I: usize>(&self, gy: *const f32, xp: *const f32, gw: *mut f32) {
             let (h, w, wp) = (self.h, self.w, self.w + 2);
             let mut acc = [[[_mm256_setzero_ps(); 3]; I]; O];
-            for oy in 0..h {
-                for ox in (0..w).step_by(8) {
-                    let g: [__m256; O] =
-                        std::array::from_fn(|o| unsafe { _mm256_loadu_ps(gy.add(o * h * w + oy * w + ox)) });
-                    for i in 0..I {
-                        for kx in 0..3 {
-                            let x = unsafe { _mm256_loadu_ps(xp.add(i * self.plane + oy * wp + ox + kx)) };
-                            for o in 0..O {
-                                acc[o][i][kx] = _mm256_fmadd_ps(g[o], x, acc[o][i][kx]);
+            for img in 0..self.images {
+                let (gy, xp) = unsafe { (gy.add(img * self.gy_image), xp.add(img * self.xp_image)) };
+                for oy in 0..h {
+                    for ox in (0..w).step_by(8) {
+                        let g: [__m256; O] =
+                            std::array::from_fn(|o| unsafe { _mm256_loadu_ps(gy.add(o * h * w + oy * w + ox)) });
+                        for i in 0..I {
+                            for kx in 0..3 {
+                                let x = unsafe { _mm256_loadu_ps(xp.add(i * self.plane + oy * wp + ox + kx)) };
+                                for o in 0..O {
+                                    acc[o][i][kx] = _mm256_fmadd_ps(g[o], x, acc[o][i][kx]);
+                                }
                             }
                         }
                     }
@@ -338,17 +372,27 @@ mod tests {
                     assert!((got - want).abs() < 1e-4, "conv {n_in}->{n_out} {h}x{w}: y[{o}, {p}] {got} vs {want}");
                 }
             }
-            // Weight gradient of `Σ y · gy`, added onto a non-zero start.
-            let gy = values(n_out * h * w, 3);
+            // Weight gradient of `Σ y · gy` over two images (the input, then the input negated
+            // and shifted), added onto a non-zero start.
+            let x2: Vec<f32> = x.iter().map(|v| 0.25 - v).collect();
+            let mut xp2 = vec![f32::NAN; 2 * padded_len(n_in, h, w)];
+            pad(&[x.clone(), x2.clone()].concat(), 2 * n_in, h, w, &mut xp2);
+            let gy = values(2 * n_out * h * w, 3);
             let mut gw = vec![0.5f32; n_out * n_in * 9];
-            weight_grad(&gy, &xp, n_out, n_in, (h, w), &mut gw);
+            weight_grad(&gy, &xp2, (n_out, n_in, 2), (h, w), &mut gw);
             for (r, &got) in gw.iter().enumerate() {
                 let (o, i, ky, kx) = (r / (n_in * 9), r / 9 % n_in, (r % 9 / 3) as isize, (r % 3) as isize);
                 let want: f32 = 0.5
-                    + (0..h * w)
-                        .map(|p| {
-                            let (oy, ox) = ((p / w) as isize, (p % w) as isize);
-                            gy[o * h * w + p] * at(&x, (h, w), i, oy + ky - 1, ox + kx - 1)
+                    + [&x, &x2]
+                        .iter()
+                        .enumerate()
+                        .map(|(n, x)| {
+                            (0..h * w)
+                                .map(|p| {
+                                    let (oy, ox) = ((p / w) as isize, (p % w) as isize);
+                                    gy[(n * n_out + o) * h * w + p] * at(x, (h, w), i, oy + ky - 1, ox + kx - 1)
+                                })
+                                .sum::<f32>()
                         })
                         .sum::<f32>();
                 assert!((got - want).abs() < 1e-4, "weight gradient {n_in}->{n_out} {h}x{w}: [{r}] {got} vs {want}");
