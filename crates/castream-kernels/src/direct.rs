@@ -8,8 +8,8 @@
 //! (`conv::Transposed`): tiles of 16 output pixels (two AVX vectors along a row) by 6 channels,
 //! two loads and six broadcasts per twelve FMAs, as gemm's own micro-kernel. The weight gradient
 //! `grad_w[o, i, ky, kx] = Σ_p grad_y[o, p] · x[i, p + (ky, kx)]` keeps 2 x 2 channel pairs x the
-//! three `kx` offsets of one `ky` in twelve vector accumulators while it runs along the rows, and
-//! sums their lanes at the end. Both sum in a fixed order: deterministic.
+//! three `kx` offsets of one `ky` in twelve vector accumulators while it runs along the rows of a
+//! group of images, and sums their lanes at the end. Both sum in a fixed order: deterministic.
 
 use crate::conv::Geom;
 
