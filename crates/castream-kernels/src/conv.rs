@@ -361,7 +361,7 @@ pub(crate) fn backward(
     let (gx, rest) = out.split_at_mut(nx);
     let (chunk, par) = split(g.b);
     let nb = images_per_gemm(g, chunk);
-    let method = Method::of(g, w, need_x);
+    let method = Method::of(g, w, need_x, par);
     let scratch = method.scratch_len(g, nb);
     let acc = gx
         .par_chunks_mut(chunk * g.x_len())
@@ -419,8 +419,11 @@ enum Method {
 }
 
 impl Method {
-    fn of(g: &Geom, w: &[f32], need_x: bool) -> Method {
-        if direct::applies(g) {
+    /// `par` is how the GEMMs of one group of images would run: [`direct`]'s tiles run on one
+    /// thread, so they serve only where images are spread over the threads (not a batch of one,
+    /// whose GEMMs use all of them).
+    fn of(g: &Geom, w: &[f32], need_x: bool, par: Parallelism) -> Method {
+        if direct::applies(g) && matches!(par, Parallelism::None) {
             return Method::Direct(DirectBackward::of(g, w, need_x));
         }
         let flipped = if need_x { Transposed::of(g, w) } else { None };

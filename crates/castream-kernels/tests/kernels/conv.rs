@@ -22,7 +22,8 @@ const CASES: &[Case] = &[
     (2, 3, 8, 21, 3, 5, 1, 2, 3),  // depthwise 5x5
     (2, 3, 9, 8, 3, 4, 1, 1, 3),   // depthwise even kernel: generic weight-gradient loop
     (2, 5, 7, 16, 7, 3, 1, 1, 1),  // 3x3 "same", 16 wide: direct backward, channel tiles 6 + 1, odd pairs
-    (1, 3, 5, 40, 13, 3, 1, 1, 1), // direct backward: 16 + 16 + 8 pixel tiles, channels 6 + 6 + 1
+    (2, 3, 5, 40, 13, 3, 1, 1, 1), // direct backward: 16 + 16 + 8 pixel tiles, channels 6 + 6 + 1
+    (1, 3, 5, 40, 13, 3, 1, 1, 1), // the same for one image: GEMMs over all threads instead
     (3, 8, 3, 24, 4, 3, 1, 1, 1),  // direct backward: 16 + 8 pixel tiles, three rows
 ];
 
