@@ -149,14 +149,14 @@ mod avx2 {
             // broadcasts per twelve FMAs.
             while ox + 16 <= w {
                 for blk in 0..blocks {
-                    unsafe { tile(oy, ox, blk).run_n::<2>((n_out - blk * OC).min(OC)) };
+                    unsafe { tile(oy, ox, blk).wide((n_out - blk * OC).min(OC)) };
                 }
                 ox += 16;
             }
             // Then one vector by two blocks: one load and twelve broadcasts per twelve FMAs.
             if ox < w {
                 for blk in (0..blocks).step_by(2) {
-                    unsafe { tile(oy, ox, blk).run_n::<1>((n_out - blk * OC).min(2 * OC)) };
+                    unsafe { tile(oy, ox, blk).narrow((n_out - blk * OC).min(2 * OC)) };
                 }
             }
         }
@@ -176,27 +176,43 @@ mod avx2 {
     }
 
     impl Tile {
+        /// Two vectors by `n` (1 to 6) channels.
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn run_n<const V: usize>(&self, n: usize) {
+        unsafe fn wide(&self, n: usize) {
             unsafe {
                 match n {
-                    12 => self.run::<V, 12>(),
-                    11 => self.run::<V, 11>(),
-                    10 => self.run::<V, 10>(),
-                    9 => self.run::<V, 9>(),
-                    8 => self.run::<V, 8>(),
-                    7 => self.run::<V, 7>(),
-                    6 => self.run::<V, 6>(),
-                    5 => self.run::<V, 5>(),
-                    4 => self.run::<V, 4>(),
-                    3 => self.run::<V, 3>(),
-                    2 => self.run::<V, 2>(),
-                    _ => self.run::<V, 1>(),
+                    6 => self.run::<2, 6>(),
+                    5 => self.run::<2, 5>(),
+                    4 => self.run::<2, 4>(),
+                    3 => self.run::<2, 3>(),
+                    2 => self.run::<2, 2>(),
+                    _ => self.run::<2, 1>(),
                 }
             }
         }
 
-        /// `V` vectors of pixels by `N` output channels. Not inlined: inlined into [`Tile::run_n`]
+        /// One vector by `n` (1 to 12) channels.
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn narrow(&self, n: usize) {
+            unsafe {
+                match n {
+                    12 => self.run::<1, 12>(),
+                    11 => self.run::<1, 11>(),
+                    10 => self.run::<1, 10>(),
+                    9 => self.run::<1, 9>(),
+                    8 => self.run::<1, 8>(),
+                    7 => self.run::<1, 7>(),
+                    6 => self.run::<1, 6>(),
+                    5 => self.run::<1, 5>(),
+                    4 => self.run::<1, 4>(),
+                    3 => self.run::<1, 3>(),
+                    2 => self.run::<1, 2>(),
+                    _ => self.run::<1, 1>(),
+                }
+            }
+        }
+
+        /// `V` vectors of pixels by `N` output channels. Not inlined: inlined into its dispatcher
         /// with all its siblings, the accumulators no longer stayed in registers (measured: half
         /// the speed).
         #[inline(never)]
