@@ -408,8 +408,8 @@ pub(crate) fn backward(
 
 /// How [`backward`] computes a conv's gradients.
 enum Method {
-    /// 3x3 stride-1 "same" convs on maps whose width is a multiple of 8, with no patch matrix
-    /// ([`direct`]).
+    /// 3x3 stride-1 "same" convs on wide maps ([`direct::applies`]), images spread over the
+    /// threads, with no patch matrix.
     Direct(DirectBackward),
     /// Other stride-1 convs whose input gradient is needed: one patch matrix for both gradients.
     Transposed(Transposed),
