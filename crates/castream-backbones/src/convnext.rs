@@ -196,16 +196,17 @@ impl Backbone for ConvNext {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{Device, Tensor};
+    use candle_core::Tensor;
     use castream_kernels::Kernels;
 
     use super::*;
+    use castream_data::device::cpu;
 
     /// The folded evaluation path of a depthwise conv + BatchNorm against the two layers applied
     /// one after the other, with running statistics and affine parameters far from identity.
     #[test]
     fn folded_batchnorm_after_a_depthwise_conv_equals_the_two_layers() {
-        let mut ps = Params::new(Some(0), &Device::Cpu, Kernels::default());
+        let mut ps = Params::new(Some(0), &cpu(), Kernels::default());
         let dw = Conv2dParams { stride: 1, padding: 3, groups: 3 };
         let conv = Conv2d::new(&mut ps, "dw", [3, 1, 7, 7], dw, Init::LecunNormal, Some(Init::Constant(0.5))).unwrap();
         let norm = Norm::Batch(BatchNorm2d::new(&mut ps, "bn", 3).unwrap());
@@ -216,10 +217,9 @@ mod tests {
             ("bn.weight", [2.0, -1.0, 0.5]),
             ("bn.bias", [1.0, 0.0, -3.0]),
         ] {
-            vars[name].set(&Tensor::new(&value, &Device::Cpu).unwrap()).unwrap();
+            vars[name].set(&Tensor::new(&value, &cpu()).unwrap()).unwrap();
         }
-        let x =
-            Tensor::arange(0f32, 2.0 * 3.0 * 81.0, &Device::Cpu).unwrap().cos().unwrap().reshape((2, 3, 9, 9)).unwrap();
+        let x = Tensor::arange(0f32, 2.0 * 3.0 * 81.0, &cpu()).unwrap().cos().unwrap().reshape((2, 3, 9, 9)).unwrap();
         let folded = norm.after_conv(&conv, &x, false).unwrap();
         let separate = norm.forward(&conv.forward(&x).unwrap(), false).unwrap();
         let diff = (folded - separate).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();

@@ -146,6 +146,7 @@ impl Init {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use castream_data::device::cpu;
 
     fn stats(t: &Tensor) -> (f64, f64, f32, f32) {
         let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -158,7 +159,7 @@ mod tests {
 
     #[test]
     fn draws_have_the_requested_moments_and_bounds() {
-        let d = &Device::Cpu;
+        let d = &cpu();
         let (m, s, _, _) = stats(&Init::Normal { mean: 1.0, std: 1.0 }.sample(0, "q0", &[20_000], d).unwrap());
         assert!((m - 1.0).abs() < 0.03 && (s - 1.0).abs() < 0.03, "{m} {s}");
         let (m, s, _, _) = stats(&Init::KaimingNormalFanOut.sample(0, "w", &[64, 8, 3, 3], d).unwrap());
@@ -174,7 +175,7 @@ mod tests {
 
     #[test]
     fn streams_depend_on_seed_and_name_only() {
-        let d = &Device::Cpu;
+        let d = &cpu();
         let draw = |seed, name| {
             Init::Normal { mean: 0.0, std: 1.0 }.sample(seed, name, &[8], d).unwrap().to_vec1::<f32>().unwrap()
         };

@@ -258,6 +258,7 @@ fn batch_stats(y: &Tensor, mean: Tensor, var: Tensor) -> Result<BatchStats> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use castream_data::device::cpu;
 
     fn values(t: &Tensor) -> Vec<f32> {
         t.flatten_all().unwrap().to_vec1().unwrap()
@@ -270,15 +271,15 @@ mod tests {
     /// One channel, running mean 2 and variance 4, weight 3, bias 1: `y = 3 (x - 2) / sqrt(4 + eps) + 1`.
     #[test]
     fn batchnorm_eval_uses_the_running_statistics() {
-        let mut ps = Params::new(Some(0), &Device::Cpu, Kernels::default());
+        let mut ps = Params::new(Some(0), &cpu(), Kernels::default());
         let bn = BatchNorm2d::new(&mut ps, "bn", 1).unwrap();
         let vars = ps.into_vars();
-        let set = |n: &str, v: f32| vars[n].set(&Tensor::new(&[v], &Device::Cpu).unwrap()).unwrap();
+        let set = |n: &str, v: f32| vars[n].set(&Tensor::new(&[v], &cpu()).unwrap()).unwrap();
         set("bn.running_mean", 2.0);
         set("bn.running_var", 4.0);
         set("bn.weight", 3.0);
         set("bn.bias", 1.0);
-        let x = Tensor::new(&[0f32, 2.0, 4.0, 6.0], &Device::Cpu).unwrap().reshape((1, 1, 2, 2)).unwrap();
+        let x = Tensor::new(&[0f32, 2.0, 4.0, 6.0], &cpu()).unwrap().reshape((1, 1, 2, 2)).unwrap();
         let y = values(&bn.forward(&x, false, false).unwrap());
         let s = 3.0 / (4.0f32 + 1e-5).sqrt();
         assert!(close(&y, &[1.0 - 2.0 * s, 1.0, 1.0 + 2.0 * s, 1.0 + 4.0 * s]), "{y:?}");
@@ -289,26 +290,26 @@ mod tests {
     /// running update with momentum 0.1.
     #[test]
     fn batchnorm_train_normalises_with_batch_statistics_and_updates_running_ones() {
-        let mut ps = Params::new(Some(0), &Device::Cpu, Kernels::default());
+        let mut ps = Params::new(Some(0), &cpu(), Kernels::default());
         let bn = BatchNorm2d::new(&mut ps, "bn", 1).unwrap();
         let vars = ps.into_vars();
-        let x = Tensor::new(&[1f32, 2.0, 3.0, 4.0], &Device::Cpu).unwrap().reshape((2, 1, 1, 2)).unwrap();
+        let x = Tensor::new(&[1f32, 2.0, 3.0, 4.0], &cpu()).unwrap().reshape((2, 1, 1, 2)).unwrap();
         let y = values(&bn.forward(&x, true, false).unwrap());
         let sd = (1.25f32 + 1e-5).sqrt();
         assert!(close(&y, &[-1.5 / sd, -0.5 / sd, 0.5 / sd, 1.5 / sd]), "{y:?}");
         assert!(close(&values(vars["bn.running_mean"].as_tensor()), &[0.25]));
         assert!(close(&values(vars["bn.running_var"].as_tensor()), &[0.9 + 0.1 * 5.0 / 3.0]));
-        let single = Tensor::zeros((1, 1, 1, 1), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let single = Tensor::zeros((1, 1, 1, 1), candle_core::DType::F32, &cpu()).unwrap();
         assert!(bn.forward(&single, true, false).is_err(), "one value per channel has no variance");
     }
 
     #[test]
     fn layernorm_over_channels_equals_layernorm_channels_last() {
-        let mut ps = Params::new(Some(0), &Device::Cpu, Kernels::default());
+        let mut ps = Params::new(Some(0), &cpu(), Kernels::default());
         let ln = LayerNorm::new(&mut ps, "ln", 3).unwrap();
         let vars = ps.into_vars();
-        vars["ln.weight"].set(&Tensor::new(&[1f32, 2.0, 3.0], &Device::Cpu).unwrap()).unwrap();
-        let x = Tensor::arange(0f32, 24.0, &Device::Cpu).unwrap().sqr().unwrap().reshape((2, 3, 2, 2)).unwrap();
+        vars["ln.weight"].set(&Tensor::new(&[1f32, 2.0, 3.0], &cpu()).unwrap()).unwrap();
+        let x = Tensor::arange(0f32, 24.0, &cpu()).unwrap().sqr().unwrap().reshape((2, 3, 2, 2)).unwrap();
         let a = ln.forward(&x, 1).unwrap();
         let b = ln.forward_last(&x.permute((0, 2, 3, 1)).unwrap()).unwrap().permute((0, 3, 1, 2)).unwrap();
         assert!(close(&values(&a), &values(&b)));

@@ -40,6 +40,8 @@ pub struct CheckpointMeta {
 pub struct Model {
     pub config: BackboneConfig,
     pub net: Box<dyn Backbone>,
+    /// Where its tensors live.
+    pub device: Device,
     /// Every parameter and BatchNorm running statistic, by torchvision/timm name.
     vars: BTreeMap<String, Var>,
 }
@@ -72,7 +74,7 @@ impl Model {
         } else {
             Box::new(ConvNext::new(&config, &mut ps)?)
         };
-        Ok(Model { config, net, vars: ps.into_vars() })
+        Ok(Model { config, net, device: device.clone(), vars: ps.into_vars() })
     }
 
     /// Every parameter and running statistic, sorted by name.
@@ -156,6 +158,7 @@ impl Model {
 mod tests {
     use super::*;
     use crate::config::Arch;
+    use castream_data::device::cpu;
 
     /// Counts of `torchvision.models.*` / `timm.create_model("convnext_*")` with 1000 classes.
     #[test]
@@ -169,14 +172,14 @@ mod tests {
             (Arch::ConvnextBase, 88_591_464),
         ];
         for (arch, count) in expected {
-            let model = Model::build(BackboneConfig::new(arch, 1000), None, &Device::Cpu).unwrap();
+            let model = Model::build(BackboneConfig::new(arch, 1000), None, &cpu()).unwrap();
             assert_eq!(model.parameter_count(), count, "{}", arch.name());
         }
     }
 
     #[test]
     fn buffers_are_listed_but_not_trainable() {
-        let model = Model::build(BackboneConfig::new(Arch::Resnet18, 10), None, &Device::Cpu).unwrap();
+        let model = Model::build(BackboneConfig::new(Arch::Resnet18, 10), None, &cpu()).unwrap();
         let names: Vec<String> = model.named_vars().into_iter().map(|(n, _)| n).collect();
         let mut sorted = names.clone();
         sorted.sort();

@@ -135,10 +135,10 @@ impl Optimizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use castream_data::device::cpu;
 
     fn var(values: &[f32], shape: &[usize]) -> Var {
-        Var::from_tensor(&Tensor::from_slice(values, shape, &Device::Cpu).unwrap()).unwrap()
+        Var::from_tensor(&Tensor::from_slice(values, shape, &cpu()).unwrap()).unwrap()
     }
 
     /// Runs `steps` updates of f(w) = sum(c * w) (gradient c) and returns the weights.

@@ -195,13 +195,14 @@ impl Backbone for ResNet {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{Device, Tensor};
+    use candle_core::Tensor;
 
     use super::*;
+    use castream_data::device::cpu;
 
     #[test]
     fn folded_evaluation_equals_convolution_then_batchnorm() {
-        let mut ps = Params::new(Some(0), &Device::Cpu, Kernels::default());
+        let mut ps = Params::new(Some(0), &cpu(), Kernels::default());
         let layer = ConvBn::new(&mut ps, "conv", "bn", [4, 3, 3, 3], 2).unwrap();
         let vars = ps.into_vars();
         for (name, value) in [
@@ -209,10 +210,9 @@ mod tests {
             ("bn.running_var", [0.25, 4.0, 1.0, 9.0]),
             ("bn.bias", [1.0, 0.0, -1.0, 3.0]),
         ] {
-            vars[name].set(&Tensor::new(&value, &Device::Cpu).unwrap()).unwrap();
+            vars[name].set(&Tensor::new(&value, &cpu()).unwrap()).unwrap();
         }
-        let x =
-            Tensor::arange(0f32, 2.0 * 3.0 * 49.0, &Device::Cpu).unwrap().sin().unwrap().reshape((2, 3, 7, 7)).unwrap();
+        let x = Tensor::arange(0f32, 2.0 * 3.0 * 49.0, &cpu()).unwrap().sin().unwrap().reshape((2, 3, 7, 7)).unwrap();
         for relu in [false, true] {
             let folded = layer.evaluate(&x, relu).unwrap();
             let unfolded = layer.bn.forward(&layer.conv.forward(&x).unwrap(), false, false).unwrap();

@@ -224,7 +224,7 @@ impl Task for GapTask<'_> {
     }
 
     fn train_batch(&self, indices: &[usize], rng: &mut ChaCha8Rng) -> Result<(Tensor, Tensor)> {
-        let (x, y) = self.train.batch(indices, &Device::Cpu)?;
+        let (x, y) = self.train.batch(indices, &self.model.device)?;
         let x = augment(&x, &self.augment, rng)?;
         Ok((self.model.net.forward(&x, true)?, y))
     }
@@ -241,7 +241,7 @@ pub fn evaluate(model: &Model, set: &dyn LabelledSet, batch_size: usize) -> Resu
     }
     let mut correct = 0;
     for indices in batch_indices(set.len(), batch_size, None)? {
-        let (x, y) = set.batch(&indices, &Device::Cpu)?;
+        let (x, y) = set.batch(&indices, &model.device)?;
         correct += count_correct(&model.net.forward(&x, false)?, &y)?;
     }
     Ok(correct as f64 / set.len() as f64)
@@ -310,7 +310,8 @@ fn restore(task: &dyn Task, optimizer: &mut Optimizer, run_dir: &Path) -> Result
         .and_then(|m| m.get(STATE_KEY))
         .with_context(|| format!("{}: no training state in the checkpoint", path.display()))
         .and_then(|s| serde_json::from_str(s).with_context(|| format!("{}: corrupt training state", path.display())))?;
-    let mut tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?;
+    let device = task.checkpoint_vars().first().map(|(_, v)| v.device().clone()).context("a task without variables")?;
+    let mut tensors = candle_core::safetensors::load_buffer(&bytes, &device)?;
     for (name, var) in task.checkpoint_vars() {
         let t = tensors
             .remove(&format!("model.{name}"))
@@ -327,22 +328,22 @@ fn restore(task: &dyn Task, optimizer: &mut Optimizer, run_dir: &Path) -> Result
 mod tests {
     use super::*;
     use crate::config::{Arch, BackboneConfig, Stem};
+    use castream_data::device::cpu;
 
     /// Random 16x16 images labelled by the sign of their mean red value.
     pub(crate) fn toy_set(n: usize, seed: u64) -> TensorSet {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let v: Vec<f32> = (0..n * 3 * 16 * 16).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        let images = Tensor::from_vec(v, (n, 3, 16, 16), &Device::Cpu).unwrap();
+        let images = Tensor::from_vec(v, (n, 3, 16, 16), &cpu()).unwrap();
         let red: Vec<f32> = images.narrow(1, 0, 1).unwrap().mean((1, 2, 3)).unwrap().to_vec1().unwrap();
-        let labels =
-            Tensor::from_vec(red.iter().map(|&r| (r > 0.0) as u32).collect::<Vec<_>>(), n, &Device::Cpu).unwrap();
+        let labels = Tensor::from_vec(red.iter().map(|&r| (r > 0.0) as u32).collect::<Vec<_>>(), n, &cpu()).unwrap();
         TensorSet { images, labels }
     }
 
     fn model() -> Model {
         let config =
             BackboneConfig { stem: Stem::Small, base_width: Some(4), ..BackboneConfig::new(Arch::Resnet18, 2) };
-        Model::new(config, 7, &Device::Cpu).unwrap()
+        Model::new(config, 7, &cpu()).unwrap()
     }
 
     fn config() -> TrainConfig {
@@ -409,7 +410,7 @@ mod tests {
             extra: serde_json::Value::Null,
         };
         m.save(&path, &meta).unwrap();
-        let (loaded, meta2) = Model::load(&path, &Device::Cpu).unwrap();
+        let (loaded, meta2) = Model::load(&path, &cpu()).unwrap();
         assert_eq!(meta2.classes, meta.classes);
         let logits =
             |m: &Model| m.net.forward(&val_set.images, false).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -418,7 +419,7 @@ mod tests {
 
     #[test]
     fn augmentation_mirrors_or_keeps_each_image_and_shifts_with_zero_fill() {
-        let x = Tensor::arange(0f32, 2.0 * 3.0 * 4.0 * 4.0, &Device::Cpu).unwrap().reshape((2, 3, 4, 4)).unwrap();
+        let x = Tensor::arange(0f32, 2.0 * 3.0 * 4.0 * 4.0, &cpu()).unwrap().reshape((2, 3, 4, 4)).unwrap();
         let src: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
         let (mut flipped, mut kept) = (0, 0);
         for seed in 0..20 {

@@ -2,8 +2,7 @@
 //! one backward pass: the images are independent, so the gradient of the sum of the per-image
 //! target logits is, image by image, the gradient of each image's own logit.
 
-use anyhow::Result;
-use candle_core::{Tensor, Var};
+use candle_core::{Result, Tensor, Var};
 
 use crate::subject::{class_index, Subject};
 

@@ -2,14 +2,14 @@
 //! `S = relu(map)`, per-image min-max to [0, 1] (a constant map gives zeros, never NaN), bilinear
 //! upsampling to the input.
 
-use anyhow::Result;
-use candle_core::Tensor;
+use candle_core::{bail, Result, Tensor};
 use castream_kernels::Kernels;
 use castream_stream::minmax_normalise;
 
 use crate::subject::Subject;
 
-/// A saliency method. Implementations return the raw map; [`explain`] post-processes it.
+/// A saliency method. Implementations return the raw map; [`explain`] post-processes it. Errors
+/// are candle's, so an implementation outside castream needs no other error crate.
 pub trait CamMethod: Send + Sync {
     /// The name tables and figures print, e.g. `Grad-CAM`.
     fn name(&self) -> &'static str;
@@ -31,7 +31,9 @@ pub struct Explanation {
 /// Runs `method` on the batch `x` for `classes` (one per image) and post-processes the maps.
 pub fn explain(method: &dyn CamMethod, subject: &Subject, x: &Tensor, classes: &[u32]) -> Result<Explanation> {
     let (b, _, h, w) = x.dims4()?;
-    anyhow::ensure!(classes.len() == b, "{} classes for {b} images: give one class per image", classes.len());
+    if classes.len() != b {
+        bail!("{} classes for {b} images: give one class per image", classes.len());
+    }
     let maps = minmax_normalise(&method.saliency(subject, x, classes)?.relu()?)?;
     let upsampled = upsample(&maps, h, w)?;
     Ok(Explanation { maps, upsampled })

@@ -89,20 +89,84 @@ fn check_grad_cam_against_finite_differences(subject: &Subject) {
 #[test]
 fn grad_cam_weights_are_the_averaged_finite_difference_gradient_gap() {
     let model = backbone(3);
-    check_grad_cam_against_finite_differences(&Subject::new(Pooling::Gap(&model), NORM));
+    check_grad_cam_against_finite_differences(&Subject::of(Pooling::Gap(&model), NORM));
+}
+
+/// A model castream does not define: two candle-nn convolutions, a ReLU, global average pooling
+/// and a linear classifier, explained at the second convolution.
+struct Foreign {
+    conv1: candle_nn::Conv2d,
+    conv2: candle_nn::Conv2d,
+    fc: candle_nn::Linear,
+}
+
+impl Foreign {
+    fn new(seed: u64) -> Foreign {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut t = |shape: &[usize]| {
+            let n = shape.iter().product();
+            let v: Vec<f32> = (0..n).map(|_| rng.random_range(-0.5f32..0.5)).collect();
+            Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+        };
+        let cfg = candle_nn::Conv2dConfig { padding: 1, stride: 2, ..Default::default() };
+        Foreign {
+            conv1: candle_nn::Conv2d::new(t(&[6, 3, 3, 3]), Some(t(&[6])), cfg),
+            conv2: candle_nn::Conv2d::new(t(&[8, 6, 3, 3]), Some(t(&[8])), cfg),
+            fc: candle_nn::Linear::new(t(&[CLASSES, 8]), Some(t(&[CLASSES]))),
+        }
+    }
+}
+
+impl castream_cam::CamModel for Foreign {
+    fn activations(&self, x: &Tensor) -> candle_core::Result<castream_cam::Activations> {
+        use candle_core::Module;
+        let a = self.conv2.forward(&self.conv1.forward(x)?.relu()?)?.relu()?;
+        Ok(castream_cam::Activations::of(a.detach()))
+    }
+    fn logits_from(&self, _: &castream_cam::Activations, a: &Tensor) -> candle_core::Result<Tensor> {
+        use candle_core::Module;
+        self.fc.forward(&a.mean((2, 3))?)
+    }
+    fn class_weights(&self) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(self.fc.weight().clone()))
+    }
+}
+
+#[test]
+fn a_model_castream_does_not_define_is_explained_by_every_activation_method() {
+    let model = Foreign::new(17);
+    let subject = Subject::new(&model, NORM);
+    check_grad_cam_against_finite_differences(&subject);
+    // Its head is linear on the pooled activation, so CAM applies and Grad-CAM equals it.
+    let x = images(2, 19);
+    let opts = MethodOptions { chunk: 7, ..MethodOptions::default() };
+    let cam = flat(&explain(Method::Cam.build(&opts).as_ref(), &subject, &x, &[0, 2]).unwrap().maps);
+    let grad = flat(&explain(Method::GradCam.build(&opts).as_ref(), &subject, &x, &[0, 2]).unwrap().maps);
+    assert!(max_abs(&cam) > 0.5 && max_abs_diff(&cam, &grad) <= 1e-4, "CAM {cam:?} vs Grad-CAM {grad:?}");
+    let k = subject.activations(&x).unwrap().target.dim(1).unwrap();
+    let expected = score_cam_loop(&subject, &x.narrow(0, 0, 1).unwrap(), 1, &(0..k).collect::<Vec<_>>());
+    let got =
+        flat(&ScoreCam { chunk: 3, channels: None }.saliency(&subject, &x.narrow(0, 0, 1).unwrap(), &[1]).unwrap());
+    assert!(max_abs_diff(&expected, &got) <= 1e-4 * max_abs(&expected).max(1e-6), "Score-CAM {got:?} vs {expected:?}");
+    for m in Method::ALL.into_iter().filter(|&m| m != Method::RawAttention) {
+        let e = explain(m.build(&opts).as_ref(), &subject, &x, &[0, 1]).unwrap();
+        assert_eq!(e.upsampled.dims(), &[2, SIDE, SIDE], "{m}");
+    }
+    let err = explain(Method::RawAttention.build(&opts).as_ref(), &subject, &x, &[0, 1]).unwrap_err();
+    assert!(err.to_string().contains("attention"), "{err}");
 }
 
 #[test]
 fn grad_cam_weights_are_the_averaged_finite_difference_gradient_ca() {
     // Through CA-4 the score is no longer linear in A: the attention's softmax bends it.
     let model = ca_model();
-    check_grad_cam_against_finite_differences(&Subject::new(Pooling::Ca(&model), NORM));
+    check_grad_cam_against_finite_differences(&Subject::of(Pooling::Ca(&model), NORM));
 }
 
 #[test]
 fn grad_cam_plus_plus_matches_a_loop_over_its_formula() {
     let model = ca_model();
-    let subject = Subject::new(Pooling::Ca(&model), NORM);
+    let subject = Subject::of(Pooling::Ca(&model), NORM);
     let x = images(2, 11);
     let classes = [2u32, 0];
     let t = target_gradients(&subject, &x, &classes).unwrap();
@@ -159,7 +223,7 @@ fn score_cam_matches_a_one_channel_at_a_time_loop() {
     for ca in [false, true] {
         let (gap, ca_m) = (backbone(5), ca_model());
         let pooling = if ca { Pooling::Ca(&ca_m) } else { Pooling::Gap(&gap) };
-        let subject = Subject::new(pooling, NORM);
+        let subject = Subject::of(pooling, NORM);
         let x = images(1, 13);
         let k = subject.activations(&x).unwrap().target.dim(1).unwrap();
         let expected = score_cam_loop(&subject, &x, 2, &(0..k).collect::<Vec<_>>());
@@ -173,7 +237,7 @@ fn score_cam_matches_a_one_channel_at_a_time_loop() {
 #[test]
 fn score_cam_channel_subsampling_scores_the_most_active_channels() {
     let model = backbone(5);
-    let subject = Subject::new(Pooling::Gap(&model), NORM);
+    let subject = Subject::of(Pooling::Gap(&model), NORM);
     let x = images(1, 17);
     let a = subject.activations(&x).unwrap().target;
     let means = flat(&a.mean((2, 3)).unwrap());
@@ -187,7 +251,7 @@ fn score_cam_channel_subsampling_scores_the_most_active_channels() {
 #[test]
 fn ablation_cam_matches_a_one_channel_at_a_time_loop() {
     let model = ca_model();
-    let subject = Subject::new(Pooling::Ca(&model), NORM);
+    let subject = Subject::of(Pooling::Ca(&model), NORM);
     let x = images(1, 19);
     let class = 1u32;
     let a = subject.activations(&x).unwrap().target;
@@ -214,8 +278,8 @@ fn batched_maps_equal_one_image_at_a_time_maps() {
     let classes = [0u32, 2, 1];
     let options = MethodOptions { chunk: 10, ..MethodOptions::default() };
     for pooling in [Pooling::Gap(&gap), Pooling::Ca(&ca)] {
-        let subject = Subject::new(pooling, NORM);
-        for m in Method::ALL.into_iter().filter(|m| m.applies_to(subject.is_ca())) {
+        let subject = Subject::of(pooling, NORM);
+        for m in Method::ALL.into_iter().filter(|m| m.applies_to(pooling.kind())) {
             let method = m.build(&options);
             let batched = flat(&explain(method.as_ref(), &subject, &x, &classes).unwrap().upsampled);
             let plane = SIDE * SIDE;
@@ -223,7 +287,7 @@ fn batched_maps_equal_one_image_at_a_time_maps() {
                 let one =
                     flat(&explain(method.as_ref(), &subject, &x.narrow(0, i, 1).unwrap(), &[c]).unwrap().upsampled);
                 let d = max_abs_diff(&batched[i * plane..(i + 1) * plane], &one);
-                assert!(d <= 1e-4, "{m} ca={} image {i}: batched differs by {d}", subject.is_ca());
+                assert!(d <= 1e-4, "{m} {} image {i}: batched differs by {d}", pooling.kind());
             }
         }
     }
@@ -234,7 +298,7 @@ fn for_a_gap_network_grad_cam_hirescam_and_xgrad_cam_equal_cam() {
     // With GAP and a linear classifier dy_c/dA^k_ij = W_ck / hw at every position, so the
     // gradient methods reduce to CAM up to a positive factor, which normalisation removes.
     let model = backbone(4);
-    let subject = Subject::new(Pooling::Gap(&model), NORM);
+    let subject = Subject::of(Pooling::Gap(&model), NORM);
     let x = images(2, 29);
     let classes = [1u32, 2];
     let cam =
@@ -257,8 +321,8 @@ fn constant_activations_give_zero_maps_never_nan() {
     }
     let x = images(2, 31);
     for pooling in [Pooling::Gap(&gap), Pooling::Ca(&ca)] {
-        let subject = Subject::new(pooling, NORM);
-        for m in Method::ALL.into_iter().filter(|m| m.applies_to(subject.is_ca())) {
+        let subject = Subject::of(pooling, NORM);
+        for m in Method::ALL.into_iter().filter(|m| m.applies_to(pooling.kind())) {
             let e = explain(m.build(&MethodOptions::default()).as_ref(), &subject, &x, &[0, 1]).unwrap();
             for v in flat(&e.maps).into_iter().chain(flat(&e.upsampled)) {
                 assert!(v.is_finite() && v.abs() < 1e-5, "{m}: {v} on a constant map");
@@ -272,12 +336,11 @@ fn methods_refuse_the_pooling_they_do_not_explain() {
     let (gap, ca) = (backbone(2), ca_model());
     let x = images(1, 37);
     let opts = MethodOptions::default();
-    let err = Method::Cam.build(&opts).saliency(&Subject::new(Pooling::Ca(&ca), NORM), &x, &[0]).unwrap_err();
+    let err = Method::Cam.build(&opts).saliency(&Subject::of(Pooling::Ca(&ca), NORM), &x, &[0]).unwrap_err();
     assert!(err.to_string().contains("GAP"), "{err}");
-    let err =
-        Method::RawAttention.build(&opts).saliency(&Subject::new(Pooling::Gap(&gap), NORM), &x, &[0]).unwrap_err();
+    let err = Method::RawAttention.build(&opts).saliency(&Subject::of(Pooling::Gap(&gap), NORM), &x, &[0]).unwrap_err();
     assert!(err.to_string().contains("CA model"), "{err}");
-    let err = explain(Method::GradCam.build(&opts).as_ref(), &Subject::new(Pooling::Gap(&gap), NORM), &x, &[0, 1])
+    let err = explain(Method::GradCam.build(&opts).as_ref(), &Subject::of(Pooling::Gap(&gap), NORM), &x, &[0, 1])
         .unwrap_err();
     assert!(err.to_string().contains("one class per image"), "{err}");
 }
@@ -285,7 +348,7 @@ fn methods_refuse_the_pooling_they_do_not_explain() {
 #[test]
 fn explained_maps_are_normalised_and_upsampled_to_the_input() {
     let model = ca_model();
-    let subject = Subject::new(Pooling::Ca(&model), NORM);
+    let subject = Subject::of(Pooling::Ca(&model), NORM);
     let x = images(2, 41);
     for m in [Method::GradCam, Method::RawAttention] {
         let e = explain(m.build(&MethodOptions::default()).as_ref(), &subject, &x, &[0, 1]).unwrap();

@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
-use castream_experiments::explain::{
-    self, ClassChoice, ExplainOptions, Input, Method, ModelSource, PoolingKind, SceneRange,
-};
-use castream_experiments::quick::TrainOptions;
+use castream_cam::{Method, PoolingKind};
+use castream_cli::explain::{self, ClassChoice, ExplainOptions, Input, ModelSource, SceneRange};
+use castream_data::DeviceChoice;
 use castream_experiments::runner::{self, Options, Outcome};
 use castream_experiments::spec::{available_specs, Profile, Spec};
+use castream_zoo::quick::TrainOptions;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
 /// Every layer allocates its output afresh. glibc's malloc serves those multi-megabyte buffers
@@ -50,6 +50,9 @@ enum Command {
         /// Train only this backbone of the recipe.
         #[arg(long)]
         only: Option<String>,
+        /// Where tensors live: `cpu`.
+        #[arg(long, default_value = "cpu")]
+        device: DeviceChoice,
     },
     /// Benchmark the backbones: forward and train-step throughput, our kernels vs candle's ops,
     /// and ONNX Runtime on the same weights and input (needs scripts/requirements-bench.txt).
@@ -101,8 +104,8 @@ struct ExplainArgs {
     /// `gap`, `ca` or both (`gap,ca`); `ca` uses the backbone's trained CA-Stream (trained once and cached).
     #[arg(long, value_delimiter = ',', default_value = "gap")]
     pooling: Vec<PoolingKind>,
-    /// CAM methods, repeated or comma-separated: cam, grad-cam, grad-cam-plus-plus, score-cam,
-    /// hi-res-cam, x-grad-cam, layer-cam, ablation-cam, raw-attention.
+    /// CAM methods, repeated or comma-separated, by registry key (docs/cam.md): cam, grad-cam,
+    /// grad-cam-plus-plus, score-cam, hi-res-cam, x-grad-cam, layer-cam, ablation-cam, raw-attention.
     #[arg(long, value_delimiter = ',', default_value = "grad-cam")]
     method: Vec<Method>,
     /// Score-CAM masked images (Ablation-CAM ablated activations) per forward pass.
@@ -127,6 +130,9 @@ struct ExplainArgs {
     /// Screen pixels per image pixel [default: 256 / side, at least 1].
     #[arg(long)]
     scale: Option<usize>,
+    /// Where tensors live: `cpu`.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
 }
 
 #[derive(Args)]
@@ -146,6 +152,9 @@ struct RunArgs {
     /// Root of the results tree.
     #[arg(long, default_value = "results")]
     results: PathBuf,
+    /// Where tensors live: `cpu`.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
 }
 
 /// candle's CPU thread pool (elementwise broadcasts) busy-waits 25,000 spins after every task before
@@ -190,6 +199,7 @@ fn run(cli: Cli) -> Result<()> {
                 profile: run.profile,
                 images: run.images,
                 seed: run.seed,
+                device: run.device,
             };
             if names.iter().any(|n| n == "all") {
                 for (name, outcome) in runner::reproduce_all(&opts)? {
@@ -208,18 +218,19 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::TrainBackbones { retrain, resume, only } => {
-            castream_experiments::quick::train_backbones(Path::new("."), &TrainOptions { retrain, resume, only })
+        Command::TrainBackbones { retrain, resume, only, device } => {
+            castream_zoo::quick::train_backbones(Path::new("."), &TrainOptions { device, retrain, resume, only })
         }
         Command::Bench { runs, rounds, no_onnx, only, cam } => {
             if cam {
-                castream_experiments::bench::run_cam(Path::new("."), runs, only.as_deref())
+                castream_cli::bench::run_cam(Path::new("."), runs, only.as_deref())
             } else {
-                castream_experiments::bench::run(Path::new("."), runs, rounds, !no_onnx, only.as_deref())
+                castream_cli::bench::run(Path::new("."), runs, rounds, !no_onnx, only.as_deref())
             }
         }
         Command::Explain(a) => {
             let opts = ExplainOptions {
+                device: a.device,
                 input: match (a.image, a.scenes) {
                     (Some(path), _) => Input::Image(path),
                     (None, Some(range)) => Input::Scenes(range.0),

@@ -85,3 +85,62 @@ fn explain_rejects_bad_flags_before_loading_anything() {
     assert!(!ok);
     assert!(text.contains("--image") && text.contains("--scenes"), "{text}");
 }
+
+/// docs/specs.md's user-written experiment (experiments/examples/stage3-cams.toml): Layer-CAM and
+/// XGrad-CAM at stage 3 of both shipped backbones, run through the binary in a root holding the
+/// shipped checkpoints, with a small stream so that it trains in seconds.
+#[test]
+fn a_user_written_experiment_runs_from_the_cli() {
+    let root = tempfile::tempdir().unwrap();
+    let checkpoints = root.path().join("checkpoints/quick");
+    std::fs::create_dir_all(&checkpoints).unwrap();
+    for entry in std::fs::read_dir(repository().join("checkpoints/quick")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), checkpoints.join(entry.file_name())).unwrap();
+    }
+    let experiments = root.path().join("experiments");
+    std::fs::create_dir(&experiments).unwrap();
+    let spec = std::fs::read_to_string(repository().join("experiments/examples/stage3-cams.toml")).unwrap();
+    let stream = "[quick.stream]\ntrain_images = 64\nval_images = 16\ntrain = { epochs = 1, batch_size = 32, seed = 0, \
+                  optimizer = { kind = \"adam-w\", lr = 1e-2, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0 }, \
+                  schedule = { kind = \"constant\" } }\n";
+    std::fs::write(experiments.join("stage3-cams.toml"), spec + stream).unwrap();
+    let (ok, text) = castream_in(root.path(), &["reproduce", "stage3-cams", "--images", "6"]);
+    assert!(ok, "{text}");
+    let dir = root.path().join("results/quick/stage3-cams");
+    let csv = std::fs::read_to_string(dir.join("stage3-cams.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    // Two backbones x two methods x two poolings.
+    assert_eq!(rows.len(), 8, "{csv}");
+    for (backbone, method) in [("resnet18", "Layer-CAM"), ("convnext", "XGrad-CAM")] {
+        assert!(rows.iter().any(|r| r.starts_with(&format!("{backbone},{method},CA,"))), "{csv}");
+    }
+    let md = std::fs::read_to_string(dir.join("stage3-cams.md")).unwrap();
+    assert!(md.contains("maps of F_3") && md.contains("6 images per cell"), "{md}");
+    assert!(dir.join("stage3-cams_ca_vs_gap.csv").is_file() && dir.join("run.json").is_file());
+}
+
+/// A bad list entry is refused before any work, naming the file, the line, the key and the valid values.
+#[test]
+fn a_bad_spec_entry_is_refused_with_file_line_key_and_valid_values() {
+    let root = tempfile::tempdir().unwrap();
+    let experiments = root.path().join("experiments");
+    std::fs::create_dir(&experiments).unwrap();
+    let spec = std::fs::read_to_string(repository().join("experiments/examples/stage3-cams.toml")).unwrap();
+    let cases = [
+        (spec.replace("\"layer-cam\"", "\"layer-kam\""), "unknown CAM method `layer-kam`: choose one of cam, grad-cam"),
+        (
+            spec.replace("[\"gap\", \"ca\"]", "[\"ca\"]").replace("\"layer-cam\"", "\"cam\""),
+            "applies to none of poolings",
+        ),
+        (spec.replace("layer = 3", "layer = 7"), "layer = 7: not a stage; valid: 1, 2, 3 or 4"),
+    ];
+    for (to, expected) in cases {
+        std::fs::write(experiments.join("stage3-cams.toml"), &to).unwrap();
+        let (ok, text) = castream_in(root.path(), &["reproduce", "stage3-cams"]);
+        assert!(!ok, "{to}: {text}");
+        assert!(text.contains("experiments/stage3-cams.toml") && text.contains(expected), "{to}: {text}");
+        assert!(text.contains("line") || text.contains(".toml:"), "no line in: {text}");
+        assert!(!root.path().join("results").exists(), "{to}: wrote results");
+    }
+}

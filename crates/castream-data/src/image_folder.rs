@@ -264,6 +264,7 @@ pub fn load_image(path: &Path, transform: EvalTransform, norm: &Normalisation) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device::cpu;
     use image::Rgb;
     use std::fs;
     use tempfile::TempDir;
@@ -511,7 +512,7 @@ mod tests {
         let norm = Normalisation::IMAGENET;
         let t = EvalTransform::Squash { size: 5 };
         let order = [3, 0, 2];
-        let (images, labels) = list.load_batch(&order, t, &norm, &Device::Cpu).unwrap();
+        let (images, labels) = list.load_batch(&order, t, &norm, &cpu()).unwrap();
         assert_eq!(images.dims(), &[3, 3, 5, 5]);
         assert_eq!(images.dtype(), candle_core::DType::F32);
         assert_eq!(labels.dtype(), candle_core::DType::U32);
@@ -538,11 +539,11 @@ mod tests {
         let t = EvalTransform::Squash { size: 4 };
         let norm = Normalisation::IMAGENET;
         for _ in 0..5 {
-            let err = list.load_batch(&[0, 2, 1], t, &norm, &Device::Cpu).unwrap_err();
+            let err = list.load_batch(&[0, 2, 1], t, &norm, &cpu()).unwrap_err();
             assert!(matches!(err, DataError::Decode { ref path, .. } if path.ends_with("bad.png")), "{err}");
-            let err = list.load_batch(&[1, 2], t, &norm, &Device::Cpu).unwrap_err();
+            let err = list.load_batch(&[1, 2], t, &norm, &cpu()).unwrap_err();
             assert!(matches!(err, DataError::Io { ref path, .. } if path.ends_with("missing.png")), "{err}");
         }
-        assert!(matches!(list.load_batch(&[0, 3], t, &norm, &Device::Cpu), Err(DataError::Config { .. })));
+        assert!(matches!(list.load_batch(&[0, 3], t, &norm, &cpu()), Err(DataError::Config { .. })));
     }
 }

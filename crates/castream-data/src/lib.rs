@@ -8,6 +8,7 @@
 
 pub mod atomic;
 pub mod batching;
+pub mod device;
 pub mod discovery;
 pub mod error;
 pub mod hub;
@@ -15,7 +16,10 @@ pub mod idx;
 pub mod image_folder;
 pub mod labelled;
 pub mod normalise;
+pub mod progress;
+pub mod provenance;
 pub mod scenes;
 
+pub use device::DeviceChoice;
 pub use error::{DataError, Result};
 pub use normalise::Normalisation;

@@ -55,6 +55,7 @@ impl Normalisation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device::cpu;
 
     #[test]
     fn apply_then_invert_is_identity_and_matches_hand_values() {
@@ -70,7 +71,7 @@ mod tests {
     fn tensor_forms_match_the_slice_forms() {
         let n = Normalisation { mean: [0.5, 0.25, 0.0], std: [0.5, 0.25, 2.0] };
         let pixels: Vec<f32> = (0..24).map(|i| i as f32 / 23.0).collect();
-        let t = Tensor::from_slice(&pixels, (2, 3, 2, 2), &candle_core::Device::Cpu).unwrap();
+        let t = Tensor::from_slice(&pixels, (2, 3, 2, 2), &cpu()).unwrap();
         let normalised: Vec<f32> = n.from_pixels(&t).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let mut want = pixels.clone();
         want.chunks_exact_mut(12).for_each(|img| n.apply(img));

@@ -6,10 +6,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 
-use crate::record::RunRecord;
+use castream_data::atomic::{self, StagedDir};
+use castream_data::DeviceChoice;
+use castream_report::record::RunRecord;
+
 use crate::spec::{available_specs, Profile, Spec};
 use crate::targets::{self, NotYetAvailable, RunContext};
-use castream_data::atomic::{self, StagedDir};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -22,6 +24,7 @@ pub struct Options {
     pub images: Option<usize>,
     /// Overrides the spec's `seed`.
     pub seed: Option<u64>,
+    pub device: DeviceChoice,
 }
 
 #[derive(Debug)]
@@ -80,6 +83,7 @@ fn run_spec(spec: &Spec, opts: &Options) -> Result<(PathBuf, f64)> {
     let mut record =
         RunRecord::new(&spec.name, &spec.path, &target, opts.profile.name(), serde_json::to_value(&settings)?);
     record.overrides = overrides;
+    record.device = opts.device.to_string();
     let staged = StagedDir::begin(&opts.results.join(opts.profile.name()).join(&spec.name))?;
     let started = Instant::now();
     targets::run(&mut RunContext {
@@ -88,6 +92,8 @@ fn run_spec(spec: &Spec, opts: &Options) -> Result<(PathBuf, f64)> {
         settings: &settings,
         out: staged.path(),
         root: &opts.root,
+        experiments: &opts.experiments,
+        device: opts.device.device(),
         record: &mut record,
     })?;
     record.wall_seconds = started.elapsed().as_secs_f64();

@@ -6,9 +6,9 @@ use std::path::Path;
 use candle_core::Device;
 use castream_backbones::{Arch, BackboneConfig, CheckpointMeta, Model, Stem};
 use castream_data::labelled::hex;
-use castream_experiments::quick::{load_recipe, ManifestEntry};
 use castream_experiments::runner::{reproduce, Options};
 use castream_experiments::spec::Profile;
+use castream_zoo::quick::{load_recipe, ManifestEntry};
 use polars::prelude::*;
 use sha2::{Digest, Sha256};
 
@@ -24,12 +24,21 @@ model = { arch = "resnet18", num_classes = 10, stem = "small", base_width = 4 }
 train = { epochs = 1, batch_size = 8, seed = 0, optimizer = { kind = "adam-w", lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0 }, schedule = { kind = "constant" } }
 "#;
 
+/// A small, fast stream for the tiny backbone.
+const STREAM: &str = "[quick.stream]\ntrain_images = 40\nval_images = 16\n\
+    train = { epochs = 1, batch_size = 20, seed = 0, optimizer = { kind = \"adam-w\", lr = 1e-2, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0 }, schedule = { kind = \"constant\" } }\n";
+
 fn spec(name: &str) -> String {
-    format!(
-        "name = \"{name}\"\ntitle = \"t\"\ntarget = \"{name}\"\n[quick]\nimages = 24\nbatch_size = 12\nbackbones = [\"tiny\"]\n\
-         [quick.stream]\ntrain_images = 40\nval_images = 16\n\
-         train = {{ epochs = 1, batch_size = 20, seed = 0, optimizer = {{ kind = \"adam-w\", lr = 1e-2, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0 }}, schedule = {{ kind = \"constant\" }} }}\n"
-    )
+    format!("name = \"{name}\"\ntitle = \"t\"\ntarget = \"{name}\"\n[quick]\nimages = 24\nbatch_size = 12\nbackbones = [\"tiny\"]\n{STREAM}")
+}
+
+/// The repository's spec `name` on the tiny backbone with the small stream.
+fn repository_spec(name: &str) -> String {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../experiments/{name}.toml")))
+            .unwrap();
+    text.replace("backbones = [\"resnet18\"]", "backbones = [\"tiny\"]").replace("batch_size = 64", "batch_size = 12")
+        + STREAM
 }
 
 /// A temporary repository root with an untrained "shipped" backbone and its manifest.
@@ -68,11 +77,19 @@ fn fake_root() -> tempfile::TempDir {
     std::fs::write(dir.join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
     let experiments = root.path().join("experiments");
     std::fs::create_dir_all(&experiments).unwrap();
-    for name in ["table1", "table2", "table4", "table5", "table6", "figure1", "figure2", "figure3", "figure4"] {
+    for name in ["table1", "table4", "figure1", "figure2", "figure3", "figure4"] {
         std::fs::write(experiments.join(format!("{name}.toml")), spec(name)).unwrap();
     }
+    for name in ["table2", "table5", "table6"] {
+        std::fs::write(experiments.join(format!("{name}.toml")), repository_spec(name)).unwrap();
+    }
     // table3 asks for a ConvNeXt backbone that this root does not ship.
-    std::fs::write(experiments.join("table3.toml"), spec("table3").replace("[\"tiny\"]", "[\"convnext\"]")).unwrap();
+    std::fs::write(experiments.join("table3.toml"), repository_spec("table3")).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/paper-values.toml"),
+        experiments.join("paper-values.toml"),
+    )
+    .unwrap();
     root
 }
 
@@ -85,6 +102,7 @@ fn options(root: &Path, images: Option<usize>) -> Options {
         profile: Profile::Quick,
         images,
         seed: None,
+        device: castream_data::DeviceChoice::Cpu,
     }
 }
 

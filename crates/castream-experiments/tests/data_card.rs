@@ -20,6 +20,7 @@ fn data_card_writes_every_output_with_true_counts() {
         profile: Profile::Quick,
         images: Some(8),
         seed: None,
+        device: castream_data::DeviceChoice::Cpu,
     };
     let dir = reproduce("data-card", &opts).unwrap();
     assert_eq!(dir, results.path().join("quick/data-card"));
@@ -99,6 +100,7 @@ fn paper_profile_runs_end_to_end_on_a_small_image_list() {
         profile: Profile::Paper,
         images: None,
         seed: None,
+        device: castream_data::DeviceChoice::Cpu,
     };
     let dir = reproduce("data-card", &opts).unwrap();
     let md = std::fs::read_to_string(dir.join("class_counts.md")).unwrap();

@@ -87,12 +87,12 @@ fn rank_map(saliency: &[f32]) -> Vec<usize> {
 /// score taken before each step and after the last (point 0 is the start image, the last point the
 /// fully deleted or fully restored image).
 ///
-/// `score` maps a normalised batch `(N, C, H, W)` to logits `(N, K)`; `x` is the normalised batch
+/// `score` (any candle model's forward) maps a normalised batch `(N, C, H, W)` to logits `(N, K)`; `x` is the normalised batch
 /// `(B, C, H, W)`, `saliency` the maps `(B, H, W)` at the input size, `classes[i]` the class whose
 /// softmax probability is tracked for image `i`. The `B * (steps + 1)` step images are built chunk by
 /// chunk and scored `batch_size` at a time, so memory stays bounded by the chunk.
 pub fn causal_curves(
-    score: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+    score: &mut dyn FnMut(&Tensor) -> candle_core::Result<Tensor>,
     x: &Tensor,
     saliency: &Tensor,
     classes: &[u32],
@@ -156,7 +156,7 @@ pub fn auc(curve: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use castream_data::device::cpu;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
@@ -224,7 +224,7 @@ mod tests {
     #[test]
     fn blur_keeps_constant_interiors_darkens_corners_and_matches_a_loop() {
         let (h, w) = (8, 9);
-        let x = Tensor::full(0.7f32, (1, 3, h, w), &Device::Cpu).unwrap();
+        let x = Tensor::full(0.7f32, (1, 3, h, w), &cpu()).unwrap();
         let out: Vec<f32> = gaussian_blur(&x, 5, 5.0).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let k = gaussian_kernel(5, 5.0);
         for ch in 0..3 {
@@ -237,7 +237,7 @@ mod tests {
         }
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let data: Vec<f32> = (0..2 * 3 * h * w).map(|_| rng.random_range(-2.0..2.0)).collect();
-        let t = Tensor::from_vec(data.clone(), (2, 3, h, w), &Device::Cpu).unwrap();
+        let t = Tensor::from_vec(data.clone(), (2, 3, h, w), &cpu()).unwrap();
         let got: Vec<f32> = gaussian_blur(&t, 5, 5.0).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let want: Vec<f32> = data.chunks_exact(3 * h * w).flat_map(|img| naive_blur(img, (3, h, w), &k, 5)).collect();
         got.iter().zip(&want).for_each(|(g, w)| assert!((g - w).abs() < 1e-5, "{g} vs {w}"));
@@ -263,10 +263,10 @@ mod tests {
         fn new(inputs: usize, classes: usize, rng: &mut ChaCha8Rng) -> Linear {
             let scale = 3.0 / (inputs as f32).sqrt();
             let w: Vec<f32> = (0..inputs * classes).map(|_| rng.random_range(-scale..scale)).collect();
-            Linear { weights: Tensor::from_vec(w, (inputs, classes), &Device::Cpu).unwrap(), calls: vec![] }
+            Linear { weights: Tensor::from_vec(w, (inputs, classes), &cpu()).unwrap(), calls: vec![] }
         }
 
-        fn logits(&mut self, x: &Tensor) -> Result<Tensor> {
+        fn logits(&mut self, x: &Tensor) -> candle_core::Result<Tensor> {
             self.calls.push(x.dim(0)?);
             Ok(x.flatten_from(1)?.matmul(&self.weights)?)
         }
@@ -294,7 +294,7 @@ mod tests {
         let mut img = start.to_vec();
         let mut curve = vec![];
         for k in 0..=plane.div_ceil(step) {
-            let t = Tensor::from_vec(img.clone(), (1, 3, h, w), &Device::Cpu).unwrap();
+            let t = Tensor::from_vec(img.clone(), (1, 3, h, w), &cpu()).unwrap();
             curve.push(class_probabilities(&model.logits(&t).unwrap(), &[class]).unwrap()[0]);
             for &p in order.iter().skip(k * step).take(step) {
                 (0..3).for_each(|ch| img[ch * plane + p] = finish[ch * plane + p]);
@@ -311,8 +311,8 @@ mod tests {
         let x: Vec<f32> = (0..b * 3 * h * w).map(|_| rng.random_range(-2.0..2.0)).collect();
         // Five levels, so ties are common.
         let sal: Vec<f32> = (0..b * h * w).map(|_| rng.random_range(0..5) as f32 / 4.0).collect();
-        let xt = Tensor::from_vec(x.clone(), (b, 3, h, w), &Device::Cpu).unwrap();
-        let st = Tensor::from_vec(sal.clone(), (b, h, w), &Device::Cpu).unwrap();
+        let xt = Tensor::from_vec(x.clone(), (b, 3, h, w), &cpu()).unwrap();
+        let st = Tensor::from_vec(sal.clone(), (b, h, w), &cpu()).unwrap();
         let classes = [0u32, 3, 1];
         let blurred: Vec<f32> =
             gaussian_blur(&xt, BLUR_SIZE, BLUR_SIGMA).unwrap().flatten_all().unwrap().to_vec1().unwrap();
@@ -340,7 +340,7 @@ mod tests {
                     }
                     // The ends are the start image and the fully changed one.
                     let score = |m: &mut Linear, img: &[f32]| {
-                        let t = Tensor::from_vec(img.to_vec(), (1, 3, h, w), &Device::Cpu).unwrap();
+                        let t = Tensor::from_vec(img.to_vec(), (1, 3, h, w), &cpu()).unwrap();
                         class_probabilities(&m.logits(&t).unwrap(), &[classes[i]]).unwrap()[0]
                     };
                     assert!((curves[i][0] - score(&mut model, s)).abs() < 1e-6);
@@ -348,7 +348,7 @@ mod tests {
                 }
             }
         }
-        let bad = Tensor::from_vec(vec![f32::NAN; b * h * w], (b, h, w), &Device::Cpu).unwrap();
+        let bad = Tensor::from_vec(vec![f32::NAN; b * h * w], (b, h, w), &cpu()).unwrap();
         let mode = CausalMode::Deletion;
         assert!(causal_curves(&mut |t| model.logits(t), &xt, &bad, &classes, mode, CausalVariant::Authors, 5).is_err());
         assert!(causal_curves(&mut |t| model.logits(t), &xt, &st, &classes, mode, CausalVariant::Authors, 0).is_err());

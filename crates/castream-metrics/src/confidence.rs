@@ -69,7 +69,7 @@ pub fn confidence(y: &[f64], o: &[f64]) -> Confidence {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use castream_data::device::cpu;
 
     fn mean(v: &[f64]) -> f64 {
         v.iter().sum::<f64>() / v.len() as f64
@@ -103,7 +103,7 @@ mod tests {
         let l2 = 2f32.ln();
         let l3 = 3f32.ln();
         // Row 0: exp = 1, 2, 3 -> 1/6, 2/6, 3/6. Row 1: shifted by 1000, same probabilities if stable.
-        let logits = Tensor::new(&[[0.0, l2, l3], [1000.0, 1000.0 + l2, 1000.0 + l3]], &Device::Cpu).unwrap();
+        let logits = Tensor::new(&[[0.0, l2, l3], [1000.0, 1000.0 + l2, 1000.0 + l3]], &cpu()).unwrap();
         let p = class_probabilities(&logits, &[2, 0]).unwrap();
         assert!((p[0] - 0.5).abs() < 1e-6 && (p[1] - 1.0 / 6.0).abs() < 1e-4, "{p:?}");
         assert!(class_probabilities(&logits, &[3, 0]).is_err());
@@ -116,8 +116,8 @@ mod tests {
         let (b, h, w) = (2, 3, 4);
         let x: Vec<f32> = (0..b * 3 * h * w).map(|i| ((i * 37) % 23) as f32 / 7.0 - 1.5).collect();
         let s: Vec<f32> = (0..b * h * w).map(|i| ((i * 11) % 13) as f32 / 12.0).collect();
-        let xt = Tensor::from_vec(x.clone(), (b, 3, h, w), &Device::Cpu).unwrap();
-        let st = Tensor::from_vec(s.clone(), (b, h, w), &Device::Cpu).unwrap();
+        let xt = Tensor::from_vec(x.clone(), (b, 3, h, w), &cpu()).unwrap();
+        let st = Tensor::from_vec(s.clone(), (b, h, w), &cpu()).unwrap();
         let got: Vec<f32> = explanation_images(&xt, &st, &norm).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let mut want = x;
         for (i, img) in want.chunks_exact_mut(3 * h * w).enumerate() {
@@ -128,7 +128,7 @@ mod tests {
             norm.apply(img);
         }
         got.iter().zip(&want).for_each(|(g, w)| assert!((g - w).abs() < 1e-5, "{g} vs {w}"));
-        let bad = Tensor::zeros((b, h, w + 1), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let bad = Tensor::zeros((b, h, w + 1), candle_core::DType::F32, &cpu()).unwrap();
         assert!(explanation_images(&xt, &bad, &norm).is_err());
     }
 }

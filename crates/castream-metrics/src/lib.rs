@@ -1,5 +1,6 @@
 //! Interpretability metrics (METHOD.md §5) and the statistics every table cell carries.
 //!
+//! - [`metric`]: the registry of every metric (key, column, direction, group).
 //! - [`confidence`]: explanation images and per-image Average Drop / Gain / Increase.
 //! - [`causal`]: RISE-style insertion and deletion curves, batched, and their AUC.
 //! - [`localisation`]: pointing game, energy in a box or mask, box IoU of a binarised map.
@@ -10,4 +11,7 @@ pub mod bootstrap;
 pub mod causal;
 pub mod confidence;
 pub mod localisation;
+pub mod metric;
 pub mod sanity;
+
+pub use metric::{Metric, PerImage};

@@ -67,7 +67,7 @@ pub fn attention_map(out: &StreamOutput, select: AttentionSelect, h: usize, w: u
 mod tests {
     use super::*;
     use crate::stream::Attention;
-    use candle_core::Device;
+    use castream_data::device::cpu;
 
     fn values(t: &Tensor) -> Vec<f32> {
         t.flatten_all().unwrap().to_vec1().unwrap()
@@ -75,7 +75,7 @@ mod tests {
 
     #[test]
     fn minmax_by_hand_and_constant_maps_give_zeros() {
-        let maps = Tensor::from_vec(vec![1f32, 3.0, 2.0, 5.0, 4.0, 4.0, 4.0, 4.0], (2, 2, 2), &Device::Cpu).unwrap();
+        let maps = Tensor::from_vec(vec![1f32, 3.0, 2.0, 5.0, 4.0, 4.0, 4.0, 4.0], (2, 2, 2), &cpu()).unwrap();
         let got = values(&minmax_normalise(&maps).unwrap());
         let want = [0.0, 0.5, 0.25, 1.0, 0.0, 0.0, 0.0, 0.0];
         for (g, w) in got.iter().zip(want) {
@@ -86,11 +86,11 @@ mod tests {
     /// A stream output with two blocks on 2x2 positions, one image, one head.
     fn output() -> StreamOutput {
         let att = |tap, v: Vec<f32>| {
-            let t = Tensor::from_vec(v, (1, 1, 2, 2), &Device::Cpu).unwrap();
+            let t = Tensor::from_vec(v, (1, 1, 2, 2), &cpu()).unwrap();
             Attention { tap, logits: t.clone(), weights: t }
         };
         StreamOutput {
-            token: Tensor::zeros((1, 1), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            token: Tensor::zeros((1, 1), candle_core::DType::F32, &cpu()).unwrap(),
             attention: vec![att(3, vec![0.1, 0.2, 0.3, 0.4]), att(4, vec![0.4, 0.1, 0.2, 0.3])],
             queries: Vec::new(),
         }

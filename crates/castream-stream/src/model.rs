@@ -19,19 +19,18 @@ impl CaModel {
     /// A fresh stream (seeded) on `backbone`; the classifier input width is `d_4`.
     pub fn new(backbone: Model, config: &StreamConfig, seed: u64) -> Result<CaModel> {
         let widths = backbone.net.stage_widths();
-        let device = backbone.named_vars().first().map(|(_, v)| v.device().clone()).unwrap_or(candle_core::Device::Cpu);
-        let stream = CaStream::new(config, widths, widths[4], seed, &device)?;
+        let stream = CaStream::new(config, widths, widths[4], seed, &backbone.device)?;
         Ok(CaModel { backbone, stream })
     }
 
     /// Logits from stage outputs `F_0 … F_4` (untapped entries are not read).
-    pub fn logits_from_features(&self, features: &[Tensor]) -> Result<(Tensor, StreamOutput)> {
+    pub fn logits_from_features(&self, features: &[Tensor]) -> candle_core::Result<(Tensor, StreamOutput)> {
         let out = self.stream.forward(features)?;
         Ok((self.backbone.net.classify(&out.token)?, out))
     }
 
     /// Logits of an input batch, the backbone in evaluation mode.
-    pub fn forward(&self, x: &Tensor) -> Result<(Tensor, StreamOutput)> {
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<(Tensor, StreamOutput)> {
         self.logits_from_features(&self.backbone.net.stages(x, false)?)
     }
 }
@@ -52,11 +51,11 @@ impl FeatureCache {
         batch_size: usize,
         mut on_batch: impl FnMut(usize),
     ) -> Result<FeatureCache> {
-        let device = candle_core::Device::Cpu;
+        let device = &backbone.device;
         let (mut parts, mut labels): (Vec<Vec<Tensor>>, Vec<Tensor>) = (vec![Vec::new(); 5], Vec::new());
         let ids: Vec<usize> = (0..set.len()).collect();
         for chunk in ids.chunks(batch_size.max(1)) {
-            let (x, y) = set.batch(chunk, &device)?;
+            let (x, y) = set.batch(chunk, device)?;
             for (l, f) in backbone.net.stages(&x, false)?.into_iter().enumerate() {
                 if taps.contains(&l) {
                     parts[l].push(f.detach());
@@ -69,7 +68,7 @@ impl FeatureCache {
             .into_iter()
             .map(|p| {
                 if p.is_empty() {
-                    Ok(Tensor::zeros(0, candle_core::DType::F32, &device)?)
+                    Ok(Tensor::zeros(0, candle_core::DType::F32, device)?)
                 } else {
                     Ok(Tensor::cat(&p, 0)?)
                 }
@@ -155,11 +154,11 @@ impl Task for StreamTask<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
     use castream_backbones::optim::OptimizerConfig;
     use castream_backbones::schedule::Schedule;
     use castream_backbones::train::{train, TensorSet, TrainConfig};
     use castream_backbones::{Arch, BackboneConfig, Stem};
+    use castream_data::device::cpu;
     use rand::{Rng, SeedableRng};
 
     fn set(n: usize, seed: u64) -> TensorSet {
@@ -167,15 +166,15 @@ mod tests {
         let v: Vec<f32> = (0..n * 3 * 16 * 16).map(|_| rng.random_range(-1.0f32..1.0)).collect();
         let labels: Vec<u32> = (0..n).map(|i| (i % 3) as u32).collect();
         TensorSet {
-            images: Tensor::from_vec(v, (n, 3, 16, 16), &Device::Cpu).unwrap(),
-            labels: Tensor::from_vec(labels, n, &Device::Cpu).unwrap(),
+            images: Tensor::from_vec(v, (n, 3, 16, 16), &cpu()).unwrap(),
+            labels: Tensor::from_vec(labels, n, &cpu()).unwrap(),
         }
     }
 
     fn ca_model() -> CaModel {
         let config =
             BackboneConfig { stem: Stem::Small, base_width: Some(4), ..BackboneConfig::new(Arch::Resnet18, 3) };
-        CaModel::new(Model::new(config, 1, &Device::Cpu).unwrap(), &StreamConfig::default(), 2).unwrap()
+        CaModel::new(Model::new(config, 1, &cpu()).unwrap(), &StreamConfig::default(), 2).unwrap()
     }
 
     fn snapshot(vars: Vec<(String, Var)>) -> Vec<(String, Vec<f32>)> {
@@ -213,7 +212,7 @@ mod tests {
             depths: Some([1, 1, 1, 1]),
             ..BackboneConfig::new(Arch::ConvnextTiny, 3)
         };
-        let model = CaModel::new(Model::new(config, 1, &Device::Cpu).unwrap(), &StreamConfig::default(), 2).unwrap();
+        let model = CaModel::new(Model::new(config, 1, &cpu()).unwrap(), &StreamConfig::default(), 2).unwrap();
         // ConvNeXt taps: stem 8, stages 8, 16, 32, 64; the last block maps to the head's 64 inputs.
         assert_eq!(model.backbone.net.stage_widths(), [8, 8, 16, 32, 64]);
         assert_eq!(model.stream.parameter_count(), 8 + (64 + 8) + (128 + 16) + (512 + 32) + (2048 + 64) + (4096 + 64));

@@ -204,6 +204,7 @@ pub fn global_average(f: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use castream_data::device::cpu;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
@@ -214,7 +215,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let n: usize = shape.iter().product();
         let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+        Tensor::from_vec(v, shape, &cpu()).unwrap()
     }
 
     fn values(t: &Tensor) -> Vec<f32> {
@@ -224,8 +225,8 @@ mod tests {
     #[test]
     fn parameter_counts_match_the_paper() {
         let cfg = StreamConfig::default();
-        assert_eq!(CaStream::new(&cfg, RESNET18, 512, 0, &Device::Cpu).unwrap().parameter_count(), 439_808);
-        assert_eq!(CaStream::new(&cfg, RESNET50, 2048, 0, &Device::Cpu).unwrap().parameter_count(), 6_969_152);
+        assert_eq!(CaStream::new(&cfg, RESNET18, 512, 0, &cpu()).unwrap().parameter_count(), 439_808);
+        assert_eq!(CaStream::new(&cfg, RESNET50, 2048, 0, &cpu()).unwrap().parameter_count(), 6_969_152);
     }
 
     /// Small stage features: widths [4, 4, 8, 8, 8] over 5x5, 4x4, 3x3, 3x2, 2x2 positions.
@@ -239,7 +240,7 @@ mod tests {
     #[test]
     fn attention_sums_to_one_over_positions() {
         let (f, widths) = features(3, 1);
-        let s = CaStream::new(&StreamConfig { heads: 2, ..Default::default() }, widths, 6, 7, &Device::Cpu).unwrap();
+        let s = CaStream::new(&StreamConfig { heads: 2, ..Default::default() }, widths, 6, 7, &cpu()).unwrap();
         let out = s.forward(&f).unwrap();
         assert_eq!(out.token.dims(), &[3, 6]);
         for a in &out.attention {
@@ -254,7 +255,7 @@ mod tests {
         let (f, widths) = features(2, 3);
         for heads in [1, 2, 4] {
             let cfg = StreamConfig { heads, ..Default::default() };
-            let s = CaStream::new(&cfg, widths, 5, 11, &Device::Cpu).unwrap();
+            let s = CaStream::new(&cfg, widths, 5, 11, &cpu()).unwrap();
             let got = values(&s.forward(&f).unwrap().token);
             let params: Vec<(String, Vec<f32>)> =
                 s.named_vars().into_iter().map(|(n, v)| (n, values(v.as_tensor()))).collect();
@@ -298,14 +299,9 @@ mod tests {
     #[test]
     fn a_zero_query_pools_exactly_like_gap() {
         let f = random(&[2, 6, 4, 3], 5);
-        let (z, a) = cross_attention(
-            &f,
-            &Tensor::zeros(6, DType::F32, &Device::Cpu).unwrap(),
-            1,
-            AttentionScale::InvSqrtWidth,
-            0,
-        )
-        .unwrap();
+        let (z, a) =
+            cross_attention(&f, &Tensor::zeros(6, DType::F32, &cpu()).unwrap(), 1, AttentionScale::InvSqrtWidth, 0)
+                .unwrap();
         let gap = global_average(&f).unwrap();
         for (x, y) in values(&z).iter().zip(values(&gap)) {
             assert!((x - y).abs() < 1e-6);
@@ -316,7 +312,7 @@ mod tests {
     #[test]
     fn stream_gradients_agree_with_finite_differences() {
         let (f, widths) = features(2, 9);
-        let s = CaStream::new(&StreamConfig::default(), widths, 3, 2, &Device::Cpu).unwrap();
+        let s = CaStream::new(&StreamConfig::default(), widths, 3, 2, &cpu()).unwrap();
         let r = random(&[2, 3], 99);
         let loss = |s: &CaStream| s.forward(&f).unwrap().token.mul(&r).unwrap().sum_all().unwrap();
         let grads = loss(&s).backward().unwrap();
@@ -328,9 +324,9 @@ mod tests {
                 let probe = |delta: f32| {
                     let mut v = base.clone();
                     v[k] += delta;
-                    var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap()).unwrap();
+                    var.set(&Tensor::from_vec(v, var.shape(), &cpu()).unwrap()).unwrap();
                     let l = loss(&s).to_scalar::<f32>().unwrap() as f64;
-                    var.set(&Tensor::from_vec(base.clone(), var.shape(), &Device::Cpu).unwrap()).unwrap();
+                    var.set(&Tensor::from_vec(base.clone(), var.shape(), &cpu()).unwrap()).unwrap();
                     l
                 };
                 let fd = (probe(eps) - probe(-eps)) / (2.0 * eps as f64);
@@ -346,22 +342,20 @@ mod tests {
     #[test]
     fn multiply_adds_by_hand() {
         let (f, widths) = features(1, 0);
-        let s = CaStream::new(&StreamConfig { taps: vec![3, 4], ..Default::default() }, widths, 5, 0, &Device::Cpu)
-            .unwrap();
+        let s = CaStream::new(&StreamConfig { taps: vec![3, 4], ..Default::default() }, widths, 5, 0, &cpu()).unwrap();
         // CA-3 reads 8x3x2 and maps 8 -> 8; CA-4 reads 8x2x2 and maps 8 -> 5.
         assert_eq!(s.multiply_adds(&f).unwrap(), (2 * 8 * 6 + 64) + (2 * 8 * 4 + 40));
     }
 
     #[test]
     fn invalid_taps_and_heads_are_rejected() {
-        let bad = |cfg: StreamConfig| CaStream::new(&cfg, RESNET18, 512, 0, &Device::Cpu).is_err();
+        let bad = |cfg: StreamConfig| CaStream::new(&cfg, RESNET18, 512, 0, &cpu()).is_err();
         assert!(bad(StreamConfig { taps: vec![3, 1], ..Default::default() }));
         assert!(bad(StreamConfig { taps: vec![], ..Default::default() }));
         assert!(bad(StreamConfig { taps: vec![5], ..Default::default() }));
         assert!(bad(StreamConfig { heads: 3, ..Default::default() }));
         let last_two =
-            CaStream::new(&StreamConfig { taps: vec![3, 4], ..Default::default() }, RESNET18, 512, 0, &Device::Cpu)
-                .unwrap();
+            CaStream::new(&StreamConfig { taps: vec![3, 4], ..Default::default() }, RESNET18, 512, 0, &cpu()).unwrap();
         assert_eq!(last_two.parameter_count(), 256 + 256 * 512 + 512 + 512 * 512 + 512);
     }
 }

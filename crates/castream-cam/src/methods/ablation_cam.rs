@@ -2,8 +2,7 @@
 //! the target activation is zeroed, `w_k = (y_c - y_c^(k)) / y_c` (pytorch-grad-cam's form). Only
 //! the layers after the target run again, `chunk` ablated copies per forward pass.
 
-use anyhow::Result;
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 use crate::method::{weighted_sum, CamMethod};
 use crate::subject::{class_index, Subject};

@@ -1,12 +1,12 @@
 //! CAM (Zhou et al. 2016): the classifier's weights of class c as channel weights,
-//! `w_k = W_ck`. Defined only for a GAP network whose classifier is one linear layer on the
-//! pooled last stage (ResNet); for it Grad-CAM gives the same map (its gradient is `W_ck / hw`).
+//! `w_k = W_ck`. Defined only for a model whose logits are one linear layer on the global average
+//! of the target activation (a ResNet's GAP network at its last stage); for it Grad-CAM gives the
+//! same map (its gradient is `W_ck / hw`).
 
-use anyhow::{bail, Result};
-use candle_core::Tensor;
+use candle_core::{bail, Result, Tensor};
 
 use crate::method::{weighted_sum, CamMethod};
-use crate::subject::{Pooling, Subject};
+use crate::subject::Subject;
 
 pub struct Cam;
 
@@ -16,19 +16,10 @@ impl CamMethod for Cam {
     }
 
     fn saliency(&self, subject: &Subject, x: &Tensor, classes: &[u32]) -> Result<Tensor> {
-        let Pooling::Gap(model) = subject.pooling else {
-            bail!("CAM explains a GAP network; for the CA model use Grad-CAM or raw attention");
-        };
-        if subject.layer != 4 {
+        let Some(weight) = subject.model.class_weights()? else {
             bail!(
-                "CAM reads the classifier weights, so it explains the last stage only (layer 4, not {})",
-                subject.layer
-            );
-        }
-        let Some((weight, _)) = model.net.linear_classifier() else {
-            bail!(
-                "CAM needs a linear classifier on the pooled features ({:?} normalises first); use Grad-CAM",
-                model.config.arch
+                "CAM needs logits that are a linear layer on the global average of the target layer (a GAP \
+                 ResNet at stage 4); use Grad-CAM, which equals CAM there"
             );
         };
         let ids = Tensor::from_slice(classes, classes.len(), x.device())?;

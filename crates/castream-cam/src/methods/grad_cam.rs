@@ -1,7 +1,6 @@
 //! Grad-CAM (Selvaraju et al. 2017): `w_k = mean_ij dy_c/dA^k_ij`.
 
-use anyhow::Result;
-use candle_core::Tensor;
+use candle_core::{Result, Tensor};
 
 use crate::gradients::target_gradients;
 use crate::method::{weighted_sum, CamMethod};

@@ -2,8 +2,7 @@
 //! authors and by pytorch-grad-cam: `alpha = g^2 / (2 g^2 + (sum_ij A^k_ij) g^3 + eps)`,
 //! `alpha = 0` where `g = 0`, `w_k = sum_ij relu(g_ij) alpha_ij`.
 
-use anyhow::Result;
-use candle_core::Tensor;
+use candle_core::{Result, Tensor};
 
 use crate::gradients::target_gradients;
 use crate::method::{weighted_sum, CamMethod};

@@ -1,8 +1,7 @@
 //! HiResCAM (Draelos & Carin 2020): the element-wise product of gradient and activation summed
 //! over channels, `S = sum_k g^k * A^k`, so every position keeps its own gradient.
 
-use anyhow::Result;
-use candle_core::Tensor;
+use candle_core::{Result, Tensor};
 
 use crate::gradients::target_gradients;
 use crate::method::CamMethod;

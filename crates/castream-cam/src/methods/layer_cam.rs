@@ -1,8 +1,7 @@
 //! Layer-CAM (Jiang et al. 2021): positive gradients as per-position weights,
 //! `S = sum_k relu(g^k) * A^k`.
 
-use anyhow::Result;
-use candle_core::Tensor;
+use candle_core::{Result, Tensor};
 
 use crate::gradients::target_gradients;
 use crate::method::CamMethod;

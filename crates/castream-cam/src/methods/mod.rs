@@ -1,5 +1,5 @@
-//! Every method, one file each, and the registry that names them. Adding a method is its file
-//! plus one variant here.
+//! Every method, one file each, and the registry that names them. Adding a method is its file,
+//! one variant and one [`REGISTRY`] entry here.
 
 mod ablation_cam;
 mod cam;
@@ -29,9 +29,10 @@ pub use xgrad_cam::XGradCam;
 
 use crate::method::CamMethod;
 
-/// A method by name, as specs and the CLI spell it (`grad-cam`, `score-cam`, …).
+/// A method by name; [`REGISTRY`] gives its key (as specs and the CLI spell it), display name,
+/// what it applies to and its constructor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(try_from = "String", into = "&'static str")]
 pub enum Method {
     Cam,
     GradCam,
@@ -43,6 +44,89 @@ pub enum Method {
     AblationCam,
     RawAttention,
 }
+
+/// What a method needs of the model it explains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// Activations and logits: any [`crate::CamModel`].
+    Activations,
+    /// Logits that are a linear layer on the global average of the target layer: GAP only.
+    LinearGapHead,
+    /// The model's own attention: CA only.
+    Attention,
+}
+
+/// One registered method.
+pub struct MethodInfo {
+    pub method: Method,
+    /// The spelling of specs and the CLI.
+    pub key: &'static str,
+    /// The name tables and figures print.
+    pub name: &'static str,
+    pub needs: Needs,
+    pub build: fn(&MethodOptions) -> Box<dyn CamMethod>,
+}
+
+/// Every method, once. The CLI, the spec parser, the tables, `bench --cam` and docs/cam.md read it.
+pub const REGISTRY: [MethodInfo; 9] = [
+    MethodInfo { method: Method::Cam, key: "cam", name: "CAM", needs: Needs::LinearGapHead, build: |_| Box::new(Cam) },
+    MethodInfo {
+        method: Method::GradCam,
+        key: "grad-cam",
+        name: "Grad-CAM",
+        needs: Needs::Activations,
+        build: |_| Box::new(GradCam),
+    },
+    MethodInfo {
+        method: Method::GradCamPlusPlus,
+        key: "grad-cam-plus-plus",
+        name: "Grad-CAM++",
+        needs: Needs::Activations,
+        build: |_| Box::new(GradCamPlusPlus),
+    },
+    MethodInfo {
+        method: Method::ScoreCam,
+        key: "score-cam",
+        name: "Score-CAM",
+        needs: Needs::Activations,
+        build: |o| Box::new(ScoreCam { chunk: o.chunk, channels: o.channels }),
+    },
+    MethodInfo {
+        method: Method::HiResCam,
+        key: "hi-res-cam",
+        name: "HiResCAM",
+        needs: Needs::Activations,
+        build: |_| Box::new(HiResCam),
+    },
+    MethodInfo {
+        method: Method::XGradCam,
+        key: "x-grad-cam",
+        name: "XGrad-CAM",
+        needs: Needs::Activations,
+        build: |_| Box::new(XGradCam),
+    },
+    MethodInfo {
+        method: Method::LayerCam,
+        key: "layer-cam",
+        name: "Layer-CAM",
+        needs: Needs::Activations,
+        build: |_| Box::new(LayerCam),
+    },
+    MethodInfo {
+        method: Method::AblationCam,
+        key: "ablation-cam",
+        name: "Ablation-CAM",
+        needs: Needs::Activations,
+        build: |o| Box::new(AblationCam { chunk: o.chunk }),
+    },
+    MethodInfo {
+        method: Method::RawAttention,
+        key: "raw-attention",
+        name: "raw attention",
+        needs: Needs::Attention,
+        build: |o| Box::new(RawAttention { select: o.attention }),
+    },
+];
 
 /// Settings of the methods that have any.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -63,71 +147,135 @@ impl Default for MethodOptions {
 }
 
 impl Method {
-    pub const ALL: [Method; 9] = [
-        Method::Cam,
-        Method::GradCam,
-        Method::GradCamPlusPlus,
-        Method::ScoreCam,
-        Method::HiResCam,
-        Method::XGradCam,
-        Method::LayerCam,
-        Method::AblationCam,
-        Method::RawAttention,
-    ];
-
-    /// The spelling of specs and the CLI.
-    pub fn key(self) -> &'static str {
-        match self {
-            Method::Cam => "cam",
-            Method::GradCam => "grad-cam",
-            Method::GradCamPlusPlus => "grad-cam-plus-plus",
-            Method::ScoreCam => "score-cam",
-            Method::HiResCam => "hi-res-cam",
-            Method::XGradCam => "x-grad-cam",
-            Method::LayerCam => "layer-cam",
-            Method::AblationCam => "ablation-cam",
-            Method::RawAttention => "raw-attention",
+    /// Every method, in registry order.
+    pub const ALL: [Method; REGISTRY.len()] = {
+        let mut all = [Method::Cam; REGISTRY.len()];
+        let mut i = 0;
+        while i < REGISTRY.len() {
+            all[i] = REGISTRY[i].method;
+            i += 1;
         }
+        all
+    };
+
+    pub fn info(self) -> &'static MethodInfo {
+        REGISTRY.iter().find(|e| e.method == self).expect("every method is registered (tested)")
+    }
+
+    pub fn key(self) -> &'static str {
+        self.info().key
+    }
+
+    pub fn name(self) -> &'static str {
+        self.info().name
     }
 
     pub fn build(self, options: &MethodOptions) -> Box<dyn CamMethod> {
-        match self {
-            Method::Cam => Box::new(Cam),
-            Method::GradCam => Box::new(GradCam),
-            Method::GradCamPlusPlus => Box::new(GradCamPlusPlus),
-            Method::ScoreCam => Box::new(ScoreCam { chunk: options.chunk, channels: options.channels }),
-            Method::HiResCam => Box::new(HiResCam),
-            Method::XGradCam => Box::new(XGradCam),
-            Method::LayerCam => Box::new(LayerCam),
-            Method::AblationCam => Box::new(AblationCam { chunk: options.chunk }),
-            Method::RawAttention => Box::new(RawAttention { select: options.attention }),
+        (self.info().build)(options)
+    }
+
+    /// Whether the method explains this pooling (CAM needs GAP's linear head, raw attention CA's
+    /// attention).
+    pub fn applies_to(self, pooling: PoolingKind) -> bool {
+        match self.info().needs {
+            Needs::Activations => true,
+            Needs::LinearGapHead => pooling == PoolingKind::Gap,
+            Needs::Attention => pooling == PoolingKind::Ca,
         }
     }
 
-    /// Whether the method explains this pooling (CAM needs GAP, raw attention needs CA).
-    pub fn applies_to(self, ca: bool) -> bool {
-        match self {
-            Method::Cam => !ca,
-            Method::RawAttention => ca,
-            _ => true,
-        }
+    /// The keys of every method, for messages.
+    pub fn keys() -> String {
+        REGISTRY.iter().map(|e| e.key).collect::<Vec<_>>().join(", ")
     }
 }
 
 impl fmt::Display for Method {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.build(&MethodOptions::default()).name())
+        f.pad(self.name())
     }
 }
 
 impl FromStr for Method {
-    type Err = anyhow::Error;
+    type Err = String;
 
-    fn from_str(s: &str) -> anyhow::Result<Method> {
-        Method::ALL.into_iter().find(|m| m.key() == s).ok_or_else(|| {
-            let keys: Vec<&str> = Method::ALL.iter().map(|m| m.key()).collect();
-            anyhow::anyhow!("unknown CAM method `{s}`: choose one of {}", keys.join(", "))
-        })
+    fn from_str(s: &str) -> Result<Method, String> {
+        REGISTRY
+            .iter()
+            .find(|e| e.key == s)
+            .map(|e| e.method)
+            .ok_or_else(|| format!("unknown CAM method `{s}`: choose one of {}", Method::keys()))
+    }
+}
+
+impl TryFrom<String> for Method {
+    type Error = String;
+    fn try_from(s: String) -> Result<Method, String> {
+        s.parse()
+    }
+}
+
+impl From<Method> for &'static str {
+    fn from(m: Method) -> &'static str {
+        m.key()
+    }
+}
+
+/// How the backbone's last feature map is pooled, as a typed value: the original GAP network or
+/// the same frozen backbone with CA-Stream. [`PoolingKind::ALL`] is the poolings' registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "&'static str")]
+pub enum PoolingKind {
+    Gap,
+    Ca,
+}
+
+impl PoolingKind {
+    pub const ALL: [PoolingKind; 2] = [PoolingKind::Gap, PoolingKind::Ca];
+
+    /// The spelling of specs and the CLI.
+    pub fn key(self) -> &'static str {
+        match self {
+            PoolingKind::Gap => "gap",
+            PoolingKind::Ca => "ca",
+        }
+    }
+
+    /// The name tables print.
+    pub fn label(self) -> &'static str {
+        match self {
+            PoolingKind::Gap => "GAP",
+            PoolingKind::Ca => "CA",
+        }
+    }
+}
+
+impl fmt::Display for PoolingKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.label())
+    }
+}
+
+impl FromStr for PoolingKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<PoolingKind, String> {
+        PoolingKind::ALL
+            .into_iter()
+            .find(|p| p.key() == s)
+            .ok_or_else(|| format!("unknown pooling `{s}`: choose `gap` (the original network) or `ca` (CA-Stream)"))
+    }
+}
+
+impl TryFrom<String> for PoolingKind {
+    type Error = String;
+    fn try_from(s: String) -> Result<PoolingKind, String> {
+        s.parse()
+    }
+}
+
+impl From<PoolingKind> for &'static str {
+    fn from(p: PoolingKind) -> &'static str {
+        p.key()
     }
 }
 
@@ -136,7 +284,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_match_the_serde_names_and_parse_back() {
+    fn every_variant_is_registered_once_and_keys_parse_back() {
+        let mut seen = std::collections::BTreeSet::new();
+        for e in &REGISTRY {
+            assert!(seen.insert(e.method), "{:?} registered twice", e.method);
+            assert_eq!((e.build)(&MethodOptions::default()).name(), e.name, "{}", e.key);
+        }
+        assert_eq!(seen.len(), 9, "a variant is missing from REGISTRY");
         for m in Method::ALL {
             assert_eq!(serde_json::to_string(&m).unwrap(), format!("\"{}\"", m.key()));
             assert_eq!(m.key().parse::<Method>().unwrap(), m);

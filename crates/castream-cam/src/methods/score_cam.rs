@@ -3,8 +3,7 @@
 //! class c on `normalise(denormalise(x) * mask_k)` — no softmax across channels, no baseline.
 //! The `B x K` masked images go through the network in batches of `chunk`.
 
-use anyhow::Result;
-use candle_core::{Tensor, D};
+use candle_core::{Result, Tensor, D};
 use castream_stream::minmax_normalise;
 
 use crate::method::{upsample, weighted_sum, CamMethod};

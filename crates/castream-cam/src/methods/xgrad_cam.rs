@@ -1,8 +1,7 @@
 //! XGrad-CAM (Fu et al. 2020): gradients weighted by the normalised activation,
 //! `w_k = sum_ij A^k_ij g^k_ij / (sum_ij A^k_ij + eps)`.
 
-use anyhow::Result;
-use candle_core::Tensor;
+use candle_core::{Result, Tensor};
 
 use crate::gradients::target_gradients;
 use crate::method::{weighted_sum, CamMethod};

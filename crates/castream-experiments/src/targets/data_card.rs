@@ -8,16 +8,16 @@ use castream_data::discovery::{DatasetName, Locator};
 use castream_data::image_folder::{load_image, ImageList};
 use castream_data::labelled::{hex, Split};
 use castream_data::scenes::{SceneSet, SceneStats};
-use polars::prelude::*;
+use castream_report::columns;
 use sha2::{Digest, Sha256};
 
 use super::RunContext;
-use crate::charts::GroupedBars;
-use crate::grid::{Grid, Tile};
-use crate::progress;
-use crate::record::DataRecord;
 use crate::spec::Profile;
-use crate::tables::Table;
+use castream_data::progress;
+use castream_report::charts::GroupedBars;
+use castream_report::grid::{Grid, Tile};
+use castream_report::record::DataRecord;
+use castream_report::tables::Table;
 
 /// Scenes shown in the grid unless the spec's `images` says otherwise.
 const DEFAULT_GRID_IMAGES: usize = 32;
@@ -54,7 +54,7 @@ impl CountRows {
     }
 
     fn table(self) -> Result<Table> {
-        let frame = df!(
+        let frame = columns!(
             "dataset" => self.dataset,
             "split" => self.split,
             "class_id" => self.class_id,
@@ -190,7 +190,7 @@ impl StatRows {
 
     fn table(self) -> Result<Table> {
         let col = |f: &dyn Fn(&SceneStats) -> f64| self.stats.iter().map(f).collect::<Vec<f64>>();
-        let frame = df!(
+        let frame = columns!(
             "dataset" => &self.dataset, "split" => &self.split,
             "scenes" => self.stats.iter().map(|s| s.scenes as u32).collect::<Vec<_>>(),
             "mean_r" => col(&|s| s.mean[0]), "mean_g" => col(&|s| s.mean[1]), "mean_b" => col(&|s| s.mean[2]),

@@ -3,16 +3,15 @@
 //! a jet overlay explaining the ground-truth class, the object's box drawn thin on every tile.
 
 use anyhow::{bail, Result};
-use candle_core::Device;
 use castream_cam::{Method, MethodOptions, Pooling, Subject};
-use polars::prelude::*;
+use castream_report::columns;
 
-use super::RunContext;
-use crate::ca::{quick_models, QuickData};
-use crate::grid::{Grid, Tile};
-use crate::saliency::{image_list_sha256, maps};
+use super::{first_backbone, RunContext};
 use crate::spec::Profile;
-use crate::tables::Table;
+use castream_eval::saliency::{image_list_sha256, maps};
+use castream_report::grid::{Grid, Tile};
+use castream_report::tables::Table;
+use castream_zoo::ca::quick_models;
 
 const DEFAULT_IMAGES: usize = 8;
 const CAMS: [Method; 3] = [Method::GradCam, Method::GradCamPlusPlus, Method::ScoreCam];
@@ -22,15 +21,16 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         bail!("figure2 --profile paper: not yet available: needs an ImageNet-trained stream");
     }
     let s = ctx.settings;
-    let data = QuickData::load(s)?;
-    let name = s.backbones.first().map(String::as_str).unwrap_or("resnet18");
-    let m = quick_models(ctx.root, name, &s.stream, &data, &mut None)?;
+    let data = ctx.quick_data()?;
+    let backbone = first_backbone(s)?;
+    let m = quick_models(ctx.root, backbone, &s.stream, &data, &mut None, &ctx.device)?;
+    let name = &m.name;
     let ids: Vec<usize> = (0..s.images.unwrap_or(DEFAULT_IMAGES).min(data.test.len())).collect();
     ctx.record.image_list_sha256 = Some(image_list_sha256("fashion-mnist/test", &ids));
     let norm = m.meta.normalisation;
-    let (x, y) = data.test.batch(&ids, &norm, &Device::Cpu)?;
+    let (x, y) = data.test.batch(&ids, &norm, &ctx.device)?;
     let labels: Vec<u32> = y.to_vec1()?;
-    let (gap, ca) = (Subject::new(Pooling::Gap(&m.ca.backbone), norm), Subject::new(Pooling::Ca(&m.ca), norm));
+    let (gap, ca) = (Subject::of(Pooling::Gap(&m.ca.backbone), norm), Subject::of(Pooling::Ca(&m.ca), norm));
     let options = MethodOptions::default();
     let mut columns = vec![("raw attention".to_string(), maps(Method::RawAttention, &options, &ca, &x, &labels)?)];
     for method in CAMS {
@@ -72,7 +72,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     }
     .write_png(&ctx.out.join("figure2.png"))?;
     let name_of = |v: &[u32]| v.iter().map(|&c| classes[c as usize].to_string()).collect::<Vec<_>>();
-    let frame = df!(
+    let frame = columns!(
         "image" => ids.iter().map(|&i| i as u32).collect::<Vec<_>>(),
         "label" => name_of(&labels),
         "gap_prediction" => name_of(&gap_pred),

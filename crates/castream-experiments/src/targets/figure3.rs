@@ -5,14 +5,14 @@
 
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
+use castream_report::columns;
 use castream_stream::minmax_normalise;
-use polars::prelude::*;
 
-use super::RunContext;
-use crate::ca::{quick_models, QuickData};
-use crate::grid::{Grid, Tile};
+use super::{first_backbone, RunContext};
 use crate::spec::Profile;
-use crate::tables::Table;
+use castream_report::grid::{Grid, Tile};
+use castream_report::tables::Table;
+use castream_zoo::ca::quick_models;
 
 const DEFAULT_IMAGES: usize = 6;
 
@@ -35,8 +35,8 @@ fn cam_softmax(f: &[f32], q: &[f32], positions: usize) -> Vec<f32> {
 }
 
 /// An `h x w` map bilinearly upsampled to `side x side` and min-max normalised, as drawn.
-fn upsampled(map: &[f32], h: usize, w: usize, side: usize) -> Result<Vec<f32>> {
-    let t = Tensor::from_slice(map, (1, 1, h, w), &Device::Cpu)?;
+fn upsampled(map: &[f32], h: usize, w: usize, side: usize, device: &Device) -> Result<Vec<f32>> {
+    let t = Tensor::from_slice(map, (1, 1, h, w), device)?;
     let up = castream_kernels::upsample_bilinear2d(&t, side, side, Default::default())?.squeeze(1)?;
     Ok(minmax_normalise(&up)?.flatten_all()?.to_vec1()?)
 }
@@ -51,11 +51,12 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         bail!("figure3 --profile paper: not yet available: needs an ImageNet-trained stream");
     }
     let s = ctx.settings;
-    let data = QuickData::load(s)?;
-    let name = s.backbones.first().map(String::as_str).unwrap_or("resnet18");
-    let m = quick_models(ctx.root, name, &s.stream, &data, &mut None)?;
+    let data = ctx.quick_data()?;
+    let backbone = first_backbone(s)?;
+    let m = quick_models(ctx.root, backbone, &s.stream, &data, &mut None, &ctx.device)?;
+    let name = &m.name;
     let ids: Vec<usize> = (0..s.images.unwrap_or(DEFAULT_IMAGES).min(data.test.len())).collect();
-    let (x, _) = data.test.batch(&ids, &m.meta.normalisation, &Device::Cpu)?;
+    let (x, _) = data.test.batch(&ids, &m.meta.normalisation, &ctx.device)?;
     let features = m.ca.backbone.net.stages(&x, false)?;
     let out = m.ca.stream.forward(&features)?;
     let last = out.attention.len() - 1;
@@ -82,8 +83,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             format!("test scene #{i} ({})", data.test.dataset.class_names()[scene.label]),
             vec![
                 Tile { rgb: scene.image, side, caption: "input".into(), boxes: Vec::new() },
-                Tile::heatmap(&upsampled(&via_attention, h, w, side)?, side, "cross attention".into()),
-                Tile::heatmap(&upsampled(&via_cam, h, w, side)?, side, "CAM, weights q".into()),
+                Tile::heatmap(&upsampled(&via_attention, h, w, side, &ctx.device)?, side, "cross attention".into()),
+                Tile::heatmap(&upsampled(&via_cam, h, w, side, &ctx.device)?, side, "CAM, weights q".into()),
                 Tile::heatmap(&nearest(&abs_diff, h, w, side), side, format!("|difference|, max {diff:.1e}")),
             ],
         ));
@@ -95,7 +96,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         rows,
     }
     .write_png(&ctx.out.join("figure3.png"))?;
-    let frame = df!("image" => ids.iter().map(|&i| i as u32).collect::<Vec<_>>(), "max_abs_difference" => diffs)?;
+    let frame = columns!("image" => ids.iter().map(|&i| i as u32).collect::<Vec<_>>(), "max_abs_difference" => diffs)?;
     let mut table = Table::new("figure3", "Cross attention vs CAM with class-agnostic weights", frame).note(format!(
         "{name} quick backbone with its trained stream; block CA-{tap}; float32 attention vs float64 CAM loop."
     ));

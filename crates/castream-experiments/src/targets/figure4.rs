@@ -3,21 +3,20 @@
 //! (CA-0 … CA-4) and their product are drawn over the image, the digit's box drawn thin.
 
 use anyhow::{bail, Result};
-use candle_core::Device;
 use castream_cam::{Method, MethodOptions, Pooling, Subject};
 use castream_data::discovery::{DatasetName, Locator};
 use castream_data::labelled::Split;
 use castream_data::scenes::SceneSet;
 use castream_metrics::localisation::energy_in_box;
+use castream_report::columns;
 use castream_stream::AttentionSelect;
-use polars::prelude::*;
 
-use super::RunContext;
-use crate::ca::{quick_models, QuickData};
-use crate::grid::{Grid, Tile};
-use crate::saliency::{image_list_sha256, maps};
+use super::{first_backbone, RunContext};
 use crate::spec::Profile;
-use crate::tables::Table;
+use castream_eval::saliency::{image_list_sha256, maps};
+use castream_report::grid::{Grid, Tile};
+use castream_report::tables::Table;
+use castream_zoo::ca::quick_models;
 
 const DEFAULT_IMAGES: usize = 8;
 
@@ -26,16 +25,17 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         bail!("figure4 --profile paper: not yet available: needs an ImageNet-trained stream (the [paper.data.unseen] images are validated by data-card)");
     }
     let s = ctx.settings;
-    let data = QuickData::load(s)?;
+    let data = ctx.quick_data()?;
     let located = Locator::from_environment(DatasetName::Mnist).locate(DatasetName::Mnist, &s.data.mnist)?;
     let digits = SceneSet::new(located.load(Split::Test)?, DatasetName::Mnist, Split::Test, s.scenes.clone())?;
-    let name = s.backbones.first().map(String::as_str).unwrap_or("resnet18");
-    let m = quick_models(ctx.root, name, &s.stream, &data, &mut None)?;
+    let backbone = first_backbone(s)?;
+    let m = quick_models(ctx.root, backbone, &s.stream, &data, &mut None, &ctx.device)?;
+    let name = &m.name;
     let ids: Vec<usize> = (0..s.images.unwrap_or(DEFAULT_IMAGES).min(digits.len())).collect();
     ctx.record.image_list_sha256 = Some(image_list_sha256("mnist/test", &ids));
     let norm = m.meta.normalisation;
-    let (x, _) = digits.batch(&ids, &norm, &Device::Cpu)?;
-    let subject = Subject::new(Pooling::Ca(&m.ca), norm);
+    let (x, _) = digits.batch(&ids, &norm, &ctx.device)?;
+    let subject = Subject::of(Pooling::Ca(&m.ca), norm);
     let unused = vec![0; ids.len()];
     let mut columns = Vec::new();
     let selections = m.ca.stream.config().taps.iter().map(|&t| (format!("CA-{t}"), AttentionSelect::Block(t)));
@@ -80,7 +80,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         .iter()
         .map(|&i| digits.scene(i).bbox.map_or(f64::NAN, |b| box_share((b.width() * b.height()) as f64)))
         .collect();
-    let frame = df!(
+    let frame = columns!(
         "image" => image, "digit" => digit, "prediction" => prediction,
         "last_block_energy_in_box" => energy, "box_area" => area,
     )?;

@@ -3,30 +3,25 @@
 
 use std::time::Instant;
 
-use crate::saliency::image_list_sha256;
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
+use castream_eval::saliency::image_list_sha256;
 use castream_metrics::bootstrap::{mean_interval, paired_interval};
-use polars::prelude::*;
+use castream_report::columns;
 
 use super::RunContext;
-use crate::ca::{correctness, quick_models, QuickData};
-use crate::charts::{axis_floor, GroupedBars};
+use castream_cam::PoolingKind;
+use castream_eval::recognition::correctness;
+use castream_zoo::ca::quick_models;
+
+use crate::paper::PaperValues;
 use crate::spec::Profile;
-use crate::tables::Table;
+use castream_report::charts::{axis_floor, GroupedBars};
+use castream_report::tables::Table;
 
 /// Test scenes evaluated unless the spec's `images` says otherwise.
 const DEFAULT_IMAGES: usize = 5000;
 const RESAMPLES: usize = 2000;
-
-/// The authors' ImageNet top-1 (poster): (GAP, CA) for the backbone family.
-fn paper_top1(arch_is_resnet: bool) -> (f64, f64) {
-    if arch_is_resnet {
-        (74.55, 74.70)
-    } else {
-        (83.72, 83.51)
-    }
-}
 
 /// Images per second of a forward pass over one batch (median of 3 after a warm-up).
 fn throughput(batch: &Tensor, forward: impl Fn(&Tensor) -> Result<Tensor>) -> Result<f64> {
@@ -46,18 +41,22 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         bail!("table1 --profile paper: not yet available: needs ImageNet training of the stream on a GPU machine");
     }
     let s = ctx.settings;
-    let data = QuickData::load(s)?;
+    let data = ctx.quick_data()?;
     let n = s.images.unwrap_or(DEFAULT_IMAGES).min(data.test.len());
     let mut rows: (Vec<String>, Vec<String>, Vec<f64>, Vec<f64>, Vec<f64>) = Default::default();
     let (mut params_total, mut params_stream, mut speed, mut paper) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut gflops = Vec::new();
     let mut notes = Vec::new();
-    for name in &s.backbones {
-        let m = quick_models(ctx.root, name, &s.stream, &data, &mut None)?;
-        let (gap, ca) = correctness(&[&m], &data, n, s.batch_size)?;
+    let ids: Vec<usize> = (0..n).collect();
+    let published = PaperValues::load(ctx.experiments)?;
+    for backbone in &s.backbones {
+        let m = quick_models(ctx.root, backbone, &s.stream, &data, &mut None, &ctx.device)?;
+        let name = &m.name;
+        let (gap, ca) =
+            correctness(&[&m.ca], &data.test, &ids, &m.meta.normalisation, s.batch_size, &ctx.device, name)?;
         let ca = &ca[0];
         let (x, _) =
-            data.test.batch(&(0..s.batch_size.min(n)).collect::<Vec<_>>(), &m.meta.normalisation, &Device::Cpu)?;
+            data.test.batch(&(0..s.batch_size.min(n)).collect::<Vec<_>>(), &m.meta.normalisation, &ctx.device)?;
         // Multiply-adds of one image: the GAP network (convolutions and classifier), plus the stream.
         let one = x.narrow(0, 0, 1)?;
         let (logits, gap_macs) = castream_kernels::count_macs(|| m.ca.backbone.net.forward(&one, false));
@@ -65,7 +64,9 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         let ca_macs = gap_macs as usize + m.ca.stream.multiply_adds(&m.ca.backbone.net.stages(&one, false)?)?;
         let gap_speed = throughput(&x, |x| Ok(m.ca.backbone.net.forward(x, false)?))?;
         let ca_speed = throughput(&x, |x| Ok(m.ca.forward(x)?.0))?;
-        let (p_gap, p_ca) = paper_top1(m.meta.config.arch.is_resnet());
+        // ResNet-50 beside ResNet backbones, ConvNeXt-B beside ConvNeXt ones.
+        let network = if backbone.is_convnext() { "ConvNeXt-B" } else { "ResNet-50" };
+        let (p_gap, p_ca) = (published.top1(network, PoolingKind::Gap), published.top1(network, PoolingKind::Ca));
         let backbone_params = m.ca.backbone.parameter_count();
         for (pooling, hits, speed_v, p, extra, macs) in [
             ("GAP", &gap, gap_speed, p_gap, 0, gap_macs as usize),
@@ -81,17 +82,23 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             params_stream.push(extra as u64);
             speed.push(speed_v);
             gflops.push(2.0 * macs as f64 / 1e9);
-            paper.push(Some(p));
+            paper.push(p);
         }
         let diff = paired_interval(ca, &gap, RESAMPLES, 0.95, s.seed);
+        let manifest = match &m.manifest {
+            Some(e) => format!(
+                "backbone test accuracy in the manifest {:.2}% ({} images)",
+                100.0 * e.test_accuracy,
+                e.test_images
+            ),
+            None => format!("backbone checkpoint SHA-256 {}", m.sha256),
+        };
         notes.push(format!(
-            "{name}: CA − GAP = {:+.2} points, 95% paired bootstrap interval [{:+.2}, {:+.2}]; backbone test accuracy in the \
-             manifest {:.2}% ({} images); stream validation accuracy {:.2}%; {}.",
+            "{name}: CA − GAP = {:+.2} points, 95% paired bootstrap interval [{:+.2}, {:+.2}]; {manifest}; stream validation \
+             accuracy {:.2}%; {}.",
             100.0 * diff.mean,
             100.0 * diff.low,
             100.0 * diff.high,
-            100.0 * m.manifest.test_accuracy,
-            m.manifest.test_images,
             100.0 * m.stream_val_accuracy,
             format!(
                 "the stream trained on cached stage features holding {:.1} MiB{}",
@@ -100,18 +107,18 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             ),
         ));
         ctx.record.seeds.insert(format!("stream.{name}"), s.stream.train.seed);
-        ctx.record.data.push(crate::record::DataRecord {
+        ctx.record.data.push(castream_report::record::DataRecord {
             dataset: "Fashion-MNIST".into(),
             split: "test".into(),
             images: n,
             sha256: data.test.source.sha256.clone(),
-            origin: serde_json::json!({ "backbone": name, "checkpoint_sha256": m.manifest.sha256 }),
+            origin: serde_json::json!({ "backbone": name, "checkpoint_sha256": m.sha256 }),
         });
     }
     ctx.record.seeds.insert("bootstrap".into(), s.seed);
     ctx.record.image_list_sha256 = Some(image_list_sha256("fashion-mnist/test", &(0..n).collect::<Vec<_>>()));
 
-    let frame = df!(
+    let frame = columns!(
         "backbone" => &rows.0, "pooling" => &rows.1, "top1" => &rows.2, "top1_low" => &rows.3, "top1_high" => &rows.4,
         "params" => params_total, "stream_params" => params_stream, "gflops" => &gflops, "images_per_s" => &speed,
     )?;
@@ -128,7 +135,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     }
     table.decimals = 3;
     table.write(ctx.out)?;
-    let categories: Vec<String> = s.backbones.clone();
+    let categories: Vec<String> = s.backbones.iter().map(|b| b.name()).collect();
     let pick = |k: usize, v: &[f64]| (0..s.backbones.len()).map(|b| v[2 * b + k]).collect::<Vec<_>>();
     let series: Vec<(String, Vec<f64>)> =
         ["GAP", "CA"].iter().enumerate().map(|(k, p)| (p.to_string(), pick(k, &rows.2))).collect();

@@ -4,19 +4,23 @@
 
 use anyhow::{bail, Result};
 use castream_metrics::bootstrap::{mean_interval, paired_interval};
+use castream_report::columns;
 use castream_stream::StreamConfig;
-use polars::prelude::*;
 
-use castream_cam::{Method, Pooling, Subject};
+use castream_cam::{Method, PoolingKind};
+use castream_eval::recognition::correctness;
+use castream_stream::CaModel;
 
-use super::interpretability_table::{evaluation, model_keys};
+use super::interpretability::explained;
 use super::RunContext;
-use crate::ca::{correctness, quick_models, QuickData};
-use crate::charts::{axis_floor, GroupedBars};
-use crate::interpretability::{PerImage, Source, PAPER_METRICS};
-use crate::scorecard::{Row, Scorecard};
-use crate::spec::{Profile, StreamSpec};
-use crate::tables::Table;
+use crate::spec::Profile;
+use castream_eval::interpretability::Source;
+use castream_metrics::metric::{PerImage, PAPER_METRICS};
+use castream_report::charts::{axis_floor, GroupedBars};
+use castream_report::scorecard::{Row, Scorecard};
+use castream_report::tables::Table;
+use castream_zoo::ca::quick_models;
+use castream_zoo::ca::StreamSpec;
 
 const DEFAULT_IMAGES: usize = 5000;
 /// Images of the Grad-CAM metric columns (at most `images`): ~20 forwards each per variant.
@@ -36,40 +40,31 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         bail!("table4 --profile paper: not yet available: needs ImageNet training of the streams on a GPU machine");
     }
     let s = ctx.settings;
-    let data = QuickData::load(s)?;
+    let data = ctx.quick_data()?;
     let n = s.images.unwrap_or(DEFAULT_IMAGES).min(data.test.len());
     let (mut backbone, mut variant, mut top1, mut low, mut high, mut vs_gap, mut params) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut chart_series, mut chart_intervals): (Vec<(String, Vec<f64>)>, Vec<Vec<(f64, f64)>>) =
         (Vec::new(), Vec::new());
     let metric_ids: Vec<usize> = (0..n.min(METRIC_IMAGES)).collect();
-    let eval = evaluation(ctx, &data.test, &metric_ids);
+    let eval = ctx.evaluation(&data.test, &metric_ids);
     let mut metric_rows = Vec::new();
-    for name in &s.backbones {
+    for spec in &s.backbones {
         let mut features = None;
         let models = VARIANTS
             .iter()
             .map(|(_, taps, heads)| {
                 let config = StreamConfig { taps: taps.to_vec(), heads: *heads, ..s.stream.config.clone() };
-                quick_models(ctx.root, name, &StreamSpec { config, ..s.stream.clone() }, &data, &mut features)
+                let stream = StreamSpec { config, ..s.stream.clone() };
+                quick_models(ctx.root, spec, &stream, &data, &mut features, &ctx.device)
             })
             .collect::<Result<Vec<_>>>()?;
         drop(features);
-        let norm = models[0].meta.normalisation;
-        let (gap_key, _) = model_keys(&models[0]);
-        let gap_scores = eval.run(
-            &Subject::new(Pooling::Gap(&models[0].ca.backbone), norm),
-            &gap_key,
-            Source::Method(Method::GradCam),
-            &PAPER_METRICS,
-        )?;
+        let name = &models[0].name;
+        let grad_cam = Source::Method(Method::GradCam);
+        let gap_scores = eval.run(&explained(&models[0], PoolingKind::Gap, 4), grad_cam, &PAPER_METRICS)?;
         for ((label, _, _), m) in VARIANTS.iter().zip(&models) {
-            let values = eval.run(
-                &Subject::new(Pooling::Ca(&m.ca), norm),
-                &model_keys(m).1,
-                Source::Method(Method::GradCam),
-                &PAPER_METRICS,
-            )?;
+            let values = eval.run(&explained(m, PoolingKind::Ca, 4), grad_cam, &PAPER_METRICS)?;
             let row = |pooling: &str, values: PerImage| Row {
                 backbone: name.clone(),
                 method: label.to_string(),
@@ -79,7 +74,10 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             metric_rows.push(row("GAP", gap_scores.clone()));
             metric_rows.push(row("CA", values));
         }
-        let (gap, ca) = correctness(&models.iter().collect::<Vec<_>>(), &data, n, s.batch_size)?;
+        let cas: Vec<&CaModel> = models.iter().map(|m| &m.ca).collect();
+        let ids: Vec<usize> = (0..n).collect();
+        let norm = &models[0].meta.normalisation;
+        let (gap, ca) = correctness(&cas, &data.test, &ids, norm, s.batch_size, &ctx.device, name)?;
         let (mut per_variant, mut per_interval) = (Vec::new(), Vec::new());
         let rows = VARIANTS.iter().zip(&models).zip(&ca).map(|((v, m), hits)| (v.0, Some(m), hits));
         for (label, model, hits) in rows.chain([("GAP (no stream)", None, &gap)]) {
@@ -105,7 +103,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     }
     ctx.record.seeds.insert("stream".into(), s.stream.train.seed);
     ctx.record.seeds.insert("bootstrap".into(), s.seed);
-    let frame = df!(
+    let frame = columns!(
         "backbone" => &backbone, "stream" => &variant, "top1" => &top1, "top1_low" => &low, "top1_high" => &high,
         "ca_minus_gap" => &vs_gap, "stream_params" => &params,
     )?;
@@ -130,7 +128,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             "Grad-CAM at F_4 of every stream variant on the first {} test scenes; each variant's GAP row is the same backbone without \
              a stream, repeated so that CA − GAP is paired per variant; {}.",
             metric_ids.len(),
-            s.metrics.causal.describe()
+            s.protocol.protocol().describe()
         ),
         "The paper's ablation numbers are not readable; no paper column.".to_string(),
     ];
@@ -139,7 +137,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         title: "Table 4: stream ablation, Grad-CAM interpretability",
         rows: &metric_rows,
         metrics: &PAPER_METRICS,
-        resamples: s.metrics.resamples,
+        resamples: s.protocol.resamples,
         seed: s.seed,
         paper: None,
     }

@@ -10,8 +10,8 @@ use castream_metrics::bootstrap::{mean_interval, paired_interval, Interval};
 use polars::prelude::*;
 
 use crate::charts::GroupedBars;
-use crate::interpretability::{Metric, PerImage};
 use crate::tables::Table;
+use castream_metrics::{Metric, PerImage};
 
 /// The scores of one (backbone, method, pooling) cell.
 pub struct Row {

@@ -5,22 +5,16 @@ use std::path::Path;
 
 use castream_backbones::train::evaluate;
 use castream_data::discovery::DataLocation;
-use castream_experiments::ca::QuickData;
-use castream_experiments::quick::{load_backbone, load_recipe, SceneSubset};
-use castream_experiments::spec::{DataSpec, Settings};
+use castream_zoo::ca::QuickData;
+use castream_zoo::quick::{load_backbone, load_recipe, SceneSubset};
 
 #[test]
 fn shipped_backbones_load_and_reproduce_their_manifest_accuracy() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let recipe = load_recipe(&root).unwrap();
-    let settings = Settings {
-        scenes: recipe.scenes.clone(),
-        data: DataSpec { fashion_mnist: DataLocation::default(), ..DataSpec::default() },
-        ..Settings::default()
-    };
-    let data = QuickData::load(&settings).unwrap();
+    let data = QuickData::load(&DataLocation::default(), &recipe.scenes).unwrap();
     for b in &recipe.backbone {
-        let (model, meta, entry) = load_backbone(&root, &b.name).unwrap();
+        let (model, meta, entry) = load_backbone(&root, &b.name, &candle_core::Device::Cpu).unwrap();
         assert_eq!(entry.recipe, *b, "{}: manifest recipe differs from backbones.toml; retrain", b.name);
         assert_eq!(meta.config, b.model);
         let ids: Vec<usize> = (0..entry.test_images).collect();

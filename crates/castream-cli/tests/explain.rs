@@ -5,10 +5,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use castream_backbones::{Arch, BackboneConfig, CheckpointMeta, Model, Stem};
-use castream_cam::MethodOptions;
-use castream_experiments::explain::{
-    run, ClassChoice, ExplainOptions, Input, Method, ModelSource, PoolingKind, COLOUR_BAR_WIDTH,
-};
+use castream_cam::{Method, MethodOptions, PoolingKind};
+use castream_cli::explain::{run, ClassChoice, ExplainOptions, Input, ModelSource};
+use castream_report::overlay::COLOUR_BAR_WIDTH;
 use image::GenericImageView;
 
 /// A 3-class tiny ResNet checkpoint in `dir`.
@@ -36,6 +35,7 @@ fn image_file(dir: &Path) -> PathBuf {
 
 fn options(dir: &Path, methods: Vec<Method>, poolings: Vec<PoolingKind>) -> ExplainOptions {
     ExplainOptions {
+        device: castream_data::DeviceChoice::Cpu,
         input: Input::Image(image_file(dir)),
         model: ModelSource::Checkpoint(checkpoint(dir)),
         poolings,

@@ -1,15 +1,8 @@
-//! Progress bars for long work. indicatif hides them when stderr is not a terminal (CI, pipes).
+//! Training progress: a bar per epoch with the running loss, and a line per finished epoch.
 
 use castream_backbones::train::{EpochReport, Progress};
-use indicatif::{ProgressBar, ProgressStyle};
-
-/// A bar over `len` steps with a message, elapsed time and ETA.
-pub fn bar(len: u64, message: impl Into<String>) -> ProgressBar {
-    let style = ProgressStyle::with_template("{msg:>24} [{bar:40.cyan/blue}] {pos}/{len} {elapsed_precise} eta {eta}")
-        .expect("static template")
-        .progress_chars("=> ");
-    ProgressBar::new(len).with_style(style).with_message(message.into())
-}
+use castream_data::progress::bar;
+use indicatif::ProgressBar;
 
 /// Progress of a training run: a bar per epoch with the running loss, and optionally one printed
 /// line per finished epoch.
@@ -28,7 +21,7 @@ impl TrainBars {
 impl Progress for TrainBars {
     fn step(&mut self, epoch: usize, step: usize, steps: usize, loss: f64) {
         let name = &self.name;
-        let bar = self.bar.get_or_insert_with(|| self::bar(steps as u64, format!("{name} epoch {}", epoch + 1)));
+        let bar = self.bar.get_or_insert_with(|| bar(steps as u64, format!("{name} epoch {}", epoch + 1)));
         bar.set_position(step as u64 + 1);
         if step.is_multiple_of(10) {
             bar.set_message(format!("{name} epoch {} loss {loss:.3}", epoch + 1));

@@ -16,8 +16,9 @@ use castream_data::Normalisation;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::progress::{self, TrainBars};
-use crate::record::git_state;
+use crate::progress::TrainBars;
+use castream_data::progress;
+use castream_data::provenance::git_state;
 
 /// Where the recipe, the checkpoints and the manifest live, relative to the repository root.
 pub const CHECKPOINT_DIR: &str = "checkpoints/quick";
@@ -111,7 +112,7 @@ fn load_manifest(root: &Path) -> Result<Manifest> {
     serde_json::from_str(&text).with_context(|| format!("{}: corrupt manifest", path.display()))
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
+pub fn sha256_file(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     Ok(hex(&Sha256::digest(&bytes)))
 }
@@ -126,7 +127,7 @@ pub fn is_shipped(root: &Path, name: &str) -> Result<bool> {
 }
 
 /// Loads a shipped backbone after checking its file against the manifest's SHA-256.
-pub fn load_backbone(root: &Path, name: &str) -> Result<(Model, CheckpointMeta, ManifestEntry)> {
+pub fn load_backbone(root: &Path, name: &str, device: &Device) -> Result<(Model, CheckpointMeta, ManifestEntry)> {
     let manifest = load_manifest(root)?;
     let entry = manifest.get(name).cloned().with_context(|| {
         format!(
@@ -144,12 +145,13 @@ pub fn load_backbone(root: &Path, name: &str) -> Result<(Model, CheckpointMeta, 
             entry.sha256
         );
     }
-    let (model, meta) = Model::load(&path, &Device::Cpu)?;
+    let (model, meta) = Model::load(&path, device)?;
     Ok((model, meta, entry))
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct TrainOptions {
+    pub device: castream_data::DeviceChoice,
     pub retrain: bool,
     pub resume: bool,
     pub only: Option<String>,
@@ -195,7 +197,7 @@ pub fn train_backbones(root: &Path, opts: &TrainOptions) -> Result<()> {
             println!("{}: trained ({}); `--retrain` regenerates it", b.name, path.display());
             continue;
         }
-        let model = Model::new(b.model.clone(), b.init_seed, &Device::Cpu)?;
+        let model = Model::new(b.model.clone(), b.init_seed, &opts.device.device())?;
         let subset = |ids: &[usize], set| SceneSubset { set, indices: ids.to_vec(), normalisation };
         let (train_data, val_data) = (subset(&train_ids, &train_set), subset(&val_ids, &train_set));
         let task = GapTask {

@@ -4,25 +4,62 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device};
-use castream_backbones::train::train;
+use candle_core::Device;
+use castream_backbones::optim::OptimizerConfig;
+use castream_backbones::schedule::Schedule;
+use castream_backbones::train::{train, TrainConfig};
 use castream_backbones::CheckpointMeta;
-use castream_data::discovery::{DatasetName, Locator};
+use castream_data::discovery::{DataLocation, DatasetName, Locator};
 use castream_data::labelled::{hex, Split};
-use castream_data::scenes::SceneSet;
-use castream_stream::{CaModel, FeatureCache, StreamTask};
+use castream_data::progress;
+use castream_data::scenes::{SceneConfig, SceneSet};
+use castream_stream::{CaModel, FeatureCache, StreamConfig, StreamTask};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::progress;
-use crate::quick::{load_backbone, load_recipe, ManifestEntry, SceneSubset};
-use crate::spec::{Settings, StreamSpec};
+use crate::backbone::{BackboneSpec, LoadedBackbone};
+use crate::quick::{load_recipe, ManifestEntry, SceneSubset};
+
+/// How the CA-Stream is built and trained (METHOD.md §2–3). Trained streams are cached under
+/// `target/castream/streams/`, keyed by backbone checkpoint, this table and the scene settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamSpec {
+    pub config: StreamConfig,
+    /// Training scenes (the first ones of the Fashion-MNIST train split), whose stage features are
+    /// cached in memory once.
+    pub train_images: usize,
+    /// Validation scenes (from the end of the train split, outside the backbones' training set).
+    pub val_images: usize,
+    pub train: TrainConfig,
+}
+
+impl Default for StreamSpec {
+    fn default() -> Self {
+        StreamSpec {
+            config: StreamConfig::default(),
+            train_images: 10_000,
+            val_images: 2_000,
+            train: TrainConfig {
+                epochs: 10,
+                batch_size: 128,
+                optimizer: OptimizerConfig::adamw(3e-3, 0.0),
+                schedule: Schedule::Cosine { warmup_epochs: 0.5, min_ratio: 0.01 },
+                seed: 0,
+            },
+        }
+    }
+}
 
 /// A backbone with its trained stream, and where they came from.
 pub struct QuickModels {
     pub name: String,
     pub ca: CaModel,
     pub meta: CheckpointMeta,
-    pub manifest: ManifestEntry,
+    /// SHA-256 of the backbone's weight file.
+    pub sha256: String,
+    /// The shipped backbone's manifest entry; `None` for a checkpoint named by path.
+    pub manifest: Option<ManifestEntry>,
     /// Validation accuracy of the stream after training.
     pub stream_val_accuracy: f64,
     /// Memory the stream's feature cache held while the stream trained.
@@ -39,12 +76,11 @@ pub struct QuickData {
 }
 
 impl QuickData {
-    pub fn load(settings: &Settings) -> Result<QuickData> {
+    /// Fashion-MNIST from `location` (else discovered), as scenes made with `scenes`.
+    pub fn load(location: &DataLocation, scenes: &SceneConfig) -> Result<QuickData> {
         let name = DatasetName::FashionMnist;
-        let located = Locator::from_environment(name).locate(name, &settings.data.fashion_mnist)?;
-        let set = |split| -> Result<SceneSet> {
-            Ok(SceneSet::new(located.load(split)?, name, split, settings.scenes.clone())?)
-        };
+        let located = Locator::from_environment(name).locate(name, location)?;
+        let set = |split| -> Result<SceneSet> { Ok(SceneSet::new(located.load(split)?, name, split, scenes.clone())?) };
         Ok(QuickData { train: set(Split::Train)?, test: set(Split::Test)? })
     }
 }
@@ -74,16 +110,19 @@ impl StreamFeatures {
 /// `features` holds the backbone's cached stage features across calls (built on first need).
 pub fn quick_models(
     root: &Path,
-    name: &str,
+    backbone: &BackboneSpec,
     spec: &StreamSpec,
     data: &QuickData,
     features: &mut Option<StreamFeatures>,
+    device: &Device,
 ) -> Result<QuickModels> {
-    let (backbone, meta, manifest) = load_backbone(root, name)?;
-    let ca = CaModel::new(backbone, &spec.config, spec.train.seed)?;
+    let LoadedBackbone { model, meta, sha256, manifest } = crate::backbone::load(root, backbone, device)?;
+    let name = backbone.name();
+    let name = name.as_str();
+    let ca = CaModel::new(model, &spec.config, spec.train.seed)?;
     let key = {
         let mut h = Sha256::new();
-        h.update(&manifest.sha256);
+        h.update(&sha256);
         h.update(serde_json::to_vec(spec)?);
         h.update(serde_json::to_vec(&data.train.config)?);
         hex(&h.finalize())[..16].to_string()
@@ -91,7 +130,7 @@ pub fn quick_models(
     let stream_file = root.join("target/castream/streams").join(format!("{name}-{key}.safetensors"));
     let meta_file = stream_file.with_extension("json");
     if stream_file.exists() && meta_file.exists() {
-        let tensors = candle_core::safetensors::load(&stream_file, &Device::Cpu)?;
+        let tensors = candle_core::safetensors::load(&stream_file, device)?;
         for (var_name, var) in ca.stream.named_vars() {
             let t = tensors.get(&var_name).with_context(|| format!("{}: lacks `{var_name}`", stream_file.display()))?;
             var.set(t)?;
@@ -102,6 +141,7 @@ pub fn quick_models(
             name: name.into(),
             ca,
             meta,
+            sha256,
             manifest,
             stream_val_accuracy: record.val_accuracy,
             cache_bytes: record.cache_bytes,
@@ -131,8 +171,13 @@ pub fn quick_models(
     let cache = features.as_ref().expect("built above");
     let task = StreamTask { model: &ca, train: &cache.train, val: &cache.val, eval_batch_size: 256 };
     let run_dir = root.join("target/castream/stream-runs").join(format!("{name}-{key}"));
-    let history =
-        train(&task, &spec.train, &run_dir, false, &mut progress::TrainBars::new(&format!("{name} stream"), false))?;
+    let history = train(
+        &task,
+        &spec.train,
+        &run_dir,
+        false,
+        &mut crate::progress::TrainBars::new(&format!("{name} stream"), false),
+    )?;
     let stream_val_accuracy = history.last().map_or(f64::NAN, |h| h.val_accuracy);
     let tensors: std::collections::HashMap<String, candle_core::Tensor> =
         ca.stream.named_vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
@@ -144,38 +189,11 @@ pub fn quick_models(
         name: name.into(),
         ca,
         meta,
+        sha256,
         manifest,
         stream_val_accuracy,
         cache_bytes: record.cache_bytes,
         from_cache: false,
         stream_file,
     })
-}
-
-/// Per-image correctness (1 or 0) on the first `n` test scenes of the GAP network and of each CA
-/// model, which must all share one backbone: the backbone runs once per batch.
-pub fn correctness(
-    models: &[&QuickModels],
-    data: &QuickData,
-    n: usize,
-    batch: usize,
-) -> Result<(Vec<f64>, Vec<Vec<f64>>)> {
-    let first = models.first().context("no model to evaluate")?;
-    let ids: Vec<usize> = (0..n.min(data.test.len())).collect();
-    let (mut gap, mut ca) = (Vec::new(), vec![Vec::new(); models.len()]);
-    let hits = |logits: &candle_core::Tensor, y: &candle_core::Tensor| -> Result<Vec<f64>> {
-        Ok(logits.argmax(1)?.eq(y)?.to_dtype(DType::U8)?.to_vec1::<u8>()?.into_iter().map(f64::from).collect())
-    };
-    let bar = progress::bar(ids.len() as u64, format!("{}: evaluating", first.name));
-    for chunk in ids.chunks(batch.max(1)) {
-        let (x, y) = data.test.batch(chunk, &first.meta.normalisation, &Device::Cpu)?;
-        let features = first.ca.backbone.net.stages(&x, false)?;
-        gap.extend(hits(&first.ca.backbone.net.head(&features[4])?, &y)?);
-        for (m, out) in models.iter().zip(&mut ca) {
-            out.extend(hits(&m.ca.logits_from_features(&features)?.0, &y)?);
-        }
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish_and_clear();
-    Ok((gap, ca))
 }

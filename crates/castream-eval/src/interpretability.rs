@@ -3,75 +3,24 @@
 //! against the scenes' exact boxes (pointing game, energy, IoU). Every finished (model, source)
 //! cell is cached on disk, so a table interrupted half-way resumes from the cells it completed.
 
-use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
-use castream_cam::{explain, Method, Subject};
+use castream_cam::{explain, Method, PoolingKind, Subject};
 use castream_data::labelled::hex;
+use castream_data::progress;
 use castream_data::scenes::SceneSet;
 use castream_metrics::causal::{auc, causal_curves, CausalMode};
 use castream_metrics::confidence::{class_probabilities, confidence, explanation_images};
 use castream_metrics::localisation::{box_iou, energy_in_box, pointing_hit, pointing_tolerance, DEFAULT_IOU_THRESHOLD};
+use castream_metrics::metric::{Group, Metric, PerImage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::progress;
-use crate::spec::MetricsSpec;
-
-/// One per-image score; the table cell is its mean. All in percent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Metric {
-    AverageDrop,
-    AverageGain,
-    AverageIncrease,
-    Insertion,
-    Deletion,
-    Pointing,
-    Energy,
-    Iou,
-}
-
-/// The paper's five metrics (tables 2–5).
-pub const PAPER_METRICS: [Metric; 5] =
-    [Metric::AverageDrop, Metric::AverageGain, Metric::AverageIncrease, Metric::Insertion, Metric::Deletion];
-/// Localisation against the ground-truth box (table 6).
-pub const LOCALISATION: [Metric; 3] = [Metric::Pointing, Metric::Energy, Metric::Iou];
-
-impl Metric {
-    /// The column name of tables.
-    pub fn name(self) -> &'static str {
-        match self {
-            Metric::AverageDrop => "AD",
-            Metric::AverageGain => "AG",
-            Metric::AverageIncrease => "AI",
-            Metric::Insertion => "I",
-            Metric::Deletion => "D",
-            Metric::Pointing => "PG",
-            Metric::Energy => "EPG",
-            Metric::Iou => "IoU",
-        }
-    }
-
-    pub fn higher_is_better(self) -> bool {
-        !matches!(self, Metric::AverageDrop | Metric::Deletion)
-    }
-
-    /// `AD↓`, `AG↑`, … for chart titles.
-    pub fn label(self) -> String {
-        format!("{}{}", self.name(), if self.higher_is_better() { "↑" } else { "↓" })
-    }
-}
-
-impl fmt::Display for Metric {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+use crate::protocol::Protocol;
 
 /// Where a saliency map comes from: a CAM method (with the spec's options) or a baseline.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -100,26 +49,57 @@ impl Source {
     }
 }
 
-/// Per-image values of each metric, in the order of the evaluated images.
-pub type PerImage = BTreeMap<Metric, Vec<f64>>;
+/// A model-free saliency map, scored like a method: what a map earns without the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Baseline {
+    Centre,
+    Random,
+}
+
+impl Baseline {
+    pub fn source(self) -> Source {
+        match self {
+            Baseline::Centre => Source::Centre,
+            Baseline::Random => Source::Random,
+        }
+    }
+}
+
+/// A model under evaluation: the subject explained, and what identifies its maps and scores in
+/// the cell cache.
+pub struct Explained<'a> {
+    pub subject: Subject<'a>,
+    pub key: ModelKey,
+}
+
+/// What a model's cells depend on besides the images and the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelKey {
+    /// SHA-256 of every weight file (backbone, stream), joined.
+    pub weights: String,
+    pub pooling: PoolingKind,
+    /// The target stage.
+    pub layer: usize,
+}
 
 /// Test scenes and settings shared by every cell of a table.
 pub struct Evaluation<'a> {
     pub set: &'a SceneSet,
     pub ids: &'a [usize],
     pub batch_size: usize,
-    pub spec: &'a MetricsSpec,
+    pub protocol: Protocol,
     /// Seeds the random-map baseline.
     pub seed: u64,
     /// Directory of the cell cache (`target/castream/metrics`).
     pub cache: PathBuf,
+    pub device: Device,
 }
 
 impl Evaluation<'_> {
-    /// The `metrics` of `source` on `subject`, whose weights `model_key` identifies (the cache key).
-    pub fn run(&self, subject: &Subject, model_key: &str, source: Source, metrics: &[Metric]) -> Result<PerImage> {
-        let file =
-            self.cache.join("scores").join(format!("{}.json", self.key(subject, model_key, source, Some(metrics))?));
+    /// The `metrics` of `source` on `model`.
+    pub fn run(&self, model: &Explained, source: Source, metrics: &[Metric]) -> Result<PerImage> {
+        let file = self.cache.join("scores").join(format!("{}.json", self.key(&model.key, source, Some(metrics))?));
         if let Ok(bytes) = std::fs::read(&file) {
             if let Ok(cached) = serde_json::from_slice::<PerImage>(&bytes) {
                 if metrics.iter().all(|m| cached.get(m).is_some_and(|v| v.len() == self.ids.len())) {
@@ -127,13 +107,12 @@ impl Evaluation<'_> {
                 }
             }
         }
-        let maps = self.maps(subject, model_key, source)?;
-        let pooling = if subject.is_ca() { "CA" } else { "GAP" };
-        let bar = progress::bar(self.ids.len() as u64, format!("{} {pooling}: scoring", source.label()));
+        let maps = self.maps(model, source)?;
+        let bar = progress::bar(self.ids.len() as u64, format!("{} {}: scoring", source.label(), model.key.pooling));
         let mut out: PerImage = metrics.iter().map(|&m| (m, Vec::with_capacity(self.ids.len()))).collect();
         let mut first = 0;
         for chunk in self.ids.chunks(self.batch_size.max(1)) {
-            self.score_batch(subject, &maps.narrow(0, first, chunk.len())?, chunk, &mut out)?;
+            self.score_batch(&model.subject, &maps.narrow(0, first, chunk.len())?, chunk, &mut out)?;
             first += chunk.len();
             bar.inc(chunk.len() as u64);
         }
@@ -143,17 +122,9 @@ impl Evaluation<'_> {
     }
 
     /// A cache key over everything a cell's maps (and, with `metrics`, its scores) depend on.
-    fn key(&self, subject: &Subject, model_key: &str, source: Source, metrics: Option<&[Metric]>) -> Result<String> {
+    fn key(&self, model: &ModelKey, source: Source, metrics: Option<&[Metric]>) -> Result<String> {
         let mut h = Sha256::new();
-        h.update(model_key);
-        h.update(serde_json::to_vec(&(
-            source,
-            metrics,
-            &self.spec.cam,
-            self.spec.causal,
-            subject.layer,
-            subject.is_ca(),
-        ))?);
+        h.update(serde_json::to_vec(&(model, source, metrics, &self.protocol))?);
         h.update(serde_json::to_vec(&(self.set.dataset.display_name(), self.set.split.name(), &self.set.config))?);
         h.update(serde_json::to_vec(self.ids)?);
         if source == Source::Random {
@@ -165,21 +136,21 @@ impl Evaluation<'_> {
     /// The post-processed maps `(N, h, w)` of every image, at the method's resolution. A CAM
     /// method's maps are cached (Score-CAM's cost `K` forwards per image, and tables 2, 5 and 6
     /// score the same maps); attention and baselines are cheap to recompute.
-    fn maps(&self, subject: &Subject, model_key: &str, source: Source) -> Result<Tensor> {
-        let file = self.cache.join("maps").join(format!("{}.safetensors", self.key(subject, model_key, source, None)?));
+    fn maps(&self, model: &Explained, source: Source) -> Result<Tensor> {
+        let file = self.cache.join("maps").join(format!("{}.safetensors", self.key(&model.key, source, None)?));
         if matches!(source, Source::Method(_)) {
-            if let Ok(mut cached) = candle_core::safetensors::load(&file, &Device::Cpu) {
+            if let Ok(mut cached) = candle_core::safetensors::load(&file, &self.device) {
                 if let Some(maps) = cached.remove("maps").filter(|m| m.dim(0).ok() == Some(self.ids.len())) {
                     return Ok(maps);
                 }
             }
         }
-        let pooling = if subject.is_ca() { "CA" } else { "GAP" };
-        let bar = progress::bar(self.ids.len() as u64, format!("{} {pooling}: maps", source.label()));
+        let bar = progress::bar(self.ids.len() as u64, format!("{} {}: maps", source.label(), model.key.pooling));
+        let subject = &model.subject;
         let mut parts = Vec::new();
         for chunk in self.ids.chunks(self.batch_size.max(1)) {
-            let (x, y) = self.set.batch(chunk, &subject.normalisation, &Device::Cpu)?;
-            let classes = self.spec.causal.target_class().resolve(subject, &x, &y.to_vec1()?)?;
+            let (x, y) = self.set.batch(chunk, &subject.normalisation, &self.device)?;
+            let classes = self.protocol.class.resolve(subject, &x, &y.to_vec1()?)?;
             parts.push(self.batch_maps(subject, source, &x, &classes, chunk)?);
             bar.inc(chunk.len() as u64);
         }
@@ -202,7 +173,7 @@ impl Evaluation<'_> {
         ids: &[usize],
     ) -> Result<Tensor> {
         let (b, _, h, w) = x.dims4()?;
-        let options = &self.spec.cam;
+        let options = &self.protocol.cam;
         match source {
             Source::Method(m) => Ok(explain(m.build(options).as_ref(), subject, x, classes)?.maps),
             Source::Attention(attention) => {
@@ -239,13 +210,13 @@ impl Evaluation<'_> {
     /// Scores the images `ids` given their maps `(B, h, w)`, appending to `out`.
     fn score_batch(&self, subject: &Subject, maps: &Tensor, ids: &[usize], out: &mut PerImage) -> Result<()> {
         let norm = subject.normalisation;
-        let (x, y) = self.set.batch(ids, &norm, &Device::Cpu)?;
-        let classes = self.spec.causal.target_class().resolve(subject, &x, &y.to_vec1()?)?;
+        let (x, y) = self.set.batch(ids, &norm, &self.device)?;
+        let classes = self.protocol.class.resolve(subject, &x, &y.to_vec1()?)?;
         let (_, _, h, w) = x.dims4()?;
         // Exactly the upsampling `explain` applies, so cached and fresh maps score the same.
         let maps = castream_cam::upsample(maps, h, w)?;
-        let wants = |group: &[Metric]| group.iter().any(|m| out.contains_key(m));
-        let (confidence_wanted, localisation_wanted) = (wants(&PAPER_METRICS[..3]), wants(&LOCALISATION));
+        let wants = |group: Group| out.keys().any(|m| m.group() == group);
+        let (confidence_wanted, localisation_wanted) = (wants(Group::Confidence), wants(Group::Localisation));
         if confidence_wanted {
             let y = class_probabilities(&subject.logits(&x)?, &classes)?;
             let o = class_probabilities(&subject.logits(&explanation_images(&x, &maps, &norm)?)?, &classes)?;
@@ -261,8 +232,15 @@ impl Evaluation<'_> {
         for (metric, mode) in [(Metric::Insertion, CausalMode::Insertion), (Metric::Deletion, CausalMode::Deletion)] {
             if let Some(dst) = out.get_mut(&metric) {
                 let mut score = |b: &Tensor| subject.logits(b);
-                let curves =
-                    causal_curves(&mut score, &x, &maps, &classes, mode, self.spec.causal.variant(), self.batch_size)?;
+                let curves = causal_curves(
+                    &mut score,
+                    &x,
+                    &maps,
+                    &classes,
+                    mode,
+                    self.protocol.causal.variant(),
+                    self.batch_size,
+                )?;
                 dst.extend(curves.iter().map(|c| 100.0 * auc(c)));
             }
         }
@@ -292,6 +270,7 @@ mod tests {
     use super::*;
     use castream_backbones::{Arch, BackboneConfig, Model, Stem};
     use castream_cam::Pooling;
+    use castream_data::device::cpu;
     use castream_data::discovery::DatasetName;
     use castream_data::labelled::{LabelledImages, Split, SplitFiles};
     use castream_data::scenes::SceneConfig;
@@ -327,33 +306,36 @@ mod tests {
     fn model() -> Model {
         let config =
             BackboneConfig { stem: Stem::Small, base_width: Some(4), ..BackboneConfig::new(Arch::Resnet18, 3) };
-        Model::new(config, 3, &Device::Cpu).unwrap()
+        Model::new(config, 3, &cpu()).unwrap()
     }
 
     const NORM: Normalisation = Normalisation { mean: [0.4, 0.4, 0.4], std: [0.25, 0.25, 0.25] };
-    const ALL: [Metric; 8] = [
-        Metric::AverageDrop,
-        Metric::AverageGain,
-        Metric::AverageIncrease,
-        Metric::Insertion,
-        Metric::Deletion,
-        Metric::Pointing,
-        Metric::Energy,
-        Metric::Iou,
-    ];
+    const ALL: [Metric; 8] = Metric::ALL;
+
+    fn explained(net: &Model) -> Explained<'_> {
+        let key = ModelKey { weights: "m".into(), pooling: PoolingKind::Gap, layer: 4 };
+        Explained { subject: Subject::of(Pooling::Gap(net), NORM), key }
+    }
 
     #[test]
     fn scores_do_not_depend_on_batching_or_the_cache() {
-        let (set, net, spec) = (scenes(5), model(), MetricsSpec::default());
-        let subject = Subject::new(Pooling::Gap(&net), NORM);
+        let (set, net, protocol) = (scenes(5), model(), Protocol::default());
+        let model = explained(&net);
         let ids = [0, 1, 2, 3, 4];
         let dir = tempfile::tempdir().unwrap();
-        let eval =
-            |batch_size, cache: PathBuf| Evaluation { set: &set, ids: &ids, batch_size, spec: &spec, seed: 1, cache };
+        let eval = |batch_size, cache: PathBuf| Evaluation {
+            set: &set,
+            ids: &ids,
+            batch_size,
+            protocol,
+            seed: 1,
+            cache,
+            device: cpu(),
+        };
         for source in [Source::Method(Method::ScoreCam), Source::Random, Source::Centre] {
-            let whole = eval(5, dir.path().join("a")).run(&subject, "m", source, &ALL).unwrap();
-            let pieces = eval(2, dir.path().join("b")).run(&subject, "m", source, &ALL).unwrap();
-            let cached = eval(2, dir.path().join("a")).run(&subject, "m", source, &ALL).unwrap();
+            let whole = eval(5, dir.path().join("a")).run(&model, source, &ALL).unwrap();
+            let pieces = eval(2, dir.path().join("b")).run(&model, source, &ALL).unwrap();
+            let cached = eval(2, dir.path().join("a")).run(&model, source, &ALL).unwrap();
             for m in ALL {
                 assert_eq!(whole[&m].len(), 5);
                 // Batches split differently across threads round differently (~1e-7 in the maps),
@@ -368,15 +350,24 @@ mod tests {
 
     #[test]
     fn scores_equal_the_metric_functions_applied_to_explain() {
-        let (set, net, spec) = (scenes(3), model(), MetricsSpec::default());
-        let subject = Subject::new(Pooling::Gap(&net), NORM);
+        let (set, net, protocol) = (scenes(3), model(), Protocol::default());
+        let model = explained(&net);
+        let subject = &model.subject;
         let ids = [0, 1, 2];
         let dir = tempfile::tempdir().unwrap();
-        let eval = Evaluation { set: &set, ids: &ids, batch_size: 3, spec: &spec, seed: 0, cache: dir.path().into() };
-        let got = eval.run(&subject, "m", Source::Method(Method::GradCam), &ALL).unwrap();
-        let (x, y) = set.batch(&ids, &NORM, &Device::Cpu).unwrap();
+        let eval = Evaluation {
+            set: &set,
+            ids: &ids,
+            batch_size: 3,
+            protocol,
+            seed: 0,
+            cache: dir.path().into(),
+            device: cpu(),
+        };
+        let got = eval.run(&model, Source::Method(Method::GradCam), &ALL).unwrap();
+        let (x, y) = set.batch(&ids, &NORM, &cpu()).unwrap();
         let classes: Vec<u32> = y.to_vec1().unwrap();
-        let maps = explain(Method::GradCam.build(&spec.cam).as_ref(), &subject, &x, &classes).unwrap().upsampled;
+        let maps = explain(Method::GradCam.build(&protocol.cam).as_ref(), subject, &x, &classes).unwrap().upsampled;
         let p = class_probabilities(&subject.logits(&x).unwrap(), &classes).unwrap();
         let o = class_probabilities(&subject.logits(&explanation_images(&x, &maps, &NORM).unwrap()).unwrap(), &classes)
             .unwrap();
@@ -395,10 +386,18 @@ mod tests {
 
     #[test]
     fn baselines_are_maps_in_the_unit_interval_and_the_centre_peaks_in_the_middle() {
-        let (set, net, spec) = (scenes(2), model(), MetricsSpec::default());
-        let subject = Subject::new(Pooling::Gap(&net), NORM);
-        let eval = Evaluation { set: &set, ids: &[0, 1], batch_size: 2, spec: &spec, seed: 0, cache: PathBuf::new() };
-        let (x, _) = set.batch(&[0, 1], &NORM, &Device::Cpu).unwrap();
+        let (set, net, protocol) = (scenes(2), model(), Protocol::default());
+        let subject = Subject::of(Pooling::Gap(&net), NORM);
+        let eval = Evaluation {
+            set: &set,
+            ids: &[0, 1],
+            batch_size: 2,
+            protocol,
+            seed: 0,
+            cache: PathBuf::new(),
+            device: cpu(),
+        };
+        let (x, _) = set.batch(&[0, 1], &NORM, &cpu()).unwrap();
         let centre: Vec<Vec<f32>> = eval
             .batch_maps(&subject, Source::Centre, &x, &[0, 0], &[0, 1])
             .unwrap()

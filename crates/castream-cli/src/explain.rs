@@ -2,28 +2,24 @@
 //! of the quick profile's Fashion-MNIST test scenes, one PNG per image, pooling and method,
 //! optionally with a colour bar. The CLI only parses arguments; everything else is here.
 
-use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use candle_core::{Device, Tensor, D};
+use candle_core::{Tensor, D};
 use castream_backbones::{CheckpointMeta, Model, Stem};
-use castream_cam::{explain, overlay, Pooling, Subject};
+use castream_cam::{explain, overlay, Pooling, PoolingKind, Subject};
 use castream_data::image_folder::{load_image, EvalTransform};
 use castream_data::{DataError, Normalisation};
 use castream_stream::CaModel;
-use plotters::prelude::*;
-use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 pub use castream_cam::{Method, MethodOptions};
 
-use crate::ca::{quick_models, QuickData};
-use crate::charts::{register_font, FONT};
-use crate::grid::draw_pixels;
-use crate::quick::load_backbone;
-use crate::spec::Settings;
+use castream_report::overlay::write_overlay;
+use castream_zoo::ca::{quick_models, QuickData, StreamSpec};
+use castream_zoo::quick::load_backbone;
+use castream_zoo::BackboneSpec;
 
 /// What to explain.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,43 +72,6 @@ impl ModelSource {
     }
 }
 
-/// The network explained: the GAP backbone or the same backbone with its CA-Stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PoolingKind {
-    Gap,
-    Ca,
-}
-
-impl PoolingKind {
-    pub fn key(self) -> &'static str {
-        match self {
-            PoolingKind::Gap => "gap",
-            PoolingKind::Ca => "ca",
-        }
-    }
-}
-
-impl fmt::Display for PoolingKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            PoolingKind::Gap => "GAP",
-            PoolingKind::Ca => "CA",
-        })
-    }
-}
-
-impl FromStr for PoolingKind {
-    type Err = anyhow::Error;
-
-    fn from_str(s: &str) -> Result<PoolingKind> {
-        match s {
-            "gap" => Ok(PoolingKind::Gap),
-            "ca" => Ok(PoolingKind::Ca),
-            _ => bail!("unknown pooling `{s}`: choose `gap` (the backbone's own) or `ca` (CA-Stream)"),
-        }
-    }
-}
-
 /// Which class each map explains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClassChoice {
@@ -139,6 +98,7 @@ impl FromStr for ClassChoice {
 }
 
 pub struct ExplainOptions {
+    pub device: castream_data::DeviceChoice,
     pub input: Input,
     pub model: ModelSource,
     /// GAP, CA or both, in this order.
@@ -171,10 +131,6 @@ pub struct Written {
     pub explained: u32,
 }
 
-/// Width of the colour bar strip (gap, bar and labels) added to the right of an overlay.
-pub const COLOUR_BAR_WIDTH: usize = 40;
-const BAR_GAP: i32 = 6;
-const BAR_W: i32 = 12;
 /// Images per forward pass.
 const BATCH: usize = 16;
 
@@ -194,10 +150,10 @@ pub fn validate(opts: &ExplainOptions) -> Result<()> {
     ensure!(!opts.poolings.is_empty(), "--pooling: give `gap`, `ca` or `gap,ca`");
     let has = |p| opts.poolings.contains(&p);
     for &m in &opts.methods {
-        if !has(PoolingKind::Gap) && !m.applies_to(true) {
+        if !has(PoolingKind::Gap) && !m.applies_to(PoolingKind::Ca) {
             bail!("--method {}: needs --pooling gap (CAM reads the GAP classifier's weights; the CA model has no GAP). Fix: use --pooling gap (or gap,ca), or a gradient method such as grad-cam", m.key());
         }
-        if !has(PoolingKind::Ca) && !m.applies_to(false) {
+        if !has(PoolingKind::Ca) && !m.applies_to(PoolingKind::Gap) {
             bail!("--method {}: needs --pooling ca (the GAP network has no attention). Fix: add --pooling ca (or gap,ca), or drop {}", m.key(), m.key());
         }
     }
@@ -239,8 +195,8 @@ impl Loaded {
 
     fn subject(&self, pooling: PoolingKind, norm: Normalisation) -> Subject<'_> {
         match (pooling, self) {
-            (PoolingKind::Ca, Loaded::Ca(m)) => Subject::new(Pooling::Ca(m), norm),
-            _ => Subject::new(Pooling::Gap(self.backbone()), norm),
+            (PoolingKind::Ca, Loaded::Ca(m)) => Subject::of(Pooling::Ca(m), norm),
+            _ => Subject::of(Pooling::Gap(self.backbone()), norm),
         }
     }
 }
@@ -257,26 +213,34 @@ struct Item {
 /// and returns what was written.
 pub fn run(root: &Path, opts: &ExplainOptions) -> Result<Vec<Written>> {
     validate(opts)?;
-    let settings = Settings::default();
+    let stream = StreamSpec::default();
     let needs_data = matches!(opts.input, Input::Scenes(_)) || opts.poolings.contains(&PoolingKind::Ca);
-    let data = if needs_data { Some(QuickData::load(&settings)?) } else { None };
+    let data = if needs_data { Some(QuickData::load(&Default::default(), &Default::default())?) } else { None };
     let (loaded, meta) = match &opts.model {
         ModelSource::Checkpoint(path) => {
             let (model, meta) =
-                Model::load(path, &Device::Cpu).with_context(|| format!("--checkpoint {}", path.display()))?;
+                Model::load(path, &opts.device.device()).with_context(|| format!("--checkpoint {}", path.display()))?;
             (Loaded::Gap(model), meta)
         }
         ModelSource::Backbone(name) if opts.poolings.contains(&PoolingKind::Ca) => {
             let data = data.as_ref().expect("loaded for CA");
-            let m = quick_models(root, name, &settings.stream, data, &mut None)
-                .with_context(|| format!("--backbone {name}"))?;
+            let m = quick_models(
+                root,
+                &BackboneSpec::Shipped(name.clone()),
+                &stream,
+                data,
+                &mut None,
+                &opts.device.device(),
+            )
+            .with_context(|| format!("--backbone {name}"))?;
             if !m.from_cache {
                 println!("trained the CA-Stream of {name} (cached in {})", m.stream_file.display());
             }
             (Loaded::Ca(Box::new(m.ca)), m.meta)
         }
         ModelSource::Backbone(name) => {
-            let (model, meta, _) = load_backbone(root, name).with_context(|| format!("--backbone {name}"))?;
+            let (model, meta, _) =
+                load_backbone(root, name, &opts.device.device()).with_context(|| format!("--backbone {name}"))?;
             (Loaded::Gap(model), meta)
         }
     };
@@ -343,12 +307,13 @@ pub fn run(root: &Path, opts: &ExplainOptions) -> Result<Vec<Written>> {
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("--out {}: cannot create the folder", opts.out.display()))?;
     for &p in &opts.poolings {
-        for m in opts.methods.iter().filter(|m| !m.applies_to(p == PoolingKind::Ca)) {
+        for m in opts.methods.iter().filter(|m| !m.applies_to(p)) {
             println!("note: {} does not apply to {p}; skipped there", m.key());
         }
     }
 
     let norm = meta.normalisation;
+    let device = opts.device.device();
     let tag = opts.model.tag();
     let mut written = Vec::new();
     for batch in items.chunks(BATCH) {
@@ -358,7 +323,7 @@ pub fn run(root: &Path, opts: &ExplainOptions) -> Result<Vec<Written>> {
             norm.apply(&mut chw);
             x.extend(chw);
         }
-        let x = Tensor::from_vec(x, (batch.len(), 3, side, side), &Device::Cpu)?;
+        let x = Tensor::from_vec(x, (batch.len(), 3, side, side), &device)?;
         // Per pooling: softmax probabilities, explained classes and each method's maps.
         let mut results = Vec::new();
         for &pooling in &opts.poolings {
@@ -370,7 +335,7 @@ pub fn run(root: &Path, opts: &ExplainOptions) -> Result<Vec<Written>> {
                 ClassChoice::Index(c) => vec![c; batch.len()],
             };
             let mut maps = Vec::new();
-            for &method in opts.methods.iter().filter(|m| m.applies_to(pooling == PoolingKind::Ca)) {
+            for &method in opts.methods.iter().filter(|m| m.applies_to(pooling)) {
                 let e = explain(method.build(&opts.method_options).as_ref(), &subject, &x, &classes)?;
                 maps.push((method, e.upsampled.flatten_from(1)?.to_vec2::<f32>()?));
             }
@@ -411,39 +376,6 @@ fn sanitise(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
-/// Draws the CHW image `rgb` (values in [0, 1], `side x side`) at `scale` screen pixels per pixel
-/// to a PNG, with a vertical jet colour bar labelled 0 (bottom) and 1 (top) on the right when
-/// `colour_bar` is set: `side * scale (+ COLOUR_BAR_WIDTH) x side * scale` pixels.
-pub fn write_overlay(path: &Path, rgb: &[f32], side: usize, scale: usize, colour_bar: bool) -> Result<()> {
-    register_font();
-    let n = side * scale;
-    let width = n + if colour_bar { COLOUR_BAR_WIDTH } else { 0 };
-    let root = BitMapBackend::new(path, (width as u32, n as u32)).into_drawing_area();
-    let err = |e| anyhow!("--out: drawing {}: {e:?}", path.display());
-    root.fill(&WHITE).map_err(err)?;
-    let byte = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
-    draw_pixels(&root, rgb, side, scale, 0, 0).map_err(err)?;
-    if colour_bar {
-        let (x0, h) = (n as i32 + BAR_GAP, n as i32);
-        for y in 0..h {
-            let [r, g, b] = overlay::jet(1.0 - y as f32 / (h - 1).max(1) as f32);
-            root.draw(&Rectangle::new([(x0, y), (x0 + BAR_W, y + 1)], RGBColor(byte(r), byte(g), byte(b)).filled()))
-                .map_err(err)?;
-        }
-        let label = |text: &str, y: i32, v: VPos| {
-            Text::new(
-                text.to_string(),
-                (x0 + BAR_W + 4, y),
-                TextStyle::from((FONT, 12).into_font()).pos(Pos::new(HPos::Left, v)),
-            )
-        };
-        root.draw(&label("1", 0, VPos::Top)).map_err(err)?;
-        root.draw(&label("0", h - 1, VPos::Bottom)).map_err(err)?;
-    }
-    root.present().map_err(err)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,19 +394,5 @@ mod tests {
         assert_eq!("ground-truth".parse::<ClassChoice>().unwrap(), ClassChoice::GroundTruth);
         assert_eq!("4".parse::<ClassChoice>().unwrap(), ClassChoice::Index(4));
         assert!("truth".parse::<ClassChoice>().unwrap_err().to_string().contains("ground-truth"));
-    }
-
-    #[test]
-    fn the_colour_bar_runs_from_dark_red_at_the_top_to_dark_blue_at_the_bottom() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("o.png");
-        let side = 8;
-        write_overlay(&path, &vec![1.0; 3 * side * side], side, 4, true).unwrap();
-        let img = image::open(&path).unwrap().to_rgb8();
-        assert_eq!(img.dimensions(), (32 + COLOUR_BAR_WIDTH as u32, 32));
-        assert_eq!(img.get_pixel(5, 5).0, [255, 255, 255], "image pixel");
-        let bar_x = 32 + BAR_GAP as u32 + 2;
-        assert_eq!(img.get_pixel(bar_x, 0).0, [128, 0, 0], "jet(1) at the top");
-        assert_eq!(img.get_pixel(bar_x, 31).0, [0, 0, 128], "jet(0) at the bottom");
     }
 }

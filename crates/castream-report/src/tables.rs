@@ -10,6 +10,28 @@ use polars::prelude::*;
 
 use castream_data::atomic;
 
+/// The table of columns `name => values`, each a `Vec` of numbers, strings or options of them,
+/// all of one length: what targets hand the report layer, so that polars stays inside it.
+#[macro_export]
+macro_rules! columns {
+    ($($name:expr => $values:expr),+ $(,)?) => {
+        $crate::tables::frame(vec![$($crate::tables::column($name, $values)),+])
+    };
+}
+
+/// One named column for [`columns!`].
+pub fn column<T, P: ?Sized>(name: &str, values: T) -> Column
+where
+    Series: NamedFrom<T, P>,
+{
+    Column::from(<Series as NamedFrom<T, P>>::new(name.into(), values))
+}
+
+/// A frame of columns, which must be of one length.
+pub fn frame(columns: Vec<Column>) -> Result<DataFrame> {
+    Ok(DataFrame::new_infer_height(columns)?)
+}
+
 pub struct Table {
     /// File stem of the outputs.
     pub name: String,

@@ -8,14 +8,17 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use castream_backbones::{Arch, BackboneConfig, CheckpointMeta, Model};
-use castream_data::Normalisation;
+use castream_data::{DeviceChoice, Normalisation};
 use castream_kernels::Kernels;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::quick::load_recipe;
+use castream_zoo::quick::load_recipe;
+
+/// The benchmark compares CPU kernels with ONNX Runtime's CPU provider.
+const DEVICE: DeviceChoice = DeviceChoice::Cpu;
 
 /// One benchmarked configuration.
 pub struct Case {
@@ -48,7 +51,7 @@ fn input(case: &Case) -> Result<Tensor> {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let n = case.batch * 3 * case.size * case.size;
     let v: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect();
-    Ok(Tensor::from_vec(v, (case.batch, 3, case.size, case.size), &Device::Cpu)?)
+    Ok(Tensor::from_vec(v, (case.batch, 3, case.size, case.size), &DEVICE.device())?)
 }
 
 /// Median seconds of `runs` calls after one warm-up.
@@ -83,8 +86,8 @@ struct Subject {
 impl Subject {
     fn new(case: &Case, kernels: Kernels) -> Result<Subject> {
         let config = BackboneConfig { kernels, ..case.config.clone() };
-        let labels = Tensor::zeros(case.batch, candle_core::DType::U32, &Device::Cpu)?;
-        Ok(Subject { model: Model::new(config, 0, &Device::Cpu)?, x: input(case)?, labels })
+        let labels = Tensor::zeros(case.batch, candle_core::DType::U32, &DEVICE.device())?;
+        Ok(Subject { model: Model::new(config, 0, &DEVICE.device())?, x: input(case)?, labels })
     }
 
     fn forward(&self) -> Result<()> {
@@ -374,12 +377,12 @@ pub fn run_cam(root: &Path, runs: usize, only: Option<&str>) -> Result<()> {
         rayon::current_num_threads()
     );
     for case in cam_cases(root)?.into_iter().filter(|c| only.is_none_or(|o| c.label.contains(o))) {
-        let ca = CaModel::new(Model::new(case.config.clone(), 0, &Device::Cpu)?, &StreamConfig::default(), 0)?;
+        let ca = CaModel::new(Model::new(case.config.clone(), 0, &DEVICE.device())?, &StreamConfig::default(), 0)?;
         let norm = Normalisation::IMAGENET;
-        let subjects = [Subject::new(Pooling::Gap(&ca.backbone), norm), Subject::new(Pooling::Ca(&ca), norm)];
+        let subjects = [Pooling::Gap(&ca.backbone), Pooling::Ca(&ca)].map(|p| (p.kind(), Subject::of(p, norm)));
         let x = input(&Case { label: String::new(), config: case.config.clone(), batch: case.batch, size: case.size })?;
         let k = ca.backbone.net.stage_widths()[4];
-        for subject in &subjects {
+        for (_, subject) in &subjects {
             for _ in 0..3 {
                 subject.logits(&x)?; // warm the allocator before the first timed row
             }
@@ -407,12 +410,14 @@ pub fn run_cam(root: &Path, runs: usize, only: Option<&str>) -> Result<()> {
             let classes: Vec<u32> = (0..batch as u32).map(|i| i % case.config.num_classes as u32).collect();
             let mut cells = Vec::new();
             let mut timed = Vec::new();
-            for subject in &subjects {
+            for (pooling, subject) in &subjects {
                 let figure = match method {
-                    None => Some(adaptive_seconds(runs, || subject.logits(&xb).map(|_| ()))?),
-                    Some(m) if m.applies_to(subject.is_ca()) => {
+                    None => Some(adaptive_seconds(runs, || Ok(subject.logits(&xb).map(|_| ())?))?),
+                    Some(m) if m.applies_to(*pooling) => {
                         let built = m.build(&options);
-                        Some(adaptive_seconds(runs, || explain(built.as_ref(), subject, &xb, &classes).map(|_| ()))?)
+                        Some(adaptive_seconds(runs, || {
+                            Ok(explain(built.as_ref(), subject, &xb, &classes).map(|_| ())?)
+                        })?)
                     }
                     Some(_) => None,
                 };

@@ -1,0 +1,153 @@
+//! The spec parser against hand-written specs: defaults, messages naming file, line and fix.
+
+use castream_data::image_folder::EvalTransform;
+use castream_data::Normalisation;
+
+use super::*;
+
+const GOOD: &str = r#"
+name = "demo"
+title = "A demo"
+target = "data-card"
+
+[quick]
+seed = 3
+images = 8
+
+[quick.scenes]
+canvas = 48
+item_size = [20, 30]
+
+[quick.data.fashion-mnist]
+path = "/somewhere"
+
+[paper.data.imagenet]
+root = "/imagenet/val"
+list = "/imagenet/val.csv"
+transform = { kind = "resize-center-crop", resize = 256, crop = 224 }
+"#;
+
+#[test]
+fn a_full_spec_parses_with_defaults_filled_in() {
+    let spec = Spec::parse(GOOD, Path::new("experiments/demo.toml")).unwrap();
+    let quick = spec.settings(Profile::Quick).unwrap();
+    assert_eq!((quick.seed, quick.images, quick.batch_size), (3, Some(8), 64));
+    assert_eq!(quick.scenes.canvas, 48);
+    assert_eq!(quick.scenes.background, Default::default());
+    assert_eq!(quick.data.fashion_mnist.path.as_deref(), Some(Path::new("/somewhere")));
+    let paper = spec.settings(Profile::Paper).unwrap();
+    let imagenet = paper.data.imagenet.as_ref().unwrap();
+    assert_eq!(imagenet.transform, EvalTransform::ResizeCenterCrop { resize: 256, crop: 224 });
+    assert_eq!(paper.normalisation, Normalisation::IMAGENET);
+}
+
+#[test]
+fn an_unknown_key_names_file_line_column_and_fix() {
+    let text = GOOD.replace("seed = 3", "sede = 3");
+    let msg = Spec::parse(&text, Path::new("experiments/demo.toml")).unwrap_err().to_string();
+    assert!(msg.contains("experiments/demo.toml"), "{msg}");
+    assert!(msg.contains("line 7, column 1"), "{msg}");
+    assert!(msg.contains("unknown field `sede`"), "{msg}");
+    assert!(msg.contains("Fix:") && msg.contains("docs/specs.md"), "{msg}");
+}
+
+#[test]
+fn a_wrong_type_names_the_line() {
+    let text = GOOD.replace("images = 8", "images = \"eight\"");
+    let msg = Spec::parse(&text, Path::new("demo.toml")).unwrap_err().to_string();
+    assert!(msg.contains("line 8"), "{msg}");
+    assert!(msg.contains("invalid type"), "{msg}");
+}
+
+#[test]
+fn an_unknown_target_lists_the_valid_ones() {
+    let text = GOOD.replace("target = \"data-card\"", "target = \"table9\"");
+    let msg = Spec::parse(&text, Path::new("demo.toml")).unwrap_err().to_string();
+    assert!(msg.contains("table9") && msg.contains("figure4"), "{msg}");
+}
+
+#[test]
+fn a_missing_file_lists_the_available_specs() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("table1.toml"), "").unwrap();
+    std::fs::write(dir.path().join("figure2.toml"), "").unwrap();
+    let msg = Spec::load(&dir.path().join("tabel1.toml")).unwrap_err().to_string();
+    assert!(msg.contains("tabel1.toml") && msg.contains("figure2, table1"), "{msg}");
+}
+
+#[test]
+fn name_must_match_file_and_scene_ranges_are_checked() {
+    let msg = Spec::parse(GOOD, Path::new("other.toml")).unwrap_err().to_string();
+    assert!(msg.contains("set `name = \"other\"`"), "{msg}");
+    let text = GOOD.replace("item_size = [20, 30]", "item_size = [20, 60]");
+    let msg = format!("{:#}", Spec::parse(&text, Path::new("demo.toml")).unwrap_err());
+    assert!(msg.contains("scenes.item_size") && msg.contains("[quick]"), "{msg}");
+}
+
+#[test]
+fn a_missing_profile_is_reported() {
+    let spec = Spec::parse("name = \"x\"\ntitle = \"t\"\ntarget = \"table1\"\n", Path::new("x.toml")).unwrap();
+    let msg = spec.settings(Profile::Paper).unwrap_err().to_string();
+    assert!(msg.contains("[paper]"), "{msg}");
+}
+
+const INTERPRETABILITY: &str = r#"
+name = "mine"
+title = "Mine"
+target = "interpretability"
+
+[quick]
+backbones = ["resnet18", { arch = "resnet18", checkpoint = "my.safetensors" }]
+poolings = ["gap", "ca"]
+methods = ["layer-cam", "x-grad-cam"]
+metrics = ["average-drop", "insertion"]
+layer = 3
+protocol = { class = "predicted" }
+"#;
+
+fn refusal(text: &str) -> String {
+    format!("{:#}", Spec::parse(text, Path::new("experiments/mine.toml")).unwrap_err())
+}
+
+#[test]
+fn an_interpretability_experiment_parses_into_typed_values() {
+    let spec = Spec::parse(INTERPRETABILITY, Path::new("experiments/mine.toml")).unwrap();
+    let s = spec.settings(Profile::Quick).unwrap();
+    assert_eq!(spec.target, Target::Interpretability);
+    let methods: Vec<_> = s.methods.iter().map(|m| *m.get_ref()).collect();
+    assert_eq!(methods, [castream_cam::Method::LayerCam, castream_cam::Method::XGradCam]);
+    assert_eq!(*s.layer.get_ref(), 3);
+    assert_eq!(s.protocol.protocol().class, castream_cam::TargetClass::Predicted);
+    let names: Vec<String> = s.backbones.iter().map(|b| b.name()).collect();
+    assert_eq!(names, ["resnet18", "my"]);
+}
+
+#[test]
+fn a_bad_list_entry_names_file_line_key_and_valid_values() {
+    let msg = refusal(&INTERPRETABILITY.replace("\"x-grad-cam\"", "\"xgrad\""));
+    assert!(msg.contains("experiments/mine.toml") && msg.contains("line 9"), "{msg}");
+    assert!(msg.contains("unknown CAM method `xgrad`: choose one of cam, grad-cam"), "{msg}");
+    let msg = refusal(&INTERPRETABILITY.replace("\"insertion\"", "\"insert\""));
+    assert!(msg.contains("line 10") && msg.contains("average-drop, average-gain"), "{msg}");
+    // CAM needs the GAP network; with CA alone it applies to nothing listed.
+    let msg = refusal(&INTERPRETABILITY.replace("[\"gap\", \"ca\"]", "[\"ca\"]").replace("\"layer-cam\"", "\"cam\""));
+    assert!(msg.contains("experiments/mine.toml:9: [quick] methods = \"cam\": applies to none of poolings"), "{msg}");
+    assert!(msg.contains("valid here: grad-cam"), "{msg}");
+    let msg = refusal(&INTERPRETABILITY.replace("layer = 3", "layer = 5"));
+    assert!(msg.contains("experiments/mine.toml:11: [quick] layer = 5: not a stage; valid: 1, 2, 3 or 4"), "{msg}");
+    let msg = refusal(&INTERPRETABILITY.replace("\"layer-cam\"", "\"cam\""));
+    assert!(msg.contains("CAM reads the classifier's weights"), "{msg}");
+    let msg = refusal(&INTERPRETABILITY.replace("\"x-grad-cam\"", "\"layer-cam\""));
+    assert!(msg.contains("listed twice"), "{msg}");
+    let msg = refusal(&INTERPRETABILITY.replace("checkpoint = \"my.safetensors\"", "weights = \"my.safetensors\""));
+    assert!(msg.contains("line 7"), "{msg}");
+}
+
+#[test]
+fn keys_a_target_does_not_read_are_refused() {
+    let msg = refusal(&GOOD.replace("images = 8", "images = 8\nmethods = [\"grad-cam\"]").replace("demo", "mine"));
+    assert!(
+        msg.contains("[quick] methods: read only by target = \"interpretability\", not by target = \"data-card\""),
+        "{msg}"
+    );
+}

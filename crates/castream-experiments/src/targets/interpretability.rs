@@ -1,0 +1,165 @@
+//! `target = "interpretability"`: every saliency source of the spec (raw attention, CAM methods,
+//! baselines) on every listed backbone and pooling, scored by the listed metrics on the same test
+//! scenes — with intervals, paired CA − GAP differences, the published values of `paper`, and the
+//! randomisation sanity check with `sanity = true`. Tables 2, 3, 5 and 6 are instances.
+
+use anyhow::Result;
+use castream_cam::{Network, Pooling, PoolingKind, Subject};
+use castream_eval::sanity;
+use castream_eval::{Explained, ModelKey, Source};
+use castream_metrics::Metric;
+use castream_report::scorecard::{Row, Scorecard};
+use castream_zoo::ca::{quick_models, QuickModels};
+
+use super::{shipped_or_pending, test_scenes, RunContext};
+use crate::paper::PaperValues;
+
+/// Scenes per cell unless the spec's `images` says otherwise (fits the 5-minute quick budget).
+pub const DEFAULT_IMAGES: usize = 500;
+
+/// The GAP network or the CA model of `m` at `layer`, with its cell-cache key.
+pub fn explained(m: &QuickModels, pooling: PoolingKind, layer: usize) -> Explained<'_> {
+    let (net, weights) = match pooling {
+        PoolingKind::Gap => (Pooling::Gap(&m.ca.backbone), m.sha256.clone()),
+        PoolingKind::Ca => {
+            let stream = m.stream_file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            (Pooling::Ca(&m.ca), format!("{}+{stream}", m.sha256))
+        }
+    };
+    let key = ModelKey { weights, pooling, layer };
+    Explained { subject: Subject::new(Network { pooling: net, layer }, m.meta.normalisation), key }
+}
+
+pub fn run(ctx: &mut RunContext) -> Result<()> {
+    shipped_or_pending(ctx)?;
+    let s = ctx.settings;
+    let (data, ids) = test_scenes(ctx, DEFAULT_IMAGES)?;
+    let eval = ctx.evaluation(&data.test, &ids);
+    let layer = *s.layer.get_ref();
+    let metrics: Vec<Metric> = s.metrics.iter().map(|m| *m.get_ref()).collect();
+    let methods: Vec<_> = s.methods.iter().map(|m| *m.get_ref()).collect();
+    // Maps that ignore the model, scored by metrics that ignore it too, are one row, not one per pooling.
+    let model_free = metrics.iter().all(|m| m.group() == castream_metrics::metric::Group::Localisation);
+    let (mut rows, mut sanity_rows, mut notes) = (Vec::new(), Vec::new(), Vec::new());
+    for backbone in &s.backbones {
+        let m = quick_models(ctx.root, backbone, &s.stream, &data, &mut None, &ctx.device)?;
+        ctx.record.seeds.insert(format!("stream.{}", m.name), s.stream.train.seed);
+        let models: Vec<Explained> = s.poolings.iter().map(|&p| explained(&m, p, layer)).collect();
+        let attention = s.attention.iter().flat_map(|a| a.expand(&m.ca.stream.config().taps)).map(Source::Attention);
+        let sources: Vec<Source> = attention
+            .chain(methods.iter().map(|&m| Source::Method(m)))
+            .chain(s.baselines.iter().map(|b| b.source()))
+            .collect();
+        for source in sources {
+            let (baseline, single) = (matches!(source, Source::Centre | Source::Random), model_free);
+            for model in models.iter().filter(|e| applies(source, e.key.pooling)).take(if baseline && single {
+                1
+            } else {
+                usize::MAX
+            }) {
+                rows.push(Row {
+                    backbone: m.name.clone(),
+                    method: source.label(),
+                    pooling: if baseline && single { "baseline".into() } else { model.key.pooling.label().into() },
+                    values: eval.run(model, source, &metrics)?,
+                });
+            }
+        }
+        if s.sanity {
+            let norm = m.meta.normalisation;
+            sanity_rows.extend(sanity::check(
+                &m.name,
+                &m.ca,
+                norm,
+                &data.test,
+                &methods,
+                &s.protocol.cam,
+                s.seed,
+                &ctx.device,
+            )?);
+        }
+        notes.push(match &m.manifest {
+            Some(e) => format!(
+                "{}: test accuracy {:.2}% (GAP, manifest); stream validation accuracy {:.2}%.",
+                m.name,
+                100.0 * e.test_accuracy,
+                100.0 * m.stream_val_accuracy
+            ),
+            None => format!("{}: stream validation accuracy {:.2}%.", m.name, 100.0 * m.stream_val_accuracy),
+        });
+    }
+    let side = data.test.config.canvas;
+    notes.push(format!(
+        "Quick profile: the first {} Fashion-MNIST test scenes ({side}x{side}); maps of F_{layer}; {}.",
+        ids.len(),
+        eval.protocol.describe()
+    ));
+    notes.extend(method_notes(s, ids.len()));
+    notes.extend(s.notes.iter().cloned());
+    let paper = match &s.paper {
+        Some(network) => Some(PaperValues::load(ctx.experiments)?.interpretability(network)?.clone()),
+        None => None,
+    };
+    let lookup = |_: &str, method: &str, pooling: &str, metric: Metric| -> Option<f64> {
+        let by_method = paper.as_ref()?;
+        let (_, by_pooling) = by_method.iter().find(|(m, _)| m.name() == method)?;
+        let (_, values) = by_pooling.iter().find(|(p, _)| p.label() == pooling)?;
+        values.get(&metric).copied()
+    };
+    Scorecard {
+        name: &ctx.spec.name,
+        title: &ctx.spec.title,
+        rows: &rows,
+        metrics: &metrics,
+        resamples: s.protocol.resamples,
+        seed: s.seed,
+        paper: paper.is_some().then_some(&lookup as _),
+    }
+    .write(&ids, &notes, ctx.out)?;
+    if s.sanity {
+        castream_report::sanity::write(&sanity_rows, &format!("{}_sanity", ctx.spec.name), ctx.out)?;
+    }
+    Ok(())
+}
+
+/// Raw attention exists in the CA model only, and each method says what it applies to.
+fn applies(source: Source, pooling: PoolingKind) -> bool {
+    match source {
+        Source::Method(m) => m.applies_to(pooling),
+        Source::Attention(_) => pooling == PoolingKind::Ca,
+        Source::Centre | Source::Random => true,
+    }
+}
+
+/// What the footer says of how the maps were made and scored.
+fn method_notes(s: &crate::spec::Settings, n: usize) -> Vec<String> {
+    let mut notes =
+        vec!["Maps: ReLU, per-image min-max, bilinear upsampling; explanation image normalise(denormalise(x)·S)."
+            .to_string()];
+    if s.methods.iter().any(|m| *m.get_ref() == castream_cam::Method::ScoreCam) {
+        notes.push(match s.protocol.cam.channels {
+            None => "Score-CAM scores every channel.".to_string(),
+            Some(c) => format!("Score-CAM scores only the {c} most active channels per image."),
+        });
+    }
+    if s.metrics.iter().any(|m| m.get_ref().group() == castream_metrics::metric::Group::Causal) {
+        notes.push(
+            "Insertion starts from a 5x5 σ=5 Gaussian blur; deletion sets pixels to 0 in normalised space; AUC by the trapezoid rule, x100."
+                .into(),
+        );
+    }
+    if s.metrics.iter().any(|m| m.get_ref().group() == castream_metrics::metric::Group::Localisation) {
+        let side = s.scenes.canvas;
+        notes.push(format!(
+            "PG: % of images whose map peak lies within {:.1} px (15 px at 224, scaled) of the object box. EPG: % of the map's mass \
+             inside the box. IoU: % overlap of the map thresholded at {} x its maximum with the box.",
+            castream_metrics::localisation::pointing_tolerance(side),
+            castream_metrics::localisation::DEFAULT_IOU_THRESHOLD
+        ));
+    }
+    notes.push(format!(
+        "A larger run (`--images 10000`) narrows every interval by about √(10000/{n}) ≈ {:.1}x.",
+        (10000.0 / n.max(1) as f64).sqrt()
+    ));
+    notes
+}

@@ -1,0 +1,158 @@
+//! The metrics' registry: every per-image score a table can report, with its key (as specs spell
+//! it), column name, direction and group. Tables, spec validation and docs/metrics.md read it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// One per-image score; a table cell is its mean. All in percent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "&'static str")]
+pub enum Metric {
+    AverageDrop,
+    AverageGain,
+    AverageIncrease,
+    Insertion,
+    Deletion,
+    Pointing,
+    Energy,
+    Iou,
+}
+
+/// What a metric needs computed: the model's confidence on the explanation image, the
+/// insertion/deletion curves, or the ground-truth object box.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    Confidence,
+    Causal,
+    Localisation,
+}
+
+pub struct MetricInfo {
+    pub metric: Metric,
+    /// The spelling of specs.
+    pub key: &'static str,
+    /// The column name of tables.
+    pub column: &'static str,
+    pub higher_is_better: bool,
+    pub group: Group,
+}
+
+const fn info(metric: Metric, key: &'static str, column: &'static str, up: bool, group: Group) -> MetricInfo {
+    MetricInfo { metric, key, column, higher_is_better: up, group }
+}
+
+/// Every metric, once.
+pub const REGISTRY: [MetricInfo; 8] = [
+    info(Metric::AverageDrop, "average-drop", "AD", false, Group::Confidence),
+    info(Metric::AverageGain, "average-gain", "AG", true, Group::Confidence),
+    info(Metric::AverageIncrease, "average-increase", "AI", true, Group::Confidence),
+    info(Metric::Insertion, "insertion", "I", true, Group::Causal),
+    info(Metric::Deletion, "deletion", "D", false, Group::Causal),
+    info(Metric::Pointing, "pointing-game", "PG", true, Group::Localisation),
+    info(Metric::Energy, "energy-pointing-game", "EPG", true, Group::Localisation),
+    info(Metric::Iou, "iou", "IoU", true, Group::Localisation),
+];
+
+/// The paper's five metrics (tables 2–5).
+pub const PAPER_METRICS: [Metric; 5] =
+    [Metric::AverageDrop, Metric::AverageGain, Metric::AverageIncrease, Metric::Insertion, Metric::Deletion];
+/// Localisation against the ground-truth box (table 6).
+pub const LOCALISATION: [Metric; 3] = [Metric::Pointing, Metric::Energy, Metric::Iou];
+
+/// Per-image values of each metric, in the order of the evaluated images.
+pub type PerImage = BTreeMap<Metric, Vec<f64>>;
+
+impl Metric {
+    pub const ALL: [Metric; REGISTRY.len()] = {
+        let mut all = [Metric::AverageDrop; REGISTRY.len()];
+        let mut i = 0;
+        while i < REGISTRY.len() {
+            all[i] = REGISTRY[i].metric;
+            i += 1;
+        }
+        all
+    };
+
+    pub fn info(self) -> &'static MetricInfo {
+        REGISTRY.iter().find(|e| e.metric == self).expect("every metric is registered (tested)")
+    }
+
+    pub fn key(self) -> &'static str {
+        self.info().key
+    }
+
+    /// The column name of tables.
+    pub fn name(self) -> &'static str {
+        self.info().column
+    }
+
+    pub fn higher_is_better(self) -> bool {
+        self.info().higher_is_better
+    }
+
+    pub fn group(self) -> Group {
+        self.info().group
+    }
+
+    /// `AD↓`, `AG↑`, … for chart titles.
+    pub fn label(self) -> String {
+        format!("{}{}", self.name(), if self.higher_is_better() { "↑" } else { "↓" })
+    }
+
+    /// The keys of every metric, for messages.
+    pub fn keys() -> String {
+        REGISTRY.iter().map(|e| e.key).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+impl FromStr for Metric {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Metric, String> {
+        REGISTRY
+            .iter()
+            .find(|e| e.key == s)
+            .map(|e| e.metric)
+            .ok_or_else(|| format!("unknown metric `{s}`: choose one of {}", Metric::keys()))
+    }
+}
+
+impl TryFrom<String> for Metric {
+    type Error = String;
+    fn try_from(s: String) -> Result<Metric, String> {
+        s.parse()
+    }
+}
+
+impl From<Metric> for &'static str {
+    fn from(m: Metric) -> &'static str {
+        m.key()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_registered_once_and_keys_parse_back() {
+        let mut seen = std::collections::BTreeSet::new();
+        for e in &REGISTRY {
+            assert!(seen.insert(e.metric), "{:?} registered twice", e.metric);
+            assert_eq!(e.key.parse::<Metric>().unwrap(), e.metric);
+        }
+        assert_eq!(seen.len(), 8);
+        assert!(!Metric::AverageDrop.higher_is_better() && !Metric::Deletion.higher_is_better());
+        assert_eq!(Metric::Insertion.label(), "I↑");
+        let err = "avg-drop".parse::<Metric>().unwrap_err();
+        assert!(err.contains("average-drop, average-gain"), "{err}");
+    }
+}

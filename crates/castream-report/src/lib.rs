@@ -1,0 +1,14 @@
+//! The report layer: what a run writes. Tables (`tables`: DataFrame → CSV, Parquet, Markdown with
+//! paper / ours / Δ columns), charts and picture grids (`charts`, `grid`, plotters with a bundled
+//! font), interpretability scorecards with intervals and paired comparisons (`scorecard`), the
+//! sanity table (`sanity`) and the run record `run.json` (`record`). Only this crate links polars
+//! and plotters.
+
+pub mod charts;
+pub mod diagram;
+pub mod grid;
+pub mod overlay;
+pub mod record;
+pub mod sanity;
+pub mod scorecard;
+pub mod tables;
