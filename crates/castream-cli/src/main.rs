@@ -261,3 +261,23 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every registered method and pooling parses from its key on the command line.
+    #[test]
+    fn every_registry_key_round_trips_through_the_command_line() {
+        for method in Method::ALL {
+            for pooling in PoolingKind::ALL {
+                let args =
+                    ["castream", "explain", "--scenes", "0", "--method", method.key(), "--pooling", pooling.key()];
+                let Command::Explain(a) = Cli::try_parse_from(args).unwrap().command else { panic!("not explain") };
+                assert_eq!((a.method, a.pooling), (vec![method], vec![pooling]));
+            }
+        }
+        let err = Cli::try_parse_from(["castream", "explain", "--scenes", "0", "--method", "gradcam"]).err().unwrap();
+        assert!(err.to_string().contains("grad-cam, "), "{err}");
+    }
+}

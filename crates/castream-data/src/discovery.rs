@@ -254,6 +254,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "hub")]
     fn hub_cache_is_used_before_system_dirs() {
         let (cache, sys, files) = (tempfile::tempdir().unwrap(), dataset_dir(), dataset_dir());
         let repo = HubRepo::new("someone/fashion-idx", RepoKind::Dataset);

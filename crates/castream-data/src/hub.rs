@@ -55,6 +55,7 @@ impl HubRepo {
 
     /// Resolves `filename` (relative to `subdir`) to a local path. `cache_dir` overrides hf-hub's
     /// default cache location.
+    #[cfg(feature = "hub")]
     pub fn fetch(&self, filename: &str, access: HubAccess, cache_dir: Option<&Path>) -> Result<PathBuf> {
         let (owner, name) = self.repo.split_once('/').ok_or_else(|| DataError::Config {
             field: "repo".into(),
@@ -85,6 +86,15 @@ impl HubRepo {
         };
         result.map_err(|e| DataError::Hub(format!("{}@{}: {path}: {e}", self.repo, self.revision)))
     }
+
+    /// Without the `hub` feature there is no hf-hub client: the look-up is refused, saying why.
+    #[cfg(not(feature = "hub"))]
+    pub fn fetch(&self, filename: &str, _: HubAccess, _: Option<&Path>) -> Result<PathBuf> {
+        Err(DataError::Hub(format!(
+            "{}: {filename}: this build has no hf-hub client; Fix: enable castream-data's `hub` feature",
+            self.repo
+        )))
+    }
 }
 
 /// Places `bytes` in hf-hub's cache layout under `cache` as a download of `filename` from `repo`
@@ -107,7 +117,7 @@ pub fn put_in_cache(cache: &Path, repo: &HubRepo, filename: &str, bytes: &[u8]) 
     Ok(file)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "hub"))]
 mod tests {
     use super::*;
 

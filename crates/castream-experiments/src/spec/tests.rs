@@ -151,3 +151,35 @@ fn keys_a_target_does_not_read_are_refused() {
         "{msg}"
     );
 }
+
+/// Every registered method, pooling and metric key parses back from a spec, and docs/cam.md and
+/// docs/metrics.md document each of them.
+#[test]
+fn every_registry_key_round_trips_through_the_spec_parser_and_is_documented() {
+    use castream_cam::{Method, PoolingKind};
+    use castream_metrics::Metric;
+    let quote = |keys: Vec<&str>| keys.iter().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", ");
+    let text = format!(
+        "name = \"all\"\ntitle = \"t\"\ntarget = \"interpretability\"\n[quick]\npoolings = [{}]\nmethods = [{}]\nmetrics = [{}]\n",
+        quote(PoolingKind::ALL.iter().map(|p| p.key()).collect()),
+        quote(Method::ALL.iter().map(|m| m.key()).collect()),
+        quote(Metric::ALL.iter().map(|m| m.key()).collect()),
+    );
+    let spec = Spec::parse(&text, Path::new("all.toml")).unwrap();
+    let s = spec.settings(Profile::Quick).unwrap();
+    assert_eq!(s.poolings, PoolingKind::ALL);
+    assert_eq!(s.methods.iter().map(|m| *m.get_ref()).collect::<Vec<_>>(), Method::ALL);
+    assert_eq!(s.metrics.iter().map(|m| *m.get_ref()).collect::<Vec<_>>(), Metric::ALL);
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
+    let cam = std::fs::read_to_string(docs.join("cam.md")).unwrap();
+    for m in Method::ALL {
+        assert!(cam.contains(&format!("`{}`", m.key())), "docs/cam.md does not document `{}`", m.key());
+    }
+    for p in PoolingKind::ALL {
+        assert!(cam.contains(&format!("`{}`", p.key())), "docs/cam.md does not document pooling `{}`", p.key());
+    }
+    let metrics = std::fs::read_to_string(docs.join("metrics.md")).unwrap();
+    for m in Metric::ALL {
+        assert!(metrics.contains(&format!("`{}`", m.key())), "docs/metrics.md does not document `{}`", m.key());
+    }
+}
