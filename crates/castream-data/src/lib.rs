@@ -14,6 +14,7 @@ pub mod error;
 pub mod hub;
 pub mod idx;
 pub mod image_folder;
+pub mod keyed;
 pub mod labelled;
 pub mod normalise;
 pub mod progress;

@@ -81,10 +81,10 @@ fn run_spec(spec: &Spec, opts: &Options) -> Result<(PathBuf, f64)> {
     }
     let target = serde_json::to_value(spec.target)?.as_str().unwrap_or_default().to_string();
     let mut record =
-        RunRecord::new(&spec.name, &spec.path, &target, opts.profile.name(), serde_json::to_value(&settings)?);
+        RunRecord::new(&spec.name, &spec.path, &target, opts.profile.key(), serde_json::to_value(&settings)?);
     record.overrides = overrides;
     record.device = opts.device.to_string();
-    let staged = StagedDir::begin(&opts.results.join(opts.profile.name()).join(&spec.name))?;
+    let staged = StagedDir::begin(&opts.results.join(opts.profile.key()).join(&spec.name))?;
     let started = Instant::now();
     targets::run(&mut RunContext {
         spec,

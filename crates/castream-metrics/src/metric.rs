@@ -2,8 +2,6 @@
 //! it), column name, direction and group. Tables, spec validation and docs/metrics.md read it.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -101,42 +99,9 @@ impl Metric {
     pub fn label(self) -> String {
         format!("{}{}", self.name(), if self.higher_is_better() { "↑" } else { "↓" })
     }
-
-    /// The keys of every metric, for messages.
-    pub fn keys() -> String {
-        REGISTRY.iter().map(|e| e.key).collect::<Vec<_>>().join(", ")
-    }
 }
 
-impl fmt::Display for Metric {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.name())
-    }
-}
-
-impl FromStr for Metric {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Metric, String> {
-        REGISTRY
-            .iter()
-            .find(|e| e.key == s)
-            .map(|e| e.metric)
-            .ok_or_else(|| format!("unknown metric `{s}`: choose one of {}", Metric::keys()))
-    }
-}
-
-impl TryFrom<String> for Metric {
-    type Error = String;
-    fn try_from(s: String) -> Result<Metric, String> {
-        s.parse()
-    }
-}
-
-impl From<Metric> for &'static str {
-    fn from(m: Metric) -> &'static str {
-        m.key()
-    }
-}
+castream_data::keyed!(Metric, "metric", name);
 
 #[cfg(test)]
 mod tests {

@@ -11,9 +11,6 @@ mod raw_attention;
 mod score_cam;
 mod xgrad_cam;
 
-use std::fmt;
-use std::str::FromStr;
-
 use castream_stream::AttentionSelect;
 use serde::{Deserialize, Serialize};
 
@@ -183,43 +180,9 @@ impl Method {
             Needs::Attention => pooling == PoolingKind::Ca,
         }
     }
-
-    /// The keys of every method, for messages.
-    pub fn keys() -> String {
-        REGISTRY.iter().map(|e| e.key).collect::<Vec<_>>().join(", ")
-    }
 }
 
-impl fmt::Display for Method {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.name())
-    }
-}
-
-impl FromStr for Method {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Method, String> {
-        REGISTRY
-            .iter()
-            .find(|e| e.key == s)
-            .map(|e| e.method)
-            .ok_or_else(|| format!("unknown CAM method `{s}`: choose one of {}", Method::keys()))
-    }
-}
-
-impl TryFrom<String> for Method {
-    type Error = String;
-    fn try_from(s: String) -> Result<Method, String> {
-        s.parse()
-    }
-}
-
-impl From<Method> for &'static str {
-    fn from(m: Method) -> &'static str {
-        m.key()
-    }
-}
+castream_data::keyed!(Method, "CAM method", name);
 
 /// How the backbone's last feature map is pooled, as a typed value: the original GAP network or
 /// the same frozen backbone with CA-Stream. [`PoolingKind::ALL`] is the poolings' registry.
@@ -250,34 +213,7 @@ impl PoolingKind {
     }
 }
 
-impl fmt::Display for PoolingKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.label())
-    }
-}
-
-impl FromStr for PoolingKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<PoolingKind, String> {
-        PoolingKind::ALL
-            .into_iter()
-            .find(|p| p.key() == s)
-            .ok_or_else(|| format!("unknown pooling `{s}`: choose `gap` (the original network) or `ca` (CA-Stream)"))
-    }
-}
-
-impl TryFrom<String> for PoolingKind {
-    type Error = String;
-    fn try_from(s: String) -> Result<PoolingKind, String> {
-        s.parse()
-    }
-}
-
-impl From<PoolingKind> for &'static str {
-    fn from(p: PoolingKind) -> &'static str {
-        p.key()
-    }
-}
+castream_data::keyed!(PoolingKind, "pooling", label);
 
 #[cfg(test)]
 mod tests {

@@ -2,9 +2,7 @@
 //! `[paper]` profile. The schema is documented in `docs/specs.md`; unknown keys are rejected so a
 //! typo never silently falls back to a default.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -30,14 +28,17 @@ pub enum Target {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(try_from = "String", into = "&'static str")]
 pub enum Profile {
     Quick,
     Paper,
 }
 
 impl Profile {
-    pub fn name(self) -> &'static str {
+    pub const ALL: [Profile; 2] = [Profile::Quick, Profile::Paper];
+
+    /// The spelling of `--profile`, specs and the results folder.
+    pub fn key(self) -> &'static str {
         match self {
             Profile::Quick => "quick",
             Profile::Paper => "paper",
@@ -45,22 +46,7 @@ impl Profile {
     }
 }
 
-impl fmt::Display for Profile {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Profile {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "quick" => Ok(Profile::Quick),
-            "paper" => Ok(Profile::Paper),
-            other => Err(format!("unknown profile `{other}`: use `quick` or `paper`")),
-        }
-    }
-}
+castream_data::keyed!(Profile, "profile", key);
 
 /// A whole spec file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
