@@ -7,7 +7,14 @@ use std::process::{Command, ExitCode};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let root = workspace_root();
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let Some(root) = workspace_root(&cwd) else {
+        eprintln!(
+            "xtask: no castream workspace (a Cargo.toml with [workspace] and xtask/) at or above {}",
+            cwd.display()
+        );
+        return ExitCode::FAILURE;
+    };
     let status = match args.first().map(String::as_str) {
         None | Some("help" | "--help" | "-h") => {
             println!(
@@ -37,6 +44,39 @@ fn main() -> ExitCode {
     }
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace root").to_path_buf()
+/// The workspace `cargo xtask` was run in: the nearest folder at or above `start` holding a
+/// `Cargo.toml` with `[workspace]` and this `xtask/`. Found at run time, so a copied or moved
+/// checkout acts on itself, never on the tree the binary was first built in.
+fn workspace_root(start: &Path) -> Option<PathBuf> {
+    start
+        .ancestors()
+        .find(|dir| {
+            dir.join("xtask/Cargo.toml").is_file()
+                && std::fs::read_to_string(dir.join("Cargo.toml"))
+                    .is_ok_and(|t| t.lines().any(|l| l.trim() == "[workspace]"))
+        })
+        .map(Path::to_path_buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_root_is_the_nearest_workspace_above_the_current_folder() {
+        let base = std::env::temp_dir().join(format!("xtask-root-{}", std::process::id()));
+        let (a, b) = (base.join("a"), base.join("a/copy"));
+        for root in [&a, &b] {
+            std::fs::create_dir_all(root.join("xtask")).unwrap();
+            std::fs::create_dir_all(root.join("crates/x/src")).unwrap();
+            std::fs::write(root.join("Cargo.toml"), "[workspace]\nmembers = []\n").unwrap();
+            std::fs::write(root.join("xtask/Cargo.toml"), "[package]\n").unwrap();
+        }
+        assert_eq!(workspace_root(&a.join("crates/x/src")), Some(a.clone()));
+        assert_eq!(workspace_root(&b.join("crates/x")), Some(b.clone()), "a copy inside acts on itself");
+        assert_eq!(workspace_root(&b), Some(b.clone()));
+        std::fs::write(base.join("Cargo.toml"), "[package]\nname = \"p\"\n").unwrap();
+        assert_eq!(workspace_root(&base), None);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }
