@@ -6,7 +6,9 @@ use std::process::Command;
 const TRACKED: [&str; 7] = ["candle-core", "candle-nn", "safetensors", "hf-hub", "polars", "plotters", "image"];
 
 fn main() {
-    let lock = concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.lock");
+    // Read at run time: a build script compiled for another checkout must not read that one's lock file.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+    let lock = format!("{manifest_dir}/../../Cargo.lock");
     println!("cargo:rerun-if-changed={lock}");
     let text = std::fs::read_to_string(lock).unwrap_or_default();
     let mut versions = Vec::new();

@@ -24,15 +24,10 @@ impl<'a> Pooling<'a> {
         }
     }
 
-    pub fn is_ca(&self) -> bool {
-        matches!(self, Pooling::Ca(_))
-    }
-
     pub fn kind(&self) -> PoolingKind {
-        if self.is_ca() {
-            PoolingKind::Ca
-        } else {
-            PoolingKind::Gap
+        match self {
+            Pooling::Gap(_) => PoolingKind::Gap,
+            Pooling::Ca(_) => PoolingKind::Ca,
         }
     }
 }
@@ -65,7 +60,7 @@ impl CamModel for Network<'_> {
         let mut context = Vec::new();
         let mut f = net.stem(x, false)?;
         for l in 1..=self.layer {
-            if self.pooling.is_ca() {
+            if self.pooling.kind() == PoolingKind::Ca {
                 context.push(f.detach());
             }
             f = net.stage(l, &f, false)?;

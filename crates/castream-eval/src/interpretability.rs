@@ -36,6 +36,16 @@ pub enum Source {
 }
 
 impl Source {
+    /// Whether the source has a map for this pooling: each method says what it applies to, raw
+    /// attention exists in the CA model only, baselines ignore the model.
+    pub fn applies_to(&self, pooling: PoolingKind) -> bool {
+        match self {
+            Source::Method(m) => m.applies_to(pooling),
+            Source::Attention(_) => pooling == PoolingKind::Ca,
+            Source::Centre | Source::Random => true,
+        }
+    }
+
     pub fn label(&self) -> String {
         match self {
             Source::Method(m) => m.to_string(),

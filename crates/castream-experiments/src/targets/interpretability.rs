@@ -51,16 +51,13 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             .chain(s.baselines.iter().map(|b| b.source()))
             .collect();
         for source in sources {
-            let (baseline, single) = (matches!(source, Source::Centre | Source::Random), model_free);
-            for model in models.iter().filter(|e| applies(source, e.key.pooling)).take(if baseline && single {
-                1
-            } else {
-                usize::MAX
-            }) {
+            let one_row = model_free && matches!(source, Source::Centre | Source::Random);
+            let applicable = models.iter().filter(|e| source.applies_to(e.key.pooling));
+            for model in applicable.take(if one_row { 1 } else { usize::MAX }) {
                 rows.push(Row {
                     backbone: m.name.clone(),
                     method: source.label(),
-                    pooling: if baseline && single { "baseline".into() } else { model.key.pooling.label().into() },
+                    pooling: if one_row { "baseline".into() } else { model.key.pooling.label().into() },
                     values: eval.run(model, source, &metrics)?,
                 });
             }
@@ -120,15 +117,6 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         castream_report::sanity::write(&sanity_rows, &format!("{}_sanity", ctx.spec.name), ctx.out)?;
     }
     Ok(())
-}
-
-/// Raw attention exists in the CA model only, and each method says what it applies to.
-fn applies(source: Source, pooling: PoolingKind) -> bool {
-    match source {
-        Source::Method(m) => m.applies_to(pooling),
-        Source::Attention(_) => pooling == PoolingKind::Ca,
-        Source::Centre | Source::Random => true,
-    }
 }
 
 /// What the footer says of how the maps were made and scored.
