@@ -36,11 +36,43 @@ fn main() -> ExitCode {
     };
     match status {
         Ok(s) if s.success() => ExitCode::SUCCESS,
-        Ok(s) => ExitCode::from(s.code().unwrap_or(1).clamp(1, 255) as u8),
+        Ok(s) => match (s.code(), killed_by(&s)) {
+            (Some(code), _) => ExitCode::from(code.clamp(1, 255) as u8),
+            (None, Some(signal)) => {
+                eprintln!("xtask: the command was killed by signal {signal} ({})", signal_name(signal));
+                ExitCode::from((128 + signal).clamp(1, 255) as u8)
+            }
+            (None, None) => ExitCode::FAILURE,
+        },
         Err(e) => {
             eprintln!("xtask: cannot start command: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The signal that ended a child process, if one did (Unix).
+fn killed_by(status: &std::process::ExitStatus) -> Option<i32> {
+    #[cfg(unix)]
+    {
+        std::os::unix::process::ExitStatusExt::signal(status)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = status;
+        None
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT, Ctrl-C",
+        6 => "SIGABRT",
+        9 => "SIGKILL: out of memory, or killed",
+        11 => "SIGSEGV",
+        15 => "SIGTERM",
+        _ => "see `kill -l`",
     }
 }
 
@@ -78,5 +110,15 @@ mod tests {
         std::fs::write(base.join("Cargo.toml"), "[package]\nname = \"p\"\n").unwrap();
         assert_eq!(workspace_root(&base), None);
         std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn a_child_killed_by_a_signal_is_reported_as_such() {
+        let status = Command::new("sh").args(["-c", "kill -9 $$"]).status().unwrap();
+        assert_eq!(status.code(), None);
+        assert_eq!(killed_by(&status), Some(9));
+        assert!(signal_name(9).contains("SIGKILL"));
+        assert_eq!(killed_by(&Command::new("true").status().unwrap()), None);
     }
 }

@@ -151,13 +151,26 @@ impl BackboneConfig {
         }
     }
 
+    /// Most classifier outputs a config may ask for (ImageNet-21k has 21,843).
+    pub const MAX_CLASSES: usize = 100_000;
+    /// Widest first stage a config may ask for (twice ConvNeXt-B's 128; ResNet-50 at 256 already
+    /// has about 16 times its 25.6M parameters).
+    pub const MAX_BASE_WIDTH: usize = 256;
+
+    /// The valid values (docs/specs.md, "Valid ranges"): `num_classes` 1 to [`Self::MAX_CLASSES`],
+    /// `base_width` 1 to [`Self::MAX_BASE_WIDTH`], ConvNeXt depths at least 1, ConvNeXt-only
+    /// options on ConvNeXt only. Checked before any tensor is allocated.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |field, reason: String| Err(ConfigError { field, reason });
-        if self.num_classes == 0 {
-            return err("num_classes", "must be at least 1".into());
-        }
-        if self.base_width == Some(0) {
-            return err("base_width", "must be at least 1".into());
+        let range = |field: &'static str, value: usize, max: usize, example: usize| {
+            castream_data::valid::in_range(field, value, 1..=max, example).map_err(|e| ConfigError {
+                field,
+                reason: format!("{} is out of range; valid: {}. Fix: e.g. {field} = {}", e.value, e.valid, e.example),
+            })
+        };
+        range("num_classes", self.num_classes, Self::MAX_CLASSES, 1000)?;
+        if let Some(width) = self.base_width {
+            range("base_width", width, Self::MAX_BASE_WIDTH, self.arch.default_base_width())?;
         }
         if let Some(depths) = self.depths {
             if self.arch.is_resnet() {
@@ -234,6 +247,20 @@ mod tests {
         assert_eq!(c.base_width(), 96);
         let bad = serde_json::from_str::<BackboneConfig>(r#"{"arch":"resnet18","num_classes":10,"widht":3}"#);
         assert!(bad.unwrap_err().to_string().contains("widht"));
+    }
+
+    #[test]
+    fn widths_and_class_counts_out_of_range_name_value_and_range() {
+        let mut c = BackboneConfig::new(Arch::Resnet18, 10);
+        c.base_width = Some(100_000);
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(msg.contains("`base_width`: 100000 is out of range; valid: 1 to 256"), "{msg}");
+        c.base_width = Some(0);
+        assert!(c.validate().unwrap_err().to_string().contains("valid: 1 to 256"));
+        c.base_width = Some(256);
+        c.num_classes = 1_000_000_000_000;
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(msg.contains("`num_classes`: 1000000000000 is out of range; valid: 1 to 100000"), "{msg}");
     }
 
     #[test]

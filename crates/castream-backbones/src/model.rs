@@ -148,6 +148,7 @@ impl Model {
         })?;
         let meta: CheckpointMeta = serde_json::from_str(&text)
             .with_context(|| format!("{}: invalid checkpoint sidecar", sidecar.display()))?;
+        meta.config.validate().with_context(|| format!("{}: invalid checkpoint sidecar", sidecar.display()))?;
         let model = Model::build(meta.config.clone(), None, device)?;
         load_into(&model.vars, path, &model.config.describe())?;
         Ok((model, meta))

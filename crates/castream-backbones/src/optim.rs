@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
+use castream_data::valid::{in_interval, in_range, OutOfRange};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +27,40 @@ impl OptimizerConfig {
 
     pub fn adamw(lr: f64, weight_decay: f64) -> OptimizerConfig {
         OptimizerConfig::AdamW { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay }
+    }
+
+    /// The valid ranges (docs/specs.md, "Valid ranges"): `lr` in (0, 10], `beta1`, `beta2` and
+    /// `momentum` in [0, 1), `eps` in (0, 1], `weight_decay` in [0, 1]; NaN and infinities never.
+    pub fn validate(&self) -> std::result::Result<(), OutOfRange> {
+        in_interval("lr", self.lr(), (0.0, false), (10.0, true), 3e-3)?;
+        match *self {
+            OptimizerConfig::AdamW { beta1, beta2, eps, weight_decay, .. } => {
+                in_interval("beta1", beta1, (0.0, true), (1.0, false), 0.9)?;
+                in_interval("beta2", beta2, (0.0, true), (1.0, false), 0.999)?;
+                in_interval("eps", eps, (0.0, false), (1.0, true), 1e-8)?;
+                in_interval("weight_decay", weight_decay, (0.0, true), (1.0, true), 0.05)
+            }
+            OptimizerConfig::Sgd { momentum, weight_decay, .. } => {
+                in_interval("momentum", momentum, (0.0, true), (1.0, false), 0.9)?;
+                in_interval("weight_decay", weight_decay, (0.0, true), (1.0, true), 1e-4)
+            }
+        }
+    }
+}
+
+impl crate::train::TrainConfig {
+    /// Most epochs a run may ask for.
+    pub const MAX_EPOCHS: usize = 10_000;
+    /// Largest batch.
+    pub const MAX_BATCH_SIZE: usize = 65_536;
+
+    /// The valid ranges (docs/specs.md, "Valid ranges"): `epochs` 1 to [`Self::MAX_EPOCHS`],
+    /// `batch_size` 1 to [`Self::MAX_BATCH_SIZE`], and the optimizer's
+    /// ([`OptimizerConfig::validate`]). Kept beside the optimizer's ranges (train.rs holds the loop).
+    pub fn validate(&self) -> std::result::Result<(), OutOfRange> {
+        in_range("epochs", self.epochs, 1..=Self::MAX_EPOCHS, 10)?;
+        in_range("batch_size", self.batch_size, 1..=Self::MAX_BATCH_SIZE, 128)?;
+        self.optimizer.validate().map_err(|e| e.within("optimizer"))
     }
 }
 

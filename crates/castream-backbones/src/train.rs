@@ -142,9 +142,10 @@ pub fn train(
     resume: bool,
     progress: &mut dyn Progress,
 ) -> Result<Vec<EpochReport>> {
-    if task.is_empty() || config.batch_size == 0 {
-        bail!("training needs at least one example and a batch size of at least 1");
+    if task.is_empty() {
+        bail!("training needs at least one example");
     }
+    config.validate().map_err(|e| anyhow::anyhow!("training config: {e}"))?;
     let mut optimizer = Optimizer::new(config.optimizer.clone(), task.trainable_vars());
     let (mut history, first_epoch) = if resume {
         let state = restore(task, &mut optimizer, run_dir)?;

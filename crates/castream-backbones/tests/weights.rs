@@ -217,3 +217,26 @@ fn saving_with_meta_of_another_model_is_refused() {
     assert!(err.contains("resnet50") && err.contains("resnet18"), "{err}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// A sidecar edited to `base_width = 100000` is refused, naming the file, the value and the range,
+/// before the network (trillions of parameters) is allocated.
+#[test]
+fn a_sidecar_with_an_impossible_width_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Model::new(tiny(Arch::Resnet18), 0, &Device::Cpu).unwrap();
+    let meta = CheckpointMeta {
+        config: model.config.clone(),
+        classes: vec![],
+        normalisation: Normalisation::IMAGENET,
+        extra: serde_json::Value::Null,
+    };
+    let path = dir.path().join("wide.safetensors");
+    model.save(&path, &meta).unwrap();
+    let sidecar = dir.path().join("wide.safetensors.json");
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&sidecar).unwrap()).unwrap();
+    json["config"]["base_width"] = serde_json::json!(100_000);
+    std::fs::write(&sidecar, serde_json::to_string(&json).unwrap()).unwrap();
+    let msg = format!("{:#}", Model::load(&path, &Device::Cpu).err().unwrap());
+    assert!(msg.contains(&sidecar.display().to_string()), "{msg}");
+    assert!(msg.contains("`base_width`: 100000 is out of range; valid: 1 to 256") && msg.contains("Fix:"), "{msg}");
+}

@@ -2,7 +2,7 @@
 //! of the quick profile's Fashion-MNIST test scenes, one PNG per image, pooling and method,
 //! optionally with a colour bar. The CLI only parses arguments; everything else is here.
 
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -11,6 +11,7 @@ use candle_core::{Tensor, D};
 use castream_backbones::{CheckpointMeta, Model, Stem};
 use castream_cam::{explain, overlay, Pooling, PoolingKind, Subject};
 use castream_data::image_folder::{load_image, EvalTransform};
+use castream_data::valid::in_range;
 use castream_data::{DataError, Normalisation};
 use castream_stream::CaModel;
 
@@ -169,14 +170,36 @@ pub fn validate(opts: &ExplainOptions) -> Result<()> {
     if let (Input::Image(path), Some(ClassChoice::GroundTruth)) = (&opts.input, opts.class) {
         bail!("--class ground-truth with --image {}: an image file has no label. Fix: use --class predicted or --class <index>, or --scenes", path.display());
     }
-    ensure!(opts.method_options.chunk > 0, "--chunk must be at least 1 (masked images per forward pass)");
-    ensure!(
-        opts.method_options.channels != Some(0),
-        "--channels must be at least 1 (or left out to score every channel)"
-    );
-    ensure!(opts.size != Some(0), "--size must be at least 1 pixel");
-    ensure!(opts.scale != Some(0), "--scale must be at least 1");
+    opts.method_options.validate().map_err(|e| anyhow!("{}", e.as_flag(&format!("--{}", e.key))))?;
+    if let Some(size) = opts.size {
+        in_range("size", size, SIZES, 224).map_err(|e| anyhow!("{}", e.as_flag("--size")))?;
+    }
+    if let Some(scale) = opts.scale {
+        in_range("scale", scale, SCALES, 4).map_err(|e| anyhow!("{}", e.as_flag("--scale")))?;
+    }
     Ok(())
+}
+
+/// `--size`: an input side from 32 px (the ImageNet stem's last stage is then 1x1) to 1024 px.
+pub const SIZES: RangeInclusive<usize> = 32..=1024;
+/// `--scale`: screen pixels per image pixel, 1 to 64 ...
+pub const SCALES: RangeInclusive<usize> = 1..=64;
+/// ... and at most this many pixels on an overlay's side (`side x scale`).
+pub const MAX_OVERLAY_SIDE: usize = 4096;
+
+/// The screen pixels per image pixel for an input of `side` pixels: `--scale`, else
+/// `max(1, 256 / side)`; refused when the overlay would exceed [`MAX_OVERLAY_SIDE`].
+fn overlay_scale(scale: Option<usize>, side: usize) -> Result<usize> {
+    let scale = scale.unwrap_or((256 / side).max(1));
+    ensure!(
+        side * scale <= MAX_OVERLAY_SIDE,
+        "--scale {scale}: a {side} px input would give overlays of {} px; valid: at most {MAX_OVERLAY_SIDE} px a side \
+         (scale 1 to {} here). Fix: e.g. --scale {}",
+        side * scale,
+        (MAX_OVERLAY_SIDE / side).max(1),
+        (MAX_OVERLAY_SIDE / side).clamp(1, (256 / side).max(1))
+    );
+    Ok(scale)
 }
 
 /// The network(s) explained.
@@ -257,6 +280,13 @@ pub fn run(root: &Path, opts: &ExplainOptions) -> Result<Vec<Written>> {
     let (items, side) = match &opts.input {
         Input::Image(path) => {
             let side = opts.size.unwrap_or_else(|| input_size(&meta));
+            ensure!(
+                SIZES.contains(&side),
+                "the checkpoint's input size ({side} px, from its sidecar's `extra`) is out of range; valid: {} to {} px. \
+                 Fix: give --size, e.g. --size 224",
+                SIZES.start(),
+                SIZES.end()
+            );
             let identity = Normalisation { mean: [0.0; 3], std: [1.0; 3] };
             let rgb =
                 load_image(path, EvalTransform::Squash { size: side as u32 }, &identity).map_err(|e| match e {
@@ -303,7 +333,7 @@ pub fn run(root: &Path, opts: &ExplainOptions) -> Result<Vec<Written>> {
         Input::Image(_) => ClassChoice::Predicted,
         Input::Scenes(_) => ClassChoice::GroundTruth,
     });
-    let scale = opts.scale.unwrap_or((256 / side).max(1));
+    let scale = overlay_scale(opts.scale, side)?;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("--out {}: cannot create the folder", opts.out.display()))?;
     for &p in &opts.poolings {

@@ -7,8 +7,8 @@ use anyhow::Result;
 use castream_cam::{Method, PoolingKind};
 use castream_cli::explain::{self, ClassChoice, ExplainOptions, Input, ModelSource, SceneRange};
 use castream_data::DeviceChoice;
-use castream_experiments::runner::{self, Options, Outcome};
-use castream_experiments::spec::{available_specs, Profile, Spec};
+use castream_experiments::runner::{self, Listing, Options, Outcome, Readiness};
+use castream_experiments::spec::Profile;
 use castream_zoo::quick::TrainOptions;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
@@ -79,7 +79,8 @@ enum Command {
     /// Write jet overlays of CAM methods for an image file or quick test scenes, and print each
     /// image's prediction.
     Explain(ExplainArgs),
-    /// List the specs with their titles and profiles.
+    /// List the specs with their titles and, per profile, whether each can run now (and if not,
+    /// what it needs); invalid specs are listed with their error.
     List {
         #[arg(long, default_value = "experiments")]
         experiments: PathBuf,
@@ -180,6 +181,12 @@ fn main() -> ExitCode {
         // SAFETY: sets one of mimalloc's options, which it allows at any time.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     }
+    // Ctrl-C or a termination signal: the run's staging folder goes, published results stay.
+    let _ = ctrlc::set_handler(|| {
+        castream_data::atomic::abandon_all();
+        eprintln!("interrupted: this run's unpublished files are removed; published results are unchanged");
+        std::process::exit(130);
+    });
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -249,14 +256,26 @@ fn run(cli: Cli) -> Result<()> {
             explain::run(Path::new("."), &opts).map(|_| ())
         }
         Command::List { experiments } => {
-            for name in available_specs(&experiments) {
-                let spec = Spec::load(&experiments.join(format!("{name}.toml")))?;
-                let profiles: Vec<&str> = [("quick", &spec.quick), ("paper", &spec.paper)]
-                    .into_iter()
-                    .filter_map(|(p, s)| s.as_ref().map(|_| p))
-                    .collect();
-                println!("{name:<10} {:<45} profiles: {}", spec.title, profiles.join(", "));
+            let mut invalid = 0;
+            for Listing { name, spec } in runner::list(Path::new("."), &experiments) {
+                match spec {
+                    Ok((spec, readiness)) => {
+                        println!("{name:<12} {}", spec.title);
+                        for (profile, r) in readiness {
+                            match r {
+                                Readiness::Ready => println!("{:<12}   {profile}: can run", ""),
+                                Readiness::Pending(p) => println!("{:<12}   {profile}: pending, needs {}", "", p.needs),
+                                Readiness::Undefined => {}
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        invalid += 1;
+                        println!("{name:<12} INVALID: {e:#}");
+                    }
+                }
             }
+            anyhow::ensure!(invalid == 0, "{invalid} spec(s) in {} are invalid (listed above)", experiments.display());
             Ok(())
         }
     }

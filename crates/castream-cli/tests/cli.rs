@@ -3,6 +3,8 @@
 use std::path::Path;
 use std::process::Command;
 
+use sha2::Digest;
+
 fn repository() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -28,9 +30,7 @@ fn a_pending_target_says_what_it_needs_and_fails() {
     assert!(!ok);
     assert!(text.contains("table3: not yet available: needs"), "{text}");
     // The profile folder may exist; nothing may be inside it, not even a staging folder.
-    let quick = results.join("quick");
-    let written = if quick.exists() { std::fs::read_dir(&quick).unwrap().count() } else { 0 };
-    assert_eq!(written, 0, "a pending target wrote something");
+    assert_eq!(written(&results), 0, "a pending target wrote something");
 }
 
 #[test]
@@ -54,7 +54,10 @@ fn list_shows_every_spec_with_its_profiles() {
     for name in ["data-card", "table1", "table6", "figure4"] {
         assert!(text.contains(name), "{name} missing from: {text}");
     }
-    assert!(text.contains("Saliency grid") && text.contains("profiles: quick, paper"), "{text}");
+    assert!(
+        text.contains("Saliency grid") && text.contains("quick: can run") && text.contains("paper: pending"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -107,7 +110,7 @@ fn a_user_written_experiment_runs_from_the_cli() {
     std::fs::write(experiments.join("stage3-cams.toml"), spec + stream).unwrap();
     let (ok, text) = castream_in(root.path(), &["reproduce", "stage3-cams", "--images", "6"]);
     assert!(ok, "{text}");
-    let dir = root.path().join("results/quick/stage3-cams");
+    let dir = root.path().join("results/quick/stage3-cams@images=6");
     let csv = std::fs::read_to_string(dir.join("stage3-cams.csv")).unwrap();
     let rows: Vec<&str> = csv.lines().skip(1).collect();
     // Two backbones x two methods x two poolings.
@@ -143,4 +146,265 @@ fn a_bad_spec_entry_is_refused_with_file_line_key_and_valid_values() {
         assert!(text.contains("line") || text.contains(".toml:"), "no line in: {text}");
         assert!(!root.path().join("results").exists(), "{to}: wrote results");
     }
+}
+
+/// A refusal as the user meets it: a failing exit, the expected text, no panic or backtrace.
+fn assert_refused(ok: bool, text: &str, expected: &[&str]) {
+    assert!(!ok, "accepted: {text}");
+    for e in expected {
+        assert!(text.contains(e), "missing `{e}` in: {text}");
+    }
+    assert!(!text.contains("panicked") && !text.contains("backtrace"), "{text}");
+}
+
+#[test]
+fn explain_refuses_an_input_size_out_of_range() {
+    let (ok, text) = castream(&["explain", "--image", "no/such/picture.png", "--size", "20000"]);
+    assert_refused(ok, &text, &["--size 20000: out of range; valid: 32 to 1024", "Fix: e.g. --size 224"]);
+    let (ok, text) = castream(&["explain", "--image", "no/such/picture.png", "--size", "4"]);
+    assert_refused(ok, &text, &["--size 4: out of range; valid: 32 to 1024"]);
+}
+
+#[test]
+fn explain_refuses_a_scale_out_of_range() {
+    let (ok, text) = castream(&["explain", "--image", "no/such/picture.png", "--scale", "1100"]);
+    assert_refused(ok, &text, &["--scale 1100: out of range; valid: 1 to 64", "Fix: e.g. --scale 4"]);
+    let (ok, text) = castream(&["explain", "--image", "no/such/picture.png", "--channels", "0"]);
+    assert_refused(ok, &text, &["--channels 0: out of range; valid: 1 to 8192", "Fix:"]);
+}
+
+#[test]
+fn reproduce_refuses_zero_images_from_the_command_line() {
+    let results = tempfile::tempdir().unwrap();
+    let (ok, text) =
+        castream(&["reproduce", "data-card", "--images", "0", "--results", results.path().to_str().unwrap()]);
+    assert_refused(ok, &text, &["--images 0: out of range; valid: at least 1", "Fix: e.g. --images 8"]);
+    assert_eq!(written(results.path()), 0, "wrote results");
+}
+
+/// Entries in `<results>/quick`: a refused run leaves none, not even a staging folder.
+fn written(results: &Path) -> usize {
+    entries(&results.join("quick")).len()
+}
+
+/// More images than the test split holds: refused once the data is loaded, before any work, naming
+/// `images`, where it was set and the split's size; from `--images` and from the spec.
+#[test]
+fn reproduce_refuses_more_images_than_the_data_holds() {
+    let root = tempfile::tempdir().unwrap();
+    let results = root.path().join("results");
+    let (ok, text) = castream(&["reproduce", "data-card", "--images", "20000", "--results", results.to_str().unwrap()]);
+    assert_refused(
+        ok,
+        &text,
+        &["--images 20000: out of range; valid: 1 to 10000 (the Fashion-MNIST test split has 10000 images)"],
+    );
+    let experiments = root.path().join("experiments");
+    std::fs::create_dir(&experiments).unwrap();
+    let spec = std::fs::read_to_string(repository().join("experiments/data-card.toml")).unwrap();
+    std::fs::write(experiments.join("data-card.toml"), spec.replace("images = 32", "images = 20000")).unwrap();
+    let (ok, text) = castream_in(root.path(), &["reproduce", "data-card"]);
+    assert_refused(
+        ok,
+        &text,
+        &[
+            "experiments/data-card.toml: [quick] images = 20000: out of range; valid: 1 to 10000",
+            "Fix: e.g. images = 10000",
+        ],
+    );
+    assert_eq!(written(&results), 0, "wrote results");
+}
+
+/// Spec values the parser accepts and the method cannot use, run through the binary: refused before
+/// any work with `file:line: [profile] key = value`, the valid range and a fix.
+#[test]
+fn reproduce_refuses_spec_values_out_of_range_with_file_line_and_range() {
+    let root = tempfile::tempdir().unwrap();
+    let experiments = root.path().join("experiments");
+    std::fs::create_dir(&experiments).unwrap();
+    let spec = std::fs::read_to_string(repository().join("experiments/examples/stage3-cams.toml")).unwrap();
+    let stream = |epochs: &str, lr: &str, train_images: &str| {
+        format!(
+            "[quick.stream]\ntrain_images = {train_images}\nval_images = 16\ntrain = {{ epochs = {epochs}, batch_size = 32, seed = 0, \
+             optimizer = {{ kind = \"adam-w\", lr = {lr}, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0 }}, \
+             schedule = {{ kind = \"constant\" }} }}\n"
+        )
+    };
+    let cases = [
+        (
+            spec.clone() + &stream("0", "1e-2", "64"),
+            ":20: [quick] stream.train.epochs = 0: out of range; valid: 1 to 10000",
+        ),
+        (spec.clone() + &stream("1", "nan", "64"), ":20: [quick] stream.train.optimizer.lr = NaN: out of range"),
+        (
+            spec.clone() + &stream("1", "-1e-2", "64"),
+            ":20: [quick] stream.train.optimizer.lr = -0.01: out of range; valid: a finite number in (0, 10]",
+        ),
+        (
+            spec.clone() + &stream("1", "1e-2", "0"),
+            ":18: [quick] stream.train_images = 0: out of range; valid: 1 to 60000",
+        ),
+        (
+            spec.clone() + "[quick.protocol]\nresamples = 0\n",
+            ":18: [quick] protocol.resamples = 0: out of range; valid: 1 to 1000000",
+        ),
+        (
+            spec.clone() + "[quick.protocol]\ncam = { channels = 0 }\n",
+            ":18: [quick] protocol.cam.channels = 0: out of range; valid: 1 to 8192",
+        ),
+        (spec.replace("images = 200", "images = 0"), ":11: [quick] images = 0: out of range; valid: at least 1"),
+    ];
+    for (text, expected) in cases {
+        std::fs::write(experiments.join("stage3-cams.toml"), &text).unwrap();
+        let (ok, out) = castream_in(root.path(), &["reproduce", "stage3-cams"]);
+        assert_refused(ok, &out, &[&format!("experiments/stage3-cams.toml{expected}"), "Fix: e.g."]);
+        assert!(!root.path().join("results").exists(), "{text}: wrote results");
+    }
+}
+
+/// Waits (bounded) until a run of `name` has a staging folder under `profile_dir`.
+fn wait_for_staging(profile_dir: &Path, name: &str) {
+    let prefix = format!(".{name}.partial-");
+    for _ in 0..1200 {
+        let found = std::fs::read_dir(profile_dir)
+            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(&prefix)))
+            .unwrap_or(false);
+        if found {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("no staging folder of {name} appeared in {}", profile_dir.display());
+}
+
+/// Entries of `dir` other than the locks of runs (`.<name>.lock`, which stay).
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.retain(|n| !n.ends_with(".lock"));
+    names.sort();
+    names
+}
+
+fn spawn_reproduce(name: &str, results: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_castream"))
+        .args(["reproduce", name, "--results", results.to_str().unwrap()])
+        .current_dir(repository())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Two runs of one target at once: the second is refused naming the first's pid and leaves it
+/// alone; the first publishes every output it wrote, each matching the SHA-256 in its run.json.
+#[test]
+fn two_runs_of_one_target_at_once_publish_exactly_one_complete_result() {
+    let results = tempfile::tempdir().unwrap();
+    let quick = results.path().join("quick");
+    let first = spawn_reproduce("data-card", results.path());
+    wait_for_staging(&quick, "data-card");
+    let second = spawn_reproduce("data-card", results.path()).wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "the second run was not refused: {text}");
+    assert!(text.contains(&format!("another run of data-card (pid {}) is in progress", first.id())), "{text}");
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert_eq!(entries(&quick), ["data-card"], "staging folders left behind");
+    let dir = quick.join("data-card");
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("run.json")).unwrap()).unwrap();
+    let outputs = record["outputs"].as_array().unwrap();
+    assert!(outputs.len() >= 10, "{outputs:?}");
+    for o in outputs {
+        let bytes = std::fs::read(dir.join(o["file"].as_str().unwrap())).unwrap();
+        let sha = castream_data::labelled::hex(&sha2::Sha256::digest(&bytes));
+        assert_eq!(o["sha256"].as_str().unwrap(), sha, "{o}");
+    }
+    let mut listed: Vec<&str> = outputs.iter().map(|o| o["file"].as_str().unwrap()).chain(["run.json"]).collect();
+    listed.sort();
+    assert_eq!(entries(&dir), listed, "published files and run.json's outputs differ");
+    // Redirected output still reports progress, one line per finished stage.
+    assert!(String::from_utf8_lossy(&first.stderr).contains(" done in "), "no progress lines");
+}
+
+/// Ctrl-C during a run removes its staging folder and publishes nothing; the exit status says so.
+#[test]
+#[cfg(unix)]
+fn an_interrupted_run_leaves_nothing_behind() {
+    let results = tempfile::tempdir().unwrap();
+    let quick = results.path().join("quick");
+    let run = spawn_reproduce("data-card", results.path());
+    wait_for_staging(&quick, "data-card");
+    assert!(Command::new("kill").args(["-INT", &run.id().to_string()]).status().unwrap().success());
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
+    assert_eq!(entries(&quick), Vec::<String>::new(), "an interrupted run left files");
+}
+
+/// `explain` replaces a symlink in `--out` with its own file and never writes through it.
+#[test]
+#[cfg(unix)]
+fn explain_never_writes_through_a_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, outside) = (dir.path().join("out"), dir.path().join("precious.txt"));
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(&outside, "precious").unwrap();
+    let overlay = out.join("scene-00000_resnet18_gap_grad-cam.png");
+    std::os::unix::fs::symlink(&outside, &overlay).unwrap();
+    let (ok, text) = castream(&["explain", "--scenes", "0", "--out", out.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "precious", "wrote through the symlink");
+    let meta = std::fs::symlink_metadata(&overlay).unwrap();
+    assert!(meta.file_type().is_file() && meta.len() > 0);
+}
+
+/// `list` says per profile whether each spec can run, and lists every spec even when one is invalid.
+#[test]
+fn list_shows_readiness_per_profile_and_survives_an_invalid_spec() {
+    let root = tempfile::tempdir().unwrap();
+    let experiments = root.path().join("experiments");
+    std::fs::create_dir(&experiments).unwrap();
+    for name in ["table2", "table3", "data-card"] {
+        std::fs::copy(repository().join(format!("experiments/{name}.toml")), experiments.join(format!("{name}.toml")))
+            .unwrap();
+    }
+    std::fs::write(experiments.join("broken.toml"), "name = \"broken\"\ntarget = \"tabel9\"\n").unwrap();
+    // No checkpoints in this root: the quick tables wait for their backbones.
+    let (ok, text) = castream_in(root.path(), &["list"]);
+    assert!(!ok, "an invalid spec must make list fail: {text}");
+    assert!(text.contains("broken") && text.contains("INVALID"), "{text}");
+    for name in ["table2", "table3", "data-card"] {
+        assert!(text.contains(name), "{name} not listed after the invalid spec: {text}");
+    }
+    assert!(text.contains("quick: pending, needs the quick `resnet18` backbone"), "{text}");
+    assert!(text.contains("paper: pending, needs a CA-Stream trained on ImageNet"), "{text}");
+    assert!(text.contains("quick: can run"), "the data card can run: {text}");
+}
+
+/// `reproduce all --profile paper`: every target that needs an ImageNet-trained stream is listed as
+/// pending, not failed, and nothing is written.
+#[test]
+fn the_paper_profile_lists_targets_without_inputs_as_pending() {
+    let root = tempfile::tempdir().unwrap();
+    let experiments = root.path().join("experiments");
+    std::fs::create_dir(&experiments).unwrap();
+    for entry in std::fs::read_dir(repository().join("experiments")).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".toml") && name != "data-card.toml" {
+            std::fs::copy(entry.path(), experiments.join(&name)).unwrap();
+        }
+    }
+    let (ok, text) = castream_in(root.path(), &["reproduce", "all", "--profile", "paper"]);
+    assert!(ok, "pending targets are not failures: {text}");
+    for name in ["table1", "table2", "table3", "table4", "table5", "table6", "figure1", "figure2", "figure3", "figure4"]
+    {
+        assert!(
+            text.contains(&format!("{name:<10} pending: not yet available, needs a CA-Stream trained on ImageNet")),
+            "{name}: {text}"
+        );
+    }
+    assert!(!root.path().join("results").exists(), "a pending target wrote something");
 }

@@ -29,16 +29,20 @@ pub struct ImageList {
     pub classes: Vec<String>,
 }
 
+/// Classes of ImageNet-1k, the labels of the paper profile's validation list.
+pub const IMAGENET_CLASSES: usize = 1000;
+
 const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 
 impl ImageList {
     /// Reads a list of `name,label` lines (or `name label`, the classic ImageNet `val.txt`),
     /// `name` relative to `image_root`. Blank lines, `#` comments and a leading `name,label`
-    /// header are skipped.
+    /// header are skipped. Every label must be a class index in `0..classes` (ImageNet:
+    /// [`IMAGENET_CLASSES`]); a line with another label is refused with its line number.
     ///
     /// The images themselves are not checked here (stat-ing 50 000 files would dominate start-up);
     /// a missing or corrupt image is reported, with its path, when its batch is decoded.
-    pub fn from_csv(list_file: &Path, image_root: &Path) -> Result<ImageList> {
+    pub fn from_csv(list_file: &Path, image_root: &Path, classes: usize) -> Result<ImageList> {
         let text = std::fs::read_to_string(list_file).map_err(|e| DataError::io(list_file, e))?;
         let list_error = |line: usize, reason: String| DataError::List { path: list_file.to_path_buf(), line, reason };
 
@@ -72,6 +76,16 @@ impl ImageList {
             let label: usize = label.parse().map_err(|_| {
                 list_error(line_no, format!("expected `name,label` with an integer label, found `{label}`"))
             })?;
+            if label >= classes {
+                return Err(list_error(
+                    line_no,
+                    format!(
+                        "label {label} is out of range; valid: 0 to {} (0..{classes}, a class index of the {classes} classes). \
+                         Fix: correct the label of `{name}`",
+                        classes.saturating_sub(1)
+                    ),
+                ));
+            }
             entries.push(ImageEntry { path: image_root.join(name), label });
         }
 

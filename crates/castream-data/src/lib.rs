@@ -8,6 +8,7 @@
 
 pub mod atomic;
 pub mod batching;
+pub mod cache;
 pub mod device;
 pub mod discovery;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod normalise;
 pub mod progress;
 pub mod provenance;
 pub mod scenes;
+pub mod valid;
 
 pub use device::DeviceChoice;
 pub use error::{DataError, Result};

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use castream_cam::{explain, Method, PoolingKind, Subject};
-use castream_data::labelled::hex;
+use castream_data::cache::{CacheKind, Entry};
 use castream_data::progress;
 use castream_data::scenes::SceneSet;
 use castream_metrics::causal::{auc, causal_curves, CausalMode};
@@ -18,7 +18,6 @@ use castream_metrics::metric::{Group, Metric, PerImage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::protocol::Protocol;
 
@@ -76,6 +75,11 @@ impl Baseline {
     }
 }
 
+/// The cell caches: saliency maps of CAM methods, and metric scores. Raise `format` when the
+/// computation of maps (methods, post-processing) or of scores (metrics) changes.
+pub const MAPS: CacheKind = CacheKind { dir: "maps", format: 1 };
+pub const SCORES: CacheKind = CacheKind { dir: "scores", format: 1 };
+
 /// A model under evaluation: the subject explained, and what identifies its maps and scores in
 /// the cell cache.
 pub struct Explained<'a> {
@@ -109,12 +113,13 @@ pub struct Evaluation<'a> {
 impl Evaluation<'_> {
     /// The `metrics` of `source` on `model`.
     pub fn run(&self, model: &Explained, source: Source, metrics: &[Metric]) -> Result<PerImage> {
-        let file = self.cache.join("scores").join(format!("{}.json", self.key(&model.key, source, Some(metrics))?));
-        if let Ok(bytes) = std::fs::read(&file) {
-            if let Ok(cached) = serde_json::from_slice::<PerImage>(&bytes) {
-                if metrics.iter().all(|m| cached.get(m).is_some_and(|v| v.len() == self.ids.len())) {
-                    return Ok(cached);
+        let entry = self.entry(SCORES, &model.key, source, Some(metrics), "json")?;
+        if let Some(hit) = entry.load() {
+            match serde_json::from_slice::<PerImage>(&hit.bytes) {
+                Ok(cached) if metrics.iter().all(|m| cached.get(m).is_some_and(|v| v.len() == self.ids.len())) => {
+                    return Ok(cached)
                 }
+                _ => eprintln!("warning: cache entry {}: not this cell's scores; recomputing it", entry.path.display()),
             }
         }
         let maps = self.maps(model, source)?;
@@ -127,31 +132,44 @@ impl Evaluation<'_> {
             bar.inc(chunk.len() as u64);
         }
         bar.finish_and_clear();
-        castream_data::atomic::write(&file, &serde_json::to_vec(&out)?)?;
+        entry.store(&serde_json::to_vec(&out)?, serde_json::Value::Null)?;
         Ok(out)
     }
 
-    /// A cache key over everything a cell's maps (and, with `metrics`, its scores) depend on.
-    fn key(&self, model: &ModelKey, source: Source, metrics: Option<&[Metric]>) -> Result<String> {
-        let mut h = Sha256::new();
-        h.update(serde_json::to_vec(&(model, source, metrics, &self.protocol))?);
-        h.update(serde_json::to_vec(&(self.set.dataset.display_name(), self.set.split.name(), &self.set.config))?);
-        h.update(serde_json::to_vec(self.ids)?);
-        if source == Source::Random {
-            h.update(self.seed.to_le_bytes());
-        }
-        Ok(hex(&h.finalize())[..20].to_string())
+    /// The cache entry of a cell's maps (`metrics` = `None`) or scores: keyed by everything they
+    /// depend on — the model's weights, pooling and layer, the source, the protocol, the scenes'
+    /// source data (SHA-256), settings and identifiers, and the random map's seed.
+    fn entry(
+        &self,
+        kind: CacheKind,
+        model: &ModelKey,
+        source: Source,
+        metrics: Option<&[Metric]>,
+        ext: &str,
+    ) -> Result<Entry> {
+        let scenes =
+            (&self.set.source.sha256, self.set.dataset.display_name(), self.set.split.name(), &self.set.config);
+        let seed = (source == Source::Random).then_some(self.seed);
+        Entry::new(&self.cache, kind, "cell", ext, &(model, source, metrics, &self.protocol, scenes, self.ids, seed))
     }
 
     /// The post-processed maps `(N, h, w)` of every image, at the method's resolution. A CAM
     /// method's maps are cached (Score-CAM's cost `K` forwards per image, and tables 2, 5 and 6
     /// score the same maps); attention and baselines are cheap to recompute.
     fn maps(&self, model: &Explained, source: Source) -> Result<Tensor> {
-        let file = self.cache.join("maps").join(format!("{}.safetensors", self.key(&model.key, source, None)?));
+        let entry = self.entry(MAPS, &model.key, source, None, "safetensors")?;
         if matches!(source, Source::Method(_)) {
-            if let Ok(mut cached) = candle_core::safetensors::load(&file, &self.device) {
-                if let Some(maps) = cached.remove("maps").filter(|m| m.dim(0).ok() == Some(self.ids.len())) {
-                    return Ok(maps);
+            if let Some(hit) = entry.load() {
+                let maps = candle_core::safetensors::load_buffer(&hit.bytes, &self.device)
+                    .ok()
+                    .and_then(|mut t| t.remove("maps"))
+                    .filter(|m| m.dim(0).ok() == Some(self.ids.len()));
+                match maps {
+                    Some(maps) => return Ok(maps),
+                    None => eprintln!(
+                        "warning: cache entry {}: not this cell's maps; recomputing them",
+                        entry.path.display()
+                    ),
                 }
             }
         }
@@ -167,8 +185,7 @@ impl Evaluation<'_> {
         bar.finish_and_clear();
         let maps = Tensor::cat(&parts, 0)?;
         if matches!(source, Source::Method(_)) {
-            let bytes = safetensors::serialize([("maps", &maps)], None)?;
-            castream_data::atomic::write(&file, &bytes)?;
+            entry.store(&safetensors::serialize([("maps", &maps)], None)?, serde_json::Value::Null)?;
         }
         Ok(maps)
     }
@@ -276,156 +293,4 @@ impl Evaluation<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use castream_backbones::{Arch, BackboneConfig, Model, Stem};
-    use castream_cam::Pooling;
-    use castream_data::device::cpu;
-    use castream_data::discovery::DatasetName;
-    use castream_data::labelled::{LabelledImages, Split, SplitFiles};
-    use castream_data::scenes::SceneConfig;
-    use castream_data::Normalisation;
-    use castream_metrics::causal::CausalVariant;
-
-    /// Scenes of 28x28 blobs on a 32 px canvas.
-    fn scenes(n: usize) -> SceneSet {
-        let mut rng = ChaCha8Rng::seed_from_u64(5);
-        let images: Vec<u8> = (0..n * 784)
-            .map(|p| {
-                let (y, x) = ((p % 784) / 28, p % 28);
-                if (6..22).contains(&y) && (8..20).contains(&x) {
-                    rng.random_range(80..=255)
-                } else {
-                    0
-                }
-            })
-            .collect();
-        let source = LabelledImages {
-            images,
-            labels: (0..n).map(|i| (i % 3) as u8).collect(),
-            rows: 28,
-            cols: 28,
-            classes: 3,
-            sha256: String::new(),
-            files: SplitFiles { images: "i".into(), labels: "l".into() },
-        };
-        let config = SceneConfig { canvas: 32, item_size: [12, 20], ..SceneConfig::default() };
-        SceneSet::new(source, DatasetName::FashionMnist, Split::Test, config).unwrap()
-    }
-
-    fn model() -> Model {
-        let config =
-            BackboneConfig { stem: Stem::Small, base_width: Some(4), ..BackboneConfig::new(Arch::Resnet18, 3) };
-        Model::new(config, 3, &cpu()).unwrap()
-    }
-
-    const NORM: Normalisation = Normalisation { mean: [0.4, 0.4, 0.4], std: [0.25, 0.25, 0.25] };
-    const ALL: [Metric; 8] = Metric::ALL;
-
-    fn explained(net: &Model) -> Explained<'_> {
-        let key = ModelKey { weights: "m".into(), pooling: PoolingKind::Gap, layer: 4 };
-        Explained { subject: Subject::of(Pooling::Gap(net), NORM), key }
-    }
-
-    #[test]
-    fn scores_do_not_depend_on_batching_or_the_cache() {
-        let (set, net, protocol) = (scenes(5), model(), Protocol::default());
-        let model = explained(&net);
-        let ids = [0, 1, 2, 3, 4];
-        let dir = tempfile::tempdir().unwrap();
-        let eval = |batch_size, cache: PathBuf| Evaluation {
-            set: &set,
-            ids: &ids,
-            batch_size,
-            protocol,
-            seed: 1,
-            cache,
-            device: cpu(),
-        };
-        for source in [Source::Method(Method::ScoreCam), Source::Random, Source::Centre] {
-            let whole = eval(5, dir.path().join("a")).run(&model, source, &ALL).unwrap();
-            let pieces = eval(2, dir.path().join("b")).run(&model, source, &ALL).unwrap();
-            let cached = eval(2, dir.path().join("a")).run(&model, source, &ALL).unwrap();
-            for m in ALL {
-                assert_eq!(whole[&m].len(), 5);
-                // Batches split differently across threads round differently (~1e-7 in the maps),
-                // which can swap near-tied pixels in the insertion/deletion order.
-                for (a, b) in whole[&m].iter().zip(&pieces[&m]) {
-                    assert!((a - b).abs() < 0.05, "{source:?} {m}: {a} vs {b}");
-                }
-                assert_eq!(whole[&m], cached[&m], "{m}: the cache must return what was computed");
-            }
-        }
-    }
-
-    #[test]
-    fn scores_equal_the_metric_functions_applied_to_explain() {
-        let (set, net, protocol) = (scenes(3), model(), Protocol::default());
-        let model = explained(&net);
-        let subject = &model.subject;
-        let ids = [0, 1, 2];
-        let dir = tempfile::tempdir().unwrap();
-        let eval = Evaluation {
-            set: &set,
-            ids: &ids,
-            batch_size: 3,
-            protocol,
-            seed: 0,
-            cache: dir.path().into(),
-            device: cpu(),
-        };
-        let got = eval.run(&model, Source::Method(Method::GradCam), &ALL).unwrap();
-        let (x, y) = set.batch(&ids, &NORM, &cpu()).unwrap();
-        let classes: Vec<u32> = y.to_vec1().unwrap();
-        let maps = explain(Method::GradCam.build(&protocol.cam).as_ref(), subject, &x, &classes).unwrap().upsampled;
-        let p = class_probabilities(&subject.logits(&x).unwrap(), &classes).unwrap();
-        let o = class_probabilities(&subject.logits(&explanation_images(&x, &maps, &NORM).unwrap()).unwrap(), &classes)
-            .unwrap();
-        let expected_drop = confidence(&p, &o).drop;
-        let mut score = |b: &Tensor| subject.logits(b);
-        let deletion =
-            causal_curves(&mut score, &x, &maps, &classes, CausalMode::Deletion, CausalVariant::Authors, 7).unwrap();
-        let flat: Vec<Vec<f32>> = maps.flatten_from(1).unwrap().to_vec2().unwrap();
-        for i in 0..3 {
-            assert!((got[&Metric::AverageDrop][i] - expected_drop[i]).abs() < 1e-9);
-            assert!((got[&Metric::Deletion][i] - 100.0 * auc(&deletion[i])).abs() < 1e-9);
-            let bbox = set.scene(ids[i]).bbox.unwrap();
-            assert!((got[&Metric::Energy][i] - 100.0 * energy_in_box(&flat[i], 32, &bbox)).abs() < 1e-9);
-        }
-    }
-
-    #[test]
-    fn baselines_are_maps_in_the_unit_interval_and_the_centre_peaks_in_the_middle() {
-        let (set, net, protocol) = (scenes(2), model(), Protocol::default());
-        let subject = Subject::of(Pooling::Gap(&net), NORM);
-        let eval = Evaluation {
-            set: &set,
-            ids: &[0, 1],
-            batch_size: 2,
-            protocol,
-            seed: 0,
-            cache: PathBuf::new(),
-            device: cpu(),
-        };
-        let (x, _) = set.batch(&[0, 1], &NORM, &cpu()).unwrap();
-        let centre: Vec<Vec<f32>> = eval
-            .batch_maps(&subject, Source::Centre, &x, &[0, 0], &[0, 1])
-            .unwrap()
-            .flatten_from(1)
-            .unwrap()
-            .to_vec2()
-            .unwrap();
-        let peak = (0..centre[0].len()).max_by(|&a, &b| centre[0][a].total_cmp(&centre[0][b])).unwrap();
-        assert!([15, 16].contains(&(peak / 32)) && [15, 16].contains(&(peak % 32)), "peak at {peak}");
-        let random = eval.batch_maps(&subject, Source::Random, &x, &[0, 0], &[0, 1]).unwrap();
-        let v: Vec<f32> = random.flatten_all().unwrap().to_vec1().unwrap();
-        let (lo, hi) = v.iter().fold((f32::MAX, f32::MIN), |(l, h), &x| (l.min(x), h.max(x)));
-        assert!(lo == 0.0 && hi > 0.999 && hi <= 1.0, "range [{lo}, {hi}]");
-        // Seeded per image: the same image gets the same noise in another batch.
-        let alone = eval.batch_maps(&subject, Source::Random, &x.narrow(0, 1, 1).unwrap(), &[0], &[1]).unwrap();
-        assert_eq!(
-            alone.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            random.get(1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
-        );
-    }
-}
+mod tests;

@@ -4,13 +4,17 @@
 use std::path::Path;
 
 use candle_core::Device;
+use castream_backbones::model::sidecar_path;
 use castream_backbones::{Arch, BackboneConfig, CheckpointMeta, Model, Stem};
 use castream_data::labelled::hex;
 use castream_experiments::runner::{reproduce, Options};
 use castream_experiments::spec::Profile;
 use castream_zoo::quick::{load_recipe, ManifestEntry};
 use polars::prelude::*;
+use provenance::assert_provenance;
 use sha2::{Digest, Sha256};
+
+mod provenance;
 
 const RECIPE: &str = r#"
 [data]
@@ -65,6 +69,7 @@ fn fake_root() -> tempfile::TempDir {
         recipe,
         data_sha256: String::new(),
         sha256: hex(&Sha256::digest(std::fs::read(&path).unwrap())),
+        sidecar_sha256: hex(&Sha256::digest(std::fs::read(sidecar_path(&path)).unwrap())),
         test_accuracy: 0.1,
         test_images: 0,
         val_accuracy: 0.1,
@@ -115,6 +120,7 @@ fn ca_targets_run_end_to_end_on_a_tiny_backbone() {
     let root = fake_root();
     let opts = options(root.path(), None);
     let t1 = reproduce("table1", &opts).unwrap();
+    assert_provenance(true, &t1);
     let table1 = csv(&t1.join("table1.csv"));
     assert_eq!(table1.height(), 2, "GAP and CA rows");
     let pooling: Vec<&str> = table1.column("pooling").unwrap().str().unwrap().iter().flatten().collect();
@@ -126,21 +132,26 @@ fn ca_targets_run_end_to_end_on_a_tiny_backbone() {
     assert!(t1.join("table1.png").is_file() && t1.join("table1.md").is_file());
 
     let t4 = reproduce("table4", &opts).unwrap();
+    assert_provenance(true, &t4);
     assert_eq!(csv(&t4.join("table4.csv")).height(), 5, "four streams and GAP");
     assert_eq!(csv(&t4.join("table4_gradcam.csv")).height(), 8, "four streams, each paired with GAP");
 
     let f1 = reproduce("figure1", &opts).unwrap();
+    assert_provenance(true, &f1);
     assert!(f1.join("figure1.png").is_file() && f1.join("figure1.svg").is_file());
 
     let f3 = reproduce("figure3", &opts).unwrap();
+    assert_provenance(true, &f3);
     let diffs = csv(&f3.join("figure3.csv"));
     let max = diffs.column("max_abs_difference").unwrap().f64().unwrap().max().unwrap();
     assert!(max < 1e-5, "cross attention and CAM differ by {max}");
     assert!(f3.join("figure3.png").is_file());
 
     let f2 = reproduce("figure2", &opts).unwrap();
+    assert_provenance(true, &f2);
     assert!(f2.join("figure2.png").is_file());
     let f4 = reproduce("figure4", &opts).unwrap();
+    assert_provenance(true, &f4);
     assert_eq!(csv(&f4.join("figure4.csv")).height(), 24, "one row per digit scene");
 }
 
@@ -149,6 +160,12 @@ fn interpretability_tables_run_end_to_end_on_a_tiny_backbone() {
     let root = fake_root();
     let opts = options(root.path(), Some(12));
     let t2 = reproduce("table2", &opts).unwrap();
+    assert_provenance(true, &t2);
+    assert!(
+        t2.ends_with("quick/table2@images=12"),
+        "an override publishes beside the reference results: {}",
+        t2.display()
+    );
     let table2 = csv(&t2.join("table2.csv"));
     assert_eq!(table2.height(), 6, "three methods x GAP, CA");
     for column in ["AD_paper", "AD", "AD_low", "AD_high", "AD_diff", "D_paper", "D"] {
@@ -166,9 +183,11 @@ fn interpretability_tables_run_end_to_end_on_a_tiny_backbone() {
     assert!(md.contains("Same sign as the paper's GAP→CA change, AD↓"), "{md}");
 
     let t5 = reproduce("table5", &opts).unwrap();
+    assert_provenance(true, &t5);
     // CA-0 … CA-4, product, mean, three CAM methods, centre prior, random map.
     assert_eq!(csv(&t5.join("table5.csv")).height(), 12);
     let t6 = reproduce("table6", &opts).unwrap();
+    assert_provenance(true, &t6);
     // CAM (GAP), raw attention (CA), seven methods x two poolings, the centre prior.
     assert_eq!(csv(&t6.join("table6.csv")).height(), 17);
 

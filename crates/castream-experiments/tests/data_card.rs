@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 
 use castream_experiments::runner::{reproduce, Options};
 use castream_experiments::spec::Profile;
+use provenance::assert_provenance;
+
+mod provenance;
 use polars::prelude::*;
 
 fn experiments_dir() -> PathBuf {
@@ -23,7 +26,8 @@ fn data_card_writes_every_output_with_true_counts() {
         device: castream_data::DeviceChoice::Cpu,
     };
     let dir = reproduce("data-card", &opts).unwrap();
-    assert_eq!(dir, results.path().join("quick/data-card"));
+    assert_provenance(false, &dir);
+    assert_eq!(dir, results.path().join("quick/data-card@images=8"), "an override publishes beside the reference");
     for file in [
         "class_counts.csv",
         "class_counts.parquet",
@@ -103,6 +107,7 @@ fn paper_profile_runs_end_to_end_on_a_small_image_list() {
         device: castream_data::DeviceChoice::Cpu,
     };
     let dir = reproduce("data-card", &opts).unwrap();
+    assert_provenance(false, &dir);
     let md = std::fs::read_to_string(dir.join("class_counts.md")).unwrap();
     assert!(md.contains("| imagenet | val | 0 | 0 | 2 |") && md.contains("| imagenet | val | 1 | 1 | 1 |"), "{md}");
     assert!(dir.join("scenes.png").is_file() && dir.join("run.json").is_file());

@@ -5,6 +5,9 @@ use std::path::Path;
 use std::sync::Once;
 
 use anyhow::{anyhow, Result};
+use castream_data::atomic;
+use image::codecs::png::PngEncoder;
+use image::{ColorType, ImageEncoder};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -18,6 +21,37 @@ pub fn register_font() {
         plotters::style::register_font(FONT, FontStyle::Normal, FONT_BYTES)
             .unwrap_or_else(|_| panic!("bundled DejaVuSans.ttf is not a valid font"));
     });
+}
+
+/// Draws a PNG of `size` pixels in memory with `draw` and writes it atomically: never a
+/// half-drawn file, and never through a symlink at `path` (the link is replaced, not followed).
+pub fn write_png(
+    path: &Path,
+    (w, h): (u32, u32),
+    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<()>,
+) -> Result<()> {
+    let mut pixels = vec![0u8; w as usize * h as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, (w, h)).into_drawing_area();
+        draw(&root)?;
+        root.present().map_err(|e| anyhow!("drawing {}: {e:?}", path.display()))?;
+    }
+    atomic::write_with(path, |f| Ok(PngEncoder::new(f).write_image(&pixels, w, h, ColorType::Rgb8)?))
+}
+
+/// [`write_png`] for an SVG.
+pub fn write_svg(
+    path: &Path,
+    size: (u32, u32),
+    draw: impl FnOnce(&DrawingArea<SVGBackend<'_>, Shift>) -> Result<()>,
+) -> Result<()> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        draw(&root)?;
+        root.present().map_err(|e| anyhow!("drawing {}: {e:?}", path.display()))?;
+    }
+    atomic::write(path, svg.as_bytes())
 }
 
 /// Series colours, distinguishable in print and for common colour-vision deficiencies
@@ -58,8 +92,8 @@ impl GroupedBars<'_> {
         let size = ((120 * self.categories.len() as u32).max(960), 540);
         let png = stem.with_extension("png");
         let svg = stem.with_extension("svg");
-        self.draw(BitMapBackend::new(&png, size).into_drawing_area())?;
-        self.draw(SVGBackend::new(&svg, size).into_drawing_area())
+        write_png(&png, size, |root| self.draw(root.clone()))?;
+        write_svg(&svg, size, |root| self.draw(root.clone()))
     }
 
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> Result<()>

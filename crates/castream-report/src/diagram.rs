@@ -7,7 +7,7 @@ use anyhow::{anyhow, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::charts::{register_font, FONT, PALETTE};
+use crate::charts::{register_font, write_png, write_svg, FONT, PALETTE};
 
 /// What one panel shows: one backbone and its stream.
 pub struct Panel {
@@ -115,6 +115,6 @@ fn render<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, panels: &[Panel]) ->
 pub fn write(panels: &[Panel], stem: &Path) -> Result<()> {
     register_font();
     let size = (W as u32, (PANEL_H * panels.len() as i32) as u32);
-    render(BitMapBackend::new(&stem.with_extension("png"), size).into_drawing_area(), panels)?;
-    render(SVGBackend::new(&stem.with_extension("svg"), size).into_drawing_area(), panels)
+    write_png(&stem.with_extension("png"), size, |root| render(root.clone(), panels))?;
+    write_svg(&stem.with_extension("svg"), size, |root| render(root.clone(), panels))
 }

@@ -8,7 +8,7 @@ use castream_cam::overlay;
 use castream_data::scenes::BBox;
 use plotters::prelude::*;
 
-use crate::charts::{register_font, FONT};
+use crate::charts::{register_font, write_png, FONT};
 
 pub struct Tile {
     /// CHW, values in [0, 1], `side x side`.
@@ -53,22 +53,23 @@ impl Grid {
         let lines: Vec<usize> = self.rows.iter().map(|(_, t)| t.len().div_ceil(self.columns).max(1)).collect();
         let width = PAD + self.columns * cell_w;
         let height = TITLE + lines.iter().map(|l| ROW_HEADER + l * cell_h).sum::<usize>() + PAD;
-        let root = BitMapBackend::new(path, (width as u32, height as u32)).into_drawing_area();
-        let err = |e| anyhow!("drawing {}: {e:?}", path.display());
-        root.fill(&WHITE).map_err(err)?;
-        root.draw(&Text::new(self.title.clone(), (PAD as i32, 8), (FONT, 20).into_font())).map_err(err)?;
-        let mut y = TITLE;
-        for ((header, tiles), n_lines) in self.rows.iter().zip(&lines) {
-            root.draw(&Text::new(header.clone(), (PAD as i32, y as i32 + 4), (FONT, 15).into_font())).map_err(err)?;
-            y += ROW_HEADER;
-            for (k, tile) in tiles.iter().enumerate() {
-                let (cx, cy) = (PAD + (k % self.columns) * cell_w, y + (k / self.columns) * cell_h);
-                self.draw_tile(&root, tile, cx, cy).map_err(err)?;
+        write_png(path, (width as u32, height as u32), |root| {
+            let err = |e| anyhow!("drawing {}: {e:?}", path.display());
+            root.fill(&WHITE).map_err(err)?;
+            root.draw(&Text::new(self.title.clone(), (PAD as i32, 8), (FONT, 20).into_font())).map_err(err)?;
+            let mut y = TITLE;
+            for ((header, tiles), n_lines) in self.rows.iter().zip(&lines) {
+                root.draw(&Text::new(header.clone(), (PAD as i32, y as i32 + 4), (FONT, 15).into_font()))
+                    .map_err(err)?;
+                y += ROW_HEADER;
+                for (k, tile) in tiles.iter().enumerate() {
+                    let (cx, cy) = (PAD + (k % self.columns) * cell_w, y + (k / self.columns) * cell_h);
+                    self.draw_tile(&root, tile, cx, cy).map_err(err)?;
+                }
+                y += n_lines * cell_h;
             }
-            y += n_lines * cell_h;
-        }
-        root.present().map_err(err)?;
-        Ok(())
+            Ok(())
+        })
     }
 
     fn draw_tile<DB: DrawingBackend>(

@@ -8,7 +8,7 @@ use castream_cam::overlay;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::charts::{register_font, FONT};
+use crate::charts::{register_font, write_png, FONT};
 use crate::grid::draw_pixels;
 
 /// Width of the colour bar strip (gap, bar and labels) added to the right of an overlay.
@@ -23,30 +23,33 @@ pub fn write_overlay(path: &Path, rgb: &[f32], side: usize, scale: usize, colour
     register_font();
     let n = side * scale;
     let width = n + if colour_bar { COLOUR_BAR_WIDTH } else { 0 };
-    let root = BitMapBackend::new(path, (width as u32, n as u32)).into_drawing_area();
-    let err = |e| anyhow!("drawing {}: {e:?}", path.display());
-    root.fill(&WHITE).map_err(err)?;
-    let byte = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
-    draw_pixels(&root, rgb, side, scale, 0, 0).map_err(err)?;
-    if colour_bar {
-        let (x0, h) = (n as i32 + BAR_GAP, n as i32);
-        for y in 0..h {
-            let [r, g, b] = overlay::jet(1.0 - y as f32 / (h - 1).max(1) as f32);
-            root.draw(&Rectangle::new([(x0, y), (x0 + BAR_W, y + 1)], RGBColor(byte(r), byte(g), byte(b)).filled()))
+    write_png(path, (width as u32, n as u32), |root| {
+        let err = |e| anyhow!("drawing {}: {e:?}", path.display());
+        root.fill(&WHITE).map_err(err)?;
+        let byte = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+        draw_pixels(&root, rgb, side, scale, 0, 0).map_err(err)?;
+        if colour_bar {
+            let (x0, h) = (n as i32 + BAR_GAP, n as i32);
+            for y in 0..h {
+                let [r, g, b] = overlay::jet(1.0 - y as f32 / (h - 1).max(1) as f32);
+                root.draw(&Rectangle::new(
+                    [(x0, y), (x0 + BAR_W, y + 1)],
+                    RGBColor(byte(r), byte(g), byte(b)).filled(),
+                ))
                 .map_err(err)?;
+            }
+            let label = |text: &str, y: i32, v: VPos| {
+                Text::new(
+                    text.to_string(),
+                    (x0 + BAR_W + 4, y),
+                    TextStyle::from((FONT, 12).into_font()).pos(Pos::new(HPos::Left, v)),
+                )
+            };
+            root.draw(&label("1", 0, VPos::Top)).map_err(err)?;
+            root.draw(&label("0", h - 1, VPos::Bottom)).map_err(err)?;
         }
-        let label = |text: &str, y: i32, v: VPos| {
-            Text::new(
-                text.to_string(),
-                (x0 + BAR_W + 4, y),
-                TextStyle::from((FONT, 12).into_font()).pos(Pos::new(HPos::Left, v)),
-            )
-        };
-        root.draw(&label("1", 0, VPos::Top)).map_err(err)?;
-        root.draw(&label("0", h - 1, VPos::Bottom)).map_err(err)?;
-    }
-    root.present().map_err(err)?;
-    Ok(())
+        Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -2,7 +2,11 @@
 //! classifier applied to the stream's last token (METHOD.md §2–3). The GAP baseline is the
 //! backbone alone, so both share every backbone and classifier weight.
 
-use anyhow::Result;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
 use candle_core::{Tensor, Var};
 use castream_backbones::train::{LabelledSet, Task};
 use castream_backbones::Model;
@@ -37,44 +41,156 @@ impl CaModel {
 
 /// Stage outputs of a whole image set, computed once by the frozen backbone (evaluation mode, no
 /// augmentation), so that training the stream costs only the stream.
+///
+/// Each tapped stage is held either in memory or, when the cache is built with a memory budget
+/// ([`FeatureCache::build_bounded`]), spilled to an unnamed temporary file that is read back row
+/// by row per batch (`pread`, so the file's pages never count towards the process's resident
+/// memory). Both hold the very f32 values the backbone produced, so a batch is bit-identical
+/// either way, and so is a stream trained on it.
 pub struct FeatureCache {
-    /// `F_l` of every image for the tapped stages; an empty placeholder for the others.
-    pub stages: Vec<Tensor>,
+    /// `F_l` of every image, per stage; [`CachedStage::Untapped`] for stages not asked for.
+    stages: Vec<CachedStage>,
     pub labels: Tensor,
 }
 
+/// Where one stage's cached features live.
+enum CachedStage {
+    Untapped,
+    /// `(N, c, h, w)`.
+    Memory(Tensor),
+    /// `N` rows of `c * h * w` little-endian f32, image after image.
+    Disk {
+        file: std::fs::File,
+        dims: [usize; 3],
+    },
+}
+
+impl CachedStage {
+    fn bytes(&self, n: usize) -> usize {
+        match self {
+            CachedStage::Untapped => 0,
+            CachedStage::Memory(t) => t.elem_count() * 4,
+            CachedStage::Disk { dims, .. } => n * dims.iter().product::<usize>() * 4,
+        }
+    }
+}
+
 impl FeatureCache {
+    /// Every tapped stage in memory.
     pub fn build(
         backbone: &Model,
         set: &dyn LabelledSet,
         taps: &[usize],
         batch_size: usize,
+        on_batch: impl FnMut(usize),
+    ) -> Result<FeatureCache> {
+        Self::build_inner(backbone, set, taps, batch_size, None, on_batch)
+    }
+
+    /// Tapped stages in memory, smallest first, while their total stays within `memory_budget`
+    /// bytes; the others are spilled to an unnamed temporary file in `spill_dir` (deleted when the
+    /// cache is dropped, or by the OS if the process dies).
+    pub fn build_bounded(
+        backbone: &Model,
+        set: &dyn LabelledSet,
+        taps: &[usize],
+        batch_size: usize,
+        memory_budget: usize,
+        spill_dir: &Path,
+        on_batch: impl FnMut(usize),
+    ) -> Result<FeatureCache> {
+        Self::build_inner(backbone, set, taps, batch_size, Some((memory_budget, spill_dir)), on_batch)
+    }
+
+    fn build_inner(
+        backbone: &Model,
+        set: &dyn LabelledSet,
+        taps: &[usize],
+        batch_size: usize,
+        bound: Option<(usize, &Path)>,
         mut on_batch: impl FnMut(usize),
     ) -> Result<FeatureCache> {
+        enum Sink {
+            Untapped,
+            Memory(Vec<f32>),
+            Disk(std::io::BufWriter<std::fs::File>),
+        }
         let device = &backbone.device;
-        let (mut parts, mut labels): (Vec<Vec<Tensor>>, Vec<Tensor>) = (vec![Vec::new(); 5], Vec::new());
-        let ids: Vec<usize> = (0..set.len()).collect();
+        let n = set.len();
+        let (mut sinks, mut dims, mut labels): (Vec<Sink>, Vec<[usize; 3]>, Vec<Tensor>) =
+            (Vec::new(), Vec::new(), Vec::new());
+        let ids: Vec<usize> = (0..n).collect();
         for chunk in ids.chunks(batch_size.max(1)) {
             let (x, y) = set.batch(chunk, device)?;
-            for (l, f) in backbone.net.stages(&x, false)?.into_iter().enumerate() {
-                if taps.contains(&l) {
-                    parts[l].push(f.detach());
+            let features = backbone.net.stages(&x, false)?;
+            if sinks.is_empty() {
+                // Placement is decided from the first batch's shapes: the smallest stages stay in
+                // memory while the budget allows.
+                dims = features
+                    .iter()
+                    .map(|f| -> Result<[usize; 3]> {
+                        let (_, c, h, w) = f.dims4()?;
+                        Ok([c, h, w])
+                    })
+                    .collect::<Result<_>>()?;
+                let size = |l: usize| n * dims[l].iter().product::<usize>() * 4;
+                let mut order: Vec<usize> = (0..features.len()).filter(|l| taps.contains(l)).collect();
+                order.sort_by_key(|&l| (size(l), std::cmp::Reverse(l)));
+                let mut in_memory = vec![false; features.len()];
+                let mut used = 0usize;
+                for l in order {
+                    if bound.is_none_or(|(budget, _)| used + size(l) <= budget) {
+                        used += size(l);
+                        in_memory[l] = true;
+                    }
+                }
+                for l in 0..features.len() {
+                    sinks.push(if !taps.contains(&l) {
+                        Sink::Untapped
+                    } else if in_memory[l] {
+                        Sink::Memory(Vec::with_capacity(n * dims[l].iter().product::<usize>()))
+                    } else {
+                        let dir = bound.expect("only a bounded cache spills").1;
+                        std::fs::create_dir_all(dir)?;
+                        let file = tempfile::tempfile_in(dir)
+                            .with_context(|| format!("creating a feature spill file in {}", dir.display()))?;
+                        Sink::Disk(std::io::BufWriter::with_capacity(1 << 20, file))
+                    });
+                }
+            }
+            for (f, sink) in features.iter().zip(&mut sinks) {
+                match sink {
+                    Sink::Untapped => {}
+                    Sink::Memory(v) => v.extend(f.flatten_all()?.to_vec1::<f32>()?),
+                    Sink::Disk(writer) => {
+                        let bytes: Vec<u8> =
+                            f.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect();
+                        writer.write_all(&bytes)?;
+                    }
                 }
             }
             labels.push(y);
             on_batch(chunk.len());
         }
-        let stages = parts
+        let stages = sinks
             .into_iter()
-            .map(|p| {
-                if p.is_empty() {
-                    Ok(Tensor::zeros(0, candle_core::DType::F32, device)?)
-                } else {
-                    Ok(Tensor::cat(&p, 0)?)
-                }
+            .zip(&dims)
+            .map(|(sink, &[c, h, w])| {
+                Ok(match sink {
+                    Sink::Untapped => CachedStage::Untapped,
+                    Sink::Memory(v) => CachedStage::Memory(Tensor::from_vec(v, (n, c, h, w), device)?),
+                    Sink::Disk(writer) => {
+                        CachedStage::Disk { file: writer.into_inner().map_err(|e| e.into_error())?, dims: [c, h, w] }
+                    }
+                })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(FeatureCache { stages, labels: Tensor::cat(&labels, 0)? })
+        let labels = if labels.is_empty() {
+            Tensor::zeros(0, candle_core::DType::U32, device)?
+        } else {
+            Tensor::cat(&labels, 0)?
+        };
+        Ok(FeatureCache { stages, labels })
     }
 
     pub fn len(&self) -> usize {
@@ -85,22 +201,57 @@ impl FeatureCache {
         self.len() == 0
     }
 
-    /// Memory held by the cached features.
+    /// Bytes of all cached features, in memory and on disk.
     pub fn bytes(&self) -> usize {
-        self.stages.iter().map(|t| t.elem_count() * 4).sum()
+        self.memory_bytes() + self.disk_bytes()
     }
 
-    /// The cached stage outputs and labels of `indices`.
+    /// Bytes of the cached features held in memory.
+    pub fn memory_bytes(&self) -> usize {
+        self.stages.iter().filter(|s| matches!(s, CachedStage::Memory(_))).map(|s| s.bytes(self.len())).sum()
+    }
+
+    /// Bytes of the cached features spilled to disk.
+    pub fn disk_bytes(&self) -> usize {
+        self.stages.iter().filter(|s| matches!(s, CachedStage::Disk { .. })).map(|s| s.bytes(self.len())).sum()
+    }
+
+    /// The stages held on disk.
+    pub fn spilled_stages(&self) -> Vec<usize> {
+        (0..self.stages.len()).filter(|&l| matches!(self.stages[l], CachedStage::Disk { .. })).collect()
+    }
+
+    /// The cached stage outputs and labels of `indices` (an empty placeholder for untapped stages).
     pub fn batch(&self, indices: &[usize]) -> Result<(Vec<Tensor>, Tensor)> {
-        let ids = Tensor::from_vec(
-            indices.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-            indices.len(),
-            self.labels.device(),
-        )?;
+        let device = self.labels.device();
+        let ids = Tensor::from_vec(indices.iter().map(|&i| i as u32).collect::<Vec<_>>(), indices.len(), device)?;
         let stages = self
             .stages
             .iter()
-            .map(|t| if t.elem_count() == 0 { Ok(t.clone()) } else { Ok(t.index_select(&ids, 0)?) })
+            .map(|s| match s {
+                CachedStage::Untapped => Ok(Tensor::zeros(0, candle_core::DType::F32, device)?),
+                CachedStage::Memory(t) => Ok(t.index_select(&ids, 0)?),
+                CachedStage::Disk { file, dims: [c, h, w] } => {
+                    let row = c * h * w * 4;
+                    let mut bytes = vec![0u8; indices.len() * row];
+                    // Consecutive indices are read in one call.
+                    let mut k = 0;
+                    while k < indices.len() {
+                        let mut run = 1;
+                        while k + run < indices.len() && indices[k + run] == indices[k] + run {
+                            run += 1;
+                        }
+                        if indices[k] + run > self.len() {
+                            bail!("feature cache index {} out of range 0..{}", indices[k] + run - 1, self.len());
+                        }
+                        file.read_exact_at(&mut bytes[k * row..(k + run) * row], (indices[k] * row) as u64)?;
+                        k += run;
+                    }
+                    let values: Vec<f32> =
+                        bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                    Ok(Tensor::from_vec(values, (indices.len(), *c, *h, *w), device)?)
+                }
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok((stages, self.labels.index_select(&ids, 0)?))
     }
@@ -152,94 +303,4 @@ impl Task for StreamTask<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use castream_backbones::optim::OptimizerConfig;
-    use castream_backbones::schedule::Schedule;
-    use castream_backbones::train::{train, TensorSet, TrainConfig};
-    use castream_backbones::{Arch, BackboneConfig, Stem};
-    use castream_data::device::cpu;
-    use rand::{Rng, SeedableRng};
-
-    fn set(n: usize, seed: u64) -> TensorSet {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let v: Vec<f32> = (0..n * 3 * 16 * 16).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        let labels: Vec<u32> = (0..n).map(|i| (i % 3) as u32).collect();
-        TensorSet {
-            images: Tensor::from_vec(v, (n, 3, 16, 16), &cpu()).unwrap(),
-            labels: Tensor::from_vec(labels, n, &cpu()).unwrap(),
-        }
-    }
-
-    fn ca_model() -> CaModel {
-        let config =
-            BackboneConfig { stem: Stem::Small, base_width: Some(4), ..BackboneConfig::new(Arch::Resnet18, 3) };
-        CaModel::new(Model::new(config, 1, &cpu()).unwrap(), &StreamConfig::default(), 2).unwrap()
-    }
-
-    fn snapshot(vars: Vec<(String, Var)>) -> Vec<(String, Vec<f32>)> {
-        vars.into_iter().map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())).collect()
-    }
-
-    #[test]
-    fn stream_training_leaves_backbone_and_classifier_bit_identical() {
-        let model = ca_model();
-        let (train_set, val_set) = (set(9, 1), set(4, 2));
-        let taps = &model.stream.config().taps;
-        let train_cache = FeatureCache::build(&model.backbone, &train_set, taps, 4, |_| {}).unwrap();
-        let val_cache = FeatureCache::build(&model.backbone, &val_set, taps, 4, |_| {}).unwrap();
-        let (backbone_before, stream_before) =
-            (snapshot(model.backbone.named_vars()), snapshot(model.stream.named_vars()));
-        let task = StreamTask { model: &model, train: &train_cache, val: &val_cache, eval_batch_size: 4 };
-        let config = TrainConfig {
-            epochs: 2,
-            batch_size: 4,
-            optimizer: OptimizerConfig::adamw(1e-2, 0.0),
-            schedule: Schedule::Constant,
-            seed: 0,
-        };
-        let dir = tempfile::tempdir().unwrap();
-        train(&task, &config, dir.path(), false, &mut ()).unwrap();
-        assert_eq!(snapshot(model.backbone.named_vars()), backbone_before, "a backbone or classifier weight moved");
-        assert_ne!(snapshot(model.stream.named_vars()), stream_before, "the stream did not train");
-    }
-
-    #[test]
-    fn a_convnext_backbone_gets_a_stream_through_its_layernorm_head() {
-        let config = BackboneConfig {
-            stem: Stem::Small,
-            base_width: Some(8),
-            depths: Some([1, 1, 1, 1]),
-            ..BackboneConfig::new(Arch::ConvnextTiny, 3)
-        };
-        let model = CaModel::new(Model::new(config, 1, &cpu()).unwrap(), &StreamConfig::default(), 2).unwrap();
-        // ConvNeXt taps: stem 8, stages 8, 16, 32, 64; the last block maps to the head's 64 inputs.
-        assert_eq!(model.backbone.net.stage_widths(), [8, 8, 16, 32, 64]);
-        assert_eq!(model.stream.parameter_count(), 8 + (64 + 8) + (128 + 16) + (512 + 32) + (2048 + 64) + (4096 + 64));
-        let data = set(2, 4);
-        let (logits, out) = model.forward(&data.images).unwrap();
-        assert_eq!(logits.dims(), &[2, 3]);
-        assert_eq!(out.attention.len(), 5);
-        // The classifier is the backbone's own head (LayerNorm + fc) applied to the token.
-        let direct = model.backbone.net.classify(&out.token).unwrap();
-        assert_eq!(
-            snapshot(vec![("l".into(), Var::from_tensor(&logits).unwrap())]),
-            snapshot(vec![("l".into(), Var::from_tensor(&direct).unwrap())])
-        );
-    }
-
-    #[test]
-    fn cached_features_give_the_same_logits_as_the_live_model() {
-        let model = ca_model();
-        let data = set(5, 3);
-        let cache = FeatureCache::build(&model.backbone, &data, &model.stream.config().taps, 2, |_| {}).unwrap();
-        assert_eq!(cache.len(), 5);
-        let (features, _) = cache.batch(&[0, 1, 2, 3, 4]).unwrap();
-        let cached: Vec<f32> =
-            model.logits_from_features(&features).unwrap().0.flatten_all().unwrap().to_vec1().unwrap();
-        let live: Vec<f32> = model.forward(&data.images).unwrap().0.flatten_all().unwrap().to_vec1().unwrap();
-        for (a, b) in cached.iter().zip(&live) {
-            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
-        }
-    }
-}
+mod tests;

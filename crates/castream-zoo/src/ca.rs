@@ -9,25 +9,26 @@ use castream_backbones::optim::OptimizerConfig;
 use castream_backbones::schedule::Schedule;
 use castream_backbones::train::{train, TrainConfig};
 use castream_backbones::CheckpointMeta;
+use castream_data::cache::{CacheKind, Entry};
 use castream_data::discovery::{DataLocation, DatasetName, Locator};
-use castream_data::labelled::{hex, Split};
+use castream_data::labelled::Split;
 use castream_data::progress;
 use castream_data::scenes::{SceneConfig, SceneSet};
 use castream_stream::{CaModel, FeatureCache, StreamConfig, StreamTask};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::backbone::{BackboneSpec, LoadedBackbone};
 use crate::quick::{load_recipe, ManifestEntry, SceneSubset};
 
 /// How the CA-Stream is built and trained (METHOD.md §2–3). Trained streams are cached under
-/// `target/castream/streams/`, keyed by backbone checkpoint, this table and the scene settings.
+/// `target/castream/streams/` ([`STREAM_CACHE`]), keyed by the backbone's and the data's SHA-256,
+/// this table and the scene settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StreamSpec {
     pub config: StreamConfig,
     /// Training scenes (the first ones of the Fashion-MNIST train split), whose stage features are
-    /// cached in memory once.
+    /// cached once (in memory up to [`FEATURE_MEMORY_BUDGET`], the rest on disk).
     pub train_images: usize,
     /// Validation scenes (from the end of the train split, outside the backbones' training set).
     pub val_images: usize,
@@ -51,6 +52,20 @@ impl Default for StreamSpec {
     }
 }
 
+impl StreamSpec {
+    /// Scenes of the Fashion-MNIST train split, the most `train_images` or `val_images` can ask for.
+    pub const MAX_IMAGES: usize = 60_000;
+
+    /// The valid ranges (docs/specs.md, "Valid ranges"): `train_images` and `val_images` 1 to
+    /// [`Self::MAX_IMAGES`], and the training's ([`TrainConfig::validate`]).
+    pub fn validate(&self) -> Result<(), castream_data::valid::OutOfRange> {
+        use castream_data::valid::in_range;
+        in_range("train_images", self.train_images, 1..=Self::MAX_IMAGES, 10_000)?;
+        in_range("val_images", self.val_images, 1..=Self::MAX_IMAGES, 2_000)?;
+        self.train.validate().map_err(|e| e.within("train"))
+    }
+}
+
 /// A backbone with its trained stream, and where they came from.
 pub struct QuickModels {
     pub name: String,
@@ -62,11 +77,14 @@ pub struct QuickModels {
     pub manifest: Option<ManifestEntry>,
     /// Validation accuracy of the stream after training.
     pub stream_val_accuracy: f64,
-    /// Memory the stream's feature cache held while the stream trained.
+    /// Bytes of stage features the stream trained on (in memory or spilled to disk, see
+    /// [`FEATURE_MEMORY_BUDGET`]).
     pub cache_bytes: usize,
     /// Whether the trained stream came from the stream cache.
     pub from_cache: bool,
     pub stream_file: PathBuf,
+    /// SHA-256 of the trained stream's weights (`stream_file`).
+    pub stream_sha256: String,
 }
 
 /// The Fashion-MNIST scene sets of the quick profile (train and test splits).
@@ -85,12 +103,21 @@ impl QuickData {
     }
 }
 
-/// What a cached stream's JSON file records about its training.
+/// The trained-stream cache; raise `format` when stream training changes.
+pub const STREAM_CACHE: CacheKind = CacheKind { dir: "streams", format: 1 };
+
+/// What a cached stream's card records about its training.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StreamRecord {
     val_accuracy: f64,
     cache_bytes: usize,
 }
+
+/// Memory the stage features of a backbone's stream-training and validation scenes may hold
+/// (1.5 GiB); larger stages are spilled to disk and read back per batch, with bit-identical
+/// values. Without this bound the ConvNeXt's 12,000 scenes held 4.3 GiB (and twice that while
+/// being built), and a cold `table1` peaked at about 9 GB.
+pub const FEATURE_MEMORY_BUDGET: usize = 3 << 29;
 
 /// Stage features of a backbone's stream-training and validation scenes, computed once (all five
 /// taps) and shared by every stream variant trained on that backbone.
@@ -100,8 +127,14 @@ pub struct StreamFeatures {
 }
 
 impl StreamFeatures {
+    /// Bytes of all cached features, in memory and on disk.
     pub fn bytes(&self) -> usize {
         self.train.bytes() + self.val.bytes()
+    }
+
+    /// Bytes of the cached features held in memory.
+    pub fn memory_bytes(&self) -> usize {
+        self.train.memory_bytes() + self.val.memory_bytes()
     }
 }
 
@@ -120,38 +153,44 @@ pub fn quick_models(
     let name = backbone.name();
     let name = name.as_str();
     let ca = CaModel::new(model, &spec.config, spec.train.seed)?;
-    let key = {
-        let mut h = Sha256::new();
-        h.update(&sha256);
-        h.update(serde_json::to_vec(spec)?);
-        h.update(serde_json::to_vec(&data.train.config)?);
-        hex(&h.finalize())[..16].to_string()
-    };
-    let stream_file = root.join("target/castream/streams").join(format!("{name}-{key}.safetensors"));
-    let meta_file = stream_file.with_extension("json");
-    if stream_file.exists() && meta_file.exists() {
-        let tensors = candle_core::safetensors::load(&stream_file, device)?;
-        for (var_name, var) in ca.stream.named_vars() {
-            let t = tensors.get(&var_name).with_context(|| format!("{}: lacks `{var_name}`", stream_file.display()))?;
-            var.set(t)?;
+    let recipe = load_recipe(root)?;
+    // Everything the trained stream depends on: the backbone's weights, the training scenes'
+    // source data and settings, the stream's spec, and where validation scenes start.
+    let entry = Entry::new(
+        &root.join("target/castream"),
+        STREAM_CACHE,
+        name,
+        "safetensors",
+        &(&sha256, &data.train.source.sha256, &data.train.config, spec, recipe.data.train_images),
+    )?;
+    if let Some(hit) = entry.load() {
+        let loaded = (|| -> Result<StreamRecord> {
+            let tensors = candle_core::safetensors::load_buffer(&hit.bytes, device)?;
+            for (var_name, var) in ca.stream.named_vars() {
+                var.set(tensors.get(&var_name).with_context(|| format!("lacks `{var_name}`"))?)?;
+            }
+            Ok(serde_json::from_value(hit.extra.clone())?)
+        })();
+        match loaded {
+            Ok(record) => {
+                return Ok(QuickModels {
+                    name: name.into(),
+                    ca,
+                    meta,
+                    sha256,
+                    manifest,
+                    stream_val_accuracy: record.val_accuracy,
+                    cache_bytes: record.cache_bytes,
+                    from_cache: true,
+                    stream_file: entry.path,
+                    stream_sha256: hit.sha256,
+                });
+            }
+            Err(e) => eprintln!("warning: cache entry {}: {e:#}; retraining the stream", entry.path.display()),
         }
-        let record: StreamRecord = serde_json::from_slice(&std::fs::read(&meta_file)?)
-            .with_context(|| format!("{}: corrupt; delete it to retrain the stream", meta_file.display()))?;
-        return Ok(QuickModels {
-            name: name.into(),
-            ca,
-            meta,
-            sha256,
-            manifest,
-            stream_val_accuracy: record.val_accuracy,
-            cache_bytes: record.cache_bytes,
-            from_cache: true,
-            stream_file,
-        });
     }
 
     if features.is_none() {
-        let recipe = load_recipe(root)?;
         // Validation scenes come from the end of the train split, outside the backbone's training set.
         let first_val = data.train.len().saturating_sub(spec.val_images).max(recipe.data.train_images);
         let subset =
@@ -163,14 +202,20 @@ pub fn quick_models(
             (train_set.indices.len() + val_set.indices.len()) as u64,
             format!("{name}: caching features"),
         );
-        let train = FeatureCache::build(&ca.backbone, &train_set, &all_taps, 128, |n| bar.inc(n as u64))?;
-        let val = FeatureCache::build(&ca.backbone, &val_set, &all_taps, 128, |n| bar.inc(n as u64))?;
+        // The smallest stages stay in memory within FEATURE_MEMORY_BUDGET (train first, val in the
+        // rest); the others are spilled to unnamed files under target/castream/features/.
+        let spill = root.join("target/castream/features");
+        let build = |set: &SceneSubset, budget: usize| {
+            FeatureCache::build_bounded(&ca.backbone, set, &all_taps, 128, budget, &spill, |n| bar.inc(n as u64))
+        };
+        let train = build(&train_set, FEATURE_MEMORY_BUDGET)?;
+        let val = build(&val_set, FEATURE_MEMORY_BUDGET.saturating_sub(train.memory_bytes()))?;
         bar.finish_and_clear();
         *features = Some(StreamFeatures { train, val });
     }
     let cache = features.as_ref().expect("built above");
     let task = StreamTask { model: &ca, train: &cache.train, val: &cache.val, eval_batch_size: 256 };
-    let run_dir = root.join("target/castream/stream-runs").join(format!("{name}-{key}"));
+    let run_dir = root.join("target/castream/stream-runs").join(entry.path.file_stem().expect("named by Entry"));
     let history = train(
         &task,
         &spec.train,
@@ -182,9 +227,8 @@ pub fn quick_models(
     let tensors: std::collections::HashMap<String, candle_core::Tensor> =
         ca.stream.named_vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
     let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), None)?;
-    castream_data::atomic::write(&stream_file, &bytes)?;
     let record = StreamRecord { val_accuracy: stream_val_accuracy, cache_bytes: cache.bytes() };
-    castream_data::atomic::write(&meta_file, &serde_json::to_vec(&record)?)?;
+    let stream_sha256 = entry.store(&bytes, serde_json::to_value(&record)?)?;
     Ok(QuickModels {
         name: name.into(),
         ca,
@@ -194,6 +238,7 @@ pub fn quick_models(
         stream_val_accuracy,
         cache_bytes: record.cache_bytes,
         from_cache: false,
-        stream_file,
+        stream_file: entry.path,
+        stream_sha256,
     })
 }

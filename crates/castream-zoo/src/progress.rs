@@ -2,14 +2,14 @@
 
 use castream_backbones::train::{EpochReport, Progress};
 use castream_data::progress::bar;
-use indicatif::ProgressBar;
+use castream_data::progress::Bar;
 
 /// Progress of a training run: a bar per epoch with the running loss, and optionally one printed
 /// line per finished epoch.
 pub struct TrainBars {
     name: String,
     print_epochs: bool,
-    bar: Option<ProgressBar>,
+    bar: Option<Bar>,
 }
 
 impl TrainBars {

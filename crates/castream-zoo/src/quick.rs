@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
+use castream_backbones::model::sidecar_path;
 use castream_backbones::train::{evaluate, train, Augment, EpochReport, GapTask, LabelledSet, TrainConfig};
 use castream_backbones::{BackboneConfig, CheckpointMeta, Model};
 use castream_data::discovery::{DataLocation, DatasetName, Locator};
@@ -66,6 +67,8 @@ pub struct ManifestEntry {
     pub data_sha256: String,
     /// SHA-256 of the safetensors file.
     pub sha256: String,
+    /// SHA-256 of its `.json` sidecar (configuration, class names, normalisation).
+    pub sidecar_sha256: String,
     pub test_accuracy: f64,
     pub test_images: usize,
     pub val_accuracy: f64,
@@ -136,14 +139,15 @@ pub fn load_backbone(root: &Path, name: &str, device: &Device) -> Result<(Model,
         )
     })?;
     let path = checkpoint_path(root, name);
-    let sha = sha256_file(&path)?;
-    if sha != entry.sha256 {
-        bail!(
-            "{}: SHA-256 {sha} differs from the manifest's {}; the file was modified or is an LFS pointer. Fix: restore it \
-             from git or run `cargo xtask train-backbones --retrain`",
-            path.display(),
-            entry.sha256
-        );
+    for (file, expected) in [(path.clone(), &entry.sha256), (sidecar_path(&path), &entry.sidecar_sha256)] {
+        let sha = sha256_file(&file)?;
+        if sha != *expected {
+            bail!(
+                "{}: SHA-256 {sha} differs from the manifest's {expected}; the file was modified or is an LFS pointer. \
+                 Fix: restore it from git or run `cargo xtask train-backbones --retrain`",
+                file.display(),
+            );
+        }
     }
     let (model, meta) = Model::load(&path, device)?;
     Ok((model, meta, entry))
@@ -233,6 +237,7 @@ pub fn train_backbones(root: &Path, opts: &TrainOptions) -> Result<()> {
             recipe: b.clone(),
             data_sha256: data_sha256.clone(),
             sha256: sha256_file(&path)?,
+            sidecar_sha256: sha256_file(&sidecar_path(&path))?,
             test_accuracy,
             test_images: test_ids.len(),
             val_accuracy: history.last().map_or(f64::NAN, |h| h.val_accuracy),

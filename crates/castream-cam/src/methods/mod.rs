@@ -143,6 +143,25 @@ impl Default for MethodOptions {
     }
 }
 
+impl MethodOptions {
+    /// Most masked images (ablated activations) per forward pass.
+    pub const MAX_CHUNK: usize = 4096;
+    /// Most channels Score-CAM may score per image (ResNet-50's last stage has 2048).
+    pub const MAX_CHANNELS: usize = 8192;
+
+    /// The valid ranges (docs/specs.md, "Valid ranges"): `chunk` 1 to [`Self::MAX_CHUNK`],
+    /// `channels` unset (every channel) or 1 to [`Self::MAX_CHANNELS`]. Experiment files
+    /// (`protocol.cam`) and `castream explain` (`--chunk`, `--channels`) both check here.
+    pub fn validate(&self) -> Result<(), castream_data::valid::OutOfRange> {
+        use castream_data::valid::in_range;
+        in_range("chunk", self.chunk, 1..=Self::MAX_CHUNK, 128)?;
+        match self.channels {
+            Some(n) => in_range("channels", n, 1..=Self::MAX_CHANNELS, 256),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Method {
     /// Every method, in registry order.
     pub const ALL: [Method; REGISTRY.len()] = {

@@ -37,7 +37,7 @@ fn csv_comma_form_with_header_and_comments() {
         "# ImageNet val\nname,label\n\nILSVRC2012_val_00000001.JPEG,65\n  # indented comment\nsub/b.png , 3\n",
     );
     let images = dir.path().join("images");
-    let l = ImageList::from_csv(&list, &images).unwrap();
+    let l = ImageList::from_csv(&list, &images, IMAGENET_CLASSES).unwrap();
     assert_eq!(
         l.entries,
         vec![
@@ -54,7 +54,7 @@ fn csv_comma_form_with_header_and_comments() {
 fn csv_whitespace_form() {
     let dir = TempDir::new().unwrap();
     let list = write_list(&dir, "a.JPEG 0\nb.JPEG\t999\n");
-    let l = ImageList::from_csv(&list, Path::new("/root")).unwrap();
+    let l = ImageList::from_csv(&list, Path::new("/root"), IMAGENET_CLASSES).unwrap();
     assert_eq!(l.entries[0], ImageEntry { path: "/root/a.JPEG".into(), label: 0 });
     assert_eq!(l.entries[1], ImageEntry { path: "/root/b.JPEG".into(), label: 999 });
 }
@@ -63,7 +63,7 @@ fn csv_whitespace_form() {
 fn csv_bad_label_names_the_line() {
     let dir = TempDir::new().unwrap();
     let list = write_list(&dir, "# c\na.png,1\nb.png,foo\n");
-    match ImageList::from_csv(&list, dir.path()) {
+    match ImageList::from_csv(&list, dir.path(), IMAGENET_CLASSES) {
         Err(DataError::List { path, line, reason }) => {
             assert_eq!(path, list);
             assert_eq!(line, 3);
@@ -73,11 +73,30 @@ fn csv_bad_label_names_the_line() {
     }
 }
 
+/// A label of 10^12 parses as an integer; it is refused on its line, before any per-class count
+/// is allocated, with the valid range.
+#[test]
+fn csv_label_outside_the_classes_names_the_line_value_and_range() {
+    let dir = TempDir::new().unwrap();
+    let list = write_list(&dir, "a.png,1\nb.png,1000000000000\n");
+    match ImageList::from_csv(&list, dir.path(), IMAGENET_CLASSES) {
+        Err(e @ DataError::List { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.starts_with(&format!("{}:2: label 1000000000000", list.display())), "{msg}");
+            assert!(msg.contains("valid: 0 to 999 (0..1000") && msg.contains("Fix:"), "{msg}");
+        }
+        other => panic!("expected a List error, got {other:?}"),
+    }
+    let list = write_list(&dir, "a.png,2\n");
+    assert!(ImageList::from_csv(&list, dir.path(), 2).is_err());
+    assert_eq!(ImageList::from_csv(&list, dir.path(), 3).unwrap().entries[0].label, 2);
+}
+
 #[test]
 fn csv_line_without_label_is_an_error() {
     let dir = TempDir::new().unwrap();
     let list = write_list(&dir, "a.png,1\nlonely\n");
-    match ImageList::from_csv(&list, dir.path()) {
+    match ImageList::from_csv(&list, dir.path(), IMAGENET_CLASSES) {
         Err(DataError::List { line, reason, .. }) => {
             assert_eq!(line, 2);
             assert!(reason.contains("`lonely`"), "{reason}");
@@ -90,14 +109,14 @@ fn csv_line_without_label_is_an_error() {
 fn csv_empty_list_is_an_error() {
     let dir = TempDir::new().unwrap();
     let list = write_list(&dir, "# nothing\n\nname,label\n");
-    assert!(matches!(ImageList::from_csv(&list, dir.path()), Err(DataError::List { .. })));
+    assert!(matches!(ImageList::from_csv(&list, dir.path(), IMAGENET_CLASSES), Err(DataError::List { .. })));
 }
 
 #[test]
 fn csv_missing_list_file_is_io_error() {
     let dir = TempDir::new().unwrap();
     let missing = dir.path().join("nope.csv");
-    match ImageList::from_csv(&missing, dir.path()) {
+    match ImageList::from_csv(&missing, dir.path(), IMAGENET_CLASSES) {
         Err(DataError::Io { path, .. }) => assert_eq!(path, missing),
         other => panic!("expected an Io error, got {other:?}"),
     }
@@ -242,7 +261,7 @@ fn load_batch_preserves_order_shapes_and_labels() {
     }
     let list_path = dir.path().join("list.csv");
     fs::write(&list_path, lines).unwrap();
-    let list = ImageList::from_csv(&list_path, dir.path()).unwrap();
+    let list = ImageList::from_csv(&list_path, dir.path(), IMAGENET_CLASSES).unwrap();
 
     let norm = Normalisation::IMAGENET;
     let t = EvalTransform::Squash { size: 5 };

@@ -6,6 +6,7 @@ use castream_cam::{Method, MethodOptions, PoolingKind, TargetClass};
 use castream_data::discovery::DataLocation;
 use castream_data::image_folder::EvalTransform;
 use castream_data::scenes::SceneConfig;
+use castream_data::valid::{in_range, OutOfRange};
 use castream_data::Normalisation;
 use castream_eval::{Baseline, CausalChoice, Protocol};
 use castream_metrics::Metric;
@@ -72,9 +73,44 @@ pub struct ProtocolSpec {
 }
 
 impl ProtocolSpec {
+    /// Most bootstrap resamples of an interval.
+    pub const MAX_RESAMPLES: usize = 1_000_000;
+
     /// The evaluation protocol these settings declare.
     pub fn protocol(&self) -> Protocol {
         Protocol::new(self.causal, self.class, self.cam)
+    }
+
+    /// The valid ranges (docs/specs.md, "Valid ranges"): `resamples` 1 to
+    /// [`Self::MAX_RESAMPLES`], and the CAM options' ([`MethodOptions::validate`]).
+    pub fn validate(&self) -> Result<(), OutOfRange> {
+        in_range("resamples", self.resamples, 1..=Self::MAX_RESAMPLES, 2000)?;
+        self.cam.validate().map_err(|e| e.within("cam"))
+    }
+}
+
+impl Settings {
+    /// The ranges of the values in these settings (docs/specs.md, "Valid ranges"), each checked
+    /// by the type that owns it; keys are dotted from the profile's table (`stream.train.epochs`).
+    /// `images` is checked against the data's size later, by [`Settings::check_images`].
+    pub fn validate(&self) -> Result<(), OutOfRange> {
+        if let Some(n) = self.images {
+            Settings::check_images(n, None)?;
+        }
+        self.stream.validate().map_err(|e| e.within("stream"))?;
+        self.protocol.validate().map_err(|e| e.within("protocol"))
+    }
+
+    /// `images` (from the spec or `--images`): at least 1 and, once the data is loaded, at most
+    /// `available`, the size of the evaluated split (named by `split`).
+    pub fn check_images(n: usize, available: Option<(usize, &str)>) -> Result<(), OutOfRange> {
+        match available {
+            _ if n == 0 => Err(OutOfRange::new("images", n, "at least 1 (and at most the evaluated split's size)", 8)),
+            Some((size, split)) if n > size => {
+                Err(OutOfRange::new("images", n, format!("1 to {size} (the {split} split has {size} images)"), size))
+            }
+            _ => Ok(()),
+        }
     }
 }
 

@@ -183,3 +183,90 @@ fn every_registry_key_round_trips_through_the_spec_parser_and_is_documented() {
         assert!(metrics.contains(&format!("`{}`", m.key())), "docs/metrics.md does not document `{}`", m.key());
     }
 }
+
+/// Values the TOML types accept but the method cannot use are refused at parse time, each naming
+/// the file, the line, the profile and the dotted key, the value, the valid range and a fix.
+fn out_of_range(insert: &str) -> String {
+    let text = GOOD.replace("[quick.scenes]", &format!("{insert}\n\n[quick.scenes]"));
+    format!("{:#}", Spec::parse(&text, Path::new("experiments/demo.toml")).unwrap_err())
+}
+
+const TRAIN: &str = "[quick.stream.train]\nepochs = 10\nbatch_size = 128\nseed = 0\nschedule = { kind = \"constant\" }\n\
+                     optimizer = { kind = \"adam-w\", lr = 3e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0 }";
+
+#[test]
+fn zero_stream_training_epochs_are_refused_with_file_line_and_range() {
+    assert!(Spec::parse(
+        &GOOD.replace("[quick.scenes]", &format!("{TRAIN}\n\n[quick.scenes]")),
+        Path::new("demo.toml")
+    )
+    .is_ok());
+    let msg = out_of_range(&TRAIN.replace("epochs = 10", "epochs = 0"));
+    assert!(
+        msg.contains("experiments/demo.toml:11: [quick] stream.train.epochs = 0: out of range; valid: 1 to 10000. Fix: e.g. epochs = 10"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_nan_or_negative_learning_rate_is_refused_with_file_line_and_range() {
+    for (lr, shown) in [("nan", "NaN"), ("-0.1", "-0.1"), ("0.0", "0"), ("inf", "inf")] {
+        let msg = out_of_range(&TRAIN.replace("lr = 3e-3", &format!("lr = {lr}")));
+        assert!(
+            msg.contains(&format!(
+                "experiments/demo.toml:15: [quick] stream.train.optimizer.lr = {shown}: out of range"
+            )),
+            "{msg}"
+        );
+        assert!(msg.contains("valid: a finite number in (0, 10]. Fix: e.g. lr = 0.003"), "{msg}");
+    }
+}
+
+#[test]
+fn zero_bootstrap_resamples_are_refused_with_file_line_and_range() {
+    let msg = out_of_range("[quick.protocol]\nresamples = 0");
+    assert!(
+        msg.contains("experiments/demo.toml:11: [quick] protocol.resamples = 0: out of range; valid: 1 to 1000000. Fix: e.g. resamples = 2000"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn zero_score_cam_channels_are_refused_with_file_line_and_range() {
+    let msg = out_of_range("[quick.protocol]\ncam = { chunk = 64, channels = 0 }");
+    assert!(
+        msg.contains("experiments/demo.toml:11: [quick] protocol.cam.channels = 0: out of range; valid: 1 to 8192. Fix: e.g. channels = 256"),
+        "{msg}"
+    );
+    let msg = out_of_range("[quick.protocol]\ncam = { chunk = 0 }");
+    assert!(msg.contains("[quick] protocol.cam.chunk = 0: out of range; valid: 1 to 4096"), "{msg}");
+}
+
+#[test]
+fn zero_images_are_refused_with_file_line_and_range() {
+    let msg =
+        format!("{:#}", Spec::parse(&GOOD.replace("images = 8", "images = 0"), Path::new("demo.toml")).unwrap_err());
+    assert!(msg.contains("demo.toml:8: [quick] images = 0: out of range; valid: at least 1"), "{msg}");
+    assert!(msg.contains("Fix: e.g. images = 8"), "{msg}");
+}
+
+#[test]
+fn zero_stream_train_images_are_refused_with_file_line_and_range() {
+    let msg = out_of_range("[quick.stream]\nval_images = 16\ntrain_images = 0");
+    assert!(
+        msg.contains("experiments/demo.toml:12: [quick] stream.train_images = 0: out of range; valid: 1 to 60000. Fix: e.g. train_images = 10000"),
+        "{msg}"
+    );
+}
+
+/// `images` larger than the evaluated split: the range names the split and its size.
+#[test]
+fn images_beyond_the_data_name_the_split_and_its_size() {
+    let e = Settings::check_images(20_000, Some((10_000, "Fashion-MNIST test"))).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "images = 20000: out of range; valid: 1 to 10000 (the Fashion-MNIST test split has 10000 images). Fix: e.g. images = 10000"
+    );
+    assert!(Settings::check_images(10_000, Some((10_000, "Fashion-MNIST test"))).is_ok());
+    assert!(Settings::check_images(0, None).is_err());
+}

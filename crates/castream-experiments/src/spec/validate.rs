@@ -4,8 +4,9 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use castream_cam::{Method, PoolingKind};
+use castream_data::valid::OutOfRange;
 use castream_metrics::Metric;
 use toml::Spanned;
 
@@ -30,8 +31,42 @@ impl Place<'_> {
     }
 }
 
+impl Place<'_> {
+    /// Byte offset of the value of the dotted `key` in this profile's table (0 when the file does
+    /// not set it: a default), found in the file's syntax tree whether the key is written in a
+    /// `[quick.stream.train]` table, dotted or in an inline table.
+    fn offset_of(&self, key: &str) -> usize {
+        let Ok(root) = toml::de::DeTable::parse(self.text) else { return 0 };
+        let mut table = root.get_ref();
+        let mut offset = 0;
+        for part in std::iter::once(self.profile.key()).chain(key.split('.')) {
+            let Some((_, value)) = table.iter().find(|(k, _)| k.get_ref() == part) else { return 0 };
+            offset = value.span().start;
+            match value.get_ref().as_table() {
+                Some(t) => table = t,
+                None => break,
+            }
+        }
+        offset
+    }
+
+    /// `file:line: [profile] key = value: out of range; valid: …. Fix: …` for a value a type's
+    /// `validate()` refused.
+    fn out_of_range(&self, e: &OutOfRange) -> anyhow::Error {
+        let leaf = e.key.rsplit('.').next().unwrap_or(&e.key);
+        anyhow!(
+            "{} = {}: out of range; valid: {}. Fix: e.g. {leaf} = {}",
+            self.at(self.offset_of(&e.key), &e.key),
+            e.value,
+            e.valid,
+            e.example
+        )
+    }
+}
+
 pub fn settings(s: &Settings, target: Target, place: &Place) -> Result<()> {
     s.scenes.validate().with_context(|| format!("{}: in [{}]", place.path.display(), place.profile))?;
+    s.validate().map_err(|e| place.out_of_range(&e))?;
     if s.batch_size == 0 {
         bail!("{}: must be at least 1; Fix: e.g. batch_size = 64", place.at(0, "batch_size"));
     }

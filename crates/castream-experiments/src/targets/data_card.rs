@@ -5,7 +5,7 @@
 use anyhow::{bail, Context, Result};
 use castream_data::batching::batch_indices;
 use castream_data::discovery::{DatasetName, Locator};
-use castream_data::image_folder::{load_image, ImageList};
+use castream_data::image_folder::{load_image, ImageList, IMAGENET_CLASSES};
 use castream_data::labelled::{hex, Split};
 use castream_data::scenes::{SceneSet, SceneStats};
 use castream_report::columns;
@@ -77,7 +77,7 @@ fn quick(ctx: &mut RunContext) -> Result<()> {
         let mut series = Vec::new();
         for split in [Split::Train, Split::Test] {
             let data = located.load(split)?;
-            ctx.record.data.push(DataRecord {
+            ctx.record.read_data(DataRecord {
                 dataset: name.display_name().into(),
                 split: split.name().into(),
                 images: data.len(),
@@ -99,6 +99,9 @@ fn quick(ctx: &mut RunContext) -> Result<()> {
         }
         .write(&ctx.out.join(format!("class_counts_{}", slug(name))))?;
     }
+    let fashion_test =
+        splits.iter().find(|(n, sp, _)| *n == DatasetName::FashionMnist && *sp == Split::Test).map_or(0, |x| x.2.len());
+    let shown = super::image_count(ctx, DEFAULT_GRID_IMAGES, fashion_test, "Fashion-MNIST test")?;
     counts
         .table()?
         .note("Counts read from the IDX label files; run.json records each file's SHA-256.")
@@ -122,7 +125,6 @@ fn quick(ctx: &mut RunContext) -> Result<()> {
         .note("object: fraction of pixels inside the item mask; box: fraction inside its box; side: pasted item side in pixels.")
         .write(ctx.out)?;
 
-    let shown = s.images.unwrap_or(DEFAULT_GRID_IMAGES);
     let pick = |set: &SceneSet, n: usize| -> Result<Vec<usize>> {
         let order = batch_indices(set.len(), set.len().max(1), Some(s.seed))?;
         Ok(order.into_iter().flatten().take(n).collect())
@@ -215,9 +217,10 @@ fn paper(ctx: &mut RunContext) -> Result<()> {
         );
     }
     let list = match &set.list {
-        Some(file) => ImageList::from_csv(file, &set.root)?,
+        Some(file) => ImageList::from_csv(file, &set.root, IMAGENET_CLASSES)?,
         None => ImageList::from_class_folders(&set.root)?,
     };
+    let shown = super::image_count(ctx, DEFAULT_GRID_IMAGES, list.len(), "ImageNet validation")?;
     let classes = list.entries.iter().map(|e| e.label).max().map_or(0, |m| m + 1);
     let mut counts = vec![0usize; classes];
     list.entries.iter().for_each(|e| counts[e.label] += 1);
@@ -229,11 +232,20 @@ fn paper(ctx: &mut RunContext) -> Result<()> {
 
     let mut hasher = Sha256::new();
     list.entries.iter().for_each(|e| hasher.update(format!("{},{}\n", e.path.display(), e.label)));
-    ctx.record.image_list_sha256 = Some(hex(&hasher.finalize()));
+    let list_sha256 = hex(&hasher.finalize());
+    ctx.record.read_data(DataRecord {
+        dataset: "imagenet".into(),
+        split: "val".into(),
+        images: list.len(),
+        // An image folder's identity is its list (paths and labels), hashed without reading every image.
+        sha256: list_sha256.clone(),
+        origin: serde_json::json!({ "root": set.root, "list": set.list }),
+    });
+    ctx.record.image_list_sha256 = Some(list_sha256);
     ctx.record.seeds.insert("seed".into(), s.seed);
 
     let order = batch_indices(list.len(), list.len(), Some(s.seed))?;
-    let ids: Vec<usize> = order.into_iter().flatten().take(s.images.unwrap_or(DEFAULT_GRID_IMAGES)).collect();
+    let ids: Vec<usize> = order.into_iter().flatten().take(shown).collect();
     let side = set.transform.output_size() as usize;
     let tiles = ids
         .iter()

@@ -2,20 +2,15 @@
 //! with the shapes a forward pass produces, the CA blocks with their widths and parameter counts,
 //! and the GAP path the stream replaces, crossed out.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::{DType, Tensor};
 use castream_report::columns;
 use castream_report::diagram::{self, Panel};
 use castream_report::tables::Table;
-use castream_zoo::ca::quick_models;
 
 use super::RunContext;
-use crate::spec::Profile;
 
 pub fn run(ctx: &mut RunContext) -> Result<()> {
-    if ctx.profile == Profile::Paper {
-        bail!("figure1 --profile paper: not yet available: needs the paper backbones' weights and an ImageNet-trained stream");
-    }
     let s = ctx.settings;
     let data = ctx.quick_data()?;
     let side = data.test.config.canvas;
@@ -23,7 +18,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let (mut col_backbone, mut col_block, mut col_reads, mut col_in, mut col_out, mut col_params) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for backbone in &s.backbones {
-        let m = quick_models(ctx.root, backbone, &s.stream, &data, &mut None, &ctx.device)?;
+        let m = ctx.models(backbone, &s.stream, &data, &mut None)?;
         let name = &m.name;
         let x = Tensor::zeros((1, 3, side, side), DType::F32, &ctx.device)?;
         let features = m.ca.backbone.net.stages(&x, false)?;

@@ -2,30 +2,26 @@
 //! attention, then Grad-CAM, Grad-CAM++ and Score-CAM of the GAP network and of the CA model, each
 //! a jet overlay explaining the ground-truth class, the object's box drawn thin on every tile.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use castream_cam::{Method, MethodOptions, Pooling, Subject};
 use castream_report::columns;
 
 use super::{first_backbone, RunContext};
-use crate::spec::Profile;
 use castream_eval::saliency::{image_list_sha256, maps};
 use castream_report::grid::{Grid, Tile};
 use castream_report::tables::Table;
-use castream_zoo::ca::quick_models;
 
 const DEFAULT_IMAGES: usize = 8;
 const CAMS: [Method; 3] = [Method::GradCam, Method::GradCamPlusPlus, Method::ScoreCam];
 
 pub fn run(ctx: &mut RunContext) -> Result<()> {
-    if ctx.profile == Profile::Paper {
-        bail!("figure2 --profile paper: not yet available: needs an ImageNet-trained stream");
-    }
     let s = ctx.settings;
     let data = ctx.quick_data()?;
+    let n = super::image_count(ctx, DEFAULT_IMAGES, data.test.len(), "Fashion-MNIST test")?;
     let backbone = first_backbone(s)?;
-    let m = quick_models(ctx.root, backbone, &s.stream, &data, &mut None, &ctx.device)?;
+    let m = ctx.models(backbone, &s.stream, &data, &mut None)?;
     let name = &m.name;
-    let ids: Vec<usize> = (0..s.images.unwrap_or(DEFAULT_IMAGES).min(data.test.len())).collect();
+    let ids: Vec<usize> = (0..n).collect();
     ctx.record.image_list_sha256 = Some(image_list_sha256("fashion-mnist/test", &ids));
     let norm = m.meta.normalisation;
     let (x, y) = data.test.batch(&ids, &norm, &ctx.device)?;

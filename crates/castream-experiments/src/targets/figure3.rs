@@ -9,10 +9,8 @@ use castream_report::columns;
 use castream_stream::minmax_normalise;
 
 use super::{first_backbone, RunContext};
-use crate::spec::Profile;
 use castream_report::grid::{Grid, Tile};
 use castream_report::tables::Table;
-use castream_zoo::ca::quick_models;
 
 const DEFAULT_IMAGES: usize = 6;
 
@@ -47,15 +45,13 @@ fn nearest(map: &[f32], h: usize, w: usize, side: usize) -> Vec<f32> {
 }
 
 pub fn run(ctx: &mut RunContext) -> Result<()> {
-    if ctx.profile == Profile::Paper {
-        bail!("figure3 --profile paper: not yet available: needs an ImageNet-trained stream");
-    }
     let s = ctx.settings;
     let data = ctx.quick_data()?;
+    let n = super::image_count(ctx, DEFAULT_IMAGES, data.test.len(), "Fashion-MNIST test")?;
     let backbone = first_backbone(s)?;
-    let m = quick_models(ctx.root, backbone, &s.stream, &data, &mut None, &ctx.device)?;
+    let m = ctx.models(backbone, &s.stream, &data, &mut None)?;
     let name = &m.name;
-    let ids: Vec<usize> = (0..s.images.unwrap_or(DEFAULT_IMAGES).min(data.test.len())).collect();
+    let ids: Vec<usize> = (0..n).collect();
     let (x, _) = data.test.batch(&ids, &m.meta.normalisation, &ctx.device)?;
     let features = m.ca.backbone.net.stages(&x, false)?;
     let out = m.ca.stream.forward(&features)?;

@@ -2,7 +2,7 @@
 //! Fashion-MNIST scenes, looks at MNIST digit scenes built the same way; each block's attention
 //! (CA-0 … CA-4) and their product are drawn over the image, the digit's box drawn thin.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use castream_cam::{Method, MethodOptions, Pooling, Subject};
 use castream_data::discovery::{DatasetName, Locator};
 use castream_data::labelled::Split;
@@ -12,26 +12,22 @@ use castream_report::columns;
 use castream_stream::AttentionSelect;
 
 use super::{first_backbone, RunContext};
-use crate::spec::Profile;
 use castream_eval::saliency::{image_list_sha256, maps};
 use castream_report::grid::{Grid, Tile};
 use castream_report::tables::Table;
-use castream_zoo::ca::quick_models;
 
 const DEFAULT_IMAGES: usize = 8;
 
 pub fn run(ctx: &mut RunContext) -> Result<()> {
-    if ctx.profile == Profile::Paper {
-        bail!("figure4 --profile paper: not yet available: needs an ImageNet-trained stream (the [paper.data.unseen] images are validated by data-card)");
-    }
     let s = ctx.settings;
     let data = ctx.quick_data()?;
     let located = Locator::from_environment(DatasetName::Mnist).locate(DatasetName::Mnist, &s.data.mnist)?;
     let digits = SceneSet::new(located.load(Split::Test)?, DatasetName::Mnist, Split::Test, s.scenes.clone())?;
+    let n = super::image_count(ctx, DEFAULT_IMAGES, digits.len(), "MNIST test")?;
     let backbone = first_backbone(s)?;
-    let m = quick_models(ctx.root, backbone, &s.stream, &data, &mut None, &ctx.device)?;
+    let m = ctx.models(backbone, &s.stream, &data, &mut None)?;
     let name = &m.name;
-    let ids: Vec<usize> = (0..s.images.unwrap_or(DEFAULT_IMAGES).min(digits.len())).collect();
+    let ids: Vec<usize> = (0..n).collect();
     ctx.record.image_list_sha256 = Some(image_list_sha256("mnist/test", &ids));
     let norm = m.meta.normalisation;
     let (x, _) = digits.batch(&ids, &norm, &ctx.device)?;

@@ -9,9 +9,9 @@ use castream_eval::sanity;
 use castream_eval::{Explained, ModelKey, Source};
 use castream_metrics::Metric;
 use castream_report::scorecard::{Row, Scorecard};
-use castream_zoo::ca::{quick_models, QuickModels};
+use castream_zoo::ca::QuickModels;
 
-use super::{shipped_or_pending, test_scenes, RunContext};
+use super::{test_scenes, RunContext};
 use crate::paper::PaperValues;
 
 /// Scenes per cell unless the spec's `images` says otherwise (fits the 5-minute quick budget).
@@ -21,17 +21,13 @@ pub const DEFAULT_IMAGES: usize = 500;
 pub fn explained(m: &QuickModels, pooling: PoolingKind, layer: usize) -> Explained<'_> {
     let (net, weights) = match pooling {
         PoolingKind::Gap => (Pooling::Gap(&m.ca.backbone), m.sha256.clone()),
-        PoolingKind::Ca => {
-            let stream = m.stream_file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            (Pooling::Ca(&m.ca), format!("{}+{stream}", m.sha256))
-        }
+        PoolingKind::Ca => (Pooling::Ca(&m.ca), format!("{}+{}", m.sha256, m.stream_sha256)),
     };
     let key = ModelKey { weights, pooling, layer };
     Explained { subject: Subject::new(Network { pooling: net, layer }, m.meta.normalisation), key }
 }
 
 pub fn run(ctx: &mut RunContext) -> Result<()> {
-    shipped_or_pending(ctx)?;
     let s = ctx.settings;
     let (data, ids) = test_scenes(ctx, DEFAULT_IMAGES)?;
     let eval = ctx.evaluation(&data.test, &ids);
@@ -42,8 +38,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let model_free = metrics.iter().all(|m| m.group() == castream_metrics::metric::Group::Localisation);
     let (mut rows, mut sanity_rows, mut notes) = (Vec::new(), Vec::new(), Vec::new());
     for backbone in &s.backbones {
-        let m = quick_models(ctx.root, backbone, &s.stream, &data, &mut None, &ctx.device)?;
-        ctx.record.seeds.insert(format!("stream.{}", m.name), s.stream.train.seed);
+        let m = ctx.models(backbone, &s.stream, &data, &mut None)?;
         let models: Vec<Explained> = s.poolings.iter().map(|&p| explained(&m, p, layer)).collect();
         let attention = s.attention.iter().flat_map(|a| a.expand(&m.ca.stream.config().taps)).map(Source::Attention);
         let sources: Vec<Source> = attention

@@ -13,13 +13,13 @@ mod table4;
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::Device;
 use castream_data::scenes::SceneSet;
 use castream_eval::saliency::image_list_sha256;
 use castream_eval::Evaluation;
-use castream_report::record::RunRecord;
-use castream_zoo::ca::QuickData;
+use castream_report::record::{DataRecord, RunRecord};
+use castream_zoo::ca::{quick_models, QuickData, QuickModels, StreamFeatures, StreamSpec};
 use castream_zoo::quick::is_shipped;
 use castream_zoo::BackboneSpec;
 
@@ -76,9 +76,61 @@ impl RunContext<'_> {
         }
     }
 
-    /// The quick profile's scene sets from the spec's data location and scene settings.
-    pub fn quick_data(&self) -> Result<QuickData> {
-        QuickData::load(&self.settings.data.fashion_mnist, &self.settings.scenes)
+    /// The quick profile's scene sets from the spec's data location and scene settings, recorded
+    /// in `run.json`.
+    pub fn quick_data(&mut self) -> Result<QuickData> {
+        let data = QuickData::load(&self.settings.data.fashion_mnist, &self.settings.scenes)?;
+        for set in [&data.train, &data.test] {
+            self.record.read_data(data_record(set));
+        }
+        Ok(data)
+    }
+
+    /// `backbone` and its CA-Stream trained with `stream` ([`quick_models`]), their weights'
+    /// SHA-256 and the stream's seed recorded in `run.json`.
+    pub fn models(
+        &mut self,
+        backbone: &BackboneSpec,
+        stream: &StreamSpec,
+        data: &QuickData,
+        features: &mut Option<StreamFeatures>,
+    ) -> Result<QuickModels> {
+        let m = quick_models(self.root, backbone, stream, data, features, &self.device)?;
+        let weights = &mut self.record.weights;
+        weights.insert(format!("{} backbone", m.name), m.sha256.clone());
+        if let Some(entry) = &m.manifest {
+            weights.insert(format!("{} backbone sidecar", m.name), entry.sidecar_sha256.clone());
+        }
+        let stream_file = m.stream_file.file_name().map_or(String::new(), |f| f.to_string_lossy().into_owned());
+        weights.insert(format!("{} stream {stream_file}", m.name), m.stream_sha256.clone());
+        self.record.seeds.insert(format!("stream.{}", m.name), stream.train.seed);
+        Ok(m)
+    }
+}
+
+/// The number of evaluation images: the spec's `images` (or `--images`), else `default`, checked
+/// against the `available` images of the evaluated `split` before any work on them: a count
+/// larger than the data is refused, naming `images`, where it was set and the split's size.
+pub fn image_count(ctx: &RunContext, default: usize, available: usize, split: &str) -> Result<usize> {
+    let Some(n) = ctx.settings.images else { return Ok(default.min(available)) };
+    Settings::check_images(n, Some((available, split))).map_err(|e| {
+        if ctx.record.overrides.iter().any(|o| o.starts_with("images=")) {
+            anyhow::anyhow!("{}", e.as_flag("--images"))
+        } else {
+            anyhow::anyhow!("{}: [{}] {e}", ctx.spec.path.display(), ctx.profile)
+        }
+    })?;
+    Ok(n)
+}
+
+/// A scene set's source split as `run.json` records it.
+pub fn data_record(set: &SceneSet) -> DataRecord {
+    DataRecord {
+        dataset: set.dataset.display_name().into(),
+        split: set.split.name().into(),
+        images: set.len(),
+        sha256: set.source.sha256.clone(),
+        origin: serde_json::json!({ "images": set.source.files.images, "labels": set.source.files.labels }),
     }
 }
 
@@ -89,35 +141,38 @@ pub fn first_backbone(s: &Settings) -> Result<&BackboneSpec> {
         .ok_or_else(|| anyhow::anyhow!("backbones is empty; Fix: name one, e.g. backbones = [\"resnet18\"]"))
 }
 
-/// A shipped backbone the spec names that is not trained yet makes the target pending.
-pub fn shipped_or_pending(ctx: &RunContext) -> Result<()> {
-    for b in &ctx.settings.backbones {
+/// Why `spec` cannot run on `profile` now, if it cannot: the paper profile's targets other than
+/// the data card need an ImageNet-trained stream; a shipped backbone the spec names that is not
+/// trained yet. Checked before a run starts and by `list`.
+pub fn pending(spec: &Spec, profile: Profile, settings: &Settings, root: &Path) -> Result<Option<NotYetAvailable>> {
+    let needs = |needs: String| Some(NotYetAvailable { target: spec.name.clone(), needs });
+    if profile == Profile::Paper && spec.target != Target::DataCard {
+        return Ok(needs(
+            "a CA-Stream trained on ImageNet (stream training for the paper profile is not built yet; \
+             `data-card --profile paper` checks the data)"
+                .into(),
+        ));
+    }
+    if spec.target == Target::DataCard {
+        return Ok(None);
+    }
+    for b in &settings.backbones {
         if let BackboneSpec::Shipped(name) = b {
-            if !is_shipped(ctx.root, name)? {
-                return Err(NotYetAvailable {
-                    target: ctx.spec.name.clone(),
-                    needs: format!(
-                        "the quick `{name}` backbone, which is not shipped (docs/backbones.md); train it with `cargo xtask train-backbones`"
-                    ),
-                }
-                .into());
+            if profile == Profile::Quick && !is_shipped(root, name)? {
+                return Ok(needs(format!(
+                    "the quick `{name}` backbone, which is not shipped (docs/backbones.md); train it with `cargo xtask train-backbones`"
+                )));
             }
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// The quick profile's test scenes and the first `images` (spec or `--images`, else `default`)
-/// of them, recorded in `run.json`; the paper profile is refused until a stream is trained on ImageNet.
+/// of them, recorded in `run.json`.
 pub fn test_scenes(ctx: &mut RunContext, default: usize) -> Result<(QuickData, Vec<usize>)> {
-    if ctx.profile == Profile::Paper {
-        bail!(
-            "{} --profile paper: not yet available: needs an ImageNet-trained stream (train it on a GPU machine)",
-            ctx.spec.name
-        );
-    }
     let data = ctx.quick_data()?;
-    let n = ctx.settings.images.unwrap_or(default).min(data.test.len());
+    let n = image_count(ctx, default, data.test.len(), "Fashion-MNIST test")?;
     let ids: Vec<usize> = (0..n).collect();
     ctx.record.image_list_sha256 = Some(image_list_sha256("fashion-mnist/test", &ids));
     ctx.record.seeds.insert("bootstrap".into(), ctx.settings.seed);

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::Tensor;
 use castream_eval::saliency::image_list_sha256;
 use castream_metrics::bootstrap::{mean_interval, paired_interval};
@@ -12,10 +12,8 @@ use castream_report::columns;
 use super::RunContext;
 use castream_cam::PoolingKind;
 use castream_eval::recognition::correctness;
-use castream_zoo::ca::quick_models;
 
 use crate::paper::PaperValues;
-use crate::spec::Profile;
 use castream_report::charts::{axis_floor, GroupedBars};
 use castream_report::tables::Table;
 
@@ -37,12 +35,9 @@ fn throughput(batch: &Tensor, forward: impl Fn(&Tensor) -> Result<Tensor>) -> Re
 }
 
 pub fn run(ctx: &mut RunContext) -> Result<()> {
-    if ctx.profile == Profile::Paper {
-        bail!("table1 --profile paper: not yet available: needs ImageNet training of the stream on a GPU machine");
-    }
     let s = ctx.settings;
     let data = ctx.quick_data()?;
-    let n = s.images.unwrap_or(DEFAULT_IMAGES).min(data.test.len());
+    let n = super::image_count(ctx, DEFAULT_IMAGES, data.test.len(), "Fashion-MNIST test")?;
     let mut rows: (Vec<String>, Vec<String>, Vec<f64>, Vec<f64>, Vec<f64>) = Default::default();
     let (mut params_total, mut params_stream, mut speed, mut paper) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut gflops = Vec::new();
@@ -50,7 +45,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let ids: Vec<usize> = (0..n).collect();
     let published = PaperValues::load(ctx.experiments)?;
     for backbone in &s.backbones {
-        let m = quick_models(ctx.root, backbone, &s.stream, &data, &mut None, &ctx.device)?;
+        let m = ctx.models(backbone, &s.stream, &data, &mut None)?;
         let name = &m.name;
         let (gap, ca) =
             correctness(&[&m.ca], &data.test, &ids, &m.meta.normalisation, s.batch_size, &ctx.device, name)?;
@@ -106,14 +101,6 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
                 if m.from_cache { format!(" (loaded from {})", m.stream_file.display()) } else { String::new() }
             ),
         ));
-        ctx.record.seeds.insert(format!("stream.{name}"), s.stream.train.seed);
-        ctx.record.data.push(castream_report::record::DataRecord {
-            dataset: "Fashion-MNIST".into(),
-            split: "test".into(),
-            images: n,
-            sha256: data.test.source.sha256.clone(),
-            origin: serde_json::json!({ "backbone": name, "checkpoint_sha256": m.sha256 }),
-        });
     }
     ctx.record.seeds.insert("bootstrap".into(), s.seed);
     ctx.record.image_list_sha256 = Some(image_list_sha256("fashion-mnist/test", &(0..n).collect::<Vec<_>>()));

@@ -2,7 +2,7 @@
 //! last two, or only the last (a single attention pooling), with 1 or 4 heads: top-1 accuracy on
 //! the same test images. The Grad-CAM interpretability columns wait for the metrics.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use castream_metrics::bootstrap::{mean_interval, paired_interval};
 use castream_report::columns;
 use castream_stream::StreamConfig;
@@ -13,13 +13,11 @@ use castream_stream::CaModel;
 
 use super::interpretability::explained;
 use super::RunContext;
-use crate::spec::Profile;
 use castream_eval::interpretability::Source;
 use castream_metrics::metric::{PerImage, PAPER_METRICS};
 use castream_report::charts::{axis_floor, GroupedBars};
 use castream_report::scorecard::{Row, Scorecard};
 use castream_report::tables::Table;
-use castream_zoo::ca::quick_models;
 use castream_zoo::ca::StreamSpec;
 
 const DEFAULT_IMAGES: usize = 5000;
@@ -36,12 +34,9 @@ const VARIANTS: [(&str, &[usize], usize); 4] = [
 ];
 
 pub fn run(ctx: &mut RunContext) -> Result<()> {
-    if ctx.profile == Profile::Paper {
-        bail!("table4 --profile paper: not yet available: needs ImageNet training of the streams on a GPU machine");
-    }
     let s = ctx.settings;
     let data = ctx.quick_data()?;
-    let n = s.images.unwrap_or(DEFAULT_IMAGES).min(data.test.len());
+    let n = super::image_count(ctx, DEFAULT_IMAGES, data.test.len(), "Fashion-MNIST test")?;
     let (mut backbone, mut variant, mut top1, mut low, mut high, mut vs_gap, mut params) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut chart_series, mut chart_intervals): (Vec<(String, Vec<f64>)>, Vec<Vec<(f64, f64)>>) =
@@ -56,7 +51,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             .map(|(_, taps, heads)| {
                 let config = StreamConfig { taps: taps.to_vec(), heads: *heads, ..s.stream.config.clone() };
                 let stream = StreamSpec { config, ..s.stream.clone() };
-                quick_models(ctx.root, spec, &stream, &data, &mut features, &ctx.device)
+                ctx.models(spec, &stream, &data, &mut features)
             })
             .collect::<Result<Vec<_>>>()?;
         drop(features);

@@ -1,0 +1,175 @@
+use super::*;
+use castream_backbones::{Arch, BackboneConfig, Model, Stem};
+use castream_cam::Pooling;
+use castream_data::device::cpu;
+use castream_data::discovery::DatasetName;
+use castream_data::labelled::{LabelledImages, Split, SplitFiles};
+use castream_data::scenes::SceneConfig;
+use castream_data::Normalisation;
+use castream_metrics::causal::CausalVariant;
+
+/// Scenes of 28x28 blobs on a 32 px canvas.
+fn scenes(n: usize) -> SceneSet {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let images: Vec<u8> = (0..n * 784)
+        .map(|p| {
+            let (y, x) = ((p % 784) / 28, p % 28);
+            if (6..22).contains(&y) && (8..20).contains(&x) {
+                rng.random_range(80..=255)
+            } else {
+                0
+            }
+        })
+        .collect();
+    let source = LabelledImages {
+        images,
+        labels: (0..n).map(|i| (i % 3) as u8).collect(),
+        rows: 28,
+        cols: 28,
+        classes: 3,
+        sha256: String::new(),
+        files: SplitFiles { images: "i".into(), labels: "l".into() },
+    };
+    let config = SceneConfig { canvas: 32, item_size: [12, 20], ..SceneConfig::default() };
+    SceneSet::new(source, DatasetName::FashionMnist, Split::Test, config).unwrap()
+}
+
+fn model() -> Model {
+    let config = BackboneConfig { stem: Stem::Small, base_width: Some(4), ..BackboneConfig::new(Arch::Resnet18, 3) };
+    Model::new(config, 3, &cpu()).unwrap()
+}
+
+const NORM: Normalisation = Normalisation { mean: [0.4, 0.4, 0.4], std: [0.25, 0.25, 0.25] };
+const ALL: [Metric; 8] = Metric::ALL;
+
+fn explained(net: &Model) -> Explained<'_> {
+    let key = ModelKey { weights: "m".into(), pooling: PoolingKind::Gap, layer: 4 };
+    Explained { subject: Subject::of(Pooling::Gap(net), NORM), key }
+}
+
+#[test]
+fn a_tampered_cell_cache_is_recomputed_and_other_weights_miss_it() {
+    let (set, net, protocol) = (scenes(3), model(), Protocol::default());
+    let ids = [0, 1, 2];
+    let dir = tempfile::tempdir().unwrap();
+    let eval =
+        Evaluation { set: &set, ids: &ids, batch_size: 3, protocol, seed: 1, cache: dir.path().into(), device: cpu() };
+    let metrics = [Metric::AverageDrop, Metric::Insertion];
+    let source = Source::Method(Method::GradCam);
+    let fresh = eval.run(&explained(&net), source, &metrics).unwrap();
+    let files = |sub: &str| -> Vec<PathBuf> {
+        let mut f: Vec<PathBuf> = std::fs::read_dir(dir.path().join(sub)).unwrap().map(|e| e.unwrap().path()).collect();
+        f.sort();
+        f
+    };
+    let payload = |sub: &str| files(sub).into_iter().find(|p| !p.to_string_lossy().ends_with(".card.json")).unwrap();
+    // A score edited in the cached JSON (still valid JSON of the right shape) is not served.
+    let scores = payload("scores");
+    let text = std::fs::read_to_string(&scores).unwrap();
+    let first = serde_json::to_string(&fresh[&Metric::AverageDrop][0]).unwrap();
+    let tampered = text.replacen(&first, "12.5", 1);
+    assert_ne!(tampered, text, "the edit must change the cached scores");
+    std::fs::write(&scores, tampered).unwrap();
+    // Truncated maps.
+    let maps = payload("maps");
+    let bytes = std::fs::read(&maps).unwrap();
+    std::fs::write(&maps, &bytes[..bytes.len() - 7]).unwrap();
+    let again = eval.run(&explained(&net), source, &metrics).unwrap();
+    assert_eq!(again, fresh);
+    assert_eq!(std::fs::read(&maps).unwrap(), bytes, "the maps were recomputed and stored again");
+    // Another model's weights (e.g. a retrained stream) are other cells.
+    let other = Explained {
+        subject: Subject::of(Pooling::Gap(&net), NORM),
+        key: ModelKey { weights: "another stream".into(), pooling: PoolingKind::Gap, layer: 4 },
+    };
+    eval.run(&other, source, &metrics).unwrap();
+    assert_eq!(files("scores").len(), 4, "two cells, each a payload and a card");
+}
+
+#[test]
+fn scores_do_not_depend_on_batching_or_the_cache() {
+    let (set, net, protocol) = (scenes(5), model(), Protocol::default());
+    let model = explained(&net);
+    let ids = [0, 1, 2, 3, 4];
+    let dir = tempfile::tempdir().unwrap();
+    let eval = |batch_size, cache: PathBuf| Evaluation {
+        set: &set,
+        ids: &ids,
+        batch_size,
+        protocol,
+        seed: 1,
+        cache,
+        device: cpu(),
+    };
+    for source in [Source::Method(Method::ScoreCam), Source::Random, Source::Centre] {
+        let whole = eval(5, dir.path().join("a")).run(&model, source, &ALL).unwrap();
+        let pieces = eval(2, dir.path().join("b")).run(&model, source, &ALL).unwrap();
+        let cached = eval(2, dir.path().join("a")).run(&model, source, &ALL).unwrap();
+        for m in ALL {
+            assert_eq!(whole[&m].len(), 5);
+            // Batches split differently across threads round differently (~1e-7 in the maps),
+            // which can swap near-tied pixels in the insertion/deletion order.
+            for (a, b) in whole[&m].iter().zip(&pieces[&m]) {
+                assert!((a - b).abs() < 0.05, "{source:?} {m}: {a} vs {b}");
+            }
+            assert_eq!(whole[&m], cached[&m], "{m}: the cache must return what was computed");
+        }
+    }
+}
+
+#[test]
+fn scores_equal_the_metric_functions_applied_to_explain() {
+    let (set, net, protocol) = (scenes(3), model(), Protocol::default());
+    let model = explained(&net);
+    let subject = &model.subject;
+    let ids = [0, 1, 2];
+    let dir = tempfile::tempdir().unwrap();
+    let eval =
+        Evaluation { set: &set, ids: &ids, batch_size: 3, protocol, seed: 0, cache: dir.path().into(), device: cpu() };
+    let got = eval.run(&model, Source::Method(Method::GradCam), &ALL).unwrap();
+    let (x, y) = set.batch(&ids, &NORM, &cpu()).unwrap();
+    let classes: Vec<u32> = y.to_vec1().unwrap();
+    let maps = explain(Method::GradCam.build(&protocol.cam).as_ref(), subject, &x, &classes).unwrap().upsampled;
+    let p = class_probabilities(&subject.logits(&x).unwrap(), &classes).unwrap();
+    let o = class_probabilities(&subject.logits(&explanation_images(&x, &maps, &NORM).unwrap()).unwrap(), &classes)
+        .unwrap();
+    let expected_drop = confidence(&p, &o).drop;
+    let mut score = |b: &Tensor| subject.logits(b);
+    let deletion =
+        causal_curves(&mut score, &x, &maps, &classes, CausalMode::Deletion, CausalVariant::Authors, 7).unwrap();
+    let flat: Vec<Vec<f32>> = maps.flatten_from(1).unwrap().to_vec2().unwrap();
+    for i in 0..3 {
+        assert!((got[&Metric::AverageDrop][i] - expected_drop[i]).abs() < 1e-9);
+        assert!((got[&Metric::Deletion][i] - 100.0 * auc(&deletion[i])).abs() < 1e-9);
+        let bbox = set.scene(ids[i]).bbox.unwrap();
+        assert!((got[&Metric::Energy][i] - 100.0 * energy_in_box(&flat[i], 32, &bbox)).abs() < 1e-9);
+    }
+}
+
+#[test]
+fn baselines_are_maps_in_the_unit_interval_and_the_centre_peaks_in_the_middle() {
+    let (set, net, protocol) = (scenes(2), model(), Protocol::default());
+    let subject = Subject::of(Pooling::Gap(&net), NORM);
+    let eval =
+        Evaluation { set: &set, ids: &[0, 1], batch_size: 2, protocol, seed: 0, cache: PathBuf::new(), device: cpu() };
+    let (x, _) = set.batch(&[0, 1], &NORM, &cpu()).unwrap();
+    let centre: Vec<Vec<f32>> = eval
+        .batch_maps(&subject, Source::Centre, &x, &[0, 0], &[0, 1])
+        .unwrap()
+        .flatten_from(1)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let peak = (0..centre[0].len()).max_by(|&a, &b| centre[0][a].total_cmp(&centre[0][b])).unwrap();
+    assert!([15, 16].contains(&(peak / 32)) && [15, 16].contains(&(peak % 32)), "peak at {peak}");
+    let random = eval.batch_maps(&subject, Source::Random, &x, &[0, 0], &[0, 1]).unwrap();
+    let v: Vec<f32> = random.flatten_all().unwrap().to_vec1().unwrap();
+    let (lo, hi) = v.iter().fold((f32::MAX, f32::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+    assert!(lo == 0.0 && hi > 0.999 && hi <= 1.0, "range [{lo}, {hi}]");
+    // Seeded per image: the same image gets the same noise in another batch.
+    let alone = eval.batch_maps(&subject, Source::Random, &x.narrow(0, 1, 1).unwrap(), &[0], &[1]).unwrap();
+    assert_eq!(
+        alone.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        random.get(1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+}
