@@ -107,11 +107,17 @@ impl StagedDir {
         for entry in fs::read_dir(parent)? {
             let entry = entry?;
             let file = entry.file_name().to_string_lossy().into_owned();
-            let owner = file
-                .strip_prefix(&format!(".{name}.partial-"))
-                .or_else(|| file.strip_prefix(&format!(".{name}.old-")))
-                .and_then(|pid| pid.parse::<u32>().ok());
-            if owner.is_some_and(|pid| !process_alive(pid)) {
+            let pid_of = |prefix: &str| file.strip_prefix(prefix).and_then(|pid| pid.parse::<u32>().ok());
+            if let Some(pid) = pid_of(&format!(".{name}.old-")).filter(|&pid| !process_alive(pid)) {
+                // Published results moved aside by a run that died mid-swap: they are the current ones.
+                if !target.exists() {
+                    fs::rename(entry.path(), target)
+                        .with_context(|| format!("restoring {} from {}", target.display(), entry.path().display()))?;
+                } else {
+                    fs::remove_dir_all(entry.path())
+                        .with_context(|| format!("removing stale {} (pid {pid})", entry.path().display()))?;
+                }
+            } else if pid_of(&format!(".{name}.partial-")).is_some_and(|pid| !process_alive(pid)) {
                 fs::remove_dir_all(entry.path())
                     .with_context(|| format!("removing stale {}", entry.path().display()))?;
             }
@@ -167,8 +173,12 @@ impl StagedDir {
     }
 
     /// Replaces the target directory by the staging directory. Between the two renames the target
-    /// is briefly absent, never partial.
+    /// is briefly absent, never partial; the previous results are kept aside as `.<name>.old-<pid>`
+    /// until the new ones are in place (put back if the swap fails, and restored by the next
+    /// [`StagedDir::begin`] if the process dies in between). From here on an interrupt no longer
+    /// removes the staging directory: it is about to be the published one.
     pub fn commit(self) -> Result<PathBuf> {
+        LIVE.lock().unwrap_or_else(|e| e.into_inner()).retain(|l| l.staging != self.staging);
         let old = self.target.with_file_name(format!(
             ".{}.old-{}",
             self.target.file_name().unwrap().to_string_lossy(),
@@ -177,7 +187,12 @@ impl StagedDir {
         if self.target.exists() {
             fs::rename(&self.target, &old).with_context(|| format!("moving aside {}", self.target.display()))?;
         }
-        fs::rename(&self.staging, &self.target).with_context(|| format!("publishing {}", self.target.display()))?;
+        if let Err(e) = fs::rename(&self.staging, &self.target) {
+            if old.exists() {
+                let _ = fs::rename(&old, &self.target);
+            }
+            return Err(e).with_context(|| format!("publishing {}", self.target.display()));
+        }
         if old.exists() {
             fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
         }
@@ -208,18 +223,20 @@ pub fn abandon_all() {
 fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        let path = entry?.path();
-        if path.is_dir() {
-            files.extend(walk(&path)?);
+        let entry = entry?;
+        // The entry's own type: a symlink is a file here, never followed.
+        if entry.file_type()?.is_dir() {
+            files.extend(walk(&entry.path())?);
         } else {
-            files.push(path);
+            files.push(entry.path());
         }
     }
     Ok(files)
 }
 
-/// Whether process `pid` is alive. Where `/proc` exists (Linux) it is read; elsewhere a process
-/// cannot be proven alive and the target's lock alone protects staging directories.
+/// Whether process `pid` is alive (`/proc/<pid>` exists). The target's lock is what keeps two
+/// runs apart; this check spares the folders of a process that is still alive without holding the
+/// lock. Where `/proc` does not exist, nothing can be proven alive and the lock alone protects.
 fn process_alive(pid: u32) -> bool {
     pid == std::process::id() || (Path::new("/proc/self").exists() && Path::new(&format!("/proc/{pid}")).exists())
 }
@@ -326,5 +343,16 @@ mod tests {
         assert!(msg.contains("stray.png"), "{msg}");
         fs::remove_dir_all(run.path()).unwrap();
         assert!(run.written().unwrap_err().to_string().contains("disappeared"));
+    }
+
+    #[test]
+    fn results_moved_aside_by_a_run_that_died_mid_swap_are_restored() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("quick").join("table5");
+        let dead = root.path().join("quick").join(".table5.old-999999");
+        write(&dead.join("t.csv"), b"published").unwrap();
+        drop(StagedDir::begin(&target).unwrap());
+        assert_eq!(fs::read(target.join("t.csv")).unwrap(), b"published");
+        assert!(!dead.exists());
     }
 }

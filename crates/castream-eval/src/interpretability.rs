@@ -150,7 +150,10 @@ impl Evaluation<'_> {
         let scenes =
             (&self.set.source.sha256, self.set.dataset.display_name(), self.set.split.name(), &self.set.config);
         let seed = (source == Source::Random).then_some(self.seed);
-        Entry::new(&self.cache, kind, "cell", ext, &(model, source, metrics, &self.protocol, scenes, self.ids, seed))
+        // Scores are computed from the maps: a change to how maps are made retires them too.
+        let maps_format = MAPS.format;
+        let inputs = (model, source, metrics, &self.protocol, scenes, self.ids, seed, maps_format);
+        Entry::new(&self.cache, kind, "cell", ext, &inputs)
     }
 
     /// The post-processed maps `(N, h, w)` of every image, at the method's resolution. A CAM

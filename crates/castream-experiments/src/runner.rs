@@ -110,7 +110,7 @@ fn spec_path(dir: &Path, name: &str) -> PathBuf {
 }
 
 /// The folder a run publishes to: `<results>/<profile>/<name>`, or, when a setting is overridden
-/// (`--images`, `--seed`, a device other than the CPU), `<name>@<overrides>` beside it, so that
+/// (`--images`, `--seed`), `<name>@<overrides>` beside it, so that
 /// the reference results are only ever written by the spec's own settings.
 fn results_dir(opts: &Options, spec: &Spec, overrides: &[String]) -> PathBuf {
     let name = if overrides.is_empty() { spec.name.clone() } else { format!("{}@{}", spec.name, overrides.join(",")) };
@@ -129,9 +129,6 @@ fn run_spec(spec: &Spec, opts: &Options) -> Result<(PathBuf, f64)> {
     if let Some(seed) = opts.seed {
         settings.seed = seed;
         overrides.push(format!("seed={seed}"));
-    }
-    if opts.device != DeviceChoice::Cpu {
-        overrides.push(format!("device={}", opts.device));
     }
     if let Some(pending) = targets::pending(spec, opts.profile, &settings, &opts.root)? {
         return Err(pending.into());

@@ -10,6 +10,7 @@ use castream_backbones::{Arch, CheckpointMeta, Model};
 use serde::{Deserialize, Serialize};
 
 use crate::quick::{load_backbone, sha256_file};
+use castream_backbones::model::sidecar_path;
 
 /// A backbone as specs spell it: `"resnet18"`, `{ arch = "resnet18", checkpoint = "my.safetensors" }`
 /// or `{ arch = "resnet50", hub = "timm/resnet50.tv_in1k" }`.
@@ -106,6 +107,8 @@ pub struct LoadedBackbone {
     pub meta: CheckpointMeta,
     /// SHA-256 of the weight file.
     pub sha256: String,
+    /// SHA-256 of its `.json` sidecar (configuration, normalisation: they change every output).
+    pub sidecar_sha256: String,
     /// The shipped backbone's manifest entry (test accuracy, training provenance).
     pub manifest: Option<crate::quick::ManifestEntry>,
 }
@@ -116,7 +119,8 @@ pub fn load(root: &Path, spec: &BackboneSpec, device: &Device) -> Result<LoadedB
     match spec {
         BackboneSpec::Shipped(name) => {
             let (model, meta, entry) = load_backbone(root, name, device)?;
-            Ok(LoadedBackbone { model, meta, sha256: entry.sha256.clone(), manifest: Some(entry) })
+            let (sha256, sidecar_sha256) = (entry.sha256.clone(), entry.sidecar_sha256.clone());
+            Ok(LoadedBackbone { model, meta, sha256, sidecar_sha256, manifest: Some(entry) })
         }
         BackboneSpec::Checkpoint { arch, checkpoint } => {
             let path = root.join(checkpoint);
@@ -131,7 +135,8 @@ pub fn load(root: &Path, spec: &BackboneSpec, device: &Device) -> Result<LoadedB
                     meta.config.arch.name()
                 );
             }
-            Ok(LoadedBackbone { model, meta, sha256: sha256_file(&path)?, manifest: None })
+            let (sha256, sidecar_sha256) = (sha256_file(&path)?, sha256_file(&sidecar_path(&path))?);
+            Ok(LoadedBackbone { model, meta, sha256, sidecar_sha256, manifest: None })
         }
         BackboneSpec::Hub { hub, .. } => bail!(
             "backbone `{hub}`: hf-hub backbones are ImageNet models and run in the paper profile; the quick profile \

@@ -73,6 +73,8 @@ pub struct QuickModels {
     pub meta: CheckpointMeta,
     /// SHA-256 of the backbone's weight file.
     pub sha256: String,
+    /// SHA-256 of the backbone's sidecar.
+    pub sidecar_sha256: String,
     /// The shipped backbone's manifest entry; `None` for a checkpoint named by path.
     pub manifest: Option<ManifestEntry>,
     /// Validation accuracy of the stream after training.
@@ -131,11 +133,6 @@ impl StreamFeatures {
     pub fn bytes(&self) -> usize {
         self.train.bytes() + self.val.bytes()
     }
-
-    /// Bytes of the cached features held in memory.
-    pub fn memory_bytes(&self) -> usize {
-        self.train.memory_bytes() + self.val.memory_bytes()
-    }
 }
 
 /// Loads backbone `name` and its stream for `spec`: from the stream cache when this exact
@@ -149,7 +146,8 @@ pub fn quick_models(
     features: &mut Option<StreamFeatures>,
     device: &Device,
 ) -> Result<QuickModels> {
-    let LoadedBackbone { model, meta, sha256, manifest } = crate::backbone::load(root, backbone, device)?;
+    let LoadedBackbone { model, meta, sha256, sidecar_sha256, manifest } =
+        crate::backbone::load(root, backbone, device)?;
     let name = backbone.name();
     let name = name.as_str();
     let ca = CaModel::new(model, &spec.config, spec.train.seed)?;
@@ -161,15 +159,28 @@ pub fn quick_models(
         STREAM_CACHE,
         name,
         "safetensors",
-        &(&sha256, &data.train.source.sha256, &data.train.config, spec, recipe.data.train_images),
+        &(&sha256, &sidecar_sha256, &data.train.source.sha256, &data.train.config, spec, recipe.data.train_images),
     )?;
     if let Some(hit) = entry.load() {
+        // Everything is checked before any weight is set: a failed load leaves the freshly
+        // initialised stream untouched for the retraining that follows.
         let loaded = (|| -> Result<StreamRecord> {
+            let record: StreamRecord = serde_json::from_value(hit.extra.clone())?;
             let tensors = candle_core::safetensors::load_buffer(&hit.bytes, device)?;
-            for (var_name, var) in ca.stream.named_vars() {
-                var.set(tensors.get(&var_name).with_context(|| format!("lacks `{var_name}`"))?)?;
+            let vars = ca.stream.named_vars();
+            for (var_name, var) in &vars {
+                let t = tensors.get(var_name).with_context(|| format!("lacks `{var_name}`"))?;
+                anyhow::ensure!(
+                    t.shape() == var.shape(),
+                    "`{var_name}` has shape {:?}, not {:?}",
+                    t.shape(),
+                    var.shape()
+                );
             }
-            Ok(serde_json::from_value(hit.extra.clone())?)
+            for (var_name, var) in vars {
+                var.set(&tensors[&var_name])?;
+            }
+            Ok(record)
         })();
         match loaded {
             Ok(record) => {
@@ -178,6 +189,7 @@ pub fn quick_models(
                     ca,
                     meta,
                     sha256,
+                    sidecar_sha256,
                     manifest,
                     stream_val_accuracy: record.val_accuracy,
                     cache_bytes: record.cache_bytes,
@@ -234,6 +246,7 @@ pub fn quick_models(
         ca,
         meta,
         sha256,
+        sidecar_sha256,
         manifest,
         stream_val_accuracy,
         cache_bytes: record.cache_bytes,

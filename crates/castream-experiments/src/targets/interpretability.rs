@@ -20,8 +20,8 @@ pub const DEFAULT_IMAGES: usize = 500;
 /// The GAP network or the CA model of `m` at `layer`, with its cell-cache key.
 pub fn explained(m: &QuickModels, pooling: PoolingKind, layer: usize) -> Explained<'_> {
     let (net, weights) = match pooling {
-        PoolingKind::Gap => (Pooling::Gap(&m.ca.backbone), m.sha256.clone()),
-        PoolingKind::Ca => (Pooling::Ca(&m.ca), format!("{}+{}", m.sha256, m.stream_sha256)),
+        PoolingKind::Gap => (Pooling::Gap(&m.ca.backbone), format!("{}+{}", m.sha256, m.sidecar_sha256)),
+        PoolingKind::Ca => (Pooling::Ca(&m.ca), format!("{}+{}+{}", m.sha256, m.sidecar_sha256, m.stream_sha256)),
     };
     let key = ModelKey { weights, pooling, layer };
     Explained { subject: Subject::new(Network { pooling: net, layer }, m.meta.normalisation), key }

@@ -98,9 +98,7 @@ impl RunContext<'_> {
         let m = quick_models(self.root, backbone, stream, data, features, &self.device)?;
         let weights = &mut self.record.weights;
         weights.insert(format!("{} backbone", m.name), m.sha256.clone());
-        if let Some(entry) = &m.manifest {
-            weights.insert(format!("{} backbone sidecar", m.name), entry.sidecar_sha256.clone());
-        }
+        weights.insert(format!("{} backbone sidecar", m.name), m.sidecar_sha256.clone());
         let stream_file = m.stream_file.file_name().map_or(String::new(), |f| f.to_string_lossy().into_owned());
         weights.insert(format!("{} stream {stream_file}", m.name), m.stream_sha256.clone());
         self.record.seeds.insert(format!("stream.{}", m.name), stream.train.seed);

@@ -96,7 +96,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             100.0 * diff.high,
             100.0 * m.stream_val_accuracy,
             format!(
-                "the stream trained on cached stage features holding {:.1} MiB{}",
+                "the stream trained on cached stage features of {:.1} MiB (the largest stages on disk){}",
                 m.cache_bytes as f64 / (1 << 20) as f64,
                 if m.from_cache { format!(" (loaded from {})", m.stream_file.display()) } else { String::new() }
             ),
