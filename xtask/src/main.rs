@@ -21,15 +21,19 @@ fn main() -> ExitCode {
                 "cargo xtask <command>\n\n  setup                 install the quick-profile datasets (scripts/setup-data.sh)\n  \
                  reproduce <name|all>  run experiment specs (see `cargo xtask reproduce --help`)\n  \
                  train-backbones       train the quick profile's GAP backbones (--retrain, --resume, --only NAME)\n  \
+                 train-stream <recipe> train a CA-Stream on a pretrained backbone (--resume, --device cuda)\n  \
                  bench [--cam]         throughput of every backbone (vs candle's ops and ONNX Runtime), or of the CAM methods\n  \
                  explain               jet overlays of CAM methods for an image or test scenes (see `cargo xtask explain --help`)\n  \
-                 list                  list the specs and whether each can run\n\nAny other command is passed to the `castream` CLI."
+                 list                  list the specs and whether each can run\n\nAny other command is passed to the `castream` CLI, \
+                 built with the cargo features in CASTREAM_FEATURES (e.g. `cuda`)."
             );
             return ExitCode::SUCCESS;
         }
         Some("setup") => Command::new("bash").arg(root.join("scripts/setup-data.sh")).args(&args[1..]).status(),
         Some(_) => Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["run", "--quiet", "--release", "--package", "castream-cli", "--bin", "castream", "--"])
+            .args(["run", "--quiet", "--release", "--package", "castream-cli", "--bin", "castream"])
+            .args(features())
+            .arg("--")
             .args(&args)
             .current_dir(&root)
             .status(),
@@ -48,6 +52,15 @@ fn main() -> ExitCode {
             eprintln!("xtask: cannot start command: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `--features <list>` from `CASTREAM_FEATURES` (e.g. `cuda`), so that `cargo xtask` runs a GPU
+/// build where one is wanted.
+fn features() -> Vec<String> {
+    match std::env::var("CASTREAM_FEATURES") {
+        Ok(f) if !f.trim().is_empty() => vec!["--features".into(), f.trim().into()],
+        _ => Vec::new(),
     }
 }
 

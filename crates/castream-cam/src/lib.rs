@@ -11,6 +11,7 @@
 //!
 //! The crate reads no files and knows no spec; its errors are candle's.
 
+pub mod chunks;
 pub mod gradients;
 pub mod method;
 pub mod methods;

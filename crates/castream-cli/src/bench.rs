@@ -51,7 +51,7 @@ fn input(case: &Case) -> Result<Tensor> {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let n = case.batch * 3 * case.size * case.size;
     let v: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect();
-    Ok(Tensor::from_vec(v, (case.batch, 3, case.size, case.size), &DEVICE.device())?)
+    Ok(Tensor::from_vec(v, (case.batch, 3, case.size, case.size), &DEVICE.device()?)?)
 }
 
 /// Median seconds of `runs` calls after one warm-up.
@@ -86,8 +86,8 @@ struct Subject {
 impl Subject {
     fn new(case: &Case, kernels: Kernels) -> Result<Subject> {
         let config = BackboneConfig { kernels, ..case.config.clone() };
-        let labels = Tensor::zeros(case.batch, candle_core::DType::U32, &DEVICE.device())?;
-        Ok(Subject { model: Model::new(config, 0, &DEVICE.device())?, x: input(case)?, labels })
+        let labels = Tensor::zeros(case.batch, candle_core::DType::U32, &DEVICE.device()?)?;
+        Ok(Subject { model: Model::new(config, 0, &DEVICE.device()?)?, x: input(case)?, labels })
     }
 
     fn forward(&self) -> Result<()> {
@@ -377,7 +377,7 @@ pub fn run_cam(root: &Path, runs: usize, only: Option<&str>) -> Result<()> {
         rayon::current_num_threads()
     );
     for case in cam_cases(root)?.into_iter().filter(|c| only.is_none_or(|o| c.label.contains(o))) {
-        let ca = CaModel::new(Model::new(case.config.clone(), 0, &DEVICE.device())?, &StreamConfig::default(), 0)?;
+        let ca = CaModel::new(Model::new(case.config.clone(), 0, &DEVICE.device()?)?, &StreamConfig::default(), 0)?;
         let norm = Normalisation::IMAGENET;
         let subjects = [Pooling::Gap(&ca.backbone), Pooling::Ca(&ca)].map(|p| (p.kind(), Subject::of(p, norm)));
         let x = input(&Case { label: String::new(), config: case.config.clone(), batch: case.batch, size: case.size })?;

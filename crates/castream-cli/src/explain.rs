@@ -18,7 +18,8 @@ use castream_stream::CaModel;
 pub use castream_cam::{Method, MethodOptions};
 
 use castream_report::overlay::write_overlay;
-use castream_zoo::ca::{quick_models, QuickData, StreamSpec};
+use castream_zoo::ca::{quick_models, trained_models, QuickData, StreamSpec};
+use castream_zoo::stream_checkpoint::{read_card, StreamSource};
 use castream_zoo::quick::load_backbone;
 use castream_zoo::BackboneSpec;
 
@@ -59,6 +60,9 @@ pub enum ModelSource {
     Backbone(String),
     /// A checkpoint written by `Model::save` (`<path>` and its `<path>.json` sidecar).
     Checkpoint(PathBuf),
+    /// A stream trained by `castream train-stream` (a file or `hub:owner/name`), with the backbone
+    /// its card names.
+    Stream(StreamSource),
 }
 
 impl ModelSource {
@@ -69,6 +73,10 @@ impl ModelSource {
             ModelSource::Checkpoint(path) => {
                 sanitise(&path.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default())
             }
+            ModelSource::Stream(StreamSource::File(path)) => {
+                sanitise(&path.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default())
+            }
+            ModelSource::Stream(StreamSource::Hub(repo)) => sanitise(&repo.repo),
         }
     }
 }
@@ -236,35 +244,36 @@ struct Item {
 /// and returns what was written.
 pub fn run(root: &Path, opts: &ExplainOptions) -> Result<Vec<Written>> {
     validate(opts)?;
+    let device = opts.device.device()?;
     let stream = StreamSpec::default();
-    let needs_data = matches!(opts.input, Input::Scenes(_)) || opts.poolings.contains(&PoolingKind::Ca);
+    let needs_data = matches!(opts.input, Input::Scenes(_))
+        || (opts.poolings.contains(&PoolingKind::Ca) && matches!(opts.model, ModelSource::Backbone(_)));
     let data = if needs_data { Some(QuickData::load(&Default::default(), &Default::default())?) } else { None };
     let (loaded, meta) = match &opts.model {
         ModelSource::Checkpoint(path) => {
             let (model, meta) =
-                Model::load(path, &opts.device.device()).with_context(|| format!("--checkpoint {}", path.display()))?;
+                Model::load(path, &device).with_context(|| format!("--checkpoint {}", path.display()))?;
             (Loaded::Gap(model), meta)
         }
         ModelSource::Backbone(name) if opts.poolings.contains(&PoolingKind::Ca) => {
             let data = data.as_ref().expect("loaded for CA");
-            let m = quick_models(
-                root,
-                &BackboneSpec::Shipped(name.clone()),
-                &stream,
-                data,
-                &mut None,
-                &opts.device.device(),
-            )
-            .with_context(|| format!("--backbone {name}"))?;
+            let m = quick_models(root, &BackboneSpec::Shipped(name.clone()), &stream, data, &mut None, &device)
+                .with_context(|| format!("--backbone {name}"))?;
             if !m.from_cache {
                 println!("trained the CA-Stream of {name} (cached in {})", m.stream_file.display());
             }
             (Loaded::Ca(Box::new(m.ca)), m.meta)
         }
         ModelSource::Backbone(name) => {
-            let (model, meta, _) =
-                load_backbone(root, name, &opts.device.device()).with_context(|| format!("--backbone {name}"))?;
+            let (model, meta, _) = load_backbone(root, name, &device).with_context(|| format!("--backbone {name}"))?;
             (Loaded::Gap(model), meta)
+        }
+        ModelSource::Stream(source) => {
+            let flag = || format!("--stream {}", String::from(source.clone()));
+            let path = source.resolve(root).with_context(flag)?;
+            let card = read_card(&path).with_context(flag)?;
+            let m = trained_models(root, &card.backbone, &path, &device).with_context(flag)?;
+            (Loaded::Ca(Box::new(m.ca)), m.meta)
         }
     };
     let num_classes = loaded.backbone().net.num_classes();
@@ -343,7 +352,6 @@ pub fn run(root: &Path, opts: &ExplainOptions) -> Result<Vec<Written>> {
     }
 
     let norm = meta.normalisation;
-    let device = opts.device.device();
     let tag = opts.model.tag();
     let mut written = Vec::new();
     for batch in items.chunks(BATCH) {

@@ -10,6 +10,8 @@ use castream_data::DeviceChoice;
 use castream_experiments::runner::{self, Listing, Options, Outcome, Readiness};
 use castream_experiments::spec::Profile;
 use castream_zoo::quick::TrainOptions;
+use castream_zoo::stream_checkpoint::StreamSource;
+use castream_zoo::train_stream::{train_stream, TrainStreamOptions};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
 /// Every layer allocates its output afresh. glibc's malloc serves those multi-megabyte buffers
@@ -50,7 +52,7 @@ enum Command {
         /// Train only this backbone of the recipe.
         #[arg(long)]
         only: Option<String>,
-        /// Where tensors live: `cpu`.
+        /// Where tensors live: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
         #[arg(long, default_value = "cpu")]
         device: DeviceChoice,
     },
@@ -79,6 +81,24 @@ enum Command {
     /// Write jet overlays of CAM methods for an image file or quick test scenes, and print each
     /// image's prediction.
     Explain(ExplainArgs),
+    /// Train a CA-Stream on a frozen pretrained backbone from a recipe (experiments/streams/*.toml):
+    /// image files decoded and augmented as it goes, validation and a checkpoint every epoch, and
+    /// the trained stream written with its card (docs/paper-profile.md).
+    TrainStream {
+        /// The recipe file.
+        recipe: PathBuf,
+        /// Continue from the last epoch checkpoint of this recipe (bit-identical to an uninterrupted run on CPU).
+        #[arg(long)]
+        resume: bool,
+        /// Where tensors live: `cpu`, `cuda` or `cuda:N` (a build with `--features cuda`).
+        #[arg(long, default_value = "cpu")]
+        device: DeviceChoice,
+    },
+    /// Build a miniature ImageNet in DIR (image folders, val.csv, boxes, small timm-named weights in
+    /// an hf-hub cache, stream recipes and the specs pointed at them): the paper profile's test
+    /// fixture, used by the end-to-end test and scripts/paper-smoke.sh.
+    #[command(hide = true)]
+    PaperFixture { dir: PathBuf },
     /// List the specs with their titles and, per profile, whether each can run now (and if not,
     /// what it needs); invalid specs are listed with their error.
     List {
@@ -97,11 +117,15 @@ struct ExplainArgs {
     #[arg(long)]
     scenes: Option<SceneRange>,
     /// A shipped quick backbone (checkpoints/quick/<name>.safetensors).
-    #[arg(long, default_value = "resnet18", conflicts_with = "checkpoint")]
+    #[arg(long, default_value = "resnet18", conflicts_with_all = ["checkpoint", "stream"])]
     backbone: String,
     /// A checkpoint written by castream (`<path>` and its `<path>.json` sidecar); GAP only.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "stream")]
     checkpoint: Option<PathBuf>,
+    /// A stream trained by `castream train-stream` (its file, or `hub:owner/name`), explained with
+    /// the backbone its card names; `--pooling gap` explains that backbone alone.
+    #[arg(long)]
+    stream: Option<StreamSource>,
     /// `gap`, `ca` or both (`gap,ca`); `ca` uses the backbone's trained CA-Stream (trained once and cached).
     #[arg(long, value_delimiter = ',', default_value = "gap")]
     pooling: Vec<PoolingKind>,
@@ -131,7 +155,7 @@ struct ExplainArgs {
     /// Screen pixels per image pixel [default: 256 / side, at least 1].
     #[arg(long)]
     scale: Option<usize>,
-    /// Where tensors live: `cpu`.
+    /// Where tensors live: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
 }
@@ -153,9 +177,10 @@ struct RunArgs {
     /// Root of the results tree.
     #[arg(long, default_value = "results")]
     results: PathBuf,
-    /// Where tensors live: `cpu`.
-    #[arg(long, default_value = "cpu")]
-    device: DeviceChoice,
+    /// Where tensors live: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`);
+    /// overrides the spec's `device` [default: the spec's, else cpu].
+    #[arg(long)]
+    device: Option<DeviceChoice>,
 }
 
 /// candle's CPU thread pool (elementwise broadcasts) busy-waits 25,000 spins after every task before
@@ -209,20 +234,50 @@ fn run(cli: Cli) -> Result<()> {
                 device: run.device,
             };
             if names.iter().any(|n| n == "all") {
+                let mut pending = 0;
                 for (name, outcome) in runner::reproduce_all(&opts)? {
                     match outcome {
                         Outcome::Written { dir, seconds } => {
                             println!("{name:<10} wrote {} ({seconds:.1} s)", dir.display())
                         }
-                        Outcome::Pending(p) => println!("{name:<10} pending: not yet available, needs {}", p.needs),
+                        Outcome::Pending(p) => {
+                            pending += 1;
+                            println!("{name:<10} pending: not yet available, needs {}", p.needs)
+                        }
                     }
                 }
+                anyhow::ensure!(
+                    pending == 0,
+                    "{pending} spec(s) could not run on the {} profile; each is listed above with what it needs",
+                    opts.profile
+                );
             } else {
                 for name in names {
                     let dir = runner::reproduce(&name, &opts)?;
                     println!("{name}: wrote {}", dir.display());
                 }
             }
+            Ok(())
+        }
+        Command::PaperFixture { dir } => {
+            let f = castream_zoo::fixture::build(Path::new("."), &dir)?;
+            println!("built the paper fixture in {}; run the paper profile there with", dir.display());
+            println!("  export HF_HUB_CACHE={} HF_HUB_OFFLINE=1", std::path::absolute(&f.hub_cache)?.display());
+            for recipe in &f.recipes {
+                println!("  castream train-stream {}", recipe.display());
+            }
+            println!("  castream reproduce all --profile paper");
+            Ok(())
+        }
+        Command::TrainStream { recipe, resume, device } => {
+            let opts = TrainStreamOptions { device: device.device()?, resume };
+            let (path, card) = train_stream(Path::new("."), &recipe, &opts)?;
+            println!(
+                "wrote {} (validation top-1 {:.2}%, SHA-256 {}); list it in a spec's `streams` to evaluate it",
+                path.display(),
+                100.0 * card.val_top1,
+                card.weights_sha256
+            );
             Ok(())
         }
         Command::TrainBackbones { retrain, resume, only, device } => {
@@ -243,7 +298,11 @@ fn run(cli: Cli) -> Result<()> {
                     (None, Some(range)) => Input::Scenes(range.0),
                     (None, None) => unreachable!("clap requires --image or --scenes"),
                 },
-                model: a.checkpoint.map_or(ModelSource::Backbone(a.backbone), ModelSource::Checkpoint),
+                model: match (a.checkpoint, a.stream) {
+                    (Some(path), _) => ModelSource::Checkpoint(path),
+                    (None, Some(stream)) => ModelSource::Stream(stream),
+                    (None, None) => ModelSource::Backbone(a.backbone),
+                },
                 poolings: a.pooling,
                 methods: a.method,
                 method_options: explain::MethodOptions { chunk: a.chunk, channels: a.channels, ..Default::default() },

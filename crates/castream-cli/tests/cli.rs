@@ -379,12 +379,13 @@ fn list_shows_readiness_per_profile_and_survives_an_invalid_spec() {
         assert!(text.contains(name), "{name} not listed after the invalid spec: {text}");
     }
     assert!(text.contains("quick: pending, needs the quick `resnet18` backbone"), "{text}");
-    assert!(text.contains("paper: pending, needs a CA-Stream trained on ImageNet"), "{text}");
+    assert!(text.contains("paper: pending, needs experiments/table2.toml [paper.data.imagenet] root"), "{text}");
+    assert!(text.contains("train it with `cargo xtask train-stream"), "{text}");
     assert!(text.contains("quick: can run"), "the data card can run: {text}");
 }
 
-/// `reproduce all --profile paper`: every target that needs an ImageNet-trained stream is listed as
-/// pending, not failed, and nothing is written.
+/// `reproduce all --profile paper` without ImageNet: one line per target naming what is missing
+/// (the data, the trained streams), a non-zero exit, and nothing written.
 #[test]
 fn the_paper_profile_lists_targets_without_inputs_as_pending() {
     let root = tempfile::tempdir().unwrap();
@@ -398,13 +399,36 @@ fn the_paper_profile_lists_targets_without_inputs_as_pending() {
         }
     }
     let (ok, text) = castream_in(root.path(), &["reproduce", "all", "--profile", "paper"]);
-    assert!(ok, "pending targets are not failures: {text}");
+    assert!(!ok, "pending targets must fail the run: {text}");
+    assert!(text.contains("10 spec(s) could not run on the paper profile"), "{text}");
     for name in ["table1", "table2", "table3", "table4", "table5", "table6", "figure1", "figure2", "figure3", "figure4"]
     {
-        assert!(
-            text.contains(&format!("{name:<10} pending: not yet available, needs a CA-Stream trained on ImageNet")),
-            "{name}: {text}"
-        );
+        let line = text.lines().find(|l| l.starts_with(&format!("{name:<10} pending: not yet available, needs ")));
+        let line = line.unwrap_or_else(|| panic!("{name}: no pending line in {text}"));
+        let data = if name == "figure4" { "[paper.data.unseen] root" } else { "[paper.data.imagenet] root" };
+        assert!(line.contains(data) && line.contains("a CA-Stream trained on `timm/"), "{line}");
     }
     assert!(!root.path().join("results").exists(), "a pending target wrote something");
+}
+
+/// A spec's `device` is honoured (and `--device` overrides it): in a build without CUDA a CUDA
+/// device is refused, saying how to build one, before anything is written.
+#[test]
+fn a_cuda_device_in_a_cpu_build_is_refused_with_the_fix() {
+    let root = tempfile::tempdir().unwrap();
+    let experiments = root.path().join("experiments");
+    std::fs::create_dir(&experiments).unwrap();
+    let spec = std::fs::read_to_string(repository().join("experiments/data-card.toml")).unwrap();
+    std::fs::write(experiments.join("data-card.toml"), spec.replacen("[quick]\n", "[quick]\ndevice = \"cuda:1\"\n", 1))
+        .unwrap();
+    let results = root.path().join("results");
+    let (ok, text) = castream_in(root.path(), &["reproduce", "data-card", "--results", results.to_str().unwrap()]);
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    assert!(!ok);
+    assert!(text.contains("cuda:1") && text.contains("--features cuda"), "{text}");
+    assert_eq!(written(&results), 0, "a refused device wrote something");
+    let (ok, text) = castream_in(root.path(), &["reproduce", "data-card", "--device", "gpu"]);
+    assert!(!ok && text.contains("unknown device `gpu`") && text.contains("cuda:N"), "{text}");
 }

@@ -48,6 +48,10 @@ pub enum DataError {
     #[error("hf-hub: {0}")]
     Hub(String),
 
+    /// A `--device` that this build or this machine cannot provide; the message names the fix.
+    #[error("{0}")]
+    Device(String),
+
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
 use crate::normalise::Normalisation;
+use crate::scenes::BBox;
 
 /// One image and its class index.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,16 +171,34 @@ impl ImageList {
         device: &Device,
     ) -> Result<(Tensor, Tensor)> {
         transform.validate()?;
-        if let Some(&bad) = indices.iter().find(|&&i| i >= self.entries.len()) {
-            return Err(DataError::Config {
-                field: "indices".into(),
-                reason: format!("index {bad} is out of range for a list of {} images", self.len()),
-            });
-        }
+        self.check_indices(indices)?;
         let decoded: Vec<Result<Vec<f32>>> =
             indices.par_iter().map(|&i| load_image(&self.entries[i].path, transform, norm)).collect();
+        self.stack_batch(indices, decoded, transform.output_size(), device)
+    }
 
-        let size = transform.output_size() as usize;
+    /// Refuses an index past the end of the list, before any image is decoded.
+    pub(crate) fn check_indices(&self, indices: &[usize]) -> Result<()> {
+        match indices.iter().find(|&&i| i >= self.entries.len()) {
+            Some(&bad) => Err(DataError::Config {
+                field: "indices".into(),
+                reason: format!("index {bad} is out of range for a list of {} images", self.len()),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The decoded `size x size` CHW images of `indices` as `(B, 3, S, S)` and their labels as
+    /// `(B,)`; the first error in `indices` order wins, so the message does not depend on thread
+    /// scheduling.
+    pub(crate) fn stack_batch(
+        &self,
+        indices: &[usize],
+        decoded: Vec<Result<Vec<f32>>>,
+        size: u32,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let size = size as usize;
         let mut pixels = Vec::with_capacity(indices.len() * 3 * size * size);
         for image in decoded {
             pixels.extend(image?);
@@ -224,7 +243,7 @@ impl EvalTransform {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let reason = match *self {
             EvalTransform::Squash { size: 0 } => "`size` must be at least 1".to_string(),
             EvalTransform::ResizeCenterCrop { resize, crop } if crop == 0 || crop > resize => {
@@ -233,6 +252,29 @@ impl EvalTransform {
             _ => return Ok(()),
         };
         Err(DataError::Config { field: "eval_transform".into(), reason })
+    }
+
+    /// The box `[x0, y0, x1, y1]` of an image `w x h` (original pixels, end exclusive) in the
+    /// transformed image's pixels, clipped to it; `None` when nothing of it remains (cropped away).
+    pub fn map_box(&self, b: [f64; 4], w: u32, h: u32) -> Option<BBox> {
+        let (w, h) = (f64::from(w), f64::from(h));
+        // Scale factors and offsets exactly as `apply` resizes and crops.
+        let (sx, sy, ox, oy, side) = match *self {
+            EvalTransform::Squash { size } => {
+                let s = f64::from(size);
+                (s / w, s / h, 0.0, 0.0, s)
+            }
+            EvalTransform::ResizeCenterCrop { resize, crop } => {
+                let r = f64::from(resize);
+                let (nw, nh) = if w <= h { (r, (r * h / w).floor()) } else { ((r * w / h).floor(), r) };
+                let c = f64::from(crop);
+                (nw / w, nh / h, ((nw - c) / 2.0).round_ties_even(), ((nh - c) / 2.0).round_ties_even(), c)
+            }
+        };
+        let clip = |v: f64| v.clamp(0.0, side);
+        let (x0, x1) = (clip((b[0] * sx - ox).floor()), clip((b[2] * sx - ox).ceil()));
+        let (y0, y1) = (clip((b[1] * sy - oy).floor()), clip((b[3] * sy - oy).ceil()));
+        (x0 < x1 && y0 < y1).then_some(BBox { x0: x0 as usize, y0: y0 as usize, x1: x1 as usize, y1: y1 as usize })
     }
 
     fn apply(&self, image: &RgbImage) -> RgbImage {
@@ -256,14 +298,24 @@ impl EvalTransform {
 /// applies `transform` and returns it as CHW f32 scaled to [0, 1] and then normalised.
 pub fn load_image(path: &Path, transform: EvalTransform, norm: &Normalisation) -> Result<Vec<f32>> {
     transform.validate()?;
+    let image = read_rgb(path)?;
+    Ok(normalised_chw(&transform.apply(&image), norm))
+}
+
+/// Reads and decodes a JPEG or PNG file to RGB (alpha dropped, as PIL's `convert("RGB")`); a
+/// missing file is an io error and an undecodable or empty one a decode error, both naming `path`.
+pub(crate) fn read_rgb(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     let decode_error = |reason: String| DataError::Decode { path: path.to_path_buf(), reason };
     let image = image::load_from_memory(&bytes).map_err(|e| decode_error(e.to_string()))?.to_rgb8();
     if image.width() == 0 || image.height() == 0 {
         return Err(decode_error("the image has no pixels".into()));
     }
-    let image = transform.apply(&image);
+    Ok(image)
+}
 
+/// An RGB image as CHW f32 scaled to [0, 1], then normalised with `norm`.
+pub(crate) fn normalised_chw(image: &RgbImage, norm: &Normalisation) -> Vec<f32> {
     let plane = (image.width() * image.height()) as usize;
     let mut chw = vec![0.0f32; 3 * plane];
     for (i, pixel) in image.pixels().enumerate() {
@@ -272,7 +324,7 @@ pub fn load_image(path: &Path, transform: EvalTransform, norm: &Normalisation) -
         }
     }
     norm.apply(&mut chw);
-    Ok(chw)
+    chw
 }
 
 #[cfg(test)]

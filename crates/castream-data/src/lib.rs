@@ -15,12 +15,14 @@ pub mod error;
 pub mod hub;
 pub mod idx;
 pub mod image_folder;
+pub mod images;
 pub mod keyed;
 pub mod labelled;
 pub mod normalise;
 pub mod progress;
 pub mod provenance;
 pub mod scenes;
+pub mod train_transform;
 pub mod valid;
 
 pub use device::DeviceChoice;

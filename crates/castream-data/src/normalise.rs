@@ -15,6 +15,9 @@ impl Normalisation {
     /// The ImageNet statistics used by torchvision, timm and the authors' code.
     pub const IMAGENET: Normalisation = Normalisation { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
 
+    /// No change: pixels stay in [0, 1] (images read for drawing).
+    pub const IDENTITY: Normalisation = Normalisation { mean: [0.0; 3], std: [1.0; 3] };
+
     /// Normalises a CHW image with values in [0, 1], in place.
     pub fn apply(&self, chw: &mut [f32]) {
         let plane = chw.len() / 3;

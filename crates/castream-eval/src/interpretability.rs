@@ -1,6 +1,6 @@
-//! Per-image interpretability scores of a saliency source on test scenes (METHOD.md §5): the
+//! Per-image interpretability scores of a saliency source on test images (METHOD.md §5): the
 //! confidence metrics (AD, AG, AI), the causal metrics (insertion, deletion AUC) and localisation
-//! against the scenes' exact boxes (pointing game, energy, IoU). Every finished (model, source)
+//! against the images' object boxes (pointing game, energy, IoU). Every finished (model, source)
 //! cell is cached on disk, so a table interrupted half-way resumes from the cells it completed.
 
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use castream_cam::{explain, Method, PoolingKind, Subject};
 use castream_data::cache::{CacheKind, Entry};
 use castream_data::progress;
-use castream_data::scenes::SceneSet;
+use castream_data::images::EvalImages;
 use castream_metrics::causal::{auc, causal_curves, CausalMode};
 use castream_metrics::confidence::{class_probabilities, confidence, explanation_images};
 use castream_metrics::localisation::{box_iou, energy_in_box, pointing_hit, pointing_tolerance, DEFAULT_IOU_THRESHOLD};
@@ -97,9 +97,9 @@ pub struct ModelKey {
     pub layer: usize,
 }
 
-/// Test scenes and settings shared by every cell of a table.
+/// Test images and settings shared by every cell of a table.
 pub struct Evaluation<'a> {
-    pub set: &'a SceneSet,
+    pub set: &'a dyn EvalImages,
     pub ids: &'a [usize],
     pub batch_size: usize,
     pub protocol: Protocol,
@@ -147,12 +147,12 @@ impl Evaluation<'_> {
         metrics: Option<&[Metric]>,
         ext: &str,
     ) -> Result<Entry> {
-        let scenes =
-            (&self.set.source.sha256, self.set.dataset.display_name(), self.set.split.name(), &self.set.config);
+        // The images' identity as the JSON text it is (re-parsing would re-format its floats).
+        let images = serde_json::value::RawValue::from_string(self.set.identity())?;
         let seed = (source == Source::Random).then_some(self.seed);
         // Scores are computed from the maps: a change to how maps are made retires them too.
         let maps_format = MAPS.format;
-        let inputs = (model, source, metrics, &self.protocol, scenes, self.ids, seed, maps_format);
+        let inputs = (model, source, metrics, &self.protocol, images, self.ids, seed, maps_format);
         Entry::new(&self.cache, kind, "cell", ext, &inputs)
     }
 
@@ -276,9 +276,11 @@ impl Evaluation<'_> {
         }
         if localisation_wanted {
             let maps: Vec<Vec<f32>> = maps.flatten_from(1)?.to_vec2()?;
-            ensure!(h == w, "localisation needs square scenes, got {h}x{w}");
+            ensure!(h == w, "localisation needs square images, got {h}x{w}");
             for (map, &i) in maps.iter().zip(ids) {
-                let bbox = self.set.scene(i).bbox.with_context(|| format!("scene #{i} has no object box"))?;
+                let bbox = self.set.bbox(i).with_context(|| {
+                    format!("image #{i} of {} has no object box; localisation metrics need one per image", self.set.describe())
+                })?;
                 let values = [
                     (Metric::Pointing, if pointing_hit(map, w, &bbox, pointing_tolerance(w)) { 100.0 } else { 0.0 }),
                     (Metric::Energy, 100.0 * energy_in_box(map, w, &bbox)),

@@ -3,15 +3,15 @@
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use castream_data::progress;
-use castream_data::scenes::SceneSet;
+use castream_data::images::EvalImages;
 use castream_data::Normalisation;
 use castream_stream::CaModel;
 
-/// Per-image correctness (1 or 0) on the scenes `ids` of the GAP network and of each CA model,
+/// Per-image correctness (1 or 0) on the images `ids` of the GAP network and of each CA model,
 /// which must all share one backbone: the backbone runs once per batch.
 pub fn correctness(
     models: &[&CaModel],
-    set: &SceneSet,
+    set: &dyn EvalImages,
     ids: &[usize],
     norm: &Normalisation,
     batch: usize,

@@ -7,7 +7,7 @@ use anyhow::Result;
 use candle_core::Device;
 use castream_backbones::Model;
 use castream_cam::{Method, MethodOptions, Pooling, Subject};
-use castream_data::scenes::SceneSet;
+use castream_data::images::EvalImages;
 use castream_data::Normalisation;
 use castream_metrics::sanity::spearman;
 use castream_stream::CaModel;
@@ -48,13 +48,13 @@ fn randomise(m: &CaModel, seed: u64, device: &Device) -> Result<CaModel> {
 }
 
 /// Rank correlations of every method's maps, trained vs randomised (seeded by `seed`), for the
-/// GAP network and the CA model `m` of backbone `name`, on the first [`IMAGES`] scenes of `set`.
+/// GAP network and the CA model `m` of backbone `name`, on the first [`IMAGES`] images of `set`.
 #[allow(clippy::too_many_arguments)]
 pub fn check(
     name: &str,
     m: &CaModel,
     norm: Normalisation,
-    set: &SceneSet,
+    set: &dyn EvalImages,
     methods: &[Method],
     options: &MethodOptions,
     seed: u64,

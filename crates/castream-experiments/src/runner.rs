@@ -24,7 +24,8 @@ pub struct Options {
     pub images: Option<usize>,
     /// Overrides the spec's `seed`.
     pub seed: Option<u64>,
-    pub device: DeviceChoice,
+    /// `--device`, overriding the spec's `device` (default: the CPU).
+    pub device: Option<DeviceChoice>,
 }
 
 #[derive(Debug)]
@@ -45,6 +46,10 @@ pub fn reproduce_all(opts: &Options) -> Result<Vec<(String, Outcome)>> {
     let names = available_specs(&opts.experiments);
     if names.is_empty() {
         bail!("no specs (*.toml) in {}", opts.experiments.display());
+    }
+    // An unavailable `--device` fails once, before any spec.
+    if let Some(device) = opts.device {
+        device.device()?;
     }
     let mut outcomes = Vec::new();
     let mut failures = Vec::new();
@@ -110,7 +115,7 @@ fn spec_path(dir: &Path, name: &str) -> PathBuf {
 }
 
 /// The folder a run publishes to: `<results>/<profile>/<name>`, or, when a setting is overridden
-/// (`--images`, `--seed`), `<name>@<overrides>` beside it, so that
+/// (`--images`, `--seed`, a `--device` other than the CPU), `<name>@<overrides>` beside it, so that
 /// the reference results are only ever written by the spec's own settings.
 fn results_dir(opts: &Options, spec: &Spec, overrides: &[String]) -> PathBuf {
     let name = if overrides.is_empty() { spec.name.clone() } else { format!("{}@{}", spec.name, overrides.join(",")) };
@@ -130,6 +135,11 @@ fn run_spec(spec: &Spec, opts: &Options) -> Result<(PathBuf, f64)> {
         settings.seed = seed;
         overrides.push(format!("seed={seed}"));
     }
+    let choice = opts.device.or(settings.device).unwrap_or_default();
+    if !choice.is_cpu() {
+        // The reference results are the CPU's: a GPU run publishes beside them.
+        overrides.push(format!("device={}", choice.key()));
+    }
     if let Some(pending) = targets::pending(spec, opts.profile, &settings, &opts.root)? {
         return Err(pending.into());
     }
@@ -137,7 +147,8 @@ fn run_spec(spec: &Spec, opts: &Options) -> Result<(PathBuf, f64)> {
     let mut record =
         RunRecord::new(&spec.name, &spec.path, &target, opts.profile.key(), serde_json::to_value(&settings)?);
     record.overrides = overrides;
-    record.device = opts.device.to_string();
+    record.device = choice.to_string();
+    let device = choice.device()?;
     let staged = StagedDir::begin(&results_dir(opts, spec, &record.overrides))?;
     let started = Instant::now();
     provenance::reset_peak_memory();
@@ -148,8 +159,9 @@ fn run_spec(spec: &Spec, opts: &Options) -> Result<(PathBuf, f64)> {
         out: staged.path(),
         root: &opts.root,
         experiments: &opts.experiments,
-        device: opts.device.device(),
+        device,
         record: &mut record,
+        quick: None,
     })?;
     record.wall_seconds = started.elapsed().as_secs_f64();
     record.peak_memory_bytes = provenance::peak_memory_bytes();

@@ -107,7 +107,7 @@ fn options(root: &Path, images: Option<usize>) -> Options {
         profile: Profile::Quick,
         images,
         seed: None,
-        device: castream_data::DeviceChoice::Cpu,
+        device: None,
     }
 }
 

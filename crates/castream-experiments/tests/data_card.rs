@@ -23,7 +23,7 @@ fn data_card_writes_every_output_with_true_counts() {
         profile: Profile::Quick,
         images: Some(8),
         seed: None,
-        device: castream_data::DeviceChoice::Cpu,
+        device: None,
     };
     let dir = reproduce("data-card", &opts).unwrap();
     assert_provenance(false, &dir);
@@ -104,7 +104,7 @@ fn paper_profile_runs_end_to_end_on_a_small_image_list() {
         profile: Profile::Paper,
         images: None,
         seed: None,
-        device: castream_data::DeviceChoice::Cpu,
+        device: None,
     };
     let dir = reproduce("data-card", &opts).unwrap();
     assert_provenance(false, &dir);

@@ -456,12 +456,56 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize, k: K
     if k.fast_for(&[x]) {
         return x.contiguous()?.apply_op1(pool::MaxPool2d { kernel, stride, padding });
     }
+    if !x.device().is_cpu() && x.track_op() {
+        // candle's max-pool backward fails when kernel != stride (the ResNet stem's 3/2) and is
+        // scaled by 1/k² otherwise, on every device: off the CPU, where our kernel cannot run, a
+        // pool that needs a gradient is composed of differentiable ops instead.
+        return max_pool2d_composed(x, kernel, stride, padding);
+    }
     // candle has no padded max-pool. Edge replication is exact here: PyTorch requires
     // padding <= kernel / 2, so every window holding a padded position also holds the edge pixel
     // it replicates.
     let x =
         if padding > 0 { x.pad_with_same(2, padding, padding)?.pad_with_same(3, padding, padding)? } else { x.clone() };
     x.max_pool2d_with_stride(kernel, stride)
+}
+
+/// [`max_pool2d`] from `index_select` and `maximum`, which have correct backward passes on every
+/// device: the gradient goes to each window's maximum (split evenly between tied maxima). Padding
+/// is -inf, which never wins (PyTorch requires padding <= kernel / 2). Public for the tests,
+/// which check it against our kernel on the CPU.
+#[doc(hidden)]
+pub fn max_pool2d_composed(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    if kernel == 0 || stride == 0 || padding > kernel / 2 || h + 2 * padding < kernel || w + 2 * padding < kernel {
+        candle_core::bail!(
+            "max_pool2d: kernel {kernel}, stride {stride}, padding {padding} do not fit a {h}x{w} input"
+        );
+    }
+    let pad = |x: &Tensor, dim: usize| -> Result<Tensor> {
+        let mut dims = x.dims().to_vec();
+        dims[dim] = padding;
+        let edge = Tensor::full(f32::NEG_INFINITY, dims, x.device())?.to_dtype(x.dtype())?;
+        Tensor::cat(&[&edge, x, &edge], dim)
+    };
+    let x = if padding > 0 { pad(&pad(x, 2)?, 3)? } else { x.clone() };
+    let (oh, ow) = ((h + 2 * padding - kernel) / stride + 1, (w + 2 * padding - kernel) / stride + 1);
+    // Row (column) `start + i·stride` for output row (column) i.
+    let taps = |start: usize, n: usize| -> Result<Tensor> {
+        Tensor::from_vec((0..n).map(|i| (start + i * stride) as u32).collect::<Vec<_>>(), n, x.device())
+    };
+    let mut y: Option<Tensor> = None;
+    for i in 0..kernel {
+        let rows = x.index_select(&taps(i, oh)?, 2)?;
+        for j in 0..kernel {
+            let tap = rows.index_select(&taps(j, ow)?, 3)?;
+            y = Some(match y {
+                None => tap,
+                Some(y) => y.maximum(&tap)?,
+            });
+        }
+    }
+    Ok(y.expect("kernel > 0"))
 }
 
 /// Bilinear resizing of `(B, C, H, W)` to `(B, C, h, w)` with `align_corners = false` (PyTorch's

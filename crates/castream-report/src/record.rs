@@ -7,15 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use castream_data::provenance::{cpu_model, git_state};
 use serde::Serialize;
 
-/// A dataset split a run read, with its content hash.
-#[derive(Debug, Clone, Serialize)]
-pub struct DataRecord {
-    pub dataset: String,
-    pub split: String,
-    pub images: usize,
-    pub sha256: String,
-    pub origin: serde_json::Value,
-}
+pub use castream_data::images::DataRecord;
 
 /// A published file and its SHA-256.
 #[derive(Debug, Clone, Serialize)]

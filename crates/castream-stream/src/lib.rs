@@ -5,7 +5,9 @@
 pub mod maps;
 pub mod model;
 pub mod stream;
+pub mod streaming;
 
 pub use maps::{attention_map, minmax_normalise, AttentionSelect};
 pub use model::{CaModel, FeatureCache, StreamTask};
+pub use streaming::ImageStreamTask;
 pub use stream::{cross_attention, Attention, AttentionScale, CaStream, StreamConfig, StreamOutput};

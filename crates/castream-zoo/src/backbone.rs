@@ -6,21 +6,42 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use castream_backbones::{Arch, CheckpointMeta, Model};
+use castream_backbones::weights::WeightSource;
+use castream_backbones::{Arch, BackboneConfig, CheckpointMeta, Model};
+use castream_data::hub::{HubAccess, HubRepo, RepoKind};
+use castream_data::image_folder::IMAGENET_CLASSES;
+use castream_data::labelled::hex;
+use castream_data::Normalisation;
+use sha2::{Digest, Sha256};
 use serde::{Deserialize, Serialize};
 
 use crate::quick::{load_backbone, sha256_file};
 use castream_backbones::model::sidecar_path;
 
 /// A backbone as specs spell it: `"resnet18"`, `{ arch = "resnet18", checkpoint = "my.safetensors" }`
-/// or `{ arch = "resnet50", hub = "timm/resnet50.tv_in1k" }`.
+/// (a castream checkpoint with its sidecar), `{ arch = "resnet50", hub = "timm/resnet50.tv_in1k" }`
+/// or `{ arch = "resnet50", file = "resnet50.safetensors" }` (pretrained torchvision/timm-named
+/// weights: the hub repository's `model.safetensors`, or such a file on disk).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "Entry", into = "Entry")]
 pub enum BackboneSpec {
     Shipped(String),
     Checkpoint { arch: Arch, checkpoint: PathBuf },
-    Hub { arch: Arch, hub: String, revision: Option<String> },
+    Hub { arch: Arch, hub: String, revision: Option<String>, shape: Shape },
+    File { arch: Arch, file: PathBuf, shape: Shape },
 }
+
+/// A pretrained model's shape where it is not the published one (a narrower or shallower network, fewer
+/// classes): what `arch` alone cannot say. Every key defaults to the published model's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shape {
+    pub num_classes: Option<usize>,
+    pub base_width: Option<usize>,
+    pub depths: Option<[usize; 4]>,
+}
+
+/// The file of a timm repository holding the weights.
+pub const HUB_WEIGHTS: &str = "model.safetensors";
 
 /// The TOML forms of a [`BackboneSpec`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,7 +60,38 @@ pub struct Table {
     #[serde(skip_serializing_if = "Option::is_none")]
     hub: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     revision: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    num_classes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base_width: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    depths: Option<[usize; 4]>,
+}
+
+impl Table {
+    fn default_for(arch: Arch) -> Table {
+        Table {
+            arch,
+            checkpoint: None,
+            hub: None,
+            file: None,
+            revision: None,
+            num_classes: None,
+            base_width: None,
+            depths: None,
+        }
+    }
+
+    fn with_shape(arch: Arch, shape: Shape) -> Table {
+        Table { num_classes: shape.num_classes, base_width: shape.base_width, depths: shape.depths, ..Table::default_for(arch) }
+    }
+
+    fn shape(&self) -> Shape {
+        Shape { num_classes: self.num_classes, base_width: self.base_width, depths: self.depths }
+    }
 }
 
 impl TryFrom<Entry> for BackboneSpec {
@@ -47,28 +99,47 @@ impl TryFrom<Entry> for BackboneSpec {
     fn try_from(e: Entry) -> Result<BackboneSpec, String> {
         match e {
             Entry::Name(name) => Ok(BackboneSpec::Shipped(name)),
-            Entry::Table(Table { arch, checkpoint: Some(checkpoint), hub: None, revision: None }) => {
-                Ok(BackboneSpec::Checkpoint { arch, checkpoint })
+            Entry::Table(t) => {
+                let shape = t.shape();
+                match t {
+                    Table { arch, checkpoint: Some(checkpoint), hub: None, file: None, revision: None, .. }
+                        if shape == Shape::default() =>
+                    {
+                        Ok(BackboneSpec::Checkpoint { arch, checkpoint })
+                    }
+                    Table { arch, checkpoint: None, hub: Some(hub), file: None, revision, .. } => {
+                        Ok(BackboneSpec::Hub { arch, hub, revision, shape })
+                    }
+                    Table { arch, checkpoint: None, hub: None, file: Some(file), revision: None, .. } => {
+                        Ok(BackboneSpec::File { arch, file, shape })
+                    }
+                    _ => Err(TABLE_FORMS.into()),
+                }
             }
-            Entry::Table(Table { arch, checkpoint: None, hub: Some(hub), revision }) => {
-                Ok(BackboneSpec::Hub { arch, hub, revision })
-            }
-            Entry::Table(_) => Err("a backbone table needs exactly one of `checkpoint = \"file.safetensors\"` or \
-                                    `hub = \"owner/repo\"` (with an optional `revision`)"
-                .into()),
         }
     }
 }
+
+const TABLE_FORMS: &str = "a backbone table needs exactly one of `checkpoint = \"castream.safetensors\"`, \
+                           `hub = \"owner/repo\"` (with an optional `revision`) or `file = \"pretrained.safetensors\"` \
+                           (the last two with `num_classes`, `base_width`, `depths` for a model that is not the \
+                           published one)";
 
 impl From<BackboneSpec> for Entry {
     fn from(b: BackboneSpec) -> Entry {
         match b {
             BackboneSpec::Shipped(name) => Entry::Name(name),
             BackboneSpec::Checkpoint { arch, checkpoint } => {
-                Entry::Table(Table { arch, checkpoint: Some(checkpoint), hub: None, revision: None })
+                let none = Table::default_for(arch);
+                Entry::Table(Table { checkpoint: Some(checkpoint), ..none })
             }
-            BackboneSpec::Hub { arch, hub, revision } => {
-                Entry::Table(Table { arch, checkpoint: None, hub: Some(hub), revision })
+            BackboneSpec::Hub { arch, hub, revision, shape } => Entry::Table(Table {
+                hub: Some(hub),
+                revision,
+                ..Table::with_shape(arch, shape)
+            }),
+            BackboneSpec::File { arch, file, shape } => {
+                Entry::Table(Table { file: Some(file), ..Table::with_shape(arch, shape) })
             }
         }
     }
@@ -83,6 +154,9 @@ impl BackboneSpec {
                 checkpoint.file_stem().map_or_else(|| checkpoint.display().to_string(), |s| s.to_string_lossy().into())
             }
             BackboneSpec::Hub { hub, .. } => hub.clone(),
+            BackboneSpec::File { file, .. } => {
+                file.file_stem().map_or_else(|| file.display().to_string(), |s| s.to_string_lossy().into())
+            }
         }
     }
 
@@ -90,7 +164,9 @@ impl BackboneSpec {
     pub fn is_convnext(&self) -> bool {
         match self {
             BackboneSpec::Shipped(name) => name.starts_with("convnext"),
-            BackboneSpec::Checkpoint { arch, .. } | BackboneSpec::Hub { arch, .. } => !arch.is_resnet(),
+            BackboneSpec::Checkpoint { arch, .. } | BackboneSpec::Hub { arch, .. } | BackboneSpec::File { arch, .. } => {
+                !arch.is_resnet()
+            }
         }
     }
 }
@@ -138,9 +214,48 @@ pub fn load(root: &Path, spec: &BackboneSpec, device: &Device) -> Result<LoadedB
             let (sha256, sidecar_sha256) = (sha256_file(&path)?, sha256_file(&sidecar_path(&path))?);
             Ok(LoadedBackbone { model, meta, sha256, sidecar_sha256, manifest: None })
         }
-        BackboneSpec::Hub { hub, .. } => bail!(
-            "backbone `{hub}`: hf-hub backbones are ImageNet models and run in the paper profile; the quick profile \
-             evaluates 64-px scene models (a shipped name or a castream checkpoint)"
-        ),
+        BackboneSpec::Hub { arch, hub, revision, shape } => {
+            let repo = HubRepo { revision: revision.clone().unwrap_or_else(|| "main".into()), ..HubRepo::new(hub, RepoKind::Model) };
+            let file = repo.fetch(HUB_WEIGHTS, hub_access(), None).map_err(|e| {
+                anyhow::anyhow!(
+                    "backbone `{hub}`: {e}\nFix: download it once with `hf download {hub} {HUB_WEIGHTS}{rev}` (Python's \
+                     huggingface_hub), or, offline, point HF_HOME (or HF_HUB_CACHE) to a hub cache holding it and set \
+                     HF_HUB_OFFLINE=1 to never try the network (docs/paper-profile.md)",
+                    rev = if repo.revision == "main" { String::new() } else { format!(" --revision {}", repo.revision) }
+                )
+            })?;
+            let extra = serde_json::json!({ "hub": hub, "revision": repo.revision, "file": file });
+            pretrained(*arch, shape, &file, extra, device).with_context(|| format!("backbone `{hub}`"))
+        }
+        BackboneSpec::File { arch, file, shape } => {
+            let path = root.join(file);
+            let extra = serde_json::json!({ "file": path });
+            pretrained(*arch, shape, &path, extra, device).with_context(|| format!("backbone {}", path.display()))
+        }
+    }
+}
+
+/// A pretrained network of `arch` (ImageNet's 1000 classes unless `shape` says otherwise) with the
+/// torchvision/timm-named weights of `file`, loaded strictly, with ImageNet normalisation.
+fn pretrained(arch: Arch, shape: &Shape, file: &Path, extra: serde_json::Value, device: &Device) -> Result<LoadedBackbone> {
+    let config = BackboneConfig {
+        base_width: shape.base_width,
+        depths: shape.depths,
+        ..BackboneConfig::new(arch, shape.num_classes.unwrap_or(IMAGENET_CLASSES))
+    };
+    let mut model = Model::new(config.clone(), 0, device)?;
+    model.load_weights(&WeightSource::File(file.to_path_buf()))?;
+    let meta = CheckpointMeta { config: config.clone(), classes: Vec::new(), normalisation: Normalisation::IMAGENET, extra };
+    // Pretrained weights have no sidecar: their configuration, which a sidecar would hold, stands in.
+    let sidecar_sha256 = hex(&Sha256::digest(serde_json::to_vec(&config)?));
+    Ok(LoadedBackbone { model, meta, sha256: sha256_file(file)?, sidecar_sha256, manifest: None })
+}
+
+/// `HF_HUB_OFFLINE=1` (Python's `huggingface_hub` convention, which hf-hub does not read): cache
+/// only, never the network.
+pub fn hub_access() -> HubAccess {
+    match std::env::var("HF_HUB_OFFLINE") {
+        Ok(v) if matches!(v.as_str(), "1" | "true" | "TRUE" | "yes") => HubAccess::CacheOnly,
+        _ => HubAccess::Download,
     }
 }

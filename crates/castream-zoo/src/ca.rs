@@ -2,8 +2,9 @@
 //! the frozen backbone once and cached.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::Device;
 use castream_backbones::optim::OptimizerConfig;
 use castream_backbones::schedule::Schedule;
@@ -91,8 +92,8 @@ pub struct QuickModels {
 
 /// The Fashion-MNIST scene sets of the quick profile (train and test splits).
 pub struct QuickData {
-    pub train: SceneSet,
-    pub test: SceneSet,
+    pub train: Arc<SceneSet>,
+    pub test: Arc<SceneSet>,
 }
 
 impl QuickData {
@@ -100,7 +101,9 @@ impl QuickData {
     pub fn load(location: &DataLocation, scenes: &SceneConfig) -> Result<QuickData> {
         let name = DatasetName::FashionMnist;
         let located = Locator::from_environment(name).locate(name, location)?;
-        let set = |split| -> Result<SceneSet> { Ok(SceneSet::new(located.load(split)?, name, split, scenes.clone())?) };
+        let set = |split| -> Result<Arc<SceneSet>> {
+            Ok(Arc::new(SceneSet::new(located.load(split)?, name, split, scenes.clone())?))
+        };
         Ok(QuickData { train: set(Split::Train)?, test: set(Split::Test)? })
     }
 }
@@ -135,6 +138,28 @@ impl StreamFeatures {
     }
 }
 
+/// `backbone` with the trained stream at `path` (a file written by `castream train-stream`), which
+/// must have been trained on exactly these backbone weights.
+pub fn trained_models(root: &Path, backbone: &BackboneSpec, path: &Path, device: &Device) -> Result<QuickModels> {
+    let LoadedBackbone { model, meta, sha256, sidecar_sha256, manifest } = crate::backbone::load(root, backbone, device)?;
+    let card = crate::stream_checkpoint::read_card(path)?;
+    let ca = CaModel::new(model, &card.stream, 0)?;
+    let card = crate::stream_checkpoint::load(path, &ca, &sha256)?;
+    Ok(QuickModels {
+        name: backbone.name(),
+        ca,
+        meta,
+        sha256,
+        sidecar_sha256,
+        manifest,
+        stream_val_accuracy: card.val_top1,
+        cache_bytes: 0,
+        from_cache: true,
+        stream_file: path.to_path_buf(),
+        stream_sha256: card.weights_sha256,
+    })
+}
+
 /// Loads backbone `name` and its stream for `spec`: from the stream cache when this exact
 /// combination was trained before, else trains it now (seeded, deterministic) and caches it.
 /// `features` holds the backbone's cached stage features across calls (built on first need).
@@ -166,20 +191,7 @@ pub fn quick_models(
         // initialised stream untouched for the retraining that follows.
         let loaded = (|| -> Result<StreamRecord> {
             let record: StreamRecord = serde_json::from_value(hit.extra.clone())?;
-            let tensors = candle_core::safetensors::load_buffer(&hit.bytes, device)?;
-            let vars = ca.stream.named_vars();
-            for (var_name, var) in &vars {
-                let t = tensors.get(var_name).with_context(|| format!("lacks `{var_name}`"))?;
-                anyhow::ensure!(
-                    t.shape() == var.shape(),
-                    "`{var_name}` has shape {:?}, not {:?}",
-                    t.shape(),
-                    var.shape()
-                );
-            }
-            for (var_name, var) in vars {
-                var.set(&tensors[&var_name])?;
-            }
+            crate::stream_checkpoint::set_weights(&ca, &hit.bytes)?;
             Ok(record)
         })();
         match loaded {

@@ -164,6 +164,7 @@ pub struct TrainOptions {
 /// Trains the recipe's backbones that are missing (all of them with `retrain`), writing each
 /// checkpoint, its sidecar and the manifest entry.
 pub fn train_backbones(root: &Path, opts: &TrainOptions) -> Result<()> {
+    let device = opts.device.device()?;
     let recipe = load_recipe(root)?;
     if let Some(only) = &opts.only {
         if !recipe.backbone.iter().any(|b| &b.name == only) {
@@ -201,7 +202,7 @@ pub fn train_backbones(root: &Path, opts: &TrainOptions) -> Result<()> {
             println!("{}: trained ({}); `--retrain` regenerates it", b.name, path.display());
             continue;
         }
-        let model = Model::new(b.model.clone(), b.init_seed, &opts.device.device())?;
+        let model = Model::new(b.model.clone(), b.init_seed, &device)?;
         let subset = |ids: &[usize], set| SceneSubset { set, indices: ids.to_vec(), normalisation };
         let (train_data, val_data) = (subset(&train_ids, &train_set), subset(&val_ids, &train_set));
         let task = GapTask {

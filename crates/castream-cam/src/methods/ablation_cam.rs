@@ -31,7 +31,7 @@ impl CamMethod for AblationCam {
         let base = score(subject.logits_from(&acts, a)?, classes)?;
         let pairs: Vec<(usize, usize)> = (0..b).flat_map(|i| (0..k).map(move |c| (i, c))).collect();
         let mut weights = vec![0f32; b * k];
-        for chunk in pairs.chunks(self.chunk.max(1)) {
+        crate::chunks::for_each_chunk(&pairs, self.chunk, "Ablation-CAM", |chunk| {
             let ids: Vec<u32> = chunk.iter().map(|&(i, _)| i as u32).collect();
             let keep: Vec<f32> =
                 chunk.iter().flat_map(|&(_, c)| (0..k).map(move |j| if j == c { 0.0 } else { 1.0 })).collect();
@@ -44,7 +44,8 @@ impl CamMethod for AblationCam {
                 let denominator = if y0.abs() < MIN_SCORE { MIN_SCORE.copysign(y0) } else { y0 };
                 weights[i * k + c] = (y0 - y) / denominator;
             }
-        }
+            Ok(())
+        })?;
         weighted_sum(&Tensor::from_vec(weights, (b, k), dev)?, a)
     }
 }

@@ -55,7 +55,7 @@ impl CamMethod for ScoreCam {
         let pixels = subject.normalisation.to_pixels(x)?;
         let pairs = self.pairs(&a)?;
         let mut weights = vec![0f32; b * k];
-        for chunk in pairs.chunks(self.chunk.max(1)) {
+        crate::chunks::for_each_chunk(&pairs, self.chunk, "Score-CAM", |chunk| {
             let img = Tensor::from_iter(chunk.iter().map(|&(i, _)| i as u32), x.device())?;
             let flat = Tensor::from_iter(chunk.iter().map(|&(i, c)| (i * k + c) as u32), x.device())?;
             let mask = masks.flatten_to(1)?.index_select(&flat, 0)?.unsqueeze(1)?;
@@ -66,7 +66,8 @@ impl CamMethod for ScoreCam {
             for (&(i, c), p) in chunk.iter().zip(p) {
                 weights[i * k + c] = p;
             }
-        }
+            Ok(())
+        })?;
         weighted_sum(&Tensor::from_vec(weights, (b, k), x.device())?, &a)
     }
 }

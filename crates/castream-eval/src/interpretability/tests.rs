@@ -4,7 +4,7 @@ use castream_cam::Pooling;
 use castream_data::device::cpu;
 use castream_data::discovery::DatasetName;
 use castream_data::labelled::{LabelledImages, Split, SplitFiles};
-use castream_data::scenes::SceneConfig;
+use castream_data::scenes::{SceneConfig, SceneSet};
 use castream_data::Normalisation;
 use castream_metrics::causal::CausalVariant;
 

@@ -1,17 +1,17 @@
 //! The settings of one profile (`[quick]` / `[paper]`) and their defaults (docs/specs.md).
 
-use std::path::PathBuf;
-
 use castream_cam::{Method, MethodOptions, PoolingKind, TargetClass};
 use castream_data::discovery::DataLocation;
-use castream_data::image_folder::EvalTransform;
+pub use castream_data::images::ImageSetSpec;
 use castream_data::scenes::SceneConfig;
+use castream_data::DeviceChoice;
 use castream_data::valid::{in_range, OutOfRange};
 use castream_data::Normalisation;
 use castream_eval::{Baseline, CausalChoice, Protocol};
 use castream_metrics::Metric;
 use castream_stream::AttentionSelect;
 use castream_zoo::ca::StreamSpec;
+use castream_zoo::stream_checkpoint::StreamSource;
 use castream_zoo::BackboneSpec;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
@@ -26,6 +26,8 @@ pub struct Settings {
     pub images: Option<usize>,
     /// Images per forward pass.
     pub batch_size: usize,
+    /// Where tensors live (`cpu`, `cuda`, `cuda:N`); `--device` overrides it. Default: the CPU.
+    pub device: Option<DeviceChoice>,
     pub data: DataSpec,
     pub scenes: SceneConfig,
     /// Input normalisation of the paper profile (default: ImageNet statistics). Quick-profile
@@ -35,6 +37,10 @@ pub struct Settings {
     pub backbones: Vec<BackboneSpec>,
     /// The CA-Stream and its training on the frozen backbone.
     pub stream: StreamSpec,
+    /// Trained streams (files written by `castream train-stream`, or `hub:owner/name`): a backbone
+    /// whose stream configuration matches one is evaluated with it instead of training a stream.
+    /// The paper profile needs one per backbone (and per table4 variant).
+    pub streams: Vec<StreamSource>,
     /// How saliency maps are computed and scored.
     pub protocol: ProtocolSpec,
     /// Interpretability experiments: the networks explained, GAP and/or CA.
@@ -175,11 +181,13 @@ impl Default for Settings {
             seed: 0,
             images: None,
             batch_size: 64,
+            device: None,
             data: DataSpec::default(),
             scenes: SceneConfig::default(),
             normalisation: Normalisation::IMAGENET,
             backbones: vec![BackboneSpec::Shipped("resnet18".into())],
             stream: StreamSpec::default(),
+            streams: Vec::new(),
             protocol: ProtocolSpec::default(),
             poolings: PoolingKind::ALL.to_vec(),
             methods: Vec::new(),
@@ -205,16 +213,4 @@ pub struct DataSpec {
     pub imagenet: Option<ImageSetSpec>,
     /// Images of classes the network never saw (paper: MIT 67 Indoor Scenes; figure4).
     pub unseen: Option<ImageSetSpec>,
-}
-
-/// An image set on disk: a `name,label` list or a class-per-folder tree.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ImageSetSpec {
-    /// Folder the list's names are relative to, or the root of the class folders.
-    pub root: PathBuf,
-    /// A `name,label` list (the authors' format); absent: one sub-folder per class under `root`.
-    pub list: Option<PathBuf>,
-    #[serde(default)]
-    pub transform: EvalTransform,
 }

@@ -12,13 +12,12 @@ use super::RunContext;
 
 pub fn run(ctx: &mut RunContext) -> Result<()> {
     let s = ctx.settings;
-    let data = ctx.quick_data()?;
-    let side = data.test.config.canvas;
+    let side = ctx.test_images()?.side();
     let mut panels = Vec::new();
     let (mut col_backbone, mut col_block, mut col_reads, mut col_in, mut col_out, mut col_params) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for backbone in &s.backbones {
-        let m = ctx.models(backbone, &s.stream, &data, &mut None)?;
+        let m = ctx.models(backbone, &s.stream, &mut None)?;
         let name = &m.name;
         let x = Tensor::zeros((1, 3, side, side), DType::F32, &ctx.device)?;
         let features = m.ca.backbone.net.stages(&x, false)?;
@@ -64,7 +63,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         "parameters" => col_params,
     )?;
     Table::new("figure1", "CA blocks as built", frame)
-        .note("Shapes from a forward pass of a 64x64 input; q0 is counted in the figure, not in this table.")
+        .note(format!("Shapes from a forward pass of a {side}x{side} input; q0 is counted in the figure, not in this table."))
         .write(ctx.out)?;
     Ok(())
 }

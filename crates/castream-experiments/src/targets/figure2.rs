@@ -7,7 +7,8 @@ use castream_cam::{Method, MethodOptions, Pooling, Subject};
 use castream_report::columns;
 
 use super::{first_backbone, RunContext};
-use castream_eval::saliency::{image_list_sha256, maps};
+use castream_eval::saliency::maps;
+use crate::spec::Profile;
 use castream_report::grid::{Grid, Tile};
 use castream_report::tables::Table;
 
@@ -16,15 +17,12 @@ const CAMS: [Method; 3] = [Method::GradCam, Method::GradCamPlusPlus, Method::Sco
 
 pub fn run(ctx: &mut RunContext) -> Result<()> {
     let s = ctx.settings;
-    let data = ctx.quick_data()?;
-    let n = super::image_count(ctx, DEFAULT_IMAGES, data.test.len(), "Fashion-MNIST test")?;
+    let (set, ids) = super::test_images(ctx, DEFAULT_IMAGES)?;
     let backbone = first_backbone(s)?;
-    let m = ctx.models(backbone, &s.stream, &data, &mut None)?;
+    let m = ctx.models(backbone, &s.stream, &mut None)?;
     let name = &m.name;
-    let ids: Vec<usize> = (0..n).collect();
-    ctx.record.image_list_sha256 = Some(image_list_sha256("fashion-mnist/test", &ids));
     let norm = m.meta.normalisation;
-    let (x, y) = data.test.batch(&ids, &norm, &ctx.device)?;
+    let (x, y) = set.batch(&ids, &norm, &ctx.device)?;
     let labels: Vec<u32> = y.to_vec1()?;
     let (gap, ca) = (Subject::of(Pooling::Gap(&m.ca.backbone), norm), Subject::of(Pooling::Ca(&m.ca), norm));
     let options = MethodOptions::default();
@@ -35,29 +33,28 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         }
     }
     let (gap_pred, ca_pred) = (gap.predict(&x)?, ca.predict(&x)?);
-    let classes = data.test.dataset.class_names();
-    let side = data.test.config.canvas;
+    let class = |c: u32| set.class_name(c as usize);
+    let side = set.side();
+    let what = if ctx.profile == Profile::Quick { "test scene" } else { "image" };
     let rows = ids
         .iter()
         .enumerate()
         .map(|(b, &i)| {
-            let scene = data.test.scene(i);
-            let boxes: Vec<_> = scene.bbox.into_iter().collect();
-            let mut tiles =
-                vec![Tile { rgb: scene.image.clone(), side, caption: "input".into(), boxes: boxes.clone() }];
+            let image = set.rgb(i)?;
+            let boxes: Vec<_> = set.bbox(i).into_iter().collect();
+            let mut tiles = vec![Tile { rgb: image.clone(), side, caption: "input".into(), boxes: boxes.clone() }];
             for (caption, maps) in &columns {
-                tiles.push(Tile {
-                    boxes: boxes.clone(),
-                    ..Tile::overlay(&scene.image, &maps[b], side, caption.clone())
-                });
+                tiles.push(Tile { boxes: boxes.clone(), ..Tile::overlay(&image, &maps[b], side, caption.clone()) });
             }
             let header = format!(
-                "test scene #{i}: {} (GAP predicts {}, CA predicts {})",
-                classes[scene.label], classes[gap_pred[b] as usize], classes[ca_pred[b] as usize]
+                "{what} #{i}: {} (GAP predicts {}, CA predicts {})",
+                class(labels[b]),
+                class(gap_pred[b]),
+                class(ca_pred[b])
             );
-            (header, tiles)
+            Ok((header, tiles))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     Grid {
         title: format!(
             "{name}: saliency of the ground-truth class, GAP vs CA-Stream (F_4, jet overlays, boxes = ground truth)"
@@ -67,15 +64,15 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         rows,
     }
     .write_png(&ctx.out.join("figure2.png"))?;
-    let name_of = |v: &[u32]| v.iter().map(|&c| classes[c as usize].to_string()).collect::<Vec<_>>();
+    let name_of = |v: &[u32]| v.iter().map(|&c| class(c)).collect::<Vec<_>>();
     let frame = columns!(
         "image" => ids.iter().map(|&i| i as u32).collect::<Vec<_>>(),
         "label" => name_of(&labels),
         "gap_prediction" => name_of(&gap_pred),
         "ca_prediction" => name_of(&ca_pred),
     )?;
-    Table::new("figure2", "Scenes of the saliency grid", frame)
-        .note(format!("{name} quick backbone and its trained stream; maps of the ground-truth class at F_4, ReLU, min-max, bilinear upsampling."))
+    Table::new("figure2", if ctx.profile == Profile::Quick { "Scenes of the saliency grid" } else { "Images of the saliency grid" }, frame)
+        .note(format!("{name} {} backbone and its trained stream; maps of the ground-truth class at F_4, ReLU, min-max, bilinear upsampling.", ctx.profile))
         .note("Raw attention: the last CA block's softmax attention (class-agnostic). Score-CAM scores every channel, 128 masked images per forward.")
         .write(ctx.out)?;
     Ok(())

@@ -46,22 +46,21 @@ fn nearest(map: &[f32], h: usize, w: usize, side: usize) -> Vec<f32> {
 
 pub fn run(ctx: &mut RunContext) -> Result<()> {
     let s = ctx.settings;
-    let data = ctx.quick_data()?;
-    let n = super::image_count(ctx, DEFAULT_IMAGES, data.test.len(), "Fashion-MNIST test")?;
+    let (set, ids) = super::test_images(ctx, DEFAULT_IMAGES)?;
     let backbone = first_backbone(s)?;
-    let m = ctx.models(backbone, &s.stream, &data, &mut None)?;
+    let m = ctx.models(backbone, &s.stream, &mut None)?;
     let name = &m.name;
-    let ids: Vec<usize> = (0..n).collect();
-    let (x, _) = data.test.batch(&ids, &m.meta.normalisation, &ctx.device)?;
+    let (x, _) = set.batch(&ids, &m.meta.normalisation, &ctx.device)?;
     let features = m.ca.backbone.net.stages(&x, false)?;
     let out = m.ca.stream.forward(&features)?;
     let last = out.attention.len() - 1;
     let (tap, attention, query) = (out.attention[last].tap, &out.attention[last].weights, &out.queries[last]);
     if m.ca.stream.config().heads != 1 {
-        bail!("figure3 draws the single-head identity; set [quick.stream.config] heads = 1");
+        bail!("figure3 draws the single-head identity; set [{}.stream.config] heads = 1", ctx.profile);
     }
     let (_, d, h, w) = features[tap].dims4()?;
-    let side = data.test.config.canvas;
+    let side = set.side();
+    let what = if ctx.profile == crate::spec::Profile::Quick { "test scene" } else { "image" };
     let mut rows = Vec::new();
     let (mut max_diff, mut diffs) = (0f32, Vec::new());
     for (b, &i) in ids.iter().enumerate() {
@@ -74,11 +73,10 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         let abs_diff: Vec<f32> =
             via_attention.iter().zip(&via_cam).map(|(a, c)| (a - c).abs() / diff.max(1e-30)).collect();
         diffs.push(diff as f64);
-        let scene = data.test.scene(i);
         rows.push((
-            format!("test scene #{i} ({})", data.test.dataset.class_names()[scene.label]),
+            format!("{what} #{i} ({})", set.class_name(set.label(i))),
             vec![
-                Tile { rgb: scene.image, side, caption: "input".into(), boxes: Vec::new() },
+                Tile { rgb: set.rgb(i)?, side, caption: "input".into(), boxes: Vec::new() },
                 Tile::heatmap(&upsampled(&via_attention, h, w, side, &ctx.device)?, side, "cross attention".into()),
                 Tile::heatmap(&upsampled(&via_cam, h, w, side, &ctx.device)?, side, "CAM, weights q".into()),
                 Tile::heatmap(&nearest(&abs_diff, h, w, side), side, format!("|difference|, max {diff:.1e}")),
@@ -94,7 +92,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     .write_png(&ctx.out.join("figure3.png"))?;
     let frame = columns!("image" => ids.iter().map(|&i| i as u32).collect::<Vec<_>>(), "max_abs_difference" => diffs)?;
     let mut table = Table::new("figure3", "Cross attention vs CAM with class-agnostic weights", frame).note(format!(
-        "{name} quick backbone with its trained stream; block CA-{tap}; float32 attention vs float64 CAM loop."
+        "{name} {} backbone with its trained stream; block CA-{tap}; float32 attention vs float64 CAM loop.",
+        ctx.profile
     ));
     table.decimals = 10;
     table.write(ctx.out)?;

@@ -11,7 +11,8 @@ use castream_metrics::Metric;
 use castream_report::scorecard::{Row, Scorecard};
 use castream_zoo::ca::QuickModels;
 
-use super::{test_scenes, RunContext};
+use super::{test_images, RunContext};
+use crate::spec::Profile;
 use crate::paper::PaperValues;
 
 /// Scenes per cell unless the spec's `images` says otherwise (fits the 5-minute quick budget).
@@ -29,8 +30,8 @@ pub fn explained(m: &QuickModels, pooling: PoolingKind, layer: usize) -> Explain
 
 pub fn run(ctx: &mut RunContext) -> Result<()> {
     let s = ctx.settings;
-    let (data, ids) = test_scenes(ctx, DEFAULT_IMAGES)?;
-    let eval = ctx.evaluation(&data.test, &ids);
+    let (set, ids) = test_images(ctx, DEFAULT_IMAGES)?;
+    let eval = ctx.evaluation(&*set, &ids);
     let layer = *s.layer.get_ref();
     let metrics: Vec<Metric> = s.metrics.iter().map(|m| *m.get_ref()).collect();
     let methods: Vec<_> = s.methods.iter().map(|m| *m.get_ref()).collect();
@@ -38,7 +39,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let model_free = metrics.iter().all(|m| m.group() == castream_metrics::metric::Group::Localisation);
     let (mut rows, mut sanity_rows, mut notes) = (Vec::new(), Vec::new(), Vec::new());
     for backbone in &s.backbones {
-        let m = ctx.models(backbone, &s.stream, &data, &mut None)?;
+        let m = ctx.models(backbone, &s.stream, &mut None)?;
         let models: Vec<Explained> = s.poolings.iter().map(|&p| explained(&m, p, layer)).collect();
         let attention = s.attention.iter().flat_map(|a| a.expand(&m.ca.stream.config().taps)).map(Source::Attention);
         let sources: Vec<Source> = attention
@@ -63,7 +64,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
                 &m.name,
                 &m.ca,
                 norm,
-                &data.test,
+                &*set,
                 &methods,
                 &s.protocol.cam,
                 s.seed,
@@ -80,13 +81,13 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             None => format!("{}: stream validation accuracy {:.2}%.", m.name, 100.0 * m.stream_val_accuracy),
         });
     }
-    let side = data.test.config.canvas;
-    notes.push(format!(
-        "Quick profile: the first {} Fashion-MNIST test scenes ({side}x{side}); maps of F_{layer}; {}.",
-        ids.len(),
-        eval.protocol.describe()
-    ));
-    notes.extend(method_notes(s, ids.len()));
+    let side = set.side();
+    let images = match ctx.profile {
+        Profile::Quick => format!("Quick profile: the first {} Fashion-MNIST test scenes ({side}x{side})", ids.len()),
+        Profile::Paper => super::images_note(ctx, &*set, ids.len()),
+    };
+    notes.push(format!("{images}; maps of F_{layer}; {}.", eval.protocol.describe()));
+    notes.extend(method_notes(s, ids.len(), side));
     notes.extend(s.notes.iter().cloned());
     let paper = match &s.paper {
         Some(network) => Some(PaperValues::load(ctx.experiments)?.interpretability(network)?.clone()),
@@ -115,7 +116,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
 }
 
 /// What the footer says of how the maps were made and scored.
-fn method_notes(s: &crate::spec::Settings, n: usize) -> Vec<String> {
+fn method_notes(s: &crate::spec::Settings, n: usize, side: usize) -> Vec<String> {
     let mut notes =
         vec!["Maps: ReLU, per-image min-max, bilinear upsampling; explanation image normalise(denormalise(x)·S)."
             .to_string()];
@@ -132,7 +133,6 @@ fn method_notes(s: &crate::spec::Settings, n: usize) -> Vec<String> {
         );
     }
     if s.metrics.iter().any(|m| m.get_ref().group() == castream_metrics::metric::Group::Localisation) {
-        let side = s.scenes.canvas;
         notes.push(format!(
             "PG: % of images whose map peak lies within {:.1} px (15 px at 224, scaled) of the object box. EPG: % of the map's mass \
              inside the box. IoU: % overlap of the map thresholded at {} x its maximum with the box.",

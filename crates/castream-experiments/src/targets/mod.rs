@@ -12,15 +12,23 @@ mod table1;
 mod table4;
 
 use std::path::Path;
+use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use candle_core::Device;
+use castream_data::discovery::{DatasetName, Locator};
+use castream_data::image_folder::IMAGENET_CLASSES;
+use castream_data::images::{EvalImages, ImageSetSpec};
+use castream_data::labelled::Split;
 use castream_data::scenes::SceneSet;
 use castream_eval::saliency::image_list_sha256;
 use castream_eval::Evaluation;
-use castream_report::record::{DataRecord, RunRecord};
-use castream_zoo::ca::{quick_models, QuickData, QuickModels, StreamFeatures, StreamSpec};
+use castream_report::record::RunRecord;
+use castream_stream::StreamConfig;
+use castream_zoo::ca::{quick_models, trained_models, QuickData, QuickModels, StreamFeatures, StreamSpec};
 use castream_zoo::quick::is_shipped;
+use castream_zoo::stream_checkpoint::{self, StreamSource};
+use castream_zoo::train_stream::subset;
 use castream_zoo::BackboneSpec;
 
 use crate::spec::{Profile, Settings, Spec, Target};
@@ -37,6 +45,8 @@ pub struct RunContext<'a> {
     pub experiments: &'a Path,
     pub device: Device,
     pub record: &'a mut RunRecord,
+    /// The quick profile's scene sets, loaded on first use.
+    pub quick: Option<Arc<QuickData>>,
 }
 
 /// A target that cannot run yet because something it needs does not exist (e.g. a checkpoint
@@ -62,8 +72,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
 }
 
 impl RunContext<'_> {
-    /// The cell evaluation of the scenes `ids` of `set` with the spec's batch size, seed and protocol.
-    pub fn evaluation<'s>(&self, set: &'s SceneSet, ids: &'s [usize]) -> Evaluation<'s> {
+    /// The cell evaluation of the images `ids` of `set` with the spec's batch size, seed and protocol.
+    pub fn evaluation<'s>(&self, set: &'s dyn EvalImages, ids: &'s [usize]) -> Evaluation<'s> {
         let s = self.settings;
         Evaluation {
             set,
@@ -76,26 +86,75 @@ impl RunContext<'_> {
         }
     }
 
-    /// The quick profile's scene sets from the spec's data location and scene settings, recorded
-    /// in `run.json`.
-    pub fn quick_data(&mut self) -> Result<QuickData> {
-        let data = QuickData::load(&self.settings.data.fashion_mnist, &self.settings.scenes)?;
-        for set in [&data.train, &data.test] {
-            self.record.read_data(data_record(set));
+    /// The quick profile's scene sets from the spec's data location and scene settings (loaded
+    /// once per run), recorded in `run.json`.
+    pub fn quick_data(&mut self) -> Result<Arc<QuickData>> {
+        if let Some(data) = &self.quick {
+            return Ok(data.clone());
         }
+        let data = Arc::new(QuickData::load(&self.settings.data.fashion_mnist, &self.settings.scenes)?);
+        for set in [&data.train, &data.test] {
+            self.record.read_data(set.record());
+        }
+        self.quick = Some(data.clone());
         Ok(data)
     }
 
-    /// `backbone` and its CA-Stream trained with `stream` ([`quick_models`]), their weights'
-    /// SHA-256 and the stream's seed recorded in `run.json`.
+    /// The evaluated images: the quick profile's Fashion-MNIST test scenes, or the paper profile's
+    /// `[paper.data.imagenet]` (ImageNet validation), recorded in `run.json`.
+    pub fn test_images(&mut self) -> Result<Arc<dyn EvalImages>> {
+        match self.profile {
+            Profile::Quick => Ok(self.quick_data()?.test.clone()),
+            Profile::Paper => self.image_set(self.settings.data.imagenet.as_ref(), "imagenet", "imagenet", "val"),
+        }
+    }
+
+    /// Images of classes the network never saw: MNIST digit scenes (quick), or the paper
+    /// profile's `[paper.data.unseen]` (MIT 67), recorded in `run.json`.
+    pub fn unseen_images(&mut self) -> Result<Arc<dyn EvalImages>> {
+        let s = self.settings;
+        match self.profile {
+            Profile::Quick => {
+                let located = Locator::from_environment(DatasetName::Mnist).locate(DatasetName::Mnist, &s.data.mnist)?;
+                let digits = SceneSet::new(located.load(Split::Test)?, DatasetName::Mnist, Split::Test, s.scenes.clone())?;
+                self.record.read_data(digits.record());
+                Ok(Arc::new(digits))
+            }
+            Profile::Paper => self.image_set(s.data.unseen.as_ref(), "unseen", "unseen", "test"),
+        }
+    }
+
+    fn image_set(&mut self, spec: Option<&ImageSetSpec>, key: &str, dataset: &str, split: &str) -> Result<Arc<dyn EvalImages>> {
+        let place = format!("{}: [{}.data.{key}]", self.spec.path.display(), self.profile);
+        let Some(spec) = spec else { bail!("{place} is missing; Fix: set its `root` (and `list` for a `name,label` file)") };
+        // Folder-per-class sets (MIT 67) carry their own classes; lists carry ImageNet indices.
+        let set = spec.open(dataset, split, IMAGENET_CLASSES, &place)?;
+        self.record.read_data(set.record());
+        Ok(Arc::new(set))
+    }
+
+    /// `backbone` and its CA-Stream for `stream`, their weights' SHA-256 and the stream's seed
+    /// recorded in `run.json`: a trained stream listed in the spec's `streams` for this backbone
+    /// and configuration is loaded; otherwise the quick profile trains one ([`quick_models`],
+    /// cached) and the paper profile refuses (`pending` says so before the run).
     pub fn models(
         &mut self,
         backbone: &BackboneSpec,
         stream: &StreamSpec,
-        data: &QuickData,
         features: &mut Option<StreamFeatures>,
     ) -> Result<QuickModels> {
-        let m = quick_models(self.root, backbone, stream, data, features, &self.device)?;
+        let listed = stream_checkpoint::find(self.root, &self.settings.streams, backbone, &stream.config)?;
+        let mut m = match listed {
+            Some((path, _)) => trained_models(self.root, backbone, &path, &self.device)?,
+            None if self.profile == Profile::Quick => {
+                let data = self.quick_data()?;
+                quick_models(self.root, backbone, stream, &data, features, &self.device)?
+            }
+            None => bail!("{}", missing_stream(self.experiments, &self.settings.streams, backbone, &stream.config)),
+        };
+        if matches!(backbone, BackboneSpec::Hub { .. } | BackboneSpec::File { .. }) {
+            m.meta.normalisation = self.settings.normalisation;
+        }
         let weights = &mut self.record.weights;
         weights.insert(format!("{} backbone", m.name), m.sha256.clone());
         weights.insert(format!("{} backbone sidecar", m.name), m.sidecar_sha256.clone());
@@ -121,17 +180,6 @@ pub fn image_count(ctx: &RunContext, default: usize, available: usize, split: &s
     Ok(n)
 }
 
-/// A scene set's source split as `run.json` records it.
-pub fn data_record(set: &SceneSet) -> DataRecord {
-    DataRecord {
-        dataset: set.dataset.display_name().into(),
-        split: set.split.name().into(),
-        images: set.len(),
-        sha256: set.source.sha256.clone(),
-        origin: serde_json::json!({ "images": set.source.files.images, "labels": set.source.files.labels }),
-    }
-}
-
 /// The spec's first backbone: the one the figures draw.
 pub fn first_backbone(s: &Settings) -> Result<&BackboneSpec> {
     s.backbones
@@ -139,40 +187,125 @@ pub fn first_backbone(s: &Settings) -> Result<&BackboneSpec> {
         .ok_or_else(|| anyhow::anyhow!("backbones is empty; Fix: name one, e.g. backbones = [\"resnet18\"]"))
 }
 
-/// Why `spec` cannot run on `profile` now, if it cannot: the paper profile's targets other than
-/// the data card need an ImageNet-trained stream; a shipped backbone the spec names that is not
-/// trained yet. Checked before a run starts and by `list`.
+/// Why `spec` cannot run on `profile` now, if it cannot: a quick backbone that is not trained
+/// yet; on the paper profile, data that is not where the spec says, or a trained stream the spec
+/// does not list. Every missing thing is named, with its fix. Checked before a run and by `list`.
 pub fn pending(spec: &Spec, profile: Profile, settings: &Settings, root: &Path) -> Result<Option<NotYetAvailable>> {
-    let needs = |needs: String| Some(NotYetAvailable { target: spec.name.clone(), needs });
-    if profile == Profile::Paper && spec.target != Target::DataCard {
-        return Ok(needs(
-            "a CA-Stream trained on ImageNet (stream training for the paper profile is not built yet; \
-             `data-card --profile paper` checks the data)"
-                .into(),
-        ));
-    }
-    if spec.target == Target::DataCard {
-        return Ok(None);
-    }
-    for b in &settings.backbones {
-        if let BackboneSpec::Shipped(name) = b {
-            if profile == Profile::Quick && !is_shipped(root, name)? {
-                return Ok(needs(format!(
-                    "the quick `{name}` backbone, which is not shipped (docs/backbones.md); train it with `cargo xtask train-backbones`"
-                )));
+    let mut needs = Vec::new();
+    let place = |key: &str| format!("{} [{profile}.data.{key}]", spec.path.display());
+    match profile {
+        Profile::Quick => {
+            for b in &settings.backbones {
+                if let BackboneSpec::Shipped(name) = b {
+                    if spec.target != Target::DataCard && !is_shipped(root, name)? {
+                        needs.push(format!(
+                            "the quick `{name}` backbone, which is not shipped (docs/backbones.md); train it with `cargo xtask train-backbones`"
+                        ));
+                    }
+                }
+            }
+        }
+        Profile::Paper => {
+            let data = &settings.data;
+            let (key, set) = if spec.target == Target::Figure4 { ("unseen", &data.unseen) } else { ("imagenet", &data.imagenet) };
+            match set {
+                None => needs.push(format!("{} (not set); Fix: add it with `root` (and `list`), docs/paper-profile.md", place(key))),
+                Some(set) => needs.extend(set.missing(&place(key))),
+            }
+            let localises = settings.metrics.iter().any(|m| m.get_ref().group() == castream_metrics::metric::Group::Localisation);
+            if localises && data.imagenet.as_ref().is_some_and(|s| s.boxes.is_none()) {
+                needs.push(format!(
+                    "object boxes for the localisation metrics: {} boxes = \"val_boxes.csv\" (`name,x0,y0,x1,y1` per object, \
+                     scripts/imagenet-boxes.py writes it from ILSVRC's XML annotations)",
+                    place("imagenet")
+                ));
+            }
+            if spec.target != Target::DataCard {
+                for (backbone, config) in required_streams(spec, settings) {
+                    if let BackboneSpec::Shipped(name) = &backbone {
+                        needs.push(format!(
+                            "a pretrained backbone: `{name}` is a quick-profile network; Fix: name an hf-hub model, e.g. \
+                             {{ arch = \"resnet50\", hub = \"timm/resnet50.tv_in1k\" }}"
+                        ));
+                        continue;
+                    }
+                    let listed = settings.streams.iter().filter_map(|s| match s {
+                        StreamSource::File(p) => Some(p),
+                        StreamSource::Hub(_) => None,
+                    });
+                    let absent: Vec<_> = listed.filter(|p| !root.join(p).exists()).collect();
+                    let found = if absent.is_empty() { stream_checkpoint::find(root, &settings.streams, backbone, &config)? } else { None };
+                    if found.is_none() {
+                        let experiments = spec.path.parent().unwrap_or(Path::new("."));
+                        needs.push(missing_stream(experiments, &settings.streams, backbone, &config));
+                    }
+                }
             }
         }
     }
-    Ok(None)
+    needs.dedup();
+    Ok((!needs.is_empty()).then(|| NotYetAvailable { target: spec.name.clone(), needs: needs.join("; ") }))
 }
 
-/// The quick profile's test scenes and the first `images` (spec or `--images`, else `default`)
-/// of them, recorded in `run.json`.
-pub fn test_scenes(ctx: &mut RunContext, default: usize) -> Result<(QuickData, Vec<usize>)> {
-    let data = ctx.quick_data()?;
-    let n = image_count(ctx, default, data.test.len(), "Fashion-MNIST test")?;
-    let ids: Vec<usize> = (0..n).collect();
-    ctx.record.image_list_sha256 = Some(image_list_sha256("fashion-mnist/test", &ids));
+/// The (backbone, stream configuration) pairs a spec evaluates.
+fn required_streams<'s>(spec: &Spec, s: &'s Settings) -> Vec<(&'s BackboneSpec, StreamConfig)> {
+    let configs = match spec.target {
+        Target::Table4 => table4::stream_configs(&s.stream.config),
+        Target::Figure2 | Target::Figure3 | Target::Figure4 => {
+            return s.backbones.first().map(|b| (b, s.stream.config.clone())).into_iter().collect()
+        }
+        _ => vec![s.stream.config.clone()],
+    };
+    s.backbones.iter().flat_map(|b| configs.iter().map(move |c| (b, c.clone()))).collect()
+}
+
+/// What to do when no trained stream fits: the recipe under `<experiments>/streams/` that trains
+/// it, if one does, and to list its output in `streams`.
+fn missing_stream(experiments: &Path, listed: &[StreamSource], backbone: &BackboneSpec, config: &StreamConfig) -> String {
+    let what = format!(
+        "a CA-Stream trained on `{backbone}` (taps {:?}, {} head{})",
+        config.taps,
+        config.heads,
+        if config.heads == 1 { "" } else { "s" }
+    );
+    let recipes = castream_zoo::train_stream::recipes(&experiments.join("streams"));
+    match recipes.iter().find(|(_, r)| r.backbone.name() == backbone.name() && &r.stream == config) {
+        Some((file, r)) if listed.contains(&StreamSource::File(r.output.clone())) => {
+            format!("{what}: train it with `cargo xtask train-stream {}` (it writes {})", file.display(), r.output.display())
+        }
+        Some((file, r)) => format!(
+            "{what}: train it with `cargo xtask train-stream {}` and list `{}` in the spec's `streams`",
+            file.display(),
+            r.output.display()
+        ),
+        None => format!("{what}: write a recipe (docs/paper-profile.md), train it with `cargo xtask train-stream <recipe>` and list its output in `streams`"),
+    }
+}
+
+/// The footer's line saying which images a table evaluated.
+pub fn images_note(ctx: &RunContext, set: &dyn EvalImages, n: usize) -> String {
+    match ctx.profile {
+        Profile::Quick => format!("Quick profile: first {n} {} scenes", set.describe()),
+        Profile::Paper => format!(
+            "Paper profile: {n} of the {} {} images (a sample seeded by `seed` when fewer), {}x{} px",
+            set.len(),
+            set.describe(),
+            set.side(),
+            set.side()
+        ),
+    }
+}
+
+/// The evaluated images and the `images` of them used (spec or `--images`, else `default`): the
+/// first ones on the quick profile, a seeded sample on the paper profile; recorded in `run.json`.
+pub fn test_images(ctx: &mut RunContext, default: usize) -> Result<(Arc<dyn EvalImages>, Vec<usize>)> {
+    let set = ctx.test_images()?;
+    let n = image_count(ctx, default, set.len(), &set.describe())?;
+    let ids = match ctx.profile {
+        Profile::Quick => (0..n).collect(),
+        Profile::Paper => subset(set.len(), Some(n), ctx.settings.seed)?,
+    };
+    ctx.record.image_list_sha256 = Some(image_list_sha256(&set.describe(), &ids));
     ctx.record.seeds.insert("bootstrap".into(), ctx.settings.seed);
-    Ok((data, ids))
+    Ok((set, ids))
 }

@@ -5,11 +5,11 @@ use std::time::Instant;
 
 use anyhow::Result;
 use candle_core::Tensor;
-use castream_eval::saliency::image_list_sha256;
 use castream_metrics::bootstrap::{mean_interval, paired_interval};
 use castream_report::columns;
 
 use super::RunContext;
+use crate::spec::Profile;
 use castream_cam::PoolingKind;
 use castream_eval::recognition::correctness;
 
@@ -36,22 +36,20 @@ fn throughput(batch: &Tensor, forward: impl Fn(&Tensor) -> Result<Tensor>) -> Re
 
 pub fn run(ctx: &mut RunContext) -> Result<()> {
     let s = ctx.settings;
-    let data = ctx.quick_data()?;
-    let n = super::image_count(ctx, DEFAULT_IMAGES, data.test.len(), "Fashion-MNIST test")?;
+    let (set, ids) = super::test_images(ctx, DEFAULT_IMAGES)?;
+    let n = ids.len();
     let mut rows: (Vec<String>, Vec<String>, Vec<f64>, Vec<f64>, Vec<f64>) = Default::default();
     let (mut params_total, mut params_stream, mut speed, mut paper) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut gflops = Vec::new();
     let mut notes = Vec::new();
-    let ids: Vec<usize> = (0..n).collect();
     let published = PaperValues::load(ctx.experiments)?;
     for backbone in &s.backbones {
-        let m = ctx.models(backbone, &s.stream, &data, &mut None)?;
+        let m = ctx.models(backbone, &s.stream, &mut None)?;
         let name = &m.name;
         let (gap, ca) =
-            correctness(&[&m.ca], &data.test, &ids, &m.meta.normalisation, s.batch_size, &ctx.device, name)?;
+            correctness(&[&m.ca], &*set, &ids, &m.meta.normalisation, s.batch_size, &ctx.device, name)?;
         let ca = &ca[0];
-        let (x, _) =
-            data.test.batch(&(0..s.batch_size.min(n)).collect::<Vec<_>>(), &m.meta.normalisation, &ctx.device)?;
+        let (x, _) = set.batch(&ids[..s.batch_size.min(n)], &m.meta.normalisation, &ctx.device)?;
         // Multiply-adds of one image: the GAP network (convolutions and classifier), plus the stream.
         let one = x.narrow(0, 0, 1)?;
         let (logits, gap_macs) = castream_kernels::count_macs(|| m.ca.backbone.net.forward(&one, false));
@@ -95,15 +93,17 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             100.0 * diff.low,
             100.0 * diff.high,
             100.0 * m.stream_val_accuracy,
-            format!(
-                "the stream trained on cached stage features of {:.1} MiB (the largest stages on disk){}",
-                m.cache_bytes as f64 / (1 << 20) as f64,
-                if m.from_cache { format!(" (loaded from {})", m.stream_file.display()) } else { String::new() }
-            ),
+            if m.cache_bytes == 0 {
+                format!("the stream loaded from {}", m.stream_file.display())
+            } else {
+                format!(
+                    "the stream trained on cached stage features of {:.1} MiB (the largest stages on disk){}",
+                    m.cache_bytes as f64 / (1 << 20) as f64,
+                    if m.from_cache { format!(" (loaded from {})", m.stream_file.display()) } else { String::new() }
+                )
+            },
         ));
     }
-    ctx.record.seeds.insert("bootstrap".into(), s.seed);
-    ctx.record.image_list_sha256 = Some(image_list_sha256("fashion-mnist/test", &(0..n).collect::<Vec<_>>()));
 
     let frame = columns!(
         "backbone" => &rows.0, "pooling" => &rows.1, "top1" => &rows.2, "top1_low" => &rows.3, "top1_high" => &rows.4,
@@ -112,9 +112,13 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let mut table = Table::new("table1", "Table 1: recognition, GAP vs CA-Stream (top-1 %)", frame)
         .with_paper("top1", &paper)?
         .note(format!(
-            "Quick profile: first {n} Fashion-MNIST test scenes; 95% bootstrap interval in top1_low/top1_high ({RESAMPLES} resamples)."
+            "{}; 95% bootstrap interval in top1_low/top1_high ({RESAMPLES} resamples).",
+            super::images_note(ctx, &*set, n)
         ))
-        .note("Paper values are the authors' ImageNet numbers (ResNet-50 rows beside resnet18, ConvNeXt-B beside convnext): compare the GAP→CA change, not the level.")
+        .note(match ctx.profile {
+            Profile::Quick => "Paper values are the authors' ImageNet numbers (ResNet-50 rows beside resnet18, ConvNeXt-B beside convnext): compare the GAP→CA change, not the level.",
+            Profile::Paper => "Paper values are the authors' ImageNet numbers (ResNet-50 beside ResNet rows, ConvNeXt-B beside ConvNeXt rows), measured with the same squash-to-224 evaluation: comparable where the backbone is the one they used.",
+        })
         .note("gflops: 2 x multiply-adds per image (convolutions, linear layers, the stream's attention and maps), counted while running.")
         .note(format!("images_per_s: forward of a batch of {} on this machine's {} threads (median of 3).", s.batch_size, rayon::current_num_threads()));
     for n in notes {

@@ -33,26 +33,27 @@ const VARIANTS: [(&str, &[usize], usize); 4] = [
     ("all five, 4 heads", &[0, 1, 2, 3, 4], 4),
 ];
 
+/// The stream configuration of every variant, from the spec's (scale and the rest kept).
+pub fn stream_configs(base: &StreamConfig) -> Vec<StreamConfig> {
+    VARIANTS.iter().map(|(_, taps, heads)| StreamConfig { taps: taps.to_vec(), heads: *heads, ..base.clone() }).collect()
+}
+
 pub fn run(ctx: &mut RunContext) -> Result<()> {
     let s = ctx.settings;
-    let data = ctx.quick_data()?;
-    let n = super::image_count(ctx, DEFAULT_IMAGES, data.test.len(), "Fashion-MNIST test")?;
+    let (set, all_ids) = super::test_images(ctx, DEFAULT_IMAGES)?;
+    let n = all_ids.len();
     let (mut backbone, mut variant, mut top1, mut low, mut high, mut vs_gap, mut params) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut chart_series, mut chart_intervals): (Vec<(String, Vec<f64>)>, Vec<Vec<(f64, f64)>>) =
         (Vec::new(), Vec::new());
-    let metric_ids: Vec<usize> = (0..n.min(METRIC_IMAGES)).collect();
-    let eval = ctx.evaluation(&data.test, &metric_ids);
+    let metric_ids: Vec<usize> = all_ids[..n.min(METRIC_IMAGES)].to_vec();
+    let eval = ctx.evaluation(&*set, &metric_ids);
     let mut metric_rows = Vec::new();
     for spec in &s.backbones {
         let mut features = None;
-        let models = VARIANTS
-            .iter()
-            .map(|(_, taps, heads)| {
-                let config = StreamConfig { taps: taps.to_vec(), heads: *heads, ..s.stream.config.clone() };
-                let stream = StreamSpec { config, ..s.stream.clone() };
-                ctx.models(spec, &stream, &data, &mut features)
-            })
+        let models = stream_configs(&s.stream.config)
+            .into_iter()
+            .map(|config| ctx.models(spec, &StreamSpec { config, ..s.stream.clone() }, &mut features))
             .collect::<Result<Vec<_>>>()?;
         drop(features);
         let name = &models[0].name;
@@ -70,9 +71,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             metric_rows.push(row("CA", values));
         }
         let cas: Vec<&CaModel> = models.iter().map(|m| &m.ca).collect();
-        let ids: Vec<usize> = (0..n).collect();
         let norm = &models[0].meta.normalisation;
-        let (gap, ca) = correctness(&cas, &data.test, &ids, norm, s.batch_size, &ctx.device, name)?;
+        let (gap, ca) = correctness(&cas, &*set, &all_ids, norm, s.batch_size, &ctx.device, name)?;
         let (mut per_variant, mut per_interval) = (Vec::new(), Vec::new());
         let rows = VARIANTS.iter().zip(&models).zip(&ca).map(|((v, m), hits)| (v.0, Some(m), hits));
         for (label, model, hits) in rows.chain([("GAP (no stream)", None, &gap)]) {
@@ -103,8 +103,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         "ca_minus_gap" => &vs_gap, "stream_params" => &params,
     )?;
     Table::new("table4", "Table 4: stream ablation (top-1 %)", frame)
-        .note(format!("Quick profile: first {n} Fashion-MNIST test scenes; 95% bootstrap intervals ({RESAMPLES} resamples); ca_minus_gap is a paired interval in points."))
-        .note("Every stream is trained on the same frozen backbone, features and schedule ([quick.stream] of the spec); only taps and heads change.")
+        .note(format!("{}; 95% bootstrap intervals ({RESAMPLES} resamples); ca_minus_gap is a paired interval in points.", super::images_note(ctx, &*set, n)))
+        .note(format!("Every stream is trained on the same frozen backbone, features and schedule ([{}.stream] of the spec); only taps and heads change.", ctx.profile))
         .note("Grad-CAM's AD/AG/AI/insertion/deletion of every variant: table4_gradcam.md.")
         .note("The paper's ablation numbers are not readable; no paper column.")
         .write(ctx.out)?;
@@ -120,9 +120,10 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     .write(&ctx.out.join("table4"))?;
     let notes = [
         format!(
-            "Grad-CAM at F_4 of every stream variant on the first {} test scenes; each variant's GAP row is the same backbone without \
+            "Grad-CAM at F_4 of every stream variant on the first {} {}; each variant's GAP row is the same backbone without \
              a stream, repeated so that CA − GAP is paired per variant; {}.",
             metric_ids.len(),
+            if ctx.profile == crate::spec::Profile::Quick { "test scenes" } else { "evaluated images" },
             s.protocol.protocol().describe()
         ),
         "The paper's ablation numbers are not readable; no paper column.".to_string(),

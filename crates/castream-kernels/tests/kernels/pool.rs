@@ -148,3 +148,21 @@ fn max_pool_propagates_nan() {
         }
     }
 }
+
+/// The composed max-pool (what runs off the CPU when a gradient is needed: candle's own pool has
+/// no backward for kernel != stride) agrees with our kernel, forward and backward, with padding
+/// and overlapping windows.
+#[test]
+fn composed_max_pool_matches_the_kernel_forward_and_backward() {
+    // Distinct values (no ties), so each window's gradient has one recipient.
+    let v: Vec<f32> = (0..2 * 3 * 9 * 8).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.1).collect();
+    let x = t(&v, &[2, 3, 9, 8]);
+    for (k, s, p) in [(3, 2, 1), (2, 2, 0), (3, 1, 1), (3, 3, 0)] {
+        let fast = max_pool2d(&x, k, s, p, Kernels::Fast).unwrap();
+        let composed = castream_kernels::max_pool2d_composed(&x, k, s, p).unwrap();
+        assert_eq!(to_vec(&fast), to_vec(&composed), "forward {k}/{s}/{p}");
+        let gy = Tensor::arange(0f32, fast.elem_count() as f32, fast.device()).unwrap().reshape(fast.dims()).unwrap();
+        let via_composed = grad1(|x| castream_kernels::max_pool2d_composed(x, k, s, p), &x, &gy);
+        assert_eq!(to_vec(&pool_grad(&x, &gy, k, s, p)), to_vec(&via_composed), "backward {k}/{s}/{p}");
+    }
+}

@@ -1,0 +1,170 @@
+//! The paper profile end to end on the miniature ImageNet (`castream paper-fixture`), through the
+//! binary as a user runs it: every target pending with what it needs, `train-stream` for every
+//! stream the specs name, then every paper-profile target on 16 images; a trained stream in
+//! `explain`, and a stream refused on other backbone weights.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs the binary in `dir` with the fixture's offline hub cache.
+fn castream_in(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_castream"))
+        .args(args)
+        .current_dir(dir)
+        .env("HF_HUB_CACHE", dir.join("hf-cache"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("HF_HOME")
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+fn fixture() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_castream"))
+        .args(["paper-fixture", dir.path().to_str().unwrap()])
+        .current_dir(repository())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    dir
+}
+
+const TARGETS: [&str; 11] =
+    ["data-card", "figure1", "figure2", "figure3", "figure4", "table1", "table2", "table3", "table4", "table5", "table6"];
+
+fn recipes(dir: &Path) -> Vec<String> {
+    let mut r: Vec<String> = std::fs::read_dir(dir.join("experiments/streams"))
+        .unwrap()
+        .map(|e| format!("experiments/streams/{}", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    r.sort();
+    r
+}
+
+/// Every number of a CSV's numeric columns, by column name.
+fn numbers(csv: &Path) -> Vec<(String, f64)> {
+    let text = std::fs::read_to_string(csv).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    lines
+        .flat_map(|l| l.split(',').map(str::to_string).collect::<Vec<_>>().into_iter().zip(header.clone()))
+        .filter_map(|(v, h)| v.parse::<f64>().ok().map(|v| (h.to_string(), v)))
+        .collect()
+}
+
+#[test]
+fn every_paper_target_runs_on_the_miniature_imagenet() {
+    let dir = fixture();
+    let root = dir.path();
+
+    let (ok, text) = castream_in(root, &["reproduce", "all", "--profile", "paper"]);
+    assert!(!ok, "targets without their streams must fail: {text}");
+    for target in &TARGETS[1..] {
+        let line = text.lines().find(|l| l.starts_with(target)).unwrap_or_else(|| panic!("no line for {target}: {text}"));
+        assert!(line.contains("pending") && line.contains("train-stream experiments/streams/"), "{line}");
+    }
+
+    for recipe in recipes(root) {
+        let (ok, text) = castream_in(root, &["train-stream", &recipe]);
+        assert!(ok, "{recipe}: {text}");
+        assert!(text.contains("validation top-1"), "{text}");
+    }
+    let (ok, text) = castream_in(root, &["reproduce", "all", "--profile", "paper"]);
+    assert!(ok, "{text}");
+    for target in TARGETS {
+        let out = root.join("results/paper").join(target);
+        let run: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+        for file in run["outputs"].as_array().unwrap() {
+            assert!(out.join(file["file"].as_str().unwrap()).is_file(), "{target}: {file} missing");
+        }
+        if target != "data-card" && target != "figure1" {
+            assert!(run["image_list_sha256"].is_string(), "{target}: no image list recorded");
+        }
+        let weights = run["weights"].as_object().unwrap();
+        assert!(target == "data-card" || weights.keys().any(|k| k.contains("stream")), "{target}: {weights:?}");
+    }
+    for (table, paper_columns) in [("table1", true), ("table2", true), ("table3", true), ("table5", false), ("table6", false)] {
+        let values = numbers(&root.join("results/paper").join(table).join(format!("{table}.csv")));
+        assert!(!values.is_empty(), "{table}: no numbers");
+        for (column, v) in &values {
+            assert!(v.is_finite(), "{table}: {column} = {v}");
+        }
+        let filled = values.iter().filter(|(c, _)| c.ends_with("_paper")).count();
+        assert_eq!(filled > 0, paper_columns, "{table}: paper columns filled {filled}");
+    }
+    // 16 images per interpretability cell, sampled from the 60 of the list.
+    let table2 = std::fs::read_to_string(root.join("results/paper/table2/table2.md")).unwrap();
+    assert!(table2.contains("16 of the 60"), "{table2}");
+
+    // A trained stream explains an image with the backbone its card names.
+    let image = root.join("data/val/ILSVRC2012_val_00000001.JPEG");
+    let (ok, text) = castream_in(
+        root,
+        &["explain", "--image", image.to_str().unwrap(), "--stream", "streams/resnet.safetensors", "--pooling", "gap,ca", "--out", "explained"],
+    );
+    assert!(ok, "{text}");
+    assert!(std::fs::read_dir(root.join("explained")).unwrap().count() >= 2, "{text}");
+
+    // The ConvNeXt's stream on the ResNet's weights: the card's backbone hash is checked.
+    let card = root.join("streams/convnext.safetensors.json");
+    let resnet: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("streams/resnet.safetensors.json")).unwrap()).unwrap();
+    let mut text: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&card).unwrap()).unwrap();
+    let theirs = text["backbone_sha256"].as_str().unwrap().to_string();
+    text["backbone_sha256"] = resnet["backbone_sha256"].clone();
+    std::fs::write(&card, serde_json::to_string(&text).unwrap()).unwrap();
+    let (ok, out) = castream_in(root, &["explain", "--image", image.to_str().unwrap(), "--stream", "streams/convnext.safetensors", "--pooling", "ca"]);
+    assert!(!ok);
+    assert!(out.contains(&theirs) && out.contains(resnet["backbone_sha256"].as_str().unwrap()), "{out}");
+}
+
+/// `--resume` after the first epoch ends with the bytes of an uninterrupted two-epoch run.
+#[test]
+fn an_interrupted_stream_training_resumes_bit_identically() {
+    let dir = fixture();
+    let root = dir.path();
+    let recipe = root.join("experiments/streams/resnet-last.toml");
+    // Two epochs of 25 small steps: the second takes long enough to be interrupted.
+    let two_epochs =
+        std::fs::read_to_string(&recipe).unwrap().replace("epochs = 1", "epochs = 2").replace("batch_size = 32", "batch_size = 8");
+    std::fs::write(&recipe, &two_epochs).unwrap();
+    let (ok, text) = castream_in(root, &["train-stream", "experiments/streams/resnet-last.toml"]);
+    assert!(ok, "{text}");
+    let full = std::fs::read(root.join("streams/resnet-last.safetensors")).unwrap();
+
+    // Kill the second run as soon as its first epoch checkpoint exists, then resume it.
+    std::fs::remove_dir_all(root.join("target/castream/stream-runs")).unwrap();
+    std::fs::remove_file(root.join("streams/resnet-last.safetensors")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_castream"))
+        .args(["train-stream", "experiments/streams/resnet-last.toml"])
+        .current_dir(root)
+        .env("HF_HUB_CACHE", root.join("hf-cache"))
+        .env("HF_HUB_OFFLINE", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let checkpoint = || {
+        std::fs::read_dir(root.join("target/castream/stream-runs"))
+            .ok()
+            .and_then(|mut d| d.next())
+            .map(|e| e.unwrap().path().join("last.safetensors"))
+            .filter(|p| p.exists())
+    };
+    while checkpoint().is_none() && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().ok();
+    child.wait().unwrap();
+    assert!(!root.join("streams/resnet-last.safetensors").exists(), "the run finished before it could be interrupted");
+    let (ok, text) = castream_in(root, &["train-stream", "experiments/streams/resnet-last.toml", "--resume"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("epoch 2:") && !text.contains("epoch 1:"), "did not resume after epoch 1: {text}");
+    assert_eq!(std::fs::read(root.join("streams/resnet-last.safetensors")).unwrap(), full, "{text}");
+}
