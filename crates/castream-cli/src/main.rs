@@ -77,6 +77,10 @@ enum Command {
         /// paper-size ResNet-50).
         #[arg(long)]
         cam: bool,
+        /// Benchmark image decoding instead: JPEG to training and evaluation batches (the CPU
+        /// side of stream training on ImageNet).
+        #[arg(long, conflicts_with = "cam")]
+        decode: bool,
     },
     /// Write jet overlays of CAM methods for an image file or quick test scenes, and print each
     /// image's prediction.
@@ -283,8 +287,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::TrainBackbones { retrain, resume, only, device } => {
             castream_zoo::quick::train_backbones(Path::new("."), &TrainOptions { device, retrain, resume, only })
         }
-        Command::Bench { runs, rounds, no_onnx, only, cam } => {
-            if cam {
+        Command::Bench { runs, rounds, no_onnx, only, cam, decode } => {
+            if decode {
+                castream_cli::decode_bench::run(runs)
+            } else if cam {
                 castream_cli::bench::run_cam(Path::new("."), runs, only.as_deref())
             } else {
                 castream_cli::bench::run(Path::new("."), runs, rounds, !no_onnx, only.as_deref())

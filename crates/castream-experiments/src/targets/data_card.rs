@@ -2,10 +2,9 @@
 //! scenes with their ground-truth boxes. Proof that data, runner, polars and plotters work end to
 //! end, and the place where the quick profile's scene statistics are measured.
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use castream_data::batching::batch_indices;
 use castream_data::discovery::{DatasetName, Locator};
-use castream_data::image_folder::{load_image, ImageList, IMAGENET_CLASSES};
 use castream_data::labelled::{hex, Split};
 use castream_data::scenes::{SceneSet, SceneStats};
 use castream_report::columns;
@@ -206,61 +205,34 @@ impl StatRows {
 /// Paper profile: the ImageNet-style set given in the spec (a `name,label` list or class folders).
 fn paper(ctx: &mut RunContext) -> Result<()> {
     let s = ctx.settings;
-    let spec_file = ctx.spec.path.display();
-    let set = s.data.imagenet.as_ref().with_context(|| {
-        format!("{spec_file}: [paper.data.imagenet] is missing; Fix: set `root` (and `list` for a `name,label` file)")
-    })?;
-    if !set.root.is_dir() {
-        bail!(
-            "{spec_file}: [paper.data.imagenet] root = {:?} is not a folder; Fix: point it to your ImageNet validation images",
-            set.root
-        );
-    }
-    let list = match &set.list {
-        Some(file) => ImageList::from_csv(file, &set.root, IMAGENET_CLASSES)?,
-        None => ImageList::from_class_folders(&set.root)?,
-    };
-    let shown = super::image_count(ctx, DEFAULT_GRID_IMAGES, list.len(), "ImageNet validation")?;
-    let classes = list.entries.iter().map(|e| e.label).max().map_or(0, |m| m + 1);
+    let set = ctx.test_images()?;
+    let shown = super::image_count(ctx, DEFAULT_GRID_IMAGES, set.len(), &set.describe())?;
+    let labels: Vec<usize> = (0..set.len()).map(|i| set.label(i)).collect();
+    let classes = labels.iter().max().map_or(0, |m| m + 1);
     let mut counts = vec![0usize; classes];
-    list.entries.iter().for_each(|e| counts[e.label] += 1);
-    let names: Vec<String> =
-        (0..classes).map(|i| list.classes.get(i).cloned().unwrap_or_else(|| i.to_string())).collect();
+    labels.iter().for_each(|&l| counts[l] += 1);
+    let names: Vec<String> = (0..classes).map(|i| set.class_name(i)).collect();
     let mut rows = CountRows::default();
     rows.push("imagenet", "val", &names, &counts);
-    rows.table()?.note(format!("{} images in {} classes.", list.len(), classes)).write(ctx.out)?;
-
-    let mut hasher = Sha256::new();
-    list.entries.iter().for_each(|e| hasher.update(format!("{},{}\n", e.path.display(), e.label)));
-    let list_sha256 = hex(&hasher.finalize());
-    ctx.record.read_data(DataRecord {
-        dataset: "imagenet".into(),
-        split: "val".into(),
-        images: list.len(),
-        // An image folder's identity is its list (paths and labels), hashed without reading every image.
-        sha256: list_sha256.clone(),
-        origin: serde_json::json!({ "root": set.root, "list": set.list }),
-    });
-    ctx.record.image_list_sha256 = Some(list_sha256);
+    rows.table()?.note(format!("{} images in {} classes.", set.len(), classes)).write(ctx.out)?;
+    ctx.record.image_list_sha256 = Some(set.record().sha256);
     ctx.record.seeds.insert("seed".into(), s.seed);
 
-    let order = batch_indices(list.len(), list.len(), Some(s.seed))?;
+    let order = batch_indices(set.len(), set.len(), Some(s.seed))?;
     let ids: Vec<usize> = order.into_iter().flatten().take(shown).collect();
-    let side = set.transform.output_size() as usize;
+    let side = set.side();
     let tiles = ids
         .iter()
         .map(|&i| {
-            let entry = &list.entries[i];
-            let mut rgb = load_image(&entry.path, set.transform, &s.normalisation)?;
-            s.normalisation.invert(&mut rgb);
-            Ok(Tile { rgb, side, caption: names[entry.label].chars().take(18).collect(), boxes: Vec::new() })
+            let caption = names[set.label(i)].chars().take(18).collect();
+            Ok(Tile { rgb: set.rgb(i)?, side, caption, boxes: set.bbox(i).into_iter().collect() })
         })
         .collect::<Result<Vec<_>>>()?;
     Grid {
         title: "Evaluation images after the transform".into(),
         columns: GRID_COLUMNS,
         scale: 1,
-        rows: vec![(format!("{} of {} images", ids.len(), list.len()), tiles)],
+        rows: vec![(format!("{} of {} images", ids.len(), set.len()), tiles)],
     }
     .write_png(&ctx.out.join("scenes.png"))
 }
