@@ -69,7 +69,12 @@ fn every_paper_target_runs_on_the_miniature_imagenet() {
         assert!(line.contains("pending") && line.contains("train-stream experiments/streams/"), "{line}");
     }
 
-    for recipe in recipes(root) {
+    // With only its own stream trained, table2 runs: the other listed streams are not its business.
+    let (ok, text) = castream_in(root, &["train-stream", "experiments/streams/resnet.toml"]);
+    assert!(ok && text.contains("validation top-1"), "{text}");
+    let (ok, text) = castream_in(root, &["reproduce", "table2", "--profile", "paper"]);
+    assert!(ok, "{text}");
+    for recipe in recipes(root).into_iter().filter(|r| !r.ends_with("/resnet.toml")) {
         let (ok, text) = castream_in(root, &["train-stream", &recipe]);
         assert!(ok, "{recipe}: {text}");
         assert!(text.contains("validation top-1"), "{text}");
@@ -138,33 +143,40 @@ fn an_interrupted_stream_training_resumes_bit_identically() {
     assert!(ok, "{text}");
     let full = std::fs::read(root.join("streams/resnet-last.safetensors")).unwrap();
 
-    // Kill the second run as soon as its first epoch checkpoint exists, then resume it.
-    std::fs::remove_dir_all(root.join("target/castream/stream-runs")).unwrap();
-    std::fs::remove_file(root.join("streams/resnet-last.safetensors")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_castream"))
-        .args(["train-stream", "experiments/streams/resnet-last.toml"])
-        .current_dir(root)
-        .env("HF_HUB_CACHE", root.join("hf-cache"))
-        .env("HF_HUB_OFFLINE", "1")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let checkpoint = || {
-        std::fs::read_dir(root.join("target/castream/stream-runs"))
-            .ok()
-            .and_then(|mut d| d.next())
-            .map(|e| e.unwrap().path().join("last.safetensors"))
-            .filter(|p| p.exists())
-    };
-    while checkpoint().is_none() && child.try_wait().unwrap().is_none() {
-        std::thread::sleep(std::time::Duration::from_millis(5));
+    // Kill a second run as soon as its first epoch checkpoint exists, then resume it. On a loaded
+    // machine the run may get past its second epoch before the kill lands: then try again.
+    let mut resumed = None;
+    for _ in 0..5 {
+        std::fs::remove_dir_all(root.join("target/castream/stream-runs")).ok();
+        std::fs::remove_file(root.join("streams/resnet-last.safetensors")).ok();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_castream"))
+            .args(["train-stream", "experiments/streams/resnet-last.toml"])
+            .current_dir(root)
+            .env("HF_HUB_CACHE", root.join("hf-cache"))
+            .env("HF_HUB_OFFLINE", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let checkpoint = || {
+            std::fs::read_dir(root.join("target/castream/stream-runs"))
+                .ok()
+                .and_then(|mut d| d.next())
+                .map(|e| e.unwrap().path().join("last.safetensors"))
+                .filter(|p| p.exists())
+        };
+        while checkpoint().is_none() && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        child.kill().ok();
+        child.wait().unwrap();
+        let (ok, text) = castream_in(root, &["train-stream", "experiments/streams/resnet-last.toml", "--resume"]);
+        assert!(ok, "{text}");
+        if text.contains("epoch 2:") && !text.contains("epoch 1:") {
+            resumed = Some(text);
+            break;
+        }
     }
-    child.kill().ok();
-    child.wait().unwrap();
-    assert!(!root.join("streams/resnet-last.safetensors").exists(), "the run finished before it could be interrupted");
-    let (ok, text) = castream_in(root, &["train-stream", "experiments/streams/resnet-last.toml", "--resume"]);
-    assert!(ok, "{text}");
-    assert!(text.contains("epoch 2:") && !text.contains("epoch 1:"), "did not resume after epoch 1: {text}");
+    let text = resumed.expect("in five tries, no run was interrupted between its two epochs");
     assert_eq!(std::fs::read(root.join("streams/resnet-last.safetensors")).unwrap(), full, "{text}");
 }

@@ -110,6 +110,16 @@ impl From<DeviceChoice> for String {
     }
 }
 
+/// What cache entries computed on `device` add to their names: nothing on the CPU, `-cuda` on a
+/// GPU, whose sums run in another order, so that results of one device never stand in for another's.
+pub fn cache_tag(device: &Device) -> &'static str {
+    match device {
+        Device::Cpu => "",
+        Device::Cuda(_) => "-cuda",
+        Device::Metal(_) => "-metal",
+    }
+}
+
 /// The CPU: for code that runs before any device is chosen (tests, examples) and for data that
 /// is always read on the host.
 pub fn cpu() -> Device {

@@ -45,6 +45,10 @@ pub enum DataError {
     #[error("invalid configuration `{field}`: {reason}")]
     Config { field: String, reason: String },
 
+    /// Inputs named by a spec that are not on disk (each with where it is set and the fix).
+    #[error("{0}")]
+    Missing(String),
+
     #[error("hf-hub: {0}")]
     Hub(String),
 

@@ -15,6 +15,7 @@ pub mod error;
 pub mod hub;
 pub mod idx;
 pub mod image_folder;
+pub mod image_set;
 pub mod images;
 pub mod keyed;
 pub mod labelled;

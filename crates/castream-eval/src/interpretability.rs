@@ -147,13 +147,20 @@ impl Evaluation<'_> {
         metrics: Option<&[Metric]>,
         ext: &str,
     ) -> Result<Entry> {
-        // The images' identity as the JSON text it is (re-parsing would re-format its floats).
-        let images = serde_json::value::RawValue::from_string(self.set.identity())?;
+        // The images' identity as the JSON text it is (re-parsing would re-format its floats);
+        // object boxes only change scores, so maps are shared by tables with and without them.
+        let mut images = self.set.identity();
+        if let Some(boxes) = self.set.boxes_identity().filter(|_| kind.dir == SCORES.dir) {
+            images = format!("[{images},{}]", serde_json::to_string(&boxes)?);
+        }
+        let images = serde_json::value::RawValue::from_string(images)?;
         let seed = (source == Source::Random).then_some(self.seed);
         // Scores are computed from the maps: a change to how maps are made retires them too.
         let maps_format = MAPS.format;
         let inputs = (model, source, metrics, &self.protocol, images, self.ids, seed, maps_format);
-        Entry::new(&self.cache, kind, "cell", ext, &inputs)
+        // Another device sums in another order: its cells are its own (the CPU's keep their names).
+        let stem = format!("cell{}", castream_data::device::cache_tag(&self.device));
+        Entry::new(&self.cache, kind, &stem, ext, &inputs)
     }
 
     /// The post-processed maps `(N, h, w)` of every image, at the method's resolution. A CAM

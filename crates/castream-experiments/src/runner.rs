@@ -63,7 +63,13 @@ pub fn reproduce_all(opts: &Options) -> Result<Vec<(String, Outcome)>> {
         }
     }
     if !failures.is_empty() {
-        bail!("{} of the specs failed:\n{}", failures.len(), failures.join("\n"));
+        // The pending ones are named too: the user needs both lists.
+        let pending = outcomes.iter().filter_map(|(name, o)| match o {
+            Outcome::Pending(p) => Some(format!("{name}: pending, needs {}", p.needs)),
+            Outcome::Written { .. } => None,
+        });
+        let lines: Vec<String> = failures.iter().cloned().chain(pending).collect();
+        bail!("{} of the specs failed:\n{}", failures.len(), lines.join("\n"));
     }
     Ok(outcomes)
 }

@@ -471,8 +471,9 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize, k: K
 }
 
 /// [`max_pool2d`] from `index_select` and `maximum`, which have correct backward passes on every
-/// device: the gradient goes to each window's maximum (split evenly between tied maxima). Padding
-/// is -inf, which never wins (PyTorch requires padding <= kernel / 2). Public for the tests,
+/// device: the gradient goes to each window's maximum (tied maxima share it as candle's pairwise
+/// `maximum` splits it, not evenly: of three ties, ¼, ¼ and ½). Padding is -inf, which never
+/// wins (PyTorch requires padding <= kernel / 2). Public for the tests,
 /// which check it against our kernel on the CPU.
 #[doc(hidden)]
 pub fn max_pool2d_composed(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {

@@ -245,17 +245,24 @@ fn pretrained(arch: Arch, shape: &Shape, file: &Path, extra: serde_json::Value, 
     };
     let mut model = Model::new(config.clone(), 0, device)?;
     model.load_weights(&WeightSource::File(file.to_path_buf()))?;
-    let meta = CheckpointMeta { config: config.clone(), classes: Vec::new(), normalisation: Normalisation::IMAGENET, extra };
-    // Pretrained weights have no sidecar: their configuration, which a sidecar would hold, stands in.
-    let sidecar_sha256 = hex(&Sha256::digest(serde_json::to_vec(&config)?));
+    let normalisation = Normalisation::IMAGENET;
+    let sidecar_sha256 = pretrained_identity(&config, &normalisation)?;
+    let meta = CheckpointMeta { config, classes: Vec::new(), normalisation, extra };
     Ok(LoadedBackbone { model, meta, sha256: sha256_file(file)?, sidecar_sha256, manifest: None })
+}
+
+/// What stands in for a sidecar's SHA-256 for pretrained weights, which have none: the SHA-256 of
+/// what a sidecar would hold, the configuration and the input normalisation.
+pub fn pretrained_identity(config: &BackboneConfig, normalisation: &Normalisation) -> Result<String> {
+    Ok(hex(&Sha256::digest(serde_json::to_vec(&(config, normalisation))?)))
 }
 
 /// `HF_HUB_OFFLINE=1` (Python's `huggingface_hub` convention, which hf-hub does not read): cache
 /// only, never the network.
 pub fn hub_access() -> HubAccess {
+    // Python's `huggingface_hub` reads 1, ON, YES, TRUE in any case.
     match std::env::var("HF_HUB_OFFLINE") {
-        Ok(v) if matches!(v.as_str(), "1" | "true" | "TRUE" | "yes") => HubAccess::CacheOnly,
+        Ok(v) if ["1", "on", "yes", "true"].contains(&v.trim().to_ascii_lowercase().as_str()) => HubAccess::CacheOnly,
         _ => HubAccess::Download,
     }
 }

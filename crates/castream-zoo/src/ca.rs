@@ -141,8 +141,13 @@ impl StreamFeatures {
 /// `backbone` with the trained stream at `path` (a file written by `castream train-stream`), which
 /// must have been trained on exactly these backbone weights.
 pub fn trained_models(root: &Path, backbone: &BackboneSpec, path: &Path, device: &Device) -> Result<QuickModels> {
-    let LoadedBackbone { model, meta, sha256, sidecar_sha256, manifest } = crate::backbone::load(root, backbone, device)?;
+    let LoadedBackbone { model, mut meta, sha256, sidecar_sha256, manifest } =
+        crate::backbone::load(root, backbone, device)?;
     let card = crate::stream_checkpoint::read_card(path)?;
+    // The stream learnt on inputs normalised as its recipe said.
+    if let Some(n) = card.recipe.get("normalisation").cloned().and_then(|v| serde_json::from_value(v).ok()) {
+        meta.normalisation = n;
+    }
     let ca = CaModel::new(model, &card.stream, 0)?;
     let card = crate::stream_checkpoint::load(path, &ca, &sha256)?;
     Ok(QuickModels {
@@ -182,7 +187,7 @@ pub fn quick_models(
     let entry = Entry::new(
         &root.join("target/castream"),
         STREAM_CACHE,
-        name,
+        &format!("{name}{}", castream_data::device::cache_tag(device)),
         "safetensors",
         &(&sha256, &sidecar_sha256, &data.train.source.sha256, &data.train.config, spec, recipe.data.train_images),
     )?;

@@ -158,7 +158,8 @@ pub fn load(path: &Path, model: &CaModel, backbone_sha256: &str) -> Result<Strea
     let sha = hex(&Sha256::digest(&bytes));
     if sha != card.weights_sha256 {
         bail!(
-            "stream {}: SHA-256 {sha} differs from its card's {}; the file was changed after training. Fix: retrain it",
+            "stream {}: SHA-256 {sha} differs from its card's {}; the file was changed after training, or its saving \
+             was interrupted. Fix: train it again",
             path.display(),
             card.weights_sha256
         );
@@ -188,20 +189,25 @@ pub fn set_weights(model: &CaModel, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The first of `sources` whose card names `backbone` and the stream configuration `config`,
-/// with its resolved path and card. Only cards are read (cheap): weights are checked by [`load`].
-pub fn find(
-    root: &Path,
-    sources: &[StreamSource],
-    backbone: &BackboneSpec,
-    config: &StreamConfig,
-) -> Result<Option<(PathBuf, StreamCard)>> {
+/// The listed streams whose cards name `backbone` and the stream configuration `config`, in
+/// list order, with their resolved paths; and why each unavailable one (a missing file, a hub
+/// stream not reachable) could not be read. Only cards are read: weights are checked by [`load`].
+pub struct Found {
+    pub matches: Vec<(PathBuf, StreamCard)>,
+    pub unavailable: Vec<String>,
+}
+
+pub fn find(root: &Path, sources: &[StreamSource], backbone: &BackboneSpec, config: &StreamConfig) -> Found {
+    let mut found = Found { matches: Vec::new(), unavailable: Vec::new() };
     for source in sources {
-        let path = source.resolve(root)?;
-        let card = read_card(&path)?;
-        if card.backbone.name() == backbone.name() && &card.stream == config {
-            return Ok(Some((path, card)));
+        match source.resolve(root).and_then(|path| read_card(&path).map(|card| (path, card))) {
+            Ok((path, card)) => {
+                if card.backbone.name() == backbone.name() && &card.stream == config {
+                    found.matches.push((path, card));
+                }
+            }
+            Err(e) => found.unavailable.push(format!("{}: {e:#}", String::from(source.clone()))),
         }
     }
-    Ok(None)
+    found
 }

@@ -14,7 +14,8 @@ use castream_backbones::optim::OptimizerConfig;
 use castream_backbones::schedule::Schedule;
 use castream_backbones::train::{train, TrainConfig};
 use castream_data::batching::batch_indices;
-use castream_data::images::{EvalImages, ImageSetSpec};
+use castream_data::image_set::ImageSetSpec;
+use castream_data::images::EvalImages;
 use castream_data::labelled::hex;
 use castream_data::provenance::git_state;
 use castream_data::train_transform::TrainTransform;
@@ -134,6 +135,19 @@ pub fn train_stream(root: &Path, path: &Path, opts: &TrainStreamOptions) -> Resu
     let at = |key: &str| format!("{} [{key}]", path.display());
     let train_set = recipe.train_data.open("train", "train", classes, &at("train_data"))?;
     let val_set = recipe.val_data.open("validation", "val", classes, &at("val_data"))?;
+    for (key, set) in [("train_data", &train_set), ("val_data", &val_set)] {
+        // A stray or missing class folder would shift every later label.
+        if !set.list.classes.is_empty() && set.list.classes.len() != classes {
+            anyhow::bail!(
+                "{} [{key}] root = {:?} holds {} class folders, but {} has {classes} classes; Fix: one folder per \
+                 class of the backbone (ImageNet: the 1000 synsets), nothing else",
+                path.display(),
+                set.root,
+                set.list.classes.len(),
+                recipe.backbone
+            );
+        }
+    }
     let val_ids = subset(val_set.len(), recipe.val_images, recipe.train.seed)?;
     let ca = CaModel::new(model, &recipe.stream, recipe.train.seed)?;
     let task = ImageStreamTask {
@@ -157,6 +171,13 @@ pub fn train_stream(root: &Path, path: &Path, opts: &TrainStreamOptions) -> Resu
         run_dir.display()
     );
     let mut bars = TrainBars::new(&format!("{} stream", recipe.name), true).counting_images(recipe.train.batch_size);
+    if opts.resume && !castream_backbones::train::checkpoint_path(&run_dir).exists() {
+        anyhow::bail!(
+            "--resume: no epoch checkpoint of this recipe in {} (the recipe, the backbone weights or the image lists \
+             changed since that run, or it never finished an epoch); Fix: run without --resume",
+            run_dir.display()
+        );
+    }
     let history = train(&task, &recipe.train, &run_dir, opts.resume, &mut bars)?;
     let (commit, dirty) = git_state(root);
     let card = StreamCard {

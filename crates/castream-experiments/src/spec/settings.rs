@@ -2,7 +2,7 @@
 
 use castream_cam::{Method, MethodOptions, PoolingKind, TargetClass};
 use castream_data::discovery::DataLocation;
-pub use castream_data::images::ImageSetSpec;
+pub use castream_data::image_set::ImageSetSpec;
 use castream_data::scenes::SceneConfig;
 use castream_data::DeviceChoice;
 use castream_data::valid::{in_range, OutOfRange};

@@ -29,7 +29,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         Profile::Quick => (0..n).collect(),
         Profile::Paper => subset(unseen.len(), Some(n), s.seed)?,
     };
-    ctx.record.image_list_sha256 = Some(image_list_sha256(&unseen.describe(), &ids));
+    ctx.record.image_list_sha256 = Some(image_list_sha256(&unseen.tag(), &ids));
     let norm = m.meta.normalisation;
     let (x, _) = unseen.batch(&ids, &norm, &ctx.device)?;
     let subject = Subject::of(Pooling::Ca(&m.ca), norm);

@@ -31,6 +31,16 @@ pub fn explained(m: &QuickModels, pooling: PoolingKind, layer: usize) -> Explain
 pub fn run(ctx: &mut RunContext) -> Result<()> {
     let s = ctx.settings;
     let (set, ids) = test_images(ctx, DEFAULT_IMAGES)?;
+    // Localisation needs a box per image: checked before any map is computed.
+    if s.metrics.iter().any(|m| m.get_ref().group() == castream_metrics::metric::Group::Localisation) {
+        if let Some(&i) = ids.iter().find(|&&i| set.bbox(i).is_none()) {
+            anyhow::bail!(
+                "image #{i} of {} has no object box, and the localisation metrics need one per image; Fix: give \
+                 `boxes` in the spec's data table (docs/specs.md), or drop the localisation metrics",
+                set.describe()
+            );
+        }
+    }
     let eval = ctx.evaluation(&*set, &ids);
     let layer = *s.layer.get_ref();
     let metrics: Vec<Metric> = s.metrics.iter().map(|m| *m.get_ref()).collect();

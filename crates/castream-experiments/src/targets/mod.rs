@@ -18,7 +18,8 @@ use anyhow::{bail, Result};
 use candle_core::Device;
 use castream_data::discovery::{DatasetName, Locator};
 use castream_data::image_folder::IMAGENET_CLASSES;
-use castream_data::images::{EvalImages, ImageSetSpec};
+use castream_data::image_set::ImageSetSpec;
+use castream_data::images::EvalImages;
 use castream_data::labelled::Split;
 use castream_data::scenes::SceneSet;
 use castream_eval::saliency::image_list_sha256;
@@ -143,24 +144,54 @@ impl RunContext<'_> {
         stream: &StreamSpec,
         features: &mut Option<StreamFeatures>,
     ) -> Result<QuickModels> {
-        let listed = stream_checkpoint::find(self.root, &self.settings.streams, backbone, &stream.config)?;
-        let mut m = match listed {
-            Some((path, _)) => trained_models(self.root, backbone, &path, &self.device)?,
+        let found = stream_checkpoint::find(self.root, &self.settings.streams, backbone, &stream.config);
+        // Streams of the backbone's name may have been trained on other weights of it: the first
+        // that loads (its card's backbone SHA-256 is checked) is used.
+        let mut refused = Vec::new();
+        let mut loaded = None;
+        for (path, card) in &found.matches {
+            match trained_models(self.root, backbone, path, &self.device) {
+                Ok(m) => {
+                    loaded = Some((m, card));
+                    break;
+                }
+                Err(e) => refused.push(format!("{e:#}")),
+            }
+        }
+        let (mut m, seed) = match loaded {
+            Some((m, card)) => {
+                let recipe_normalisation = card.recipe.get("normalisation").cloned().map(serde_json::from_value).transpose()?;
+                if let Some(n) = recipe_normalisation.filter(|n: &castream_data::Normalisation| *n != self.settings.normalisation) {
+                    bail!(
+                        "{}: [{}] normalisation = {:?} differs from the {:?} the stream {} was trained with; Fix: use the stream's",
+                        self.spec.path.display(),
+                        self.profile,
+                        self.settings.normalisation,
+                        n,
+                        m.stream_file.display()
+                    );
+                }
+                let seed = card.recipe.pointer("/train/seed").and_then(|s| s.as_u64()).unwrap_or(stream.train.seed);
+                (m, seed)
+            }
+            None if !refused.is_empty() => bail!("{}", refused.join("\n")),
             None if self.profile == Profile::Quick => {
                 let data = self.quick_data()?;
-                quick_models(self.root, backbone, stream, &data, features, &self.device)?
+                (quick_models(self.root, backbone, stream, &data, features, &self.device)?, stream.train.seed)
             }
-            None => bail!("{}", missing_stream(self.experiments, &self.settings.streams, backbone, &stream.config)),
+            None => bail!("{}", missing_stream(self.experiments, &self.settings.streams, &found.unavailable, backbone, &stream.config)),
         };
         if matches!(backbone, BackboneSpec::Hub { .. } | BackboneSpec::File { .. }) {
+            // The input normalisation changes every output: it joins the weights' identity.
             m.meta.normalisation = self.settings.normalisation;
+            m.sidecar_sha256 = castream_zoo::backbone::pretrained_identity(&m.meta.config, &m.meta.normalisation)?;
         }
         let weights = &mut self.record.weights;
         weights.insert(format!("{} backbone", m.name), m.sha256.clone());
         weights.insert(format!("{} backbone sidecar", m.name), m.sidecar_sha256.clone());
         let stream_file = m.stream_file.file_name().map_or(String::new(), |f| f.to_string_lossy().into_owned());
         weights.insert(format!("{} stream {stream_file}", m.name), m.stream_sha256.clone());
-        self.record.seeds.insert(format!("stream.{}", m.name), stream.train.seed);
+        self.record.seeds.insert(format!("stream.{}", m.name), seed);
         Ok(m)
     }
 }
@@ -229,15 +260,10 @@ pub fn pending(spec: &Spec, profile: Profile, settings: &Settings, root: &Path) 
                         ));
                         continue;
                     }
-                    let listed = settings.streams.iter().filter_map(|s| match s {
-                        StreamSource::File(p) => Some(p),
-                        StreamSource::Hub(_) => None,
-                    });
-                    let absent: Vec<_> = listed.filter(|p| !root.join(p).exists()).collect();
-                    let found = if absent.is_empty() { stream_checkpoint::find(root, &settings.streams, backbone, &config)? } else { None };
-                    if found.is_none() {
+                    let found = stream_checkpoint::find(root, &settings.streams, backbone, &config);
+                    if found.matches.is_empty() {
                         let experiments = spec.path.parent().unwrap_or(Path::new("."));
-                        needs.push(missing_stream(experiments, &settings.streams, backbone, &config));
+                        needs.push(missing_stream(experiments, &settings.streams, &found.unavailable, backbone, &config));
                     }
                 }
             }
@@ -261,13 +287,27 @@ fn required_streams<'s>(spec: &Spec, s: &'s Settings) -> Vec<(&'s BackboneSpec, 
 
 /// What to do when no trained stream fits: the recipe under `<experiments>/streams/` that trains
 /// it, if one does, and to list its output in `streams`.
-fn missing_stream(experiments: &Path, listed: &[StreamSource], backbone: &BackboneSpec, config: &StreamConfig) -> String {
+fn missing_stream(
+    experiments: &Path,
+    listed: &[StreamSource],
+    unavailable: &[String],
+    backbone: &BackboneSpec,
+    config: &StreamConfig,
+) -> String {
     let what = format!(
         "a CA-Stream trained on `{backbone}` (taps {:?}, {} head{})",
         config.taps,
         config.heads,
         if config.heads == 1 { "" } else { "s" }
     );
+    // A hub stream that could not be fetched is named with the reason (a missing file is what
+    // the recipe below writes).
+    let hub: Vec<&String> = unavailable.iter().filter(|u| u.starts_with("hub:")).collect();
+    let what = if hub.is_empty() {
+        what
+    } else {
+        format!("{what} (listed but unavailable: {})", hub.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; "))
+    };
     let recipes = castream_zoo::train_stream::recipes(&experiments.join("streams"));
     match recipes.iter().find(|(_, r)| r.backbone.name() == backbone.name() && &r.stream == config) {
         Some((file, r)) if listed.contains(&StreamSource::File(r.output.clone())) => {
@@ -305,7 +345,7 @@ pub fn test_images(ctx: &mut RunContext, default: usize) -> Result<(Arc<dyn Eval
         Profile::Quick => (0..n).collect(),
         Profile::Paper => subset(set.len(), Some(n), ctx.settings.seed)?,
     };
-    ctx.record.image_list_sha256 = Some(image_list_sha256(&set.describe(), &ids));
+    ctx.record.image_list_sha256 = Some(image_list_sha256(&set.tag(), &ids));
     ctx.record.seeds.insert("bootstrap".into(), ctx.settings.seed);
     Ok((set, ids))
 }
