@@ -69,6 +69,17 @@ fn every_paper_target_runs_on_the_miniature_imagenet() {
         assert!(line.contains("pending") && line.contains("train-stream experiments/streams/"), "{line}");
     }
 
+    // An experiment of GAP networks only needs no stream.
+    let table2 = std::fs::read_to_string(root.join("experiments/table2.toml")).unwrap();
+    let gap_only = table2.replace("name = \"table2\"", "name = \"gap-only\"").replace("\"gap\", \"ca\"", "\"gap\"");
+    assert_ne!(gap_only, table2);
+    std::fs::write(root.join("experiments/gap-only.toml"), gap_only).unwrap();
+    let (ok, text) = castream_in(root, &["reproduce", "gap-only", "--profile", "paper"]);
+    assert!(ok, "{text}");
+    let run = std::fs::read_to_string(root.join("results/paper/gap-only/run.json")).unwrap();
+    assert!(run.contains("\"untrained\""), "{run}");
+    std::fs::remove_file(root.join("experiments/gap-only.toml")).unwrap();
+
     // With only its own stream trained, table2 runs: the other listed streams are not its business.
     let (ok, text) = castream_in(root, &["train-stream", "experiments/streams/resnet.toml"]);
     assert!(ok && text.contains("validation top-1"), "{text}");

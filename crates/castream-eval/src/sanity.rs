@@ -6,7 +6,7 @@
 use anyhow::Result;
 use candle_core::Device;
 use castream_backbones::Model;
-use castream_cam::{Method, MethodOptions, Pooling, Subject};
+use castream_cam::{Method, MethodOptions, Pooling, PoolingKind, Subject};
 use castream_data::images::EvalImages;
 use castream_data::Normalisation;
 use castream_metrics::sanity::spearman;
@@ -48,7 +48,7 @@ fn randomise(m: &CaModel, seed: u64, device: &Device) -> Result<CaModel> {
 }
 
 /// Rank correlations of every method's maps, trained vs randomised (seeded by `seed`), for the
-/// GAP network and the CA model `m` of backbone `name`, on the first [`IMAGES`] images of `set`.
+/// GAP network and the CA model `m` of backbone `name` (those of them in `poolings`), on the first [`IMAGES`] images of `set`.
 #[allow(clippy::too_many_arguments)]
 pub fn check(
     name: &str,
@@ -56,6 +56,7 @@ pub fn check(
     norm: Normalisation,
     set: &dyn EvalImages,
     methods: &[Method],
+    poolings: &[PoolingKind],
     options: &MethodOptions,
     seed: u64,
     device: &Device,
@@ -65,9 +66,9 @@ pub fn check(
     let labels: Vec<u32> = y.to_vec1()?;
     let random = randomise(m, seed.wrapping_add(1), device)?;
     let mut rows = Vec::new();
-    for (trained, shuffled) in
-        [(Pooling::Gap(&m.backbone), Pooling::Gap(&random.backbone)), (Pooling::Ca(m), Pooling::Ca(&random))]
-    {
+    let pairs =
+        [(Pooling::Gap(&m.backbone), Pooling::Gap(&random.backbone)), (Pooling::Ca(m), Pooling::Ca(&random))];
+    for (trained, shuffled) in pairs.into_iter().filter(|(p, _)| poolings.contains(&p.kind())) {
         for &method in methods.iter().filter(|m| m.applies_to(trained.kind())) {
             let a = maps(method, options, &Subject::of(trained, norm), &x, &labels)?;
             let b = maps(method, options, &Subject::of(shuffled, norm), &x, &labels)?;

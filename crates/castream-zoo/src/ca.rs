@@ -165,6 +165,25 @@ pub fn trained_models(root: &Path, backbone: &BackboneSpec, path: &Path, device:
     })
 }
 
+/// `backbone` with a fresh, untrained stream, for experiments that explain the GAP network only
+/// (the stream is never evaluated; its weights are recorded as `untrained`).
+pub fn untrained_models(root: &Path, backbone: &BackboneSpec, config: &StreamConfig, device: &Device) -> Result<QuickModels> {
+    let LoadedBackbone { model, meta, sha256, sidecar_sha256, manifest } = crate::backbone::load(root, backbone, device)?;
+    Ok(QuickModels {
+        name: backbone.name(),
+        ca: CaModel::new(model, config, 0)?,
+        meta,
+        sha256,
+        sidecar_sha256,
+        manifest,
+        stream_val_accuracy: f64::NAN,
+        cache_bytes: 0,
+        from_cache: false,
+        stream_file: PathBuf::new(),
+        stream_sha256: "untrained".into(),
+    })
+}
+
 /// Loads backbone `name` and its stream for `spec`: from the stream cache when this exact
 /// combination was trained before, else trains it now (seeded, deterministic) and caches it.
 /// `features` holds the backbone's cached stage features across calls (built on first need).

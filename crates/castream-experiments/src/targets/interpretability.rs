@@ -76,6 +76,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
                 norm,
                 &*set,
                 &methods,
+                &s.poolings,
                 &s.protocol.cam,
                 s.seed,
                 &ctx.device,
@@ -88,6 +89,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
                 100.0 * e.test_accuracy,
                 100.0 * m.stream_val_accuracy
             ),
+            None if m.stream_val_accuracy.is_nan() => format!("{}: GAP network only, no stream.", m.name),
             None => format!("{}: stream validation accuracy {:.2}%.", m.name, 100.0 * m.stream_val_accuracy),
         });
     }

@@ -26,7 +26,8 @@ use castream_eval::saliency::image_list_sha256;
 use castream_eval::Evaluation;
 use castream_report::record::RunRecord;
 use castream_stream::StreamConfig;
-use castream_zoo::ca::{quick_models, trained_models, QuickData, QuickModels, StreamFeatures, StreamSpec};
+use castream_cam::PoolingKind;
+use castream_zoo::ca::{quick_models, trained_models, untrained_models, QuickData, QuickModels, StreamFeatures, StreamSpec};
 use castream_zoo::quick::is_shipped;
 use castream_zoo::stream_checkpoint::{self, StreamSource};
 use castream_zoo::train_stream::subset;
@@ -175,6 +176,9 @@ impl RunContext<'_> {
                 (m, seed)
             }
             None if !refused.is_empty() => bail!("{}", refused.join("\n")),
+            None if !uses_stream(self.spec, self.settings) => {
+                (untrained_models(self.root, backbone, &stream.config, &self.device)?, stream.train.seed)
+            }
             None if self.profile == Profile::Quick => {
                 let data = self.quick_data()?;
                 (quick_models(self.root, backbone, stream, &data, features, &self.device)?, stream.train.seed)
@@ -273,8 +277,17 @@ pub fn pending(spec: &Spec, profile: Profile, settings: &Settings, root: &Path) 
     Ok((!needs.is_empty()).then(|| NotYetAvailable { target: spec.name.clone(), needs: needs.join("; ") }))
 }
 
+/// Whether a spec evaluates a CA model: every target but an interpretability experiment of GAP
+/// networks only (no `ca` pooling, no raw attention), which needs no stream at all.
+pub fn uses_stream(spec: &Spec, s: &Settings) -> bool {
+    spec.target != Target::Interpretability || s.poolings.contains(&PoolingKind::Ca) || !s.attention.is_empty()
+}
+
 /// The (backbone, stream configuration) pairs a spec evaluates.
 fn required_streams<'s>(spec: &Spec, s: &'s Settings) -> Vec<(&'s BackboneSpec, StreamConfig)> {
+    if !uses_stream(spec, s) {
+        return Vec::new();
+    }
     let configs = match spec.target {
         Target::Table4 => table4::stream_configs(&s.stream.config),
         Target::Figure2 | Target::Figure3 | Target::Figure4 => {
