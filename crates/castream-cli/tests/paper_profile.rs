@@ -118,6 +118,18 @@ fn every_paper_target_runs_on_the_miniature_imagenet() {
     let table2 = std::fs::read_to_string(root.join("results/paper/table2/table2.md")).unwrap();
     assert!(table2.contains("16 of the 60"), "{table2}");
 
+    // Inputs normalised otherwise than the stream learnt on are refused.
+    let spec = std::fs::read_to_string(root.join("experiments/table2.toml")).unwrap();
+    let other = spec.replace("name = \"table2\"", "name = \"renormalised\"").replacen(
+        "[paper]\n",
+        "[paper]\nnormalisation = { mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }\n",
+        1,
+    );
+    std::fs::write(root.join("experiments/renormalised.toml"), other).unwrap();
+    let (ok, text) = castream_in(root, &["reproduce", "renormalised", "--profile", "paper"]);
+    assert!(!ok && text.contains("normalisation") && text.contains("was trained with"), "{text}");
+    std::fs::remove_file(root.join("experiments/renormalised.toml")).unwrap();
+
     // A trained stream explains an image with the backbone its card names.
     let image = root.join("data/val/ILSVRC2012_val_00000001.JPEG");
     let (ok, text) = castream_in(

@@ -159,16 +159,18 @@ impl RunContext<'_> {
                 Err(e) => refused.push(format!("{e:#}")),
             }
         }
+        // A pretrained backbone's inputs are normalised as the spec says (checkpoints carry their own).
+        let pretrained = matches!(backbone, BackboneSpec::Hub { .. } | BackboneSpec::File { .. });
         let (mut m, seed) = match loaded {
             Some((m, card)) => {
-                let recipe_normalisation = card.recipe.get("normalisation").cloned().map(serde_json::from_value).transpose()?;
-                if let Some(n) = recipe_normalisation.filter(|n: &castream_data::Normalisation| *n != self.settings.normalisation) {
+                // `trained_models` took the normalisation the stream was trained with from its card.
+                if pretrained && m.meta.normalisation != self.settings.normalisation {
                     bail!(
                         "{}: [{}] normalisation = {:?} differs from the {:?} the stream {} was trained with; Fix: use the stream's",
                         self.spec.path.display(),
                         self.profile,
                         self.settings.normalisation,
-                        n,
+                        m.meta.normalisation,
                         m.stream_file.display()
                     );
                 }
@@ -185,7 +187,7 @@ impl RunContext<'_> {
             }
             None => bail!("{}", missing_stream(self.experiments, &self.settings.streams, &found.unavailable, backbone, &stream.config)),
         };
-        if matches!(backbone, BackboneSpec::Hub { .. } | BackboneSpec::File { .. }) {
+        if pretrained {
             // The input normalisation changes every output: it joins the weights' identity.
             m.meta.normalisation = self.settings.normalisation;
             m.sidecar_sha256 = castream_zoo::backbone::pretrained_identity(&m.meta.config, &m.meta.normalisation)?;
