@@ -248,7 +248,8 @@ pub fn evaluate(model: &Model, set: &dyn LabelledSet, batch_size: usize) -> Resu
     Ok(correct as f64 / set.len() as f64)
 }
 
-fn count_correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
+/// How many rows of `logits` have their largest value at the `labels`' class.
+pub fn count_correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
     let predicted = logits.argmax(1)?;
     Ok(predicted.eq(labels)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize)
 }

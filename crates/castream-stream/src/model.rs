@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Tensor, Var};
-use castream_backbones::train::{LabelledSet, Task};
+use castream_backbones::train::{count_correct, LabelledSet, Task};
 use castream_backbones::Model;
 use rand_chacha::ChaCha8Rng;
 
@@ -264,8 +264,7 @@ pub fn cached_accuracy(model: &CaModel, cache: &FeatureCache, batch_size: usize)
     for chunk in ids.chunks(batch_size.max(1)) {
         let (features, labels) = cache.batch(chunk)?;
         let (logits, _) = model.logits_from_features(&features)?;
-        let hits = logits.argmax(1)?.eq(&labels)?.to_dtype(candle_core::DType::U32)?.sum_all()?.to_scalar::<u32>()?;
-        correct += hits as usize;
+        correct += count_correct(&logits, &labels)?;
     }
     Ok(correct as f64 / cache.len().max(1) as f64)
 }

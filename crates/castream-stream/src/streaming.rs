@@ -5,8 +5,8 @@
 //! gradients, and only the stream learns.
 
 use anyhow::Result;
-use candle_core::{DType, Tensor, Var};
-use castream_backbones::train::Task;
+use candle_core::{Tensor, Var};
+use castream_backbones::train::{count_correct, Task};
 use castream_data::image_folder::ImageList;
 use castream_data::images::EvalImages;
 use castream_data::train_transform::TrainTransform;
@@ -61,7 +61,7 @@ pub fn accuracy(model: &CaModel, set: &dyn EvalImages, ids: &[usize], norm: &Nor
     for chunk in ids.chunks(batch.max(1)) {
         let (x, y) = set.batch(chunk, norm, &model.backbone.device)?;
         let (logits, _) = model.forward(&x)?;
-        correct += logits.argmax(1)?.eq(&y)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize;
+        correct += count_correct(&logits, &y)?;
     }
     Ok(correct as f64 / ids.len().max(1) as f64)
 }
