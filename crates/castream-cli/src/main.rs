@@ -7,8 +7,9 @@ use anyhow::Result;
 use castream_cam::{Method, PoolingKind};
 use castream_cli::explain::{self, ClassChoice, ExplainOptions, Input, ModelSource, SceneRange};
 use castream_data::DeviceChoice;
-use castream_experiments::runner::{self, Listing, Options, Outcome, Readiness};
-use castream_experiments::spec::Profile;
+use castream_cli::args::RunArgs;
+use castream_experiments::runner::{self, Listing, Mode, Outcome, Readiness, Shard};
+use castream_cli::slurm::SlurmCommand;
 use castream_zoo::quick::TrainOptions;
 use castream_zoo::stream_checkpoint::StreamSource;
 use castream_zoo::train_stream::{train_stream, TrainStreamOptions};
@@ -38,9 +39,32 @@ enum Command {
         /// Spec names (files under the experiments folder without `.toml`), or `all`.
         #[arg(required = true)]
         names: Vec<String>,
+        /// Compute only shard K of N of every cell (contiguous runs of whole batches of the
+        /// evaluated images) into a record under --shard-dir, publishing nothing; `castream merge`
+        /// then publishes the tables (docs/scale-out.md). A rerun shard resumes from its finished cells.
+        #[arg(long, value_name = "K/N", conflicts_with = "prepare")]
+        shard: Option<Shard>,
+        /// Only load the models the spec evaluates (on the quick profile, train and cache its
+        /// streams): the job a sharded run waits for.
+        #[arg(long)]
+        prepare: bool,
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Publish the results of a sharded run: checks that every shard's record is present and was
+    /// made by the same spec, settings, code, weights and images, then writes the tables, charts
+    /// and run.json the whole run writes (docs/scale-out.md). Give the flags the shards were given.
+    Merge {
+        /// Spec names.
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Run a spec as a Slurm job array: shards, a merge that waits for them, and the jobs that
+    /// train or prepare what the shards need (docs/scale-out.md).
+    #[command(subcommand)]
+    Slurm(SlurmCommand),
     /// Train the quick profile's GAP backbones (checkpoints/quick/backbones.toml) that are missing.
     TrainBackbones {
         /// Retrain even when a checkpoint from the same recipe exists.
@@ -164,29 +188,6 @@ struct ExplainArgs {
     device: DeviceChoice,
 }
 
-#[derive(Args)]
-struct RunArgs {
-    /// `quick` (2 CPU cores, registry data) or `paper` (ImageNet, GPU).
-    #[arg(long, default_value = "quick")]
-    profile: Profile,
-    /// Number of evaluation images, overriding the spec.
-    #[arg(long)]
-    images: Option<usize>,
-    /// Seed, overriding the spec.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Folder of the TOML specs.
-    #[arg(long, default_value = "experiments")]
-    experiments: PathBuf,
-    /// Root of the results tree.
-    #[arg(long, default_value = "results")]
-    results: PathBuf,
-    /// Where tensors live: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`);
-    /// overrides the spec's `device` [default: the spec's, else cpu].
-    #[arg(long)]
-    device: Option<DeviceChoice>,
-}
-
 /// candle's CPU thread pool (elementwise broadcasts) busy-waits 25,000 spins after every task before
 /// it parks; on a 2-core machine that spinning thread takes a core from the rayon workers running
 /// our kernels (measured: quick ResNet-18 forward 1,070 -> 1,640 images/s with a limit of 1,000).
@@ -227,16 +228,13 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Reproduce { names, run } => {
-            let opts = Options {
-                root: PathBuf::from("."),
-                experiments: run.experiments,
-                results: run.results,
-                profile: run.profile,
-                images: run.images,
-                seed: run.seed,
-                device: run.device,
+        Command::Reproduce { names, shard, prepare, run } => {
+            let mode = match (shard, prepare) {
+                (Some(shard), _) => Mode::Shard(shard),
+                (None, true) => Mode::Prepare,
+                (None, false) => Mode::Whole,
             };
+            let opts = run.options(mode);
             if names.iter().any(|n| n == "all") {
                 let mut pending = 0;
                 for (name, outcome) in runner::reproduce_all(&opts)? {
@@ -258,11 +256,24 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 for name in names {
                     let dir = runner::reproduce(&name, &opts)?;
-                    println!("{name}: wrote {}", dir.display());
+                    match mode {
+                        Mode::Shard(shard) => println!("{name}: shard {shard} recorded in {}", dir.display()),
+                        Mode::Prepare => println!("{name}: every model it evaluates is loaded and cached"),
+                        Mode::Whole | Mode::Merge => println!("{name}: wrote {}", dir.display()),
+                    }
                 }
             }
             Ok(())
         }
+        Command::Merge { names, run } => {
+            let opts = run.options(Mode::Merge);
+            for name in names {
+                let dir = runner::reproduce(&name, &opts)?;
+                println!("{name}: merged its shards into {}", dir.display());
+            }
+            Ok(())
+        }
+        Command::Slurm(command) => castream_cli::slurm::run(command),
         Command::PaperFixture { dir } => {
             let f = castream_zoo::fixture::build(Path::new("."), &dir)?;
             println!("built the paper fixture in {}; run the paper profile there with", dir.display());

@@ -20,6 +20,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::Protocol;
+use crate::shard::Sharding;
 
 /// Where a saliency map comes from: a CAM method (with the spec's options) or a baseline.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -108,25 +109,39 @@ pub struct Evaluation<'a> {
     /// Directory of the cell cache (`target/castream/metrics`).
     pub cache: PathBuf,
     pub device: Device,
+    /// Whether this run computes all images, one shard's part, or merges the shards' records.
+    pub sharding: &'a Sharding,
 }
 
 impl Evaluation<'_> {
-    /// The `metrics` of `source` on `model`.
+    /// The images this run computes values for: all of `ids`, or this shard's part of them.
+    pub fn ids(&self) -> &[usize] {
+        self.sharding.ids(self.ids, self.batch_size)
+    }
+
+    /// The `metrics` of `source` on `model`, for the images [`Evaluation::ids`].
     pub fn run(&self, model: &Explained, source: Source, metrics: &[Metric]) -> Result<PerImage> {
-        let entry = self.entry(SCORES, &model.key, source, Some(metrics), "json")?;
+        let label = format!("{} {} at F_{} ({:.12})", source.label(), model.key.pooling, model.key.layer, model.key.weights);
+        let inputs = self.inputs(SCORES, &model.key, source, Some(metrics), &[])?;
+        self.sharding.cell(&label, &inputs, self.ids, self.batch_size, |ids| self.scores(model, source, metrics, ids))
+    }
+
+    /// The `metrics` of `source` on `model` for the images `ids`, cached.
+    fn scores(&self, model: &Explained, source: Source, metrics: &[Metric], ids: &[usize]) -> Result<PerImage> {
+        let entry = self.entry(SCORES, &model.key, source, Some(metrics), ids, "json")?;
         if let Some(hit) = entry.load() {
             match serde_json::from_slice::<PerImage>(&hit.bytes) {
-                Ok(cached) if metrics.iter().all(|m| cached.get(m).is_some_and(|v| v.len() == self.ids.len())) => {
+                Ok(cached) if metrics.iter().all(|m| cached.get(m).is_some_and(|v| v.len() == ids.len())) => {
                     return Ok(cached)
                 }
                 _ => eprintln!("warning: cache entry {}: not this cell's scores; recomputing it", entry.path.display()),
             }
         }
-        let maps = self.maps(model, source)?;
-        let bar = progress::bar(self.ids.len() as u64, format!("{} {}: scoring", source.label(), model.key.pooling));
-        let mut out: PerImage = metrics.iter().map(|&m| (m, Vec::with_capacity(self.ids.len()))).collect();
+        let maps = self.maps(model, source, ids)?;
+        let bar = progress::bar(ids.len() as u64, format!("{} {}: scoring", source.label(), model.key.pooling));
+        let mut out: PerImage = metrics.iter().map(|&m| (m, Vec::with_capacity(ids.len()))).collect();
         let mut first = 0;
-        for chunk in self.ids.chunks(self.batch_size.max(1)) {
+        for chunk in ids.chunks(self.batch_size.max(1)) {
             self.score_batch(&model.subject, &maps.narrow(0, first, chunk.len())?, chunk, &mut out)?;
             first += chunk.len();
             bar.inc(chunk.len() as u64);
@@ -136,17 +151,33 @@ impl Evaluation<'_> {
         Ok(out)
     }
 
-    /// The cache entry of a cell's maps (`metrics` = `None`) or scores: keyed by everything they
-    /// depend on — the model's weights, pooling and layer, the source, the protocol, the scenes'
-    /// source data (SHA-256), settings and identifiers, and the random map's seed.
+    /// The cache entry of a cell's maps (`metrics` = `None`) or scores on the images `ids`.
     fn entry(
         &self,
         kind: CacheKind,
         model: &ModelKey,
         source: Source,
         metrics: Option<&[Metric]>,
+        ids: &[usize],
         ext: &str,
     ) -> Result<Entry> {
+        // Another device sums in another order: its cells are its own (the CPU's keep their names).
+        let stem = format!("cell{}", castream_data::device::cache_tag(&self.device));
+        Entry::new(&self.cache, kind, &stem, ext, &self.inputs(kind, model, source, metrics, ids)?)
+    }
+
+    /// Everything a cell's maps or scores on the images `ids` depend on: the model's weights,
+    /// pooling and layer, the source, the protocol, the images' source data (SHA-256), settings and
+    /// identifiers, the random map's seed and the batch size.
+    #[allow(clippy::type_complexity)]
+    fn inputs<'s>(
+        &'s self,
+        kind: CacheKind,
+        model: &'s ModelKey,
+        source: Source,
+        metrics: Option<&'s [Metric]>,
+        ids: &'s [usize],
+    ) -> Result<impl Serialize + 's> {
         // The images' identity as the JSON text it is (re-parsing would re-format its floats);
         // object boxes only change scores, so maps are shared by tables with and without them.
         let mut images = self.set.identity();
@@ -157,23 +188,22 @@ impl Evaluation<'_> {
         let seed = (source == Source::Random).then_some(self.seed);
         // Scores are computed from the maps: a change to how maps are made retires them too.
         let maps_format = MAPS.format;
-        let inputs = (model, source, metrics, &self.protocol, images, self.ids, seed, maps_format);
-        // Another device sums in another order: its cells are its own (the CPU's keep their names).
-        let stem = format!("cell{}", castream_data::device::cache_tag(&self.device));
-        Entry::new(&self.cache, kind, &stem, ext, &inputs)
+        // Batches split differently round differently (~1e-7 in the maps, enough to swap tied
+        // pixels in the insertion order): the batch size is an input too.
+        Ok((model, source, metrics, &self.protocol, images, ids, seed, maps_format, self.batch_size))
     }
 
     /// The post-processed maps `(N, h, w)` of every image, at the method's resolution. A CAM
     /// method's maps are cached (Score-CAM's cost `K` forwards per image, and tables 2, 5 and 6
     /// score the same maps); attention and baselines are cheap to recompute.
-    fn maps(&self, model: &Explained, source: Source) -> Result<Tensor> {
-        let entry = self.entry(MAPS, &model.key, source, None, "safetensors")?;
+    fn maps(&self, model: &Explained, source: Source, ids: &[usize]) -> Result<Tensor> {
+        let entry = self.entry(MAPS, &model.key, source, None, ids, "safetensors")?;
         if matches!(source, Source::Method(_)) {
             if let Some(hit) = entry.load() {
                 let maps = candle_core::safetensors::load_buffer(&hit.bytes, &self.device)
                     .ok()
                     .and_then(|mut t| t.remove("maps"))
-                    .filter(|m| m.dim(0).ok() == Some(self.ids.len()));
+                    .filter(|m| m.dim(0).ok() == Some(ids.len()));
                 match maps {
                     Some(maps) => return Ok(maps),
                     None => eprintln!(
@@ -183,10 +213,10 @@ impl Evaluation<'_> {
                 }
             }
         }
-        let bar = progress::bar(self.ids.len() as u64, format!("{} {}: maps", source.label(), model.key.pooling));
+        let bar = progress::bar(ids.len() as u64, format!("{} {}: maps", source.label(), model.key.pooling));
         let subject = &model.subject;
         let mut parts = Vec::new();
-        for chunk in self.ids.chunks(self.batch_size.max(1)) {
+        for chunk in ids.chunks(self.batch_size.max(1)) {
             let (x, y) = self.set.batch(chunk, &subject.normalisation, &self.device)?;
             let classes = self.protocol.class.resolve(subject, &x, &y.to_vec1()?)?;
             parts.push(self.batch_maps(subject, source, &x, &classes, chunk)?);

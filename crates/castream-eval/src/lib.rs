@@ -7,12 +7,15 @@
 //! - [`recognition`]: per-image correctness of a GAP network and its CA models.
 //! - [`sanity`]: the model-randomisation sanity check.
 //! - [`saliency`]: maps of a batch for figures, image-list hashes.
+//! - [`shard`]: what each cell computes — all images, one shard's part, or the merge of the shards.
 
 pub mod interpretability;
 pub mod protocol;
 pub mod recognition;
 pub mod saliency;
 pub mod sanity;
+pub mod shard;
 
 pub use interpretability::{Baseline, Evaluation, Explained, ModelKey, Source};
 pub use protocol::{CausalChoice, Protocol};
+pub use shard::{Shard, Sharding};

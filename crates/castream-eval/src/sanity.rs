@@ -6,19 +6,22 @@
 use anyhow::Result;
 use candle_core::Device;
 use castream_backbones::Model;
-use castream_cam::{Method, MethodOptions, Pooling, PoolingKind, Subject};
-use castream_data::images::EvalImages;
+use castream_cam::{Method, Pooling, PoolingKind, Subject};
 use castream_data::Normalisation;
 use castream_metrics::sanity::spearman;
 use castream_stream::CaModel;
 
 use crate::saliency::maps;
+use crate::shard::PerImageValues;
+use crate::Evaluation;
+use serde::{Deserialize, Serialize};
 
 /// Images explained by both models (Score-CAM dominates the cost: 2 x K forwards per image).
 pub const IMAGES: usize = 32;
 /// A method passes when its mean rank correlation after randomisation is below this.
 pub const PASS_BELOW: f64 = 0.5;
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SanityRow {
     pub backbone: String,
     pub method: String,
@@ -47,38 +50,64 @@ fn randomise(m: &CaModel, seed: u64, device: &Device) -> Result<CaModel> {
     Ok(ca)
 }
 
-/// Rank correlations of every method's maps, trained vs randomised (seeded by `seed`), for the
-/// GAP network and the CA model `m` of backbone `name` (those of them in `poolings`), on the first [`IMAGES`] images of `set`.
-#[allow(clippy::too_many_arguments)]
-pub fn check(
-    name: &str,
-    m: &CaModel,
-    norm: Normalisation,
-    set: &dyn EvalImages,
-    methods: &[Method],
-    poolings: &[PoolingKind],
-    options: &MethodOptions,
-    seed: u64,
-    device: &Device,
-) -> Result<Vec<SanityRow>> {
-    let ids: Vec<usize> = (0..IMAGES.min(set.len())).collect();
-    let (x, y) = set.batch(&ids, &norm, device)?;
-    let labels: Vec<u32> = y.to_vec1()?;
-    let random = randomise(m, seed.wrapping_add(1), device)?;
-    let mut rows = Vec::new();
-    let pairs =
-        [(Pooling::Gap(&m.backbone), Pooling::Gap(&random.backbone)), (Pooling::Ca(m), Pooling::Ca(&random))];
-    for (trained, shuffled) in pairs.into_iter().filter(|(p, _)| poolings.contains(&p.kind())) {
-        for &method in methods.iter().filter(|m| m.applies_to(trained.kind())) {
-            let a = maps(method, options, &Subject::of(trained, norm), &x, &labels)?;
-            let b = maps(method, options, &Subject::of(shuffled, norm), &x, &labels)?;
-            rows.push(SanityRow {
-                backbone: name.to_string(),
-                method: method.to_string(),
-                pooling: trained.kind().label().into(),
-                spearman: a.iter().zip(&b).map(|(a, b)| spearman(a, b)).collect(),
-            });
-        }
+impl Evaluation<'_> {
+    /// Rank correlations of every method's maps, trained vs randomised (seeded by the
+    /// evaluation's seed), for the GAP network and the CA model `m` of backbone `name` (those of
+    /// them in `poolings`), on the first [`IMAGES`] images of the set, with the protocol's method
+    /// options. `weights` identifies the models in the cell's identity.
+    pub fn sanity(
+        &self,
+        name: &str,
+        m: &CaModel,
+        norm: Normalisation,
+        methods: &[Method],
+        poolings: &[PoolingKind],
+        weights: &[String],
+    ) -> Result<Vec<SanityRow>> {
+        let ids: Vec<usize> = (0..IMAGES.min(self.set.len())).collect();
+        let images = serde_json::value::RawValue::from_string(self.set.identity())?;
+        let options = &self.protocol.cam;
+        let inputs = ("sanity", weights, methods, poolings, options, self.seed, images);
+        // One batch: the whole check is one shard's part.
+        let compute = |ids: &[usize]| -> Result<Rows> {
+            let (x, y) = self.set.batch(ids, &norm, &self.device)?;
+            let labels: Vec<u32> = y.to_vec1()?;
+            let random = randomise(m, self.seed.wrapping_add(1), &self.device)?;
+            let mut rows = Vec::new();
+            let pairs =
+                [(Pooling::Gap(&m.backbone), Pooling::Gap(&random.backbone)), (Pooling::Ca(m), Pooling::Ca(&random))];
+            for (trained, shuffled) in pairs.into_iter().filter(|(p, _)| poolings.contains(&p.kind())) {
+                for &method in methods.iter().filter(|m| m.applies_to(trained.kind())) {
+                    let a = maps(method, options, &Subject::of(trained, norm), &x, &labels)?;
+                    let b = maps(method, options, &Subject::of(shuffled, norm), &x, &labels)?;
+                    rows.push(SanityRow {
+                        backbone: name.to_string(),
+                        method: method.to_string(),
+                        pooling: trained.kind().label().into(),
+                        spearman: a.iter().zip(&b).map(|(a, b)| spearman(a, b)).collect(),
+                    });
+                }
+            }
+            Ok(Rows(rows))
+        };
+        Ok(self.sharding.cell(&format!("{name}: sanity check"), &inputs, &ids, ids.len(), compute)?.0)
     }
-    Ok(rows)
+}
+
+/// The rows of one sanity check, as a shard's part.
+#[derive(Default, Serialize, Deserialize)]
+struct Rows(Vec<SanityRow>);
+
+impl PerImageValues for Rows {
+    fn append(&mut self, next: Self) -> Result<()> {
+        if self.0.is_empty() {
+            *self = next;
+        } else if !next.0.is_empty() {
+            anyhow::ensure!(self.0.len() == next.0.len(), "parts have {} and {} rows", self.0.len(), next.0.len());
+            for (row, more) in self.0.iter_mut().zip(next.0) {
+                row.spearman.extend(more.spearman);
+            }
+        }
+        Ok(())
+    }
 }

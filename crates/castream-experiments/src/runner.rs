@@ -1,16 +1,21 @@
 //! `reproduce`: load a spec, run its target under a profile into a staging directory, write
-//! `run.json`, and publish `results/<profile>/<name>/` atomically.
+//! `run.json`, and publish `results/<profile>/<name>/` atomically — or compute one shard of it,
+//! or merge the shards into what the whole run publishes (docs/scale-out.md).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use castream_data::atomic::{self, StagedDir};
 use castream_data::{provenance, DeviceChoice};
 use castream_report::record::{OutputRecord, RunRecord};
 
-use crate::spec::{available_specs, Profile, Spec};
+pub use castream_eval::Shard;
+use castream_eval::Sharding;
+
+use crate::shards::{ShardRecord, Shards};
+use crate::spec::{available_specs, Profile, Spec, Target};
 use crate::targets::{self, NotYetAvailable, RunContext};
 
 #[derive(Debug, Clone)]
@@ -26,6 +31,26 @@ pub struct Options {
     pub seed: Option<u64>,
     /// `--device`, overriding the spec's `device` (default: the CPU).
     pub device: Option<DeviceChoice>,
+    /// Overrides the spec's `batch_size`.
+    pub batch_size: Option<usize>,
+    pub mode: Mode,
+    /// Root of the shard records (`--shard-dir`): `<shards>/<profile>/<name>[@overrides]/`.
+    pub shards: PathBuf,
+}
+
+/// What a run of one spec does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Compute every cell and publish the results.
+    #[default]
+    Whole,
+    /// Compute one shard's part of every cell into its record; publish nothing.
+    Shard(Shard),
+    /// Assemble every cell from the shards' records and publish what the whole run publishes.
+    Merge,
+    /// Load every model the spec evaluates (on the quick profile, train and cache its streams),
+    /// then stop: the job a sharded run waits for, so that its shards do not each train them.
+    Prepare,
 }
 
 #[derive(Debug)]
@@ -46,6 +71,9 @@ pub fn reproduce_all(opts: &Options) -> Result<Vec<(String, Outcome)>> {
     let names = available_specs(&opts.experiments);
     if names.is_empty() {
         bail!("no specs (*.toml) in {}", opts.experiments.display());
+    }
+    if opts.mode != Mode::Whole {
+        bail!("`all` runs every spec whole; Fix: shard, merge or prepare one spec at a time (e.g. `reproduce table2 --shard 1/4`)");
     }
     // An unavailable `--device` fails once, before any spec.
     if let Some(device) = opts.device {
@@ -128,8 +156,9 @@ fn results_dir(opts: &Options, spec: &Spec, overrides: &[String]) -> PathBuf {
     opts.results.join(opts.profile.key()).join(name)
 }
 
-/// Runs a spec; returns the published directory and the wall time in seconds.
-fn run_spec(spec: &Spec, opts: &Options) -> Result<(PathBuf, f64)> {
+/// The spec's settings for the run's profile with the command line's overrides applied, the
+/// overrides as the results folder names them, and the device.
+fn effective_settings(spec: &Spec, opts: &Options) -> Result<(crate::spec::Settings, Vec<String>, DeviceChoice)> {
     let mut settings = spec.settings(opts.profile)?.clone();
     let mut overrides = Vec::new();
     if let Some(n) = opts.images {
@@ -141,34 +170,138 @@ fn run_spec(spec: &Spec, opts: &Options) -> Result<(PathBuf, f64)> {
         settings.seed = seed;
         overrides.push(format!("seed={seed}"));
     }
+    if let Some(batch) = opts.batch_size {
+        if batch == 0 {
+            bail!("--batch-size 0: must be at least 1; Fix: e.g. --batch-size 64");
+        }
+        settings.batch_size = batch;
+        overrides.push(format!("batch_size={batch}"));
+    }
     let choice = opts.device.or(settings.device).unwrap_or_default();
     if !choice.is_cpu() {
         // The reference results are the CPU's: a GPU run publishes beside them.
         overrides.push(format!("device={}", choice.key()));
     }
+    Ok((settings, overrides, choice))
+}
+
+/// What a sharded run of one spec needs before its shards: where its records go, and the
+/// recipes of the paper profile's streams still to train.
+pub struct ShardPlan {
+    /// `<shards>/<profile>/<name>[@overrides]`.
+    pub dir: PathBuf,
+    pub recipes: Vec<PathBuf>,
+}
+
+/// Checks that spec `name` can run sharded with `opts` (a target that shards, nothing missing
+/// but streams a recipe trains) and says where its records go.
+pub fn shard_plan(name: &str, opts: &Options) -> Result<ShardPlan> {
+    let spec = Spec::load(&spec_path(&opts.experiments, name))?;
+    let (settings, overrides, _) = effective_settings(&spec, opts)?;
+    check_shardable(&spec)?;
+    let recipes = targets::streams_to_train(&spec, opts.profile, &settings, &opts.root)?;
+    if recipes.is_empty() {
+        if let Some(pending) = targets::pending(&spec, opts.profile, &settings, &opts.root)? {
+            return Err(pending.into());
+        }
+    }
+    Ok(ShardPlan { dir: shard_dir(opts, &spec, &overrides)?, recipes })
+}
+
+fn check_shardable(spec: &Spec) -> Result<()> {
+    if !matches!(spec.target, Target::Interpretability | Target::Table1 | Target::Table4) {
+        bail!(
+            "{}: target `{}` draws a handful of images and is not sharded; Fix: run it whole (`reproduce {}`); --shard \
+             and merge apply to interpretability experiments, table1 and table4",
+            spec.path.display(),
+            target_key(spec)?,
+            spec.name
+        );
+    }
+    Ok(())
+}
+
+/// Where the shard records of a run go: `<shards>/<profile>/<results folder name>`.
+fn shard_dir(opts: &Options, spec: &Spec, overrides: &[String]) -> Result<PathBuf> {
+    let dir = results_dir(opts, spec, overrides);
+    Ok(opts.shards.join(opts.profile.key()).join(dir.file_name().context("results folder has no name")?))
+}
+
+/// Runs a spec; returns what it wrote (the published directory, or a shard's record) and the
+/// wall time in seconds.
+fn run_spec(spec: &Spec, opts: &Options) -> Result<(PathBuf, f64)> {
+    let (settings, overrides, choice) = effective_settings(spec, opts)?;
+    if matches!(opts.mode, Mode::Shard(_) | Mode::Merge) {
+        // Interpretability experiments, tables 1 and 4: their work is per-image cells.
+        check_shardable(spec)?;
+    }
     if let Some(pending) = targets::pending(spec, opts.profile, &settings, &opts.root)? {
         return Err(pending.into());
     }
-    let target = serde_json::to_value(spec.target)?.as_str().unwrap_or_default().to_string();
     let mut record =
-        RunRecord::new(&spec.name, &spec.path, &target, opts.profile.key(), serde_json::to_value(&settings)?);
+        RunRecord::new(&spec.name, &spec.path, &target_key(spec)?, opts.profile.key(), serde_json::to_value(&settings)?);
     record.overrides = overrides;
     record.device = choice.to_string();
     let device = choice.device()?;
-    let staged = StagedDir::begin(&results_dir(opts, spec, &record.overrides))?;
+    let dir = results_dir(opts, spec, &record.overrides);
+    let shard_dir = shard_dir(opts, spec, &record.overrides)?;
     let started = Instant::now();
     provenance::reset_peak_memory();
-    targets::run(&mut RunContext {
-        spec,
-        profile: opts.profile,
-        settings: &settings,
-        out: staged.path(),
-        root: &opts.root,
-        experiments: &opts.experiments,
-        device,
-        record: &mut record,
-        quick: None,
-    })?;
+    let run_target = |out: &Path, record: &mut RunRecord, sharding: &Sharding, run: &dyn Fn(&mut RunContext) -> Result<()>| {
+        run(&mut RunContext {
+            spec,
+            profile: opts.profile,
+            settings: &settings,
+            out,
+            root: &opts.root,
+            experiments: &opts.experiments,
+            device: device.clone(),
+            record,
+            quick: None,
+            sharding,
+        })
+    };
+    match opts.mode {
+        Mode::Whole => {
+            let staged = StagedDir::begin(&dir)?;
+            run_target(staged.path(), &mut record, &Sharding::Whole, &targets::run)?;
+            publish(staged, record, started)
+        }
+        Mode::Shard(shard) => {
+            let sharding = Sharding::Compute { shard, resume: Some(shard_dir.clone()), cells: Default::default() };
+            // A shard writes no tables: its target stops once its cells are computed.
+            let scratch = tempfile::tempdir()?;
+            run_target(scratch.path(), &mut record, &sharding, &targets::run)?;
+            record.wall_seconds = started.elapsed().as_secs_f64();
+            let path = ShardRecord::new(shard, &record, &spec.path, sharding.into_cells()?)?.write(&shard_dir)?;
+            Ok((path, record.wall_seconds))
+        }
+        Mode::Merge => {
+            let mut shards = Shards::read(&shard_dir, &spec.name)?;
+            shards.check(&record, &spec.path)?;
+            record.shards = shards.sources()?;
+            let sharding = Sharding::Merge { shards: shards.take_cells() };
+            let staged = StagedDir::begin(&dir)?;
+            run_target(staged.path(), &mut record, &sharding, &targets::run)?;
+            // The weights, data and images the shards used, now that the merge has loaded them.
+            shards.check(&record, &spec.path)?;
+            publish(staged, record, started)
+        }
+        Mode::Prepare => {
+            let scratch = tempfile::tempdir()?;
+            run_target(scratch.path(), &mut record, &Sharding::Whole, &targets::prepare)?;
+            Ok((opts.root.clone(), started.elapsed().as_secs_f64()))
+        }
+    }
+}
+
+/// The spec's target as specs spell it.
+fn target_key(spec: &Spec) -> Result<String> {
+    Ok(serde_json::to_value(spec.target)?.as_str().unwrap_or_default().to_string())
+}
+
+/// Completes `record` (time, memory, outputs) and publishes the staged results with it.
+fn publish(staged: StagedDir, mut record: RunRecord, started: Instant) -> Result<(PathBuf, f64)> {
     record.wall_seconds = started.elapsed().as_secs_f64();
     record.peak_memory_bytes = provenance::peak_memory_bytes();
     if record.dirty {

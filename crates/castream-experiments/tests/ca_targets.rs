@@ -1,13 +1,13 @@
 //! Every quick target that needs a CA model, end to end on a tiny backbone "shipped" into a
 //! temporary repository root (real Fashion-MNIST and MNIST scenes, installed by `cargo xtask setup`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use castream_backbones::model::sidecar_path;
 use castream_backbones::{Arch, BackboneConfig, CheckpointMeta, Model, Stem};
 use castream_data::labelled::hex;
-use castream_experiments::runner::{reproduce, Options};
+use castream_experiments::runner::{reproduce, Mode, Options};
 use castream_experiments::spec::Profile;
 use castream_zoo::quick::{load_recipe, ManifestEntry};
 use polars::prelude::*;
@@ -108,6 +108,9 @@ fn options(root: &Path, images: Option<usize>) -> Options {
         images,
         seed: None,
         device: None,
+        batch_size: None,
+        mode: Mode::Whole,
+        shards: PathBuf::from("shards"),
     }
 }
 

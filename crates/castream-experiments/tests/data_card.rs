@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use castream_experiments::runner::{reproduce, Options};
+use castream_experiments::runner::{reproduce, Mode, Options};
 use castream_experiments::spec::Profile;
 use provenance::assert_provenance;
 
@@ -24,6 +24,9 @@ fn data_card_writes_every_output_with_true_counts() {
         images: Some(8),
         seed: None,
         device: None,
+        batch_size: None,
+        mode: Mode::Whole,
+        shards: PathBuf::from("shards"),
     };
     let dir = reproduce("data-card", &opts).unwrap();
     assert_provenance(false, &dir);
@@ -105,6 +108,9 @@ fn paper_profile_runs_end_to_end_on_a_small_image_list() {
         images: None,
         seed: None,
         device: None,
+        batch_size: None,
+        mode: Mode::Whole,
+        shards: PathBuf::from("shards"),
     };
     let dir = reproduce("data-card", &opts).unwrap();
     assert_provenance(false, &dir);

@@ -26,6 +26,20 @@ pub struct MachineRecord {
     pub arch: &'static str,
 }
 
+/// A shard record a merged run was assembled from.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardSource {
+    /// `K/N`.
+    pub shard: String,
+    pub file: String,
+    pub sha256: String,
+    /// The command line that computed the shard.
+    pub command: Vec<String>,
+    pub device: String,
+    pub cpu: String,
+    pub wall_seconds: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRecord {
     /// The command line that made this run.
@@ -55,6 +69,9 @@ pub struct RunRecord {
     /// Peak resident memory of the process while the target ran.
     pub peak_memory_bytes: u64,
     pub outputs: Vec<OutputRecord>,
+    /// The shard records a merge assembled the per-image values from (none for a whole run).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardSource>,
 }
 
 impl RunRecord {
@@ -91,6 +108,7 @@ impl RunRecord {
             wall_seconds: 0.0,
             peak_memory_bytes: 0,
             outputs: Vec::new(),
+            shards: Vec::new(),
         }
     }
 

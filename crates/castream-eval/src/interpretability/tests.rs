@@ -7,6 +7,7 @@ use castream_data::labelled::{LabelledImages, Split, SplitFiles};
 use castream_data::scenes::{SceneConfig, SceneSet};
 use castream_data::Normalisation;
 use castream_metrics::causal::CausalVariant;
+use crate::shard::Sharding;
 
 /// Scenes of 28x28 blobs on a 32 px canvas.
 fn scenes(n: usize) -> SceneSet {
@@ -53,7 +54,7 @@ fn a_tampered_cell_cache_is_recomputed_and_other_weights_miss_it() {
     let ids = [0, 1, 2];
     let dir = tempfile::tempdir().unwrap();
     let eval =
-        Evaluation { set: &set, ids: &ids, batch_size: 3, protocol, seed: 1, cache: dir.path().into(), device: cpu() };
+        Evaluation { set: &set, ids: &ids, batch_size: 3, protocol, seed: 1, cache: dir.path().into(), device: cpu(), sharding: &Sharding::Whole };
     let metrics = [Metric::AverageDrop, Metric::Insertion];
     let source = Source::Method(Method::GradCam);
     let fresh = eval.run(&explained(&net), source, &metrics).unwrap();
@@ -100,6 +101,7 @@ fn scores_do_not_depend_on_batching_or_the_cache() {
         seed: 1,
         cache,
         device: cpu(),
+        sharding: &Sharding::Whole,
     };
     for source in [Source::Method(Method::ScoreCam), Source::Random, Source::Centre] {
         let whole = eval(5, dir.path().join("a")).run(&model, source, &ALL).unwrap();
@@ -125,7 +127,7 @@ fn scores_equal_the_metric_functions_applied_to_explain() {
     let ids = [0, 1, 2];
     let dir = tempfile::tempdir().unwrap();
     let eval =
-        Evaluation { set: &set, ids: &ids, batch_size: 3, protocol, seed: 0, cache: dir.path().into(), device: cpu() };
+        Evaluation { set: &set, ids: &ids, batch_size: 3, protocol, seed: 0, cache: dir.path().into(), device: cpu(), sharding: &Sharding::Whole };
     let got = eval.run(&model, Source::Method(Method::GradCam), &ALL).unwrap();
     let (x, y) = set.batch(&ids, &NORM, &cpu()).unwrap();
     let classes: Vec<u32> = y.to_vec1().unwrap();
@@ -151,7 +153,7 @@ fn baselines_are_maps_in_the_unit_interval_and_the_centre_peaks_in_the_middle() 
     let (set, net, protocol) = (scenes(2), model(), Protocol::default());
     let subject = Subject::of(Pooling::Gap(&net), NORM);
     let eval =
-        Evaluation { set: &set, ids: &[0, 1], batch_size: 2, protocol, seed: 0, cache: PathBuf::new(), device: cpu() };
+        Evaluation { set: &set, ids: &[0, 1], batch_size: 2, protocol, seed: 0, cache: PathBuf::new(), device: cpu(), sharding: &Sharding::Whole };
     let (x, _) = set.batch(&[0, 1], &NORM, &cpu()).unwrap();
     let centre: Vec<Vec<f32>> = eval
         .batch_maps(&subject, Source::Centre, &x, &[0, 0], &[0, 1])

@@ -5,7 +5,6 @@
 
 use anyhow::Result;
 use castream_cam::{Network, Pooling, PoolingKind, Subject};
-use castream_eval::sanity;
 use castream_eval::{Explained, ModelKey, Source};
 use castream_metrics::Metric;
 use castream_report::scorecard::{Row, Scorecard};
@@ -21,11 +20,16 @@ pub const DEFAULT_IMAGES: usize = 500;
 /// The GAP network or the CA model of `m` at `layer`, with its cell-cache key.
 pub fn explained(m: &QuickModels, pooling: PoolingKind, layer: usize) -> Explained<'_> {
     let (net, weights) = match pooling {
-        PoolingKind::Gap => (Pooling::Gap(&m.ca.backbone), format!("{}+{}", m.sha256, m.sidecar_sha256)),
-        PoolingKind::Ca => (Pooling::Ca(&m.ca), format!("{}+{}+{}", m.sha256, m.sidecar_sha256, m.stream_sha256)),
+        PoolingKind::Gap => (Pooling::Gap(&m.ca.backbone), backbone_weights(m)),
+        PoolingKind::Ca => (Pooling::Ca(&m.ca), format!("{}+{}", backbone_weights(m), m.stream_sha256)),
     };
     let key = ModelKey { weights, pooling, layer };
     Explained { subject: Subject::new(Network { pooling: net, layer }, m.meta.normalisation), key }
+}
+
+/// What identifies `m`'s backbone in a cell: its weights' and sidecar's SHA-256.
+pub fn backbone_weights(m: &QuickModels) -> String {
+    format!("{}+{}", m.sha256, m.sidecar_sha256)
 }
 
 pub fn run(ctx: &mut RunContext) -> Result<()> {
@@ -69,18 +73,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             }
         }
         if s.sanity {
-            let norm = m.meta.normalisation;
-            sanity_rows.extend(sanity::check(
-                &m.name,
-                &m.ca,
-                norm,
-                &*set,
-                &methods,
-                &s.poolings,
-                &s.protocol.cam,
-                s.seed,
-                &ctx.device,
-            )?);
+            let weights = [backbone_weights(&m), m.stream_sha256.clone()];
+            sanity_rows.extend(eval.sanity(&m.name, &m.ca, m.meta.normalisation, &methods, &s.poolings, &weights)?);
         }
         notes.push(match &m.manifest {
             Some(e) => format!(
@@ -92,6 +86,10 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             None if m.stream_val_accuracy.is_nan() => format!("{}: GAP network only, no stream.", m.name),
             None => format!("{}: stream validation accuracy {:.2}%.", m.name, 100.0 * m.stream_val_accuracy),
         });
+    }
+    if ctx.sharding.is_shard() {
+        // A shard's cells are recorded by the runner; the tables are the merge's.
+        return Ok(());
     }
     let side = set.side();
     let images = match ctx.profile {

@@ -11,7 +11,7 @@ mod interpretability;
 mod table1;
 mod table4;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
@@ -23,14 +23,14 @@ use castream_data::images::EvalImages;
 use castream_data::labelled::Split;
 use castream_data::scenes::SceneSet;
 use castream_eval::saliency::image_list_sha256;
-use castream_eval::Evaluation;
+use castream_eval::{Evaluation, Sharding};
 use castream_report::record::RunRecord;
 use castream_stream::StreamConfig;
 use castream_cam::PoolingKind;
 use castream_zoo::ca::{quick_models, trained_models, untrained_models, QuickData, QuickModels, StreamFeatures, StreamSpec};
 use castream_zoo::quick::is_shipped;
 use castream_zoo::stream_checkpoint::{self, StreamSource};
-use castream_zoo::train_stream::subset;
+use castream_zoo::train_stream::{subset, StreamRecipe};
 use castream_zoo::BackboneSpec;
 
 use crate::spec::{Profile, Settings, Spec, Target};
@@ -49,6 +49,8 @@ pub struct RunContext<'a> {
     pub record: &'a mut RunRecord,
     /// The quick profile's scene sets, loaded on first use.
     pub quick: Option<Arc<QuickData>>,
+    /// All images, one shard's part of every cell (`--shard`), or the merge of the shards' records.
+    pub sharding: &'a Sharding,
 }
 
 /// A target that cannot run yet because something it needs does not exist (e.g. a checkpoint
@@ -73,9 +75,34 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     }
 }
 
-impl RunContext<'_> {
+/// Loads every model the spec evaluates ([`RunContext::models`]): on the quick profile, trains
+/// and caches the streams it needs; on the paper profile, fetches the backbones' weights.
+pub fn prepare(ctx: &mut RunContext) -> Result<()> {
+    let (spec, s) = (ctx.spec, ctx.settings);
+    let wanted: Vec<(&BackboneSpec, StreamConfig)> = if uses_stream(spec, s) {
+        required_streams(spec, s)
+    } else {
+        s.backbones.iter().map(|b| (b, s.stream.config.clone())).collect()
+    };
+    // Stage features are shared by the streams of one backbone (table 4's variants).
+    let mut features = None;
+    let mut previous = None;
+    for (backbone, config) in wanted {
+        if previous != Some(backbone) {
+            features = None;
+            previous = Some(backbone);
+        }
+        ctx.models(backbone, &StreamSpec { config, ..s.stream.clone() }, &mut features)?;
+    }
+    Ok(())
+}
+
+impl<'a> RunContext<'a> {
     /// The cell evaluation of the images `ids` of `set` with the spec's batch size, seed and protocol.
-    pub fn evaluation<'s>(&self, set: &'s dyn EvalImages, ids: &'s [usize]) -> Evaluation<'s> {
+    pub fn evaluation<'s>(&self, set: &'s dyn EvalImages, ids: &'s [usize]) -> Evaluation<'s>
+    where
+        'a: 's,
+    {
         let s = self.settings;
         Evaluation {
             set,
@@ -85,6 +112,7 @@ impl RunContext<'_> {
             seed: s.seed,
             cache: self.root.join("target/castream/metrics"),
             device: self.device.clone(),
+            sharding: self.sharding,
         }
     }
 
@@ -300,6 +328,40 @@ fn required_streams<'s>(spec: &Spec, s: &'s Settings) -> Vec<(&'s BackboneSpec, 
     s.backbones.iter().flat_map(|b| configs.iter().map(move |c| (b, c.clone()))).collect()
 }
 
+/// The recipe under `<experiments>/streams/` that trains a stream of `config` on `backbone`.
+fn recipe_for(experiments: &Path, backbone: &BackboneSpec, config: &StreamConfig) -> Option<(PathBuf, StreamRecipe)> {
+    castream_zoo::train_stream::recipes(&experiments.join("streams"))
+        .into_iter()
+        .find(|(_, r)| r.backbone.name() == backbone.name() && &r.stream == config)
+}
+
+/// The recipes of the paper profile's streams that `spec` needs and that are not trained yet
+/// (the jobs a sharded run waits for); a missing stream that no recipe trains into a listed file
+/// is refused with what to do.
+pub fn streams_to_train(spec: &Spec, profile: Profile, settings: &Settings, root: &Path) -> Result<Vec<PathBuf>> {
+    if profile != Profile::Paper {
+        // The quick profile trains its streams itself (`reproduce --prepare`).
+        return Ok(Vec::new());
+    }
+    let experiments = spec.path.parent().unwrap_or(Path::new("."));
+    let mut recipes = Vec::new();
+    for (backbone, config) in required_streams(spec, settings) {
+        let found = stream_checkpoint::find(root, &settings.streams, backbone, &config);
+        if !found.matches.is_empty() {
+            continue;
+        }
+        match recipe_for(experiments, backbone, &config) {
+            Some((file, r)) if settings.streams.contains(&StreamSource::File(r.output.clone())) => {
+                if !recipes.contains(&file) {
+                    recipes.push(file);
+                }
+            }
+            _ => bail!("{}", missing_stream(experiments, &settings.streams, &found.unavailable, backbone, &config)),
+        }
+    }
+    Ok(recipes)
+}
+
 /// What to do when no trained stream fits: the recipe under `<experiments>/streams/` that trains
 /// it, if one does, and to list its output in `streams`.
 fn missing_stream(
@@ -323,8 +385,7 @@ fn missing_stream(
     } else {
         format!("{what} (listed but unavailable: {})", hub.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; "))
     };
-    let recipes = castream_zoo::train_stream::recipes(&experiments.join("streams"));
-    match recipes.iter().find(|(_, r)| r.backbone.name() == backbone.name() && &r.stream == config) {
+    match recipe_for(experiments, backbone, config) {
         Some((file, r)) if listed.contains(&StreamSource::File(r.output.clone())) => {
             format!("{what}: train it with `cargo xtask train-stream {}` (it writes {})", file.display(), r.output.display())
         }

@@ -11,7 +11,7 @@ use castream_report::columns;
 use super::RunContext;
 use crate::spec::Profile;
 use castream_cam::PoolingKind;
-use castream_eval::recognition::correctness;
+use super::interpretability::backbone_weights;
 
 use crate::paper::PaperValues;
 use castream_report::charts::{axis_floor, GroupedBars};
@@ -46,8 +46,12 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     for backbone in &s.backbones {
         let m = ctx.models(backbone, &s.stream, &mut None)?;
         let name = &m.name;
-        let (gap, ca) =
-            correctness(&[&m.ca], &*set, &ids, &m.meta.normalisation, s.batch_size, &ctx.device, name)?;
+        let weights = [backbone_weights(&m), m.stream_sha256.clone()];
+        let (gap, ca) = ctx.evaluation(&*set, &ids).correctness(&[&m.ca], &m.meta.normalisation, &weights, name)?;
+        if ctx.sharding.is_shard() {
+            // A shard's cells are recorded by the runner; the table is the merge's.
+            continue;
+        }
         let ca = &ca[0];
         let (x, _) = set.batch(&ids[..s.batch_size.min(n)], &m.meta.normalisation, &ctx.device)?;
         // Multiply-adds of one image: the GAP network (convolutions and classifier), plus the stream.
@@ -105,6 +109,9 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         ));
     }
 
+    if ctx.sharding.is_shard() {
+        return Ok(());
+    }
     let frame = columns!(
         "backbone" => &rows.0, "pooling" => &rows.1, "top1" => &rows.2, "top1_low" => &rows.3, "top1_high" => &rows.4,
         "params" => params_total, "stream_params" => params_stream, "gflops" => &gflops, "images_per_s" => &speed,

@@ -8,10 +8,9 @@ use castream_report::columns;
 use castream_stream::StreamConfig;
 
 use castream_cam::{Method, PoolingKind};
-use castream_eval::recognition::correctness;
 use castream_stream::CaModel;
 
-use super::interpretability::explained;
+use super::interpretability::{backbone_weights, explained};
 use super::RunContext;
 use castream_eval::interpretability::Source;
 use castream_metrics::metric::{PerImage, PAPER_METRICS};
@@ -72,7 +71,13 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         }
         let cas: Vec<&CaModel> = models.iter().map(|m| &m.ca).collect();
         let norm = &models[0].meta.normalisation;
-        let (gap, ca) = correctness(&cas, &*set, &all_ids, norm, s.batch_size, &ctx.device, name)?;
+        let weights: Vec<String> =
+            std::iter::once(backbone_weights(&models[0])).chain(models.iter().map(|m| m.stream_sha256.clone())).collect();
+        let (gap, ca) = ctx.evaluation(&*set, &all_ids).correctness(&cas, norm, &weights, name)?;
+        if ctx.sharding.is_shard() {
+            // A shard's cells are recorded by the runner; the tables are the merge's.
+            continue;
+        }
         let (mut per_variant, mut per_interval) = (Vec::new(), Vec::new());
         let rows = VARIANTS.iter().zip(&models).zip(&ca).map(|((v, m), hits)| (v.0, Some(m), hits));
         for (label, model, hits) in rows.chain([("GAP (no stream)", None, &gap)]) {
@@ -95,6 +100,9 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         }
         chart_series.push((name.clone(), per_variant));
         chart_intervals.push(per_interval);
+    }
+    if ctx.sharding.is_shard() {
+        return Ok(());
     }
     ctx.record.seeds.insert("stream".into(), s.stream.train.seed);
     ctx.record.seeds.insert("bootstrap".into(), s.seed);
