@@ -19,7 +19,9 @@ fn main() -> ExitCode {
         None | Some("help" | "--help" | "-h") => {
             println!(
                 "cargo xtask <command>\n\n  setup                 install the quick-profile datasets (scripts/setup-data.sh)\n  \
-                 reproduce <name|all>  run experiment specs (see `cargo xtask reproduce --help`)\n  \
+                 reproduce <name|all>  run experiment specs (see `cargo xtask reproduce --help`; --shard K/N for one shard)\n  \
+                 merge <name>          publish a sharded run's tables from its shards' records\n  \
+                 slurm submit <name>   a spec as Slurm jobs: shards, their merge, what they need (--dry-run)\n  \
                  train-backbones       train the quick profile's GAP backbones (--retrain, --resume, --only NAME)\n  \
                  train-stream <recipe> train a CA-Stream on a pretrained backbone (--resume, --device cuda)\n  \
                  bench [--cam]         throughput of every backbone (vs candle's ops and ONNX Runtime), or of the CAM methods\n  \

@@ -118,6 +118,27 @@ fn every_paper_target_runs_on_the_miniature_imagenet() {
     let table2 = std::fs::read_to_string(root.join("results/paper/table2/table2.md")).unwrap();
     assert!(table2.contains("16 of the 60"), "{table2}");
 
+    // Two shards of the sampled image files merge into the unsharded bytes.
+    let flags = ["--profile", "paper", "--batch-size", "8"];
+    let (ok, text) = castream_in(root, &[&["reproduce", "table2", "--results", "whole"], &flags[..]].concat());
+    assert!(ok, "{text}");
+    for k in ["1/2", "2/2"] {
+        let (ok, text) = castream_in(root, &[&["reproduce", "table2", "--shard", k], &flags[..]].concat());
+        assert!(ok, "{text}");
+    }
+    let (ok, text) = castream_in(root, &[&["merge", "table2", "--results", "merged"], &flags[..]].concat());
+    assert!(ok, "{text}");
+    let (whole, merged) = (root.join("whole/paper/table2@batch_size=8"), root.join("merged/paper/table2@batch_size=8"));
+    let mut compared = 0;
+    for entry in std::fs::read_dir(&whole).unwrap() {
+        let name = entry.unwrap().file_name();
+        if name != "run.json" {
+            assert!(std::fs::read(whole.join(&name)).unwrap() == std::fs::read(merged.join(&name)).unwrap(), "{name:?} differs");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 10, "{compared} files");
+
     // Inputs normalised otherwise than the stream learnt on are refused.
     let spec = std::fs::read_to_string(root.join("experiments/table2.toml")).unwrap();
     let other = spec.replace("name = \"table2\"", "name = \"renormalised\"").replacen(

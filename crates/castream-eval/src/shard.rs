@@ -170,7 +170,10 @@ impl Sharding {
                 let entry = entry.transpose()?;
                 let cached = entry.as_ref().and_then(|e| e.load()).and_then(|hit| serde_json::from_slice(&hit.bytes).ok());
                 let values: serde_json::Value = match cached {
-                    Some(values) => values,
+                    Some(values) => {
+                        eprintln!("shard {shard}: {label}: resumed from its finished part");
+                        values
+                    }
                     None => {
                         // An empty part (fewer batches than shards) has nothing to compute.
                         let values = serde_json::to_value(if part.is_empty() { T::default() } else { compute(part)? })?;
