@@ -33,15 +33,21 @@ CASTREAM=$ROOT/target/release/castream
 
 WORK=$(mktemp -d /tmp/castream-slurm.XXXXXX)
 PIDS=()
+# Signals the daemon of a pid file if that pid still runs it (pids are reused).
+signal() {
+    local pid
+    pid=$(cat "$2" 2>/dev/null) || return 0
+    case "$(cat "/proc/$pid/comm" 2>/dev/null)" in
+        munged|slurmctld|slurmd) kill "$1" "$pid" 2>/dev/null || true ;;
+    esac
+}
 cleanup() {
     local rc=$?
-    for pidfile in "${PIDS[@]}"; do
-        [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
-    done
+    # Jobs of this private cluster first, so no castream process outlives it.
+    if [ -n "${SLURM_CONF:-}" ]; then squeue -h -o %i 2>/dev/null | xargs -r scancel 2>/dev/null || true; sleep 1; fi
+    for pidfile in "${PIDS[@]}"; do signal -TERM "$pidfile"; done
     sleep 1
-    for pidfile in "${PIDS[@]}"; do
-        [ -f "$pidfile" ] && kill -9 "$(cat "$pidfile")" 2>/dev/null || true
-    done
+    for pidfile in "${PIDS[@]}"; do signal -KILL "$pidfile"; done
     if [ "$rc" != 0 ] || [ "${KEEP:-0}" = 1 ]; then
         say "logs and records kept in $WORK"
     else
@@ -116,9 +122,16 @@ wait_jobs() {
     done
 }
 
+# The last attempt's lines of a log (a resubmitted job appends to it).
+last_attempt() {
+    tail -n +"$(grep -n "^....-..-..T..:..:..Z job " "$1" | tail -1 | cut -d: -f1)" "$1"
+}
+
 # Compares every file of the merged run with the unsharded one (run.json records how each was made).
 compare() {
     local whole=$WORK/whole/quick/$RUN merged=$WORK/merged/quick/$RUN n=0
+    last_attempt "$SHARDS/slurm/logs/merge.log" | grep -q "merged its shards into" \
+        || fail "the merge job failed: $(last_attempt "$SHARDS/slurm/logs/merge.log" | tail -5)"
     [ -d "$merged" ] || fail "the merge published nothing: see $SHARDS/slurm/logs/merge.log"
     for f in "$whole"/*; do
         name=$(basename "$f")
@@ -140,15 +153,17 @@ ls "$SHARDS"/shard-*-of-4.json >/dev/null 2>&1 || fail "no shard records in $SHA
 compare "4 shards on Slurm"
 
 say "shard 2: cancelled mid-run, then resubmitted"
+rm -rf "$WORK/merged"
 for attempt in 1 2 3; do
     rm -f "$SHARDS/shard-2-of-4.json"
     # All but one finished cell gone: the shard has work left when it is cancelled.
-    ls "$SHARDS"/parts/shard-2-of-4-* 2>/dev/null | grep -v card | tail -n +2 | while read -r part; do rm -f "$part" "$part.card.json"; done
-    kept=$(ls "$SHARDS"/parts/shard-2-of-4-*.json 2>/dev/null | grep -vc card || true)
+    for part in $(ls "$SHARDS"/parts/shard-2-of-4-*.json | grep -v card | tail -n +2); do
+        rm -f "$part" "$part.card.json"
+    done
     JOB=$(sbatch --parsable --array=2 "$SHARDS/slurm/shards.sbatch")
     # Cancelled as soon as it runs: it is still loading its models or computing its first cells.
     start=$SECONDS
-    until squeue -h -j "$JOB" -o %T 2>/dev/null | grep -q RUNNING || [ -f "$SHARDS/shard-2-of-4.json" ]; do
+    until squeue -h -j "$JOB" -o %T 2>/dev/null | grep -q RUNNING || [ -z "$(squeue -h -j "$JOB" -o %i 2>/dev/null)" ]; do
         [ $((SECONDS - start)) -lt "$TIMEOUT" ] || fail "shard 2 did not start within ${TIMEOUT}s"
         sleep 0.1
     done
@@ -163,9 +178,7 @@ say "shard 2 cancelled with $done_cells finished cell(s) and no record"
 JOB=$(sbatch --parsable --array=2 "$SHARDS/slurm/shards.sbatch")
 MERGE=$(sbatch --parsable --dependency=afterok:"$JOB" "$SHARDS/slurm/merge.sbatch")
 wait_jobs "$JOB,$MERGE"
-LOG=$SHARDS/slurm/logs/shard-2-of-4.log
-# The log holds every attempt (appended): count in the last one.
-resumed=$(tail -n +"$(grep -n " task 2 on " "$LOG" | tail -1 | cut -d: -f1)" "$LOG" | grep -c "resumed from its finished part" || true)
+resumed=$(last_attempt "$SHARDS/slurm/logs/shard-2-of-4.log" | grep -c "resumed from its finished part" || true)
 [ "$resumed" -ge "$done_cells" ] || fail "the resubmitted shard 2 resumed $resumed cells, expected $done_cells"
 say "resubmitted shard 2 resumed $done_cells finished cell(s)"
 compare "after the resumed shard"

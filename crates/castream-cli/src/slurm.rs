@@ -104,7 +104,7 @@ fn submit(mut a: SubmitArgs) -> Result<()> {
         jobs.push(Job { script: script(&a, &root, &name, &log, None, &command), name, after: vec![] });
     }
     let trainers: Vec<usize> = (0..jobs.len()).collect();
-    let spec = &a.spec;
+    let spec = quote(Path::new(&a.spec));
     let prepare = format!("{} reproduce {spec} --prepare {flags}", quote(&exe));
     jobs.push(Job { name: "prepare".into(), script: script(&a, &root, "prepare", &logs.join("prepare.log"), None, &prepare), after: trainers });
     let shard = format!("{} reproduce {spec} --shard \"${{SLURM_ARRAY_TASK_ID}}/{n}\" {flags}", quote(&exe));
@@ -142,7 +142,11 @@ fn submit(mut a: SubmitArgs) -> Result<()> {
                 path.display(),
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim(),
-                if ids.is_empty() { String::new() } else { format!("; the jobs already submitted ({}) wait for it: `scancel {}`", ids.join(", "), ids.join(" ")) }
+                if ids.is_empty() {
+                    String::new()
+                } else {
+                    format!("; the jobs already submitted ({}) still run: cancel them with `scancel {}`", ids.join(", "), ids.join(" "))
+                }
             );
         }
         // `--parsable` prints `id` or `id;cluster`.
@@ -196,6 +200,8 @@ fn script(a: &SubmitArgs, root: &Path, job: &str, log: &Path, array: Option<usiz
     // A resubmitted shard appends to its log rather than erasing the first attempt's.
     lines.push("#SBATCH --open-mode=append".into());
     lines.push(format!("#SBATCH --cpus-per-task={}", a.cpus_per_task));
+    // A job whose predecessor failed is cancelled, not left pending for ever.
+    lines.push("#SBATCH --kill-on-invalid-dep=yes".into());
     for (key, value) in [("partition", &a.partition), ("gres", &a.gres), ("time", &a.time), ("mem", &a.mem)] {
         if let Some(v) = value {
             lines.push(format!("#SBATCH --{key}={v}"));

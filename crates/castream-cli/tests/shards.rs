@@ -94,6 +94,15 @@ fn three_shards_by_hand_merge_into_the_unsharded_bytes_and_bad_shards_publish_no
     let (ok, text) = castream_in(root, &[&["merge", "table2", "--results", "refused"], &FLAGS[..]].concat());
     assert!(!ok && text.contains("mismatch: shard 3/3") && text.contains("commit 0123456789abcdef"), "{text}");
     assert!(!root.join("refused/quick").join("table2@images=24,batch_size=8").exists());
+    // So is one from other weights.
+    let mut edited: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    let weights = edited["weights"].as_object_mut().unwrap();
+    let (name, _) = weights.iter().find(|(k, _)| k.ends_with("backbone")).map(|(k, v)| (k.clone(), v.clone())).unwrap();
+    weights.insert(name.clone(), "feedface".into());
+    std::fs::write(&shard3, serde_json::to_vec(&edited).unwrap()).unwrap();
+    let (ok, text) = castream_in(root, &[&["merge", "table2", "--results", "refused"], &FLAGS[..]].concat());
+    assert!(!ok && text.contains("mismatch: shard 3/3") && text.contains(&format!("weights `{name}` feedface")), "{text}");
+    assert!(!root.join("refused/quick").join("table2@images=24,batch_size=8").exists());
 
     // Rerun, the shard reads its finished cells and writes the same values again.
     run(root, &["reproduce", "table2", "--shard", "3/3"]);
@@ -116,7 +125,7 @@ fn sharding_is_refused_where_it_does_not_apply() {
     assert!(!ok && text.contains("no shard records in") && text.contains("--shard K/N"), "{text}");
     let (ok, text) = castream_in(root, &["slurm", "submit", "table2", "--shards", "4", "--images", "8", "--dry-run"]);
     assert!(ok, "{text}");
-    for expected in ["#SBATCH --array=1-4", "--dependency=afterok:<prepare job id>", "--shard \"${SLURM_ARRAY_TASK_ID}/4\"", "merge table2", "shard-%a-of-4.log"] {
+    for expected in ["#SBATCH --array=1-4", "--dependency=afterok:<prepare job id>", "--shard \"${SLURM_ARRAY_TASK_ID}/4\"", "merge 'table2'", "shard-%a-of-4.log"] {
         assert!(text.contains(expected), "{expected}: {text}");
     }
 }

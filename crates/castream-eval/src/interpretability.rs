@@ -114,12 +114,7 @@ pub struct Evaluation<'a> {
 }
 
 impl Evaluation<'_> {
-    /// The images this run computes values for: all of `ids`, or this shard's part of them.
-    pub fn ids(&self) -> &[usize] {
-        self.sharding.ids(self.ids, self.batch_size)
-    }
-
-    /// The `metrics` of `source` on `model`, for the images [`Evaluation::ids`].
+    /// The `metrics` of `source` on `model` (on a shard, for its part of the images).
     pub fn run(&self, model: &Explained, source: Source, metrics: &[Metric]) -> Result<PerImage> {
         let label = format!("{} {} at F_{} ({:.12})", source.label(), model.key.pooling, model.key.layer, model.key.weights);
         let inputs = self.inputs(SCORES, &model.key, source, Some(metrics), &[])?;

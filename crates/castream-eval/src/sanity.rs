@@ -99,15 +99,7 @@ impl Evaluation<'_> {
 struct Rows(Vec<SanityRow>);
 
 impl PerImageValues for Rows {
-    fn append(&mut self, next: Self) -> Result<()> {
-        if self.0.is_empty() {
-            *self = next;
-        } else if !next.0.is_empty() {
-            anyhow::ensure!(self.0.len() == next.0.len(), "parts have {} and {} rows", self.0.len(), next.0.len());
-            for (row, more) in self.0.iter_mut().zip(next.0) {
-                row.spearman.extend(more.spearman);
-            }
-        }
-        Ok(())
+    fn columns(&mut self) -> Vec<(String, &mut Vec<f64>)> {
+        self.0.iter_mut().map(|r| (format!("{} {} {}", r.backbone, r.method, r.pooling), &mut r.spearman)).collect()
     }
 }

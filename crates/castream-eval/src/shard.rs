@@ -70,44 +70,50 @@ impl Shard {
 
 /// Per-image values that a merge concatenates: the parts of consecutive shards, in order.
 pub trait PerImageValues: Serialize + DeserializeOwned + Default {
-    /// Appends `next`, the values of the images that follow those of `self`.
-    fn append(&mut self, next: Self) -> Result<()>;
+    /// Every per-image column with what it is (a metric, a model, a method and pooling), in a
+    /// fixed order; none for the values of an empty part.
+    fn columns(&mut self) -> Vec<(String, &mut Vec<f64>)>;
 }
 
 /// Metric → per-image values (an interpretability cell).
 impl<K: Ord + Serialize + DeserializeOwned + fmt::Debug> PerImageValues for BTreeMap<K, Vec<f64>> {
-    fn append(&mut self, next: Self) -> Result<()> {
-        if self.is_empty() {
-            *self = next;
-            return Ok(());
-        }
-        if next.is_empty() {
-            return Ok(());
-        }
-        ensure!(self.keys().eq(next.keys()), "parts name other values: {:?} vs {:?}", self.keys(), next.keys());
-        for (values, more) in self.values_mut().zip(next.into_values()) {
-            values.extend(more);
-        }
-        Ok(())
+    fn columns(&mut self) -> Vec<(String, &mut Vec<f64>)> {
+        self.iter_mut().map(|(k, v)| (format!("{k:?}"), v)).collect()
     }
 }
 
 /// One column of per-image values per model (a recognition cell: GAP, then each CA model).
 impl PerImageValues for Vec<Vec<f64>> {
-    fn append(&mut self, next: Self) -> Result<()> {
-        if self.is_empty() {
-            *self = next;
-            return Ok(());
-        }
-        if next.is_empty() {
-            return Ok(());
-        }
-        ensure!(self.len() == next.len(), "parts have {} and {} columns", self.len(), next.len());
-        for (values, more) in self.iter_mut().zip(next) {
-            values.extend(more);
-        }
-        Ok(())
+    fn columns(&mut self) -> Vec<(String, &mut Vec<f64>)> {
+        self.iter_mut().enumerate().map(|(i, v)| (format!("model {i}"), v)).collect()
     }
+}
+
+/// Appends `next`, the values of the images that follow those of `values`: column by column,
+/// the same columns on both sides unless one side is an empty part.
+fn append<T: PerImageValues>(values: &mut T, mut next: T) -> Result<()> {
+    if next.columns().is_empty() {
+        return Ok(());
+    }
+    if values.columns().is_empty() {
+        *values = next;
+        return Ok(());
+    }
+    let (mut mine, theirs) = (values.columns(), next.columns());
+    let names = |c: &[(String, &mut Vec<f64>)]| c.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    ensure!(names(&mine) == names(&theirs), "parts hold other values: {:?} vs {:?}", names(&mine), names(&theirs));
+    for ((_, column), (_, more)) in mine.iter_mut().zip(theirs) {
+        column.append(more);
+    }
+    Ok(())
+}
+
+/// Checks that every column of `values` holds one value per image of `n`.
+fn check_lengths<T: PerImageValues>(values: &mut T, n: usize) -> Result<()> {
+    for (name, column) in values.columns() {
+        ensure!(column.len() == n, "{name} holds {} values for {n} images", column.len());
+    }
+    Ok(())
 }
 
 /// One shard's values of one cell, as its record stores them.
@@ -126,13 +132,20 @@ pub type Cells = BTreeMap<String, CellPart>;
 /// Finished parts of a shard, kept as each cell completes so that a rerun shard resumes there.
 const PARTS: CacheKind = CacheKind { dir: "parts", format: 1 };
 
+/// Where a shard keeps its finished parts, and the code that computed them (the executable's
+/// SHA-256): a rerun by other code recomputes them.
+pub struct Resume {
+    pub dir: PathBuf,
+    pub code: String,
+}
+
 /// What each cell of a run computes.
 pub enum Sharding {
     /// All images (no sharding).
     Whole,
     /// One shard's part of every cell, kept in `cells`; each finished part is also stored under
     /// `resume` (when set), where a rerun of the shard finds it.
-    Compute { shard: Shard, resume: Option<PathBuf>, cells: Mutex<Cells> },
+    Compute { shard: Shard, resume: Option<Resume>, cells: Mutex<Cells> },
     /// Every cell assembled from the records of all `shards` (index `k − 1` holds shard `k`).
     Merge { shards: Vec<Cells> },
 }
@@ -143,16 +156,9 @@ impl Sharding {
         matches!(self, Sharding::Compute { .. })
     }
 
-    /// The images of `ids` this run computes values for (a shard's part, else all).
-    pub fn ids<'a>(&self, ids: &'a [usize], batch: usize) -> &'a [usize] {
-        match self {
-            Sharding::Compute { shard, .. } => shard.part(ids, batch),
-            _ => ids,
-        }
-    }
-
-    /// The values of the cell identified by `inputs` on the images [`Sharding::ids`] of `ids`,
-    /// evaluated in batches of `batch`: `compute`d on them, or read from the shards' records.
+    /// The values of the cell identified by `inputs` on the images `ids` — only this shard's part
+    /// of them when computing a shard — evaluated in batches of `batch`: `compute`d, resumed from
+    /// a finished part, or read from the shards' records.
     pub fn cell<T: PerImageValues>(
         &self,
         label: &str,
@@ -166,27 +172,35 @@ impl Sharding {
             Sharding::Compute { shard, resume, cells } => {
                 let id = cell_id(inputs, ids, batch)?;
                 let part = shard.part(ids, batch);
-                let entry = resume.as_ref().map(|dir| Entry::new(dir, PARTS, &shard.stem(), "json", &(&id, part)));
-                let entry = entry.transpose()?;
-                let cached = entry.as_ref().and_then(|e| e.load()).and_then(|hit| serde_json::from_slice(&hit.bytes).ok());
-                let values: serde_json::Value = match cached {
+                // Finished parts are keyed by the executable too: other code recomputes them.
+                let entry = match resume {
+                    Some(r) => Some(Entry::new(&r.dir, PARTS, &shard.stem(), "json", &(&id, part, &r.code))?),
+                    None => None,
+                };
+                let resumed = entry.as_ref().and_then(|e| e.load()).and_then(|hit| {
+                    let mut values: T = serde_json::from_slice(&hit.bytes).ok()?;
+                    check_lengths(&mut values, part.len()).ok().map(|_| values)
+                });
+                let mut values = match resumed {
                     Some(values) => {
                         eprintln!("shard {shard}: {label}: resumed from its finished part");
                         values
                     }
+                    // An empty part (fewer batches than shards) has nothing to compute.
+                    None if part.is_empty() => T::default(),
                     None => {
-                        // An empty part (fewer batches than shards) has nothing to compute.
-                        let values = serde_json::to_value(if part.is_empty() { T::default() } else { compute(part)? })?;
+                        let mut values = compute(part)?;
+                        check_lengths(&mut values, part.len()).with_context(|| format!("cell {label}"))?;
                         if let Some(e) = &entry {
                             e.store(&serde_json::to_vec(&values)?, serde_json::Value::Null)?;
                         }
                         values
                     }
                 };
-                let out = serde_json::from_value(values.clone()).context("a stored part of this shard")?;
-                let part = CellPart { label: label.to_string(), ids: part.to_vec(), values };
+                check_lengths(&mut values, part.len())?;
+                let part = CellPart { label: label.to_string(), ids: part.to_vec(), values: serde_json::to_value(&values)? };
                 cells.lock().map_err(|_| anyhow::anyhow!("a shard's cell list was poisoned"))?.insert(id, part);
-                Ok(out)
+                Ok(values)
             }
             Sharding::Merge { shards } => {
                 let id = cell_id(inputs, ids, batch)?;
@@ -202,9 +216,10 @@ impl Sharding {
                         part.ids == shard.part(ids, batch),
                         "cell {label}: shard {shard} computed other images than its part of this run's images"
                     );
-                    let values = serde_json::from_value(part.values.clone())
+                    let mut values: T = serde_json::from_value(part.values.clone())
                         .with_context(|| format!("cell {label}: the values of shard {shard} do not read"))?;
-                    out.append(values).with_context(|| format!("cell {label}: shard {shard}"))?;
+                    check_lengths(&mut values, part.ids.len()).with_context(|| format!("cell {label}: shard {shard}"))?;
+                    append(&mut out, values).with_context(|| format!("cell {label}: shard {shard}"))?;
                 }
                 if !missing.is_empty() {
                     bail!(
@@ -213,6 +228,7 @@ impl Sharding {
                         missing.join(", ")
                     );
                 }
+                check_lengths(&mut out, ids.len()).with_context(|| format!("cell {label}, merged"))?;
                 Ok(out)
             }
         }
@@ -289,7 +305,7 @@ mod tests {
             .map(|index| {
                 let s = Sharding::Compute { shard: Shard { index, count: 4 }, resume: None, cells: Mutex::default() };
                 let part = s.cell("sq", &"inputs", &ids, 8, square).unwrap();
-                assert_eq!(part["sq"].len(), s.ids(&ids, 8).len());
+                assert_eq!(part["sq"].len(), Shard { index, count: 4 }.part(&ids, 8).len());
                 s.into_cells().unwrap()
             })
             .collect();
@@ -306,18 +322,43 @@ mod tests {
     }
 
     #[test]
+    fn a_part_with_a_value_missing_is_refused_by_the_merge() {
+        let ids: Vec<usize> = (0..16).collect();
+        let mut records: Vec<Cells> = (1..=2)
+            .map(|index| {
+                let s = Sharding::Compute { shard: Shard { index, count: 2 }, resume: None, cells: Mutex::default() };
+                s.cell("sq", &0, &ids, 4, square).unwrap();
+                s.into_cells().unwrap()
+            })
+            .collect();
+        let part = records[1].values_mut().next().unwrap();
+        part.values["sq"].as_array_mut().unwrap().pop();
+        let e = Sharding::Merge { shards: records }.cell::<Values>("sq", &0, &ids, 4, square).unwrap_err();
+        assert!(format!("{e:#}").contains("shard 2/2: \"sq\" holds 7 values for 8 images"), "{e:#}");
+        // A computation that returns too few values is caught where it runs.
+        let s = Sharding::Compute { shard: Shard { index: 1, count: 2 }, resume: None, cells: Mutex::default() };
+        let e = s.cell("short", &0, &ids, 4, |p| square(&p[1..])).unwrap_err();
+        assert!(format!("{e:#}").contains("holds 7 values for 8 images"), "{e:#}");
+    }
+
+    #[test]
     fn a_rerun_shard_reads_its_finished_parts_instead_of_computing_them() {
         let dir = tempfile::tempdir().unwrap();
         let ids: Vec<usize> = (0..20).collect();
         let shard = Shard { index: 2, count: 2 };
-        let run = |compute: &dyn Fn(&[usize]) -> Result<Values>| {
-            let s = Sharding::Compute { shard, resume: Some(dir.path().to_path_buf()), cells: Mutex::default() };
+        let run = |compute: &dyn Fn(&[usize]) -> Result<Values>, code: &str| {
+            let resume = Resume { dir: dir.path().to_path_buf(), code: code.into() };
+            let s = Sharding::Compute { shard, resume: Some(resume), cells: Mutex::default() };
             let values = s.cell("sq", &1, &ids, 4, compute).unwrap();
             (values, s.into_cells().unwrap())
         };
-        let (first, cells) = run(&square);
-        let (again, cells_again) = run(&|_| panic!("the finished part is read, not computed"));
+        let (first, cells) = run(&square, "this build");
+        let (again, cells_again) = run(&|_| panic!("the finished part is read, not computed"), "this build");
         assert_eq!((first, cells.len()), (again, 1));
         assert_eq!(serde_json::to_string(&cells).unwrap(), serde_json::to_string(&cells_again).unwrap());
+        // Another executable recomputes.
+        let computed = std::cell::Cell::new(false);
+        run(&|ids| { computed.set(true); square(ids) }, "another build");
+        assert!(computed.get());
     }
 }

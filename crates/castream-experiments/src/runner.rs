@@ -12,9 +12,10 @@ use castream_data::{provenance, DeviceChoice};
 use castream_report::record::{OutputRecord, RunRecord};
 
 pub use castream_eval::Shard;
+use castream_eval::shard::Resume;
 use castream_eval::Sharding;
 
-use crate::shards::{ShardRecord, Shards};
+use crate::shards::{executable_sha256, Loaded, ShardRecord, Shards};
 use crate::spec::{available_specs, Profile, Spec, Target};
 use crate::targets::{self, NotYetAvailable, RunContext};
 
@@ -200,10 +201,9 @@ pub fn shard_plan(name: &str, opts: &Options) -> Result<ShardPlan> {
     let (settings, overrides, _) = effective_settings(&spec, opts)?;
     check_shardable(&spec)?;
     let recipes = targets::streams_to_train(&spec, opts.profile, &settings, &opts.root)?;
-    if recipes.is_empty() {
-        if let Some(pending) = targets::pending(&spec, opts.profile, &settings, &opts.root)? {
-            return Err(pending.into());
-        }
+    // Streams with a recipe are trained by the first jobs; anything else missing is refused now.
+    if let Some(pending) = targets::missing_inputs(&spec, opts.profile, &settings, &opts.root, recipes.is_empty())? {
+        return Err(pending.into());
     }
     Ok(ShardPlan { dir: shard_dir(opts, &spec, &overrides)?, recipes })
 }
@@ -268,7 +268,8 @@ fn run_spec(spec: &Spec, opts: &Options) -> Result<(PathBuf, f64)> {
             publish(staged, record, started)
         }
         Mode::Shard(shard) => {
-            let sharding = Sharding::Compute { shard, resume: Some(shard_dir.clone()), cells: Default::default() };
+            let resume = Resume { dir: shard_dir.clone(), code: executable_sha256()? };
+            let sharding = Sharding::Compute { shard, resume: Some(resume), cells: Default::default() };
             // A shard writes no tables: its target stops once its cells are computed.
             let scratch = tempfile::tempdir()?;
             run_target(scratch.path(), &mut record, &sharding, &targets::run)?;
@@ -278,13 +279,16 @@ fn run_spec(spec: &Spec, opts: &Options) -> Result<(PathBuf, f64)> {
         }
         Mode::Merge => {
             let mut shards = Shards::read(&shard_dir, &spec.name)?;
-            shards.check(&record, &spec.path)?;
+            shards.check(&record, &spec.path, Loaded::SoFar)?;
             record.shards = shards.sources()?;
             let sharding = Sharding::Merge { shards: shards.take_cells() };
             let staged = StagedDir::begin(&dir)?;
-            run_target(staged.path(), &mut record, &sharding, &targets::run)?;
-            // The weights, data and images the shards used, now that the merge has loaded them.
-            shards.check(&record, &spec.path)?;
+            if let Err(e) = run_target(staged.path(), &mut record, &sharding, &targets::run) {
+                // A cell no record holds: other weights or images than the shards', if so, say which.
+                shards.check(&record, &spec.path, Loaded::SoFar)?;
+                return Err(e);
+            }
+            shards.check(&record, &spec.path, Loaded::All)?;
             publish(staged, record, started)
         }
         Mode::Prepare => {

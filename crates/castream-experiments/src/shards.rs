@@ -49,8 +49,8 @@ pub fn file_sha256(path: &Path) -> Result<String> {
     Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// The SHA-256 of the running executable: what tells two builds of a dirty tree apart.
-fn executable_sha256() -> Result<String> {
+/// The SHA-256 of the running executable: the code that computed a shard's values.
+pub fn executable_sha256() -> Result<String> {
     file_sha256(&std::env::current_exe().context("locating the running executable")?)
 }
 
@@ -100,6 +100,15 @@ impl ShardRecord {
     }
 }
 
+/// How much of the run's inputs a merge has loaded when it checks the records against them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loaded {
+    /// Before the target, or after it failed: what is in the merge's record so far.
+    SoFar,
+    /// After the target ran: every weight file, dataset and image list.
+    All,
+}
+
 /// The shard records of one run, as a merge reads them.
 pub struct Shards {
     dir: PathBuf,
@@ -121,14 +130,23 @@ impl Shards {
         for entry in entries {
             let path = entry?.path();
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            if !(name.starts_with("shard-") && name.ends_with(".json")) {
+            // Only `shard-K-of-N.json`: copies and backups beside the records are not records.
+            let Some(named) = name
+                .strip_prefix("shard-")
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|n| n.split_once("-of-"))
+                .and_then(|(k, n)| format!("{k}/{n}").parse::<Shard>().ok())
+            else {
                 continue;
-            }
+            };
             let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             let record: ShardRecord = serde_json::from_slice(&text)
                 .with_context(|| format!("{} is not a shard record of this version; Fix: rerun that shard", path.display()))?;
             if record.format != FORMAT {
                 bail!("{}: shard record format {} (this castream reads {FORMAT}); Fix: rerun that shard", path.display(), record.format);
+            }
+            if record.shard != named {
+                bail!("{} holds the record of shard {}; Fix: rerun shard {named}", path.display(), record.shard);
             }
             records.push((path, record));
         }
@@ -148,10 +166,10 @@ impl Shards {
         Ok(Shards { dir: dir.to_path_buf(), count: records[0].1.shard.count, records })
     }
 
-    /// Refuses, naming each, missing shards and records made by another spec file, settings or
-    /// code than `ours` (this merge), and — once the merge has loaded them — other weights, data
-    /// or images.
-    pub fn check(&self, ours: &RunRecord, spec_file: &Path) -> Result<()> {
+    /// Refuses, naming each, missing shards and records made by another spec file, settings,
+    /// executable or device than `ours` (this merge), or from other weights, data or images than
+    /// the merge has loaded so far (all of them once `loaded` is complete).
+    pub fn check(&self, ours: &RunRecord, spec_file: &Path, loaded: Loaded) -> Result<()> {
         let count = self.count;
         let missing: Vec<String> = (1..=count)
             .filter(|k| !self.records.iter().any(|(_, r)| r.shard.index == *k))
@@ -159,7 +177,7 @@ impl Shards {
             .collect();
         let spec_sha256 = file_sha256(spec_file)?;
         let ours_data = serde_json::to_value(&ours.data)?;
-        let executable = if ours.dirty { executable_sha256()? } else { String::new() };
+        let executable = executable_sha256()?;
         let mut mismatches = Vec::new();
         for (path, r) in &self.records {
             let mut differs = |what: &str, theirs: String, mine: String| {
@@ -178,15 +196,20 @@ impl Shards {
             differs("uncommitted changes", r.dirty.to_string(), ours.dirty.to_string());
             // Another device sums in another order.
             differs("device", r.device.clone(), ours.device.clone());
-            if ours.dirty {
-                // Same commit and both dirty: only the executable tells the code apart.
-                differs("executable SHA-256", r.executable_sha256.clone(), executable.clone());
+            // The same commit built otherwise, or a dirty tree: the executable tells the code apart.
+            differs("executable SHA-256", r.executable_sha256.clone(), executable.clone());
+            for (name, sha) in &ours.weights {
+                differs(&format!("weights `{name}`"), r.weights.get(name).cloned().unwrap_or_else(|| "(none)".into()), sha.clone());
             }
-            // Weights, data and images are in `ours` once the merge has loaded them.
-            if !ours.weights.is_empty() {
-                differs("weights", format!("{:?}", r.weights), format!("{:?}", ours.weights));
-                differs("data", r.data.to_string(), ours_data.to_string());
+            if ours.image_list_sha256.is_some() {
                 differs("image list SHA-256", format!("{:?}", r.image_list_sha256), format!("{:?}", ours.image_list_sha256));
+            }
+            if loaded == Loaded::All {
+                let extra: Vec<&String> = r.weights.keys().filter(|k| !ours.weights.contains_key(*k)).collect();
+                if !extra.is_empty() {
+                    differs("weights", format!("{extra:?}"), "none of these".into());
+                }
+                differs("data", r.data.to_string(), ours_data.to_string());
             }
         }
         let mut lines = Vec::new();

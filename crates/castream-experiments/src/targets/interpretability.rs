@@ -32,6 +32,11 @@ pub fn backbone_weights(m: &QuickModels) -> String {
     format!("{}+{}", m.sha256, m.sidecar_sha256)
 }
 
+/// What identifies `m`'s GAP network and CA model in a cell: the backbone's, then the stream's.
+pub fn model_weights(m: &QuickModels) -> [String; 2] {
+    [backbone_weights(m), m.stream_sha256.clone()]
+}
+
 pub fn run(ctx: &mut RunContext) -> Result<()> {
     let s = ctx.settings;
     let (set, ids) = test_images(ctx, DEFAULT_IMAGES)?;
@@ -73,7 +78,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             }
         }
         if s.sanity {
-            let weights = [backbone_weights(&m), m.stream_sha256.clone()];
+            let weights = model_weights(&m);
             sanity_rows.extend(eval.sanity(&m.name, &m.ca, m.meta.normalisation, &methods, &s.poolings, &weights)?);
         }
         notes.push(match &m.manifest {

@@ -256,6 +256,17 @@ pub fn first_backbone(s: &Settings) -> Result<&BackboneSpec> {
 /// yet; on the paper profile, data that is not where the spec says, or a trained stream the spec
 /// does not list. Every missing thing is named, with its fix. Checked before a run and by `list`.
 pub fn pending(spec: &Spec, profile: Profile, settings: &Settings, root: &Path) -> Result<Option<NotYetAvailable>> {
+    missing_inputs(spec, profile, settings, root, true)
+}
+
+/// [`pending`], leaving out the trained streams unless `streams` (a sharded run trains them first).
+pub fn missing_inputs(
+    spec: &Spec,
+    profile: Profile,
+    settings: &Settings,
+    root: &Path,
+    streams: bool,
+) -> Result<Option<NotYetAvailable>> {
     let mut needs = Vec::new();
     let place = |key: &str| format!("{} [{profile}.data.{key}]", spec.path.display());
     match profile {
@@ -285,7 +296,7 @@ pub fn pending(spec: &Spec, profile: Profile, settings: &Settings, root: &Path) 
                     place("imagenet")
                 ));
             }
-            if spec.target != Target::DataCard {
+            if spec.target != Target::DataCard && streams {
                 for (backbone, config) in required_streams(spec, settings) {
                     if let BackboneSpec::Shipped(name) = &backbone {
                         needs.push(format!(

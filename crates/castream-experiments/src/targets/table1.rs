@@ -11,7 +11,7 @@ use castream_report::columns;
 use super::RunContext;
 use crate::spec::Profile;
 use castream_cam::PoolingKind;
-use super::interpretability::backbone_weights;
+use super::interpretability::model_weights;
 
 use crate::paper::PaperValues;
 use castream_report::charts::{axis_floor, GroupedBars};
@@ -46,7 +46,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     for backbone in &s.backbones {
         let m = ctx.models(backbone, &s.stream, &mut None)?;
         let name = &m.name;
-        let weights = [backbone_weights(&m), m.stream_sha256.clone()];
+        let weights = model_weights(&m);
         let (gap, ca) = ctx.evaluation(&*set, &ids).correctness(&[&m.ca], &m.meta.normalisation, &weights, name)?;
         if ctx.sharding.is_shard() {
             // A shard's cells are recorded by the runner; the table is the merge's.
