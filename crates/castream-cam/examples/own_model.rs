@@ -10,6 +10,7 @@ use candle_core::{Device, Module, Tensor, Var};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, Optimizer};
 use castream_cam::{explain, Activations, CamModel, Method, MethodOptions, Subject};
 use castream_data::Normalisation;
+use castream_metrics::blur::InsertionBlur;
 use castream_metrics::causal::{auc, causal_curves, CausalMode, CausalVariant};
 use castream_metrics::confidence::{class_probabilities, confidence, explanation_images};
 
@@ -91,7 +92,7 @@ fn main() -> Result<()> {
         let o = class_probabilities(&net.logits(&explanation_images(&x, &maps, &norm)?)?, &labels)?;
         let c = confidence(&y, &o);
         let causal = |mode| -> Result<f64> {
-            let curves = causal_curves(&mut |b| net.logits(b), &x, &maps, &labels, mode, CausalVariant::Authors, 64)?;
+            let curves = causal_curves(&mut |b| net.logits(b), &x, &maps, &labels, mode, CausalVariant::Authors, InsertionBlur::Gkern, 64)?;
             Ok(100.0 * mean(&curves.iter().map(|c| auc(c)).collect::<Vec<_>>()))
         };
         let (ins, del) = (causal(CausalMode::Insertion)?, causal(CausalMode::Deletion)?);

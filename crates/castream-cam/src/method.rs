@@ -48,6 +48,36 @@ pub fn upsample(maps: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     Ok(castream_kernels::upsample_bilinear2d(&maps.unsqueeze(1)?, h, w, Kernels::Fast)?.squeeze(1)?)
 }
 
+/// `(B, h, w)` maps bilinearly resized to `(B, H, W)` with `align_corners = true` (PyTorch's
+/// `nn.UpsamplingBilinear2d`): output pixel `o` samples input coordinate `o · (h − 1)/(H − 1)`, so
+/// the corner pixels of input and output coincide. Two interpolation matrices, any device.
+pub fn upsample_align_corners(maps: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    let (n, mh, mw) = maps.dims3()?;
+    if mh == 0 || mw == 0 || h == 0 || w == 0 {
+        bail!("upsample: empty size, {mh}x{mw} to {h}x{w}");
+    }
+    let ry = align_corners_matrix(mh, h, maps)?;
+    let rx = align_corners_matrix(mw, w, maps)?;
+    // (N, h', w') · (w', W) then (H, h') · (N, h', W).
+    let rows = maps.broadcast_matmul(&rx.t()?)?;
+    ry.broadcast_left(n)?.matmul(&rows)
+}
+
+/// The `(out, in)` matrix of 1-D linear interpolation with `align_corners = true`.
+fn align_corners_matrix(len_in: usize, len_out: usize, like: &Tensor) -> Result<Tensor> {
+    let scale = if len_out > 1 { (len_in - 1) as f64 / (len_out - 1) as f64 } else { 0.0 };
+    let mut m = vec![0f32; len_out * len_in];
+    for o in 0..len_out {
+        let src = scale * o as f64;
+        let i0 = (src.floor() as usize).min(len_in - 1);
+        let i1 = (i0 + 1).min(len_in - 1);
+        let l1 = (src - i0 as f64) as f32;
+        m[o * len_in + i0] += 1.0 - l1;
+        m[o * len_in + i1] += l1;
+    }
+    Tensor::from_vec(m, (len_out, len_in), like.device())?.to_dtype(like.dtype())
+}
+
 /// `sum_k w_k A^k`: channel weights `(B, K)` applied to activations `(B, K, h, w)`, giving `(B, h, w)`.
 pub fn weighted_sum(weights: &Tensor, a: &Tensor) -> Result<Tensor> {
     Ok(a.broadcast_mul(&weights.unsqueeze(2)?.unsqueeze(3)?)?.sum(1)?)

@@ -6,6 +6,7 @@ use castream_backbones::{Arch, BackboneConfig, Model, Stem};
 use castream_cam::gradients::target_gradients;
 use castream_cam::method::weighted_sum;
 use castream_cam::methods::{AblationCam, GradCamPlusPlus, ScoreCam};
+use castream_cam::{upsample_align_corners, Upsampling};
 use castream_cam::{explain, upsample, CamMethod, Method, MethodOptions, Pooling, Subject};
 use castream_data::Normalisation;
 use castream_stream::{CaModel, StreamConfig};
@@ -144,9 +145,9 @@ fn a_model_castream_does_not_define_is_explained_by_every_activation_method() {
     let grad = flat(&explain(Method::GradCam.build(&opts).as_ref(), &subject, &x, &[0, 2]).unwrap().maps);
     assert!(max_abs(&cam) > 0.5 && max_abs_diff(&cam, &grad) <= 1e-4, "CAM {cam:?} vs Grad-CAM {grad:?}");
     let k = subject.activations(&x).unwrap().target.dim(1).unwrap();
-    let expected = score_cam_loop(&subject, &x.narrow(0, 0, 1).unwrap(), 1, &(0..k).collect::<Vec<_>>());
+    let expected = score_cam_loop(&subject, &x.narrow(0, 0, 1).unwrap(), 1, &(0..k).collect::<Vec<_>>(), Upsampling::HalfPixel);
     let got =
-        flat(&ScoreCam { chunk: 3, channels: None }.saliency(&subject, &x.narrow(0, 0, 1).unwrap(), &[1]).unwrap());
+        flat(&ScoreCam { chunk: 3, channels: None, upsampling: Upsampling::HalfPixel }.saliency(&subject, &x.narrow(0, 0, 1).unwrap(), &[1]).unwrap());
     assert!(max_abs_diff(&expected, &got) <= 1e-4 * max_abs(&expected).max(1e-6), "Score-CAM {got:?} vs {expected:?}");
     for m in Method::ALL.into_iter().filter(|&m| m != Method::RawAttention) {
         let e = explain(m.build(&opts).as_ref(), &subject, &x, &[0, 1]).unwrap();
@@ -191,20 +192,24 @@ fn grad_cam_plus_plus_matches_a_loop_over_its_formula() {
         }
     }
     let expected: Vec<f32> = expected.into_iter().map(|v| v as f32).collect();
-    let got = flat(&GradCamPlusPlus.saliency(&subject, &x, &classes).unwrap());
+    let got = flat(&GradCamPlusPlus { eps: 1e-6 }.saliency(&subject, &x, &classes).unwrap());
     assert!(max_abs(&expected) > 0.0);
     assert!(max_abs_diff(&expected, &got) <= 1e-4 * max_abs(&expected), "{got:?} vs {expected:?}");
 }
 
 /// Score-CAM's weights one channel at a time, with slices and loops instead of the batched tensors.
-fn score_cam_loop(subject: &Subject, x: &Tensor, class: u32, channels: &[usize]) -> Vec<f32> {
+fn score_cam_loop(subject: &Subject, x: &Tensor, class: u32, channels: &[usize], upsampling: Upsampling) -> Vec<f32> {
     let a = subject.activations(x).unwrap().target;
     let (_, k, _, _) = a.dims4().unwrap();
     let mut weights = vec![0f32; k];
     let mut pixels = flat(x);
     NORM.invert(&mut pixels);
     for &c in channels {
-        let up = flat(&upsample(&a.narrow(1, c, 1).unwrap().squeeze(0).unwrap(), SIDE, SIDE).unwrap());
+        let channel = a.narrow(1, c, 1).unwrap().squeeze(0).unwrap();
+        let up = match upsampling {
+            Upsampling::HalfPixel => flat(&upsample(&channel, SIDE, SIDE).unwrap()),
+            Upsampling::AlignCorners => align_corners_loop(&flat(&channel), channel.dim(1).unwrap(), channel.dim(2).unwrap(), SIDE),
+        };
         let (lo, hi) = up.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
         let mask: Vec<f32> = up.iter().map(|v| (v - lo) / (hi - lo + 1e-7)).collect();
         let mut masked: Vec<f32> = pixels.iter().enumerate().map(|(i, p)| p * mask[i % (SIDE * SIDE)]).collect();
@@ -218,6 +223,41 @@ fn score_cam_loop(subject: &Subject, x: &Tensor, class: u32, channels: &[usize])
     flat(&weighted_sum(&Tensor::from_vec(weights, (1, k), &Device::Cpu).unwrap(), &a).unwrap())
 }
 
+/// Bilinear resizing of an `h x w` plane to `side x side` with `align_corners = true`, pixel by pixel.
+fn align_corners_loop(plane: &[f32], h: usize, w: usize, side: usize) -> Vec<f32> {
+    let coordinate = |o: usize, len: usize| if side > 1 { o as f64 * (len - 1) as f64 / (side - 1) as f64 } else { 0.0 };
+    let mut out = Vec::with_capacity(side * side);
+    for oy in 0..side {
+        for ox in 0..side {
+            let (y, x) = (coordinate(oy, h), coordinate(ox, w));
+            let (y0, x0) = (y.floor() as usize, x.floor() as usize);
+            let (y1, x1) = ((y0 + 1).min(h - 1), (x0 + 1).min(w - 1));
+            let (fy, fx) = (y - y0 as f64, x - x0 as f64);
+            let at = |r: usize, c: usize| plane[r * w + c] as f64;
+            let v = (1.0 - fy) * ((1.0 - fx) * at(y0, x0) + fx * at(y0, x1)) + fy * ((1.0 - fx) * at(y1, x0) + fx * at(y1, x1));
+            out.push(v as f32);
+        }
+    }
+    out
+}
+
+#[test]
+fn align_corners_upsampling_keeps_the_corners_and_matches_a_pixel_loop() {
+    // 2x2 -> 3x3: corners kept, edges the midpoints, the centre the mean.
+    let t = Tensor::from_vec(vec![0f32, 4.0, 8.0, 12.0], (1, 2, 2), &Device::Cpu).unwrap();
+    let got = flat(&upsample_align_corners(&t, 3, 3).unwrap());
+    assert_eq!(got, [0.0, 2.0, 4.0, 4.0, 6.0, 8.0, 8.0, 10.0, 12.0]);
+    // A row of 2 to 4: samples at 0, 1/3, 2/3, 1 of the way; half-pixel centres clamp the ends.
+    let row = Tensor::from_vec(vec![0f32, 3.0], (1, 1, 2), &Device::Cpu).unwrap();
+    assert_eq!(flat(&upsample_align_corners(&row, 1, 4).unwrap()), [0.0, 1.0, 2.0, 3.0]);
+    assert_eq!(flat(&upsample(&row, 1, 4).unwrap()), [0.0, 0.75, 2.25, 3.0]);
+    let x = images(1, 3).narrow(1, 0, 1).unwrap().squeeze(0).unwrap().narrow(1, 0, 5).unwrap().narrow(2, 0, 7).unwrap();
+    let x = x.contiguous().unwrap();
+    let expected = align_corners_loop(&flat(&x), 5, 7, SIDE);
+    let got = flat(&upsample_align_corners(&x, SIDE, SIDE).unwrap());
+    assert!(max_abs_diff(&expected, &got) <= 1e-5 * max_abs(&expected), "{got:?}");
+}
+
 #[test]
 fn score_cam_matches_a_one_channel_at_a_time_loop() {
     for ca in [false, true] {
@@ -226,11 +266,14 @@ fn score_cam_matches_a_one_channel_at_a_time_loop() {
         let subject = Subject::of(pooling, NORM);
         let x = images(1, 13);
         let k = subject.activations(&x).unwrap().target.dim(1).unwrap();
-        let expected = score_cam_loop(&subject, &x, 2, &(0..k).collect::<Vec<_>>());
-        // A chunk that does not divide K exercises the last, partial chunk.
-        let got = flat(&ScoreCam { chunk: 5, channels: None }.saliency(&subject, &x, &[2]).unwrap());
-        assert!(max_abs(&expected) > 0.0);
-        assert!(max_abs_diff(&expected, &got) <= 1e-4 * max_abs(&expected), "ca={ca}: {got:?} vs {expected:?}");
+        for upsampling in [Upsampling::AlignCorners, Upsampling::HalfPixel] {
+            let expected = score_cam_loop(&subject, &x, 2, &(0..k).collect::<Vec<_>>(), upsampling);
+            // A chunk that does not divide K exercises the last, partial chunk.
+            let got = flat(&ScoreCam { chunk: 5, channels: None, upsampling }.saliency(&subject, &x, &[2]).unwrap());
+            assert!(max_abs(&expected) > 0.0);
+            let diff = max_abs_diff(&expected, &got);
+            assert!(diff <= 1e-4 * max_abs(&expected), "ca={ca} {upsampling:?}: {got:?} vs {expected:?}");
+        }
     }
 }
 
@@ -243,8 +286,8 @@ fn score_cam_channel_subsampling_scores_the_most_active_channels() {
     let means = flat(&a.mean((2, 3)).unwrap());
     let mut order: Vec<usize> = (0..means.len()).collect();
     order.sort_by(|&p, &q| means[q].total_cmp(&means[p]));
-    let expected = score_cam_loop(&subject, &x, 0, &order[..6]);
-    let got = flat(&ScoreCam { chunk: 4, channels: Some(6) }.saliency(&subject, &x, &[0]).unwrap());
+    let expected = score_cam_loop(&subject, &x, 0, &order[..6], Upsampling::AlignCorners);
+    let got = flat(&ScoreCam { chunk: 4, channels: Some(6), upsampling: Upsampling::AlignCorners }.saliency(&subject, &x, &[0]).unwrap());
     assert!(max_abs_diff(&expected, &got) <= 1e-4 * max_abs(&expected).max(1e-6));
 }
 

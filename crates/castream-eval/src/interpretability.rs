@@ -301,6 +301,7 @@ impl Evaluation<'_> {
                     &classes,
                     mode,
                     self.protocol.causal.variant(),
+                    self.protocol.blur,
                     self.batch_size,
                 )?;
                 dst.extend(curves.iter().map(|c| 100.0 * auc(c)));

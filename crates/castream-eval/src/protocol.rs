@@ -2,6 +2,7 @@
 //! insertion/deletion variant and the CAM methods' options. The defaults are the authors'.
 
 use castream_cam::{MethodOptions, TargetClass};
+use castream_metrics::blur::InsertionBlur;
 use castream_metrics::causal::CausalVariant;
 use serde::{Deserialize, Serialize};
 
@@ -48,12 +49,14 @@ pub struct Protocol {
     pub causal: CausalChoice,
     pub class: TargetClass,
     pub cam: MethodOptions,
+    /// The blurred image insertion starts from.
+    pub blur: InsertionBlur,
 }
 
 impl Protocol {
     /// `causal` with its own class choice.
-    pub fn new(causal: CausalChoice, class: Option<TargetClass>, cam: MethodOptions) -> Protocol {
-        Protocol { causal, class: class.unwrap_or(causal.target_class()), cam }
+    pub fn new(causal: CausalChoice, class: Option<TargetClass>, cam: MethodOptions, blur: InsertionBlur) -> Protocol {
+        Protocol { causal, class: class.unwrap_or(causal.target_class()), cam, blur }
     }
 
     /// For table footers.
@@ -68,6 +71,6 @@ impl Protocol {
 
 impl Default for Protocol {
     fn default() -> Self {
-        Protocol::new(CausalChoice::Authors, None, MethodOptions::default())
+        Protocol::new(CausalChoice::Authors, None, MethodOptions::default(), InsertionBlur::default())
     }
 }

@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use castream_data::atomic::{self, StagedDir};
 use castream_data::{provenance, DeviceChoice};
+use castream_report::index;
 use castream_report::record::{OutputRecord, RunRecord};
 
 pub use castream_eval::Shard;
@@ -82,9 +83,14 @@ pub fn reproduce_all(opts: &Options) -> Result<Vec<(String, Outcome)>> {
     }
     let mut outcomes = Vec::new();
     let mut failures = Vec::new();
+    let mut published = Vec::new();
     for name in names {
-        match Spec::load(&spec_path(&opts.experiments, &name)).and_then(|spec| run_spec(&spec, opts)) {
-            Ok((dir, seconds)) => outcomes.push((name, Outcome::Written { dir, seconds })),
+        let run = Spec::load(&spec_path(&opts.experiments, &name)).and_then(|spec| Ok((run_spec(&spec, opts)?, spec.title)));
+        match run {
+            Ok(((dir, seconds), title)) => {
+                published.push(index::Entry { name: name.clone(), title, dir: dir.clone() });
+                outcomes.push((name, Outcome::Written { dir, seconds }))
+            }
             Err(e) => match e.downcast::<NotYetAvailable>() {
                 Ok(pending) => outcomes.push((name, Outcome::Pending(pending))),
                 Err(e) => failures.push(format!("{name}: {e:#}")),
@@ -99,6 +105,9 @@ pub fn reproduce_all(opts: &Options) -> Result<Vec<(String, Outcome)>> {
         });
         let lines: Vec<String> = failures.iter().cloned().chain(pending).collect();
         bail!("{} of the specs failed:\n{}", failures.len(), lines.join("\n"));
+    }
+    if !published.is_empty() {
+        index::write(&opts.results.join(opts.profile.key()), opts.profile.key(), &published)?;
     }
     Ok(outcomes)
 }

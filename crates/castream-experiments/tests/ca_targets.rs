@@ -133,6 +133,13 @@ fn ca_targets_run_end_to_end_on_a_tiny_backbone() {
     // q0 (4) + 4->4, 4->8, 8->16, 16->32, 32->32 linear maps with biases.
     assert_eq!(stream_params[1], 4 + (16 + 4) + (32 + 8) + (128 + 16) + (512 + 32) + (1024 + 32));
     assert!(t1.join("table1.png").is_file() && t1.join("table1.md").is_file());
+    // CA − GAP in points with the paper's change and the verdict on it; the interval holds the mean.
+    let claims = csv(&t1.join("table1_ca_vs_gap.csv"));
+    assert_eq!(claims.height(), 1);
+    let get = |c: &str| claims.column(c).unwrap().f64().unwrap().get(0).unwrap();
+    assert!(get("low") <= get("ca_minus_gap") && get("ca_minus_gap") <= get("high"));
+    let claim = claims.column("claim").unwrap().str().unwrap().get(0).unwrap().to_string();
+    assert!(["reproduced", "contradicted", "inconclusive"].contains(&claim.as_str()), "{claim}");
 
     let t4 = reproduce("table4", &opts).unwrap();
     assert_provenance(true, &t4);
@@ -183,7 +190,7 @@ fn interpretability_tables_run_end_to_end_on_a_tiny_backbone() {
         assert!(t2.join(format!("table2_{metric}.png")).is_file() && t2.join(format!("table2_{metric}.svg")).is_file());
     }
     let md = std::fs::read_to_string(t2.join("table2.md")).unwrap();
-    assert!(md.contains("Same sign as the paper's GAP→CA change, AD↓"), "{md}");
+    assert!(md.contains("The paper's GAP→CA change, AD↓: "), "{md}");
 
     let t5 = reproduce("table5", &opts).unwrap();
     assert_provenance(true, &t5);

@@ -3,20 +3,16 @@
 //! good map makes it rise fast on insertion and fall fast on deletion. Every step image of a batch goes
 //! through the model in large chunks, since one forward per image per step would dominate the run time.
 
+use crate::blur::{blur, InsertionBlur, BLUR_SIZE};
 use crate::confidence::class_probabilities;
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Tensor};
 
-/// Side of the insertion blur kernel (the authors' code).
-pub const BLUR_SIZE: usize = 5;
-/// Standard deviation of the insertion blur kernel, in pixels (the authors' code).
-pub const BLUR_SIGMA: f64 = 5.0;
-
 /// Whether pixels are restored into a blurred image or removed from the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CausalMode {
-    /// Start from the Gaussian-blurred image ([`BLUR_SIZE`], [`BLUR_SIGMA`]) and restore original
-    /// pixels. Higher AUC is better.
+    /// Start from the blurred image ([`InsertionBlur`]) and restore original pixels. Higher AUC
+    /// is better.
     Insertion,
     /// Start from the image and set pixels to zero in normalised space (the dataset mean colour).
     /// Lower AUC is better.
@@ -47,31 +43,6 @@ pub fn steps(variant: CausalVariant, h: usize, w: usize) -> usize {
     (h * w).div_ceil(step_pixels(variant, h, w).max(1))
 }
 
-/// A normalised 2-D Gaussian kernel `exp(-(x² + y²) / (2σ²)) / Z`, row-major `size x size`, centred.
-pub fn gaussian_kernel(size: usize, sigma: f64) -> Vec<f32> {
-    let centre = (size as f64 - 1.0) / 2.0;
-    let raw: Vec<f64> = (0..size * size)
-        .map(|i| {
-            let (dy, dx) = ((i / size) as f64 - centre, (i % size) as f64 - centre);
-            (-(dx * dx + dy * dy) / (2.0 * sigma * sigma)).exp()
-        })
-        .collect();
-    let z: f64 = raw.iter().sum();
-    raw.iter().map(|v| (v / z) as f32).collect()
-}
-
-/// Blurs each channel of an NCHW batch with a `size x size` (odd) Gaussian kernel and zero padding
-/// `size / 2`, as the authors' torch `conv2d(padding=2)` does: borders fade towards zero, i.e. towards
-/// the mean colour in normalised space.
-pub fn gaussian_blur(x: &Tensor, size: usize, sigma: f64) -> Result<Tensor> {
-    ensure!(size % 2 == 1, "gaussian blur: the kernel side must be odd, got {size}");
-    let (_, c, _, _) = x.dims4().context("gaussian blur: the input must be (B, C, H, W)")?;
-    let kernel = Tensor::from_vec(gaussian_kernel(size, sigma), (1, 1, size, size), x.device())?
-        .to_dtype(x.dtype())?
-        .repeat((c, 1, 1, 1))?;
-    Ok(x.conv2d(&kernel, size / 2, 1, 1, c)?)
-}
-
 /// The position of each pixel in the order of decreasing saliency, ties broken by lower index first so
 /// curves are deterministic. Saliency must be finite.
 fn rank_map(saliency: &[f32]) -> Vec<usize> {
@@ -91,6 +62,7 @@ fn rank_map(saliency: &[f32]) -> Vec<usize> {
 /// `(B, C, H, W)`, `saliency` the maps `(B, H, W)` at the input size, `classes[i]` the class whose
 /// softmax probability is tracked for image `i`. The `B * (steps + 1)` step images are built chunk by
 /// chunk and scored `batch_size` at a time, so memory stays bounded by the chunk.
+#[allow(clippy::too_many_arguments)]
 pub fn causal_curves(
     score: &mut dyn FnMut(&Tensor) -> candle_core::Result<Tensor>,
     x: &Tensor,
@@ -98,6 +70,7 @@ pub fn causal_curves(
     classes: &[u32],
     mode: CausalMode,
     variant: CausalVariant,
+    blur_kind: InsertionBlur,
     batch_size: usize,
 ) -> Result<Vec<Vec<f64>>> {
     let (b, c, h, w) = x.dims4().context("causal curves: the input must be (B, C, H, W)")?;
@@ -114,7 +87,7 @@ pub fn causal_curves(
     let pixels: Vec<f32> = x.flatten_all()?.to_vec1()?;
     let (start, replacement) = match mode {
         CausalMode::Deletion => (pixels.clone(), vec![0.0; pixels.len()]),
-        CausalMode::Insertion => (gaussian_blur(&x, BLUR_SIZE, BLUR_SIGMA)?.flatten_all()?.to_vec1()?, pixels),
+        CausalMode::Insertion => (blur(&x, &blur_kind.kernel(), BLUR_SIZE)?.flatten_all()?.to_vec1()?, pixels),
     };
     let saliency: Vec<f32> = saliency.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     ensure!(saliency.iter().all(|v| v.is_finite()), "causal curves: the saliency maps contain NaN or infinity");
@@ -178,70 +151,6 @@ mod tests {
     fn ranks_follow_decreasing_saliency_with_lower_index_first_on_ties() {
         // Order: 1, 3 (value 1), then 0, 2 (0.5), then 4 (-0.0 ties 0.0 at 5, lower index first), 5.
         assert_eq!(rank_map(&[0.5, 1.0, 0.5, 1.0, -0.0, 0.0]), vec![2, 0, 3, 1, 4, 5]);
-    }
-
-    #[test]
-    fn gaussian_kernel_matches_the_closed_form() {
-        let k = gaussian_kernel(5, 5.0);
-        let g = |d: f64| (-d * d / 50.0).exp();
-        let z1: f64 = (-2..=2).map(|d| g(d as f64)).sum();
-        let z = z1 * z1;
-        // (row, col) -> offsets (row - 2, col - 2).
-        for (i, (dy, dx)) in [(0, (-2.0, -2.0)), (1, (-2.0, -1.0)), (12, (0.0, 0.0)), (23, (2.0, 1.0))] {
-            let want = (-(dx * dx + dy * dy) / 50.0f64).exp() / z;
-            assert!((k[i] as f64 - want).abs() < 1e-7, "entry {i}: {} vs {want}", k[i]);
-        }
-        assert!((k.iter().map(|&v| v as f64).sum::<f64>() - 1.0).abs() < 1e-6);
-        let k3 = gaussian_kernel(3, 1.0);
-        let (e, c) = ((-1.0f64).exp(), (-0.5f64).exp());
-        let z3 = 1.0 + 4.0 * c + 4.0 * e;
-        assert!((k3[4] as f64 - 1.0 / z3).abs() < 1e-7 && (k3[0] as f64 - e / z3).abs() < 1e-7);
-    }
-
-    /// Zero-padded depthwise blur by direct summation.
-    fn naive_blur(x: &[f32], (c, h, w): (usize, usize, usize), k: &[f32], size: usize) -> Vec<f32> {
-        let r = (size / 2) as isize;
-        let mut out = vec![0.0; x.len()];
-        for ch in 0..c {
-            for y in 0..h {
-                for xx in 0..w {
-                    let mut acc = 0.0f64;
-                    for ky in 0..size {
-                        for kx in 0..size {
-                            let (sy, sx) = (y as isize + ky as isize - r, xx as isize + kx as isize - r);
-                            if (0..h as isize).contains(&sy) && (0..w as isize).contains(&sx) {
-                                acc += k[ky * size + kx] as f64 * x[ch * h * w + sy as usize * w + sx as usize] as f64;
-                            }
-                        }
-                    }
-                    out[ch * h * w + y * w + xx] = acc as f32;
-                }
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn blur_keeps_constant_interiors_darkens_corners_and_matches_a_loop() {
-        let (h, w) = (8, 9);
-        let x = Tensor::full(0.7f32, (1, 3, h, w), &cpu()).unwrap();
-        let out: Vec<f32> = gaussian_blur(&x, 5, 5.0).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let k = gaussian_kernel(5, 5.0);
-        for ch in 0..3 {
-            for (y, xx) in (2..h - 2).flat_map(|y| (2..w - 2).map(move |x| (y, x))) {
-                assert!((out[ch * h * w + y * w + xx] - 0.7).abs() < 1e-6);
-            }
-            // Top-left corner: only kernel rows and columns 2..5 fall inside the image.
-            let mass: f32 = (2..5).flat_map(|r| (2..5).map(move |c| (r, c))).map(|(r, c)| k[r * 5 + c]).sum();
-            assert!((out[ch * h * w] - 0.7 * mass).abs() < 1e-6 && mass < 0.5);
-        }
-        let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let data: Vec<f32> = (0..2 * 3 * h * w).map(|_| rng.random_range(-2.0..2.0)).collect();
-        let t = Tensor::from_vec(data.clone(), (2, 3, h, w), &cpu()).unwrap();
-        let got: Vec<f32> = gaussian_blur(&t, 5, 5.0).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let want: Vec<f32> = data.chunks_exact(3 * h * w).flat_map(|img| naive_blur(img, (3, h, w), &k, 5)).collect();
-        got.iter().zip(&want).for_each(|(g, w)| assert!((g - w).abs() < 1e-5, "{g} vs {w}"));
-        assert!(gaussian_blur(&t, 4, 5.0).is_err());
     }
 
     #[test]
@@ -315,7 +224,7 @@ mod tests {
         let st = Tensor::from_vec(sal.clone(), (b, h, w), &cpu()).unwrap();
         let classes = [0u32, 3, 1];
         let blurred: Vec<f32> =
-            gaussian_blur(&xt, BLUR_SIZE, BLUR_SIGMA).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            blur(&xt, &InsertionBlur::Gkern.kernel(), BLUR_SIZE).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let zeros = vec![0.0; x.len()];
         let image = 3 * h * w;
         for variant in [CausalVariant::Authors, CausalVariant::OptiCam] {
@@ -325,7 +234,7 @@ mod tests {
                     CausalMode::Insertion => (&blurred, &x),
                 };
                 model.calls.clear();
-                let curves = causal_curves(&mut |t| model.logits(t), &xt, &st, &classes, mode, variant, 5).unwrap();
+                let curves = causal_curves(&mut |t| model.logits(t), &xt, &st, &classes, mode, variant, InsertionBlur::Gkern, 5).unwrap();
                 let points = steps(variant, h, w) + 1;
                 let calls = std::mem::take(&mut model.calls);
                 assert_eq!(calls.len(), (b * points).div_ceil(5), "{calls:?}");
@@ -350,7 +259,7 @@ mod tests {
         }
         let bad = Tensor::from_vec(vec![f32::NAN; b * h * w], (b, h, w), &cpu()).unwrap();
         let mode = CausalMode::Deletion;
-        assert!(causal_curves(&mut |t| model.logits(t), &xt, &bad, &classes, mode, CausalVariant::Authors, 5).is_err());
-        assert!(causal_curves(&mut |t| model.logits(t), &xt, &st, &classes, mode, CausalVariant::Authors, 0).is_err());
+        assert!(causal_curves(&mut |t| model.logits(t), &xt, &bad, &classes, mode, CausalVariant::Authors, InsertionBlur::Gkern, 5).is_err());
+        assert!(causal_curves(&mut |t| model.logits(t), &xt, &st, &classes, mode, CausalVariant::Authors, InsertionBlur::Gkern, 0).is_err());
     }
 }

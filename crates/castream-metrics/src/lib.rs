@@ -3,10 +3,12 @@
 //! - [`metric`]: the registry of every metric (key, column, direction, group).
 //! - [`confidence`]: explanation images and per-image Average Drop / Gain / Increase.
 //! - [`causal`]: RISE-style insertion and deletion curves, batched, and their AUC.
+//! - [`blur`]: the blurred image insertion starts from (the authors' `gkern`, or a Gaussian).
 //! - [`localisation`]: pointing game, energy in a box or mask, box IoU of a binarised map.
 //! - [`sanity`]: Spearman rank correlation, for the randomisation sanity checks.
 //! - [`bootstrap`]: percentile bootstrap intervals of means and paired differences.
 
+pub mod blur;
 pub mod bootstrap;
 pub mod causal;
 pub mod confidence;

@@ -10,6 +10,7 @@ use castream_metrics::bootstrap::{mean_interval, paired_interval, Interval};
 use polars::prelude::*;
 
 use crate::charts::GroupedBars;
+use crate::claims::Verdict;
 use crate::tables::Table;
 use castream_metrics::{Metric, PerImage};
 
@@ -97,7 +98,8 @@ impl Scorecard<'_> {
     }
 
     /// The CA − GAP table: per (backbone, method, metric) the paired bootstrap interval of the
-    /// per-image difference, whether it excludes 0, the paper's change and whether the signs agree.
+    /// per-image difference, whether it excludes 0, the paper's change and the verdict on it
+    /// ([`Verdict`]).
     pub fn differences(&self) -> Result<Option<Table>> {
         let pairs = self.pairs();
         if pairs.is_empty() {
@@ -105,7 +107,7 @@ impl Scorecard<'_> {
         }
         let (mut backbone, mut method, mut metric, mut diff, mut low, mut high) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
-        let (mut verdict, mut paper_diff, mut same_sign) = (vec![], vec![], vec![]);
+        let (mut verdict, mut paper_diff, mut claim) = (vec![], vec![], vec![]);
         for (gap, ca) in pairs {
             for &m in self.metrics {
                 let d = paired_interval(&ca.values[&m], &gap.values[&m], self.resamples, 0.95, self.seed);
@@ -116,14 +118,9 @@ impl Scorecard<'_> {
                 diff.push(d.mean);
                 low.push(d.low);
                 high.push(d.high);
-                let better = (d.mean > 0.0) == m.higher_is_better();
-                verdict.push(if d.low > 0.0 || d.high < 0.0 {
-                    format!("CA {} (interval excludes 0)", if better { "better" } else { "worse" })
-                } else {
-                    "no clear difference".to_string()
-                });
+                verdict.push(crate::claims::difference(d.mean, d.low, d.high, m.higher_is_better()));
                 paper_diff.push(p);
-                same_sign.push(p.map(|p| if p.signum() == d.mean.signum() { "yes" } else { "no" }.to_string()));
+                claim.push(p.map(|p| Verdict::of(p, d.low, d.high).label().to_string()));
             }
         }
         let mut frame = df!(
@@ -132,13 +129,18 @@ impl Scorecard<'_> {
         )?;
         if self.paper.is_some() {
             frame.insert_column(3, Column::new("ca_minus_gap_paper".into(), paper_diff))?;
-            frame.with_column(Column::new("paper_sign_agrees".into(), same_sign))?;
+            frame.with_column(Column::new("claim".into(), claim))?;
         }
         Ok(Some(
-            Table::new(&format!("{}_ca_vs_gap", self.name), &format!("{}: CA − GAP, paired", self.title), frame).note(format!(
-                "Per-image differences CA − GAP on the same images; low/high: 95% paired bootstrap interval ({} resamples).",
-                self.resamples
-            )),
+            Table::new(&format!("{}_ca_vs_gap", self.name), &format!("{}: CA − GAP, paired", self.title), frame)
+                .note(format!(
+                    "Per-image differences CA − GAP on the same images; low/high: 95% paired bootstrap interval ({} resamples).",
+                    self.resamples
+                ))
+                .note(
+                    "claim: the paper's change (CA − GAP on ImageNet) is reproduced when our interval excludes 0 on its \
+                     side, contradicted when it excludes 0 on the other, inconclusive when it contains 0 (docs/results.md).",
+                ),
         ))
     }
 
@@ -147,26 +149,28 @@ impl Scorecard<'_> {
         Some(paper(&ca.backbone, &ca.method, "CA", m)? - paper(&gap.backbone, &gap.method, "GAP", m)?)
     }
 
-    /// One line per metric: for how many methods our GAP→CA change has the paper's sign.
+    /// One line per metric: the verdict on the paper's GAP→CA change for each method.
     fn sign_agreement(&self) -> Vec<String> {
         let pairs = self.pairs();
         let mut lines = Vec::new();
         for &m in self.metrics {
-            let marks: Vec<String> = pairs
+            let marks: Vec<(String, Verdict)> = pairs
                 .iter()
                 .filter_map(|(gap, ca)| {
                     let p = self.paper_change(gap, ca, m)?;
-                    let ours = ca.values[&m].iter().sum::<f64>() - gap.values[&m].iter().sum::<f64>();
-                    Some(format!("{} {}", gap.method, if p.signum() == ours.signum() { "✓" } else { "✗" }))
+                    let d = paired_interval(&ca.values[&m], &gap.values[&m], self.resamples, 0.95, self.seed);
+                    Some((gap.method.clone(), Verdict::of(p, d.low, d.high)))
                 })
                 .collect();
             if !marks.is_empty() {
-                let agree = marks.iter().filter(|s| s.ends_with('✓')).count();
+                let count = |v: Verdict| marks.iter().filter(|(_, w)| *w == v).count();
                 lines.push(format!(
-                    "Same sign as the paper's GAP→CA change, {}: {agree} of {} ({}).",
+                    "The paper's GAP→CA change, {}: {} reproduced, {} contradicted, {} inconclusive ({}).",
                     m.label(),
-                    marks.len(),
-                    marks.join(", ")
+                    count(Verdict::Reproduced),
+                    count(Verdict::Contradicted),
+                    count(Verdict::Inconclusive),
+                    marks.iter().map(|(method, v)| format!("{method} {v}")).collect::<Vec<_>>().join(", ")
                 ));
             }
         }
@@ -296,7 +300,7 @@ mod tests {
     }
 
     #[test]
-    fn summary_means_paper_columns_and_sign_agreement() {
+    fn summary_means_paper_columns_and_claim_verdicts() {
         // Method A: CA lowers AD by 1 on every image, as the paper's does; method B: CA lowers it too, the paper's raises it.
         let rows = [
             row("A", "GAP", vec![5.0, 7.0, 9.0]),
@@ -313,7 +317,8 @@ mod tests {
         assert_eq!(diff, [-3.0, -2.0, -8.0, -11.0]);
         let low: Vec<f64> = t.frame.column("AD_low").unwrap().f64().unwrap().into_no_null_iter().collect();
         assert!(low.iter().zip(&ad).all(|(l, m)| l <= m));
-        assert!(t.notes.iter().any(|n| n.contains("AD↓: 1 of 2 (A ✓, B ✗)")), "{:?}", t.notes);
+        let line = "AD↓: 1 reproduced, 1 contradicted, 0 inconclusive (A reproduced, B contradicted)";
+        assert!(t.notes.iter().any(|n| n.contains(line)), "{:?}", t.notes);
         let md = t.markdown().unwrap();
         assert!(md.contains("| 7.00 [5.00, 9.00] |"), "{md}");
     }
@@ -327,7 +332,7 @@ mod tests {
         assert_eq!(get("ca_minus_gap_paper"), -2.0);
         let verdict = d.frame.column("verdict").unwrap().str().unwrap().get(0).unwrap().to_string();
         assert_eq!(verdict, "CA better (interval excludes 0)");
-        assert_eq!(d.frame.column("paper_sign_agrees").unwrap().str().unwrap().get(0), Some("yes"));
+        assert_eq!(d.frame.column("claim").unwrap().str().unwrap().get(0), Some("reproduced"));
     }
 
     #[test]

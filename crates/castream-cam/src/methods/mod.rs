@@ -79,14 +79,14 @@ pub const REGISTRY: [MethodInfo; 9] = [
         key: "grad-cam-plus-plus",
         name: "Grad-CAM++",
         needs: Needs::Activations,
-        build: |_| Box::new(GradCamPlusPlus),
+        build: |o| Box::new(GradCamPlusPlus { eps: o.grad_cam_pp_eps }),
     },
     MethodInfo {
         method: Method::ScoreCam,
         key: "score-cam",
         name: "Score-CAM",
         needs: Needs::Activations,
-        build: |o| Box::new(ScoreCam { chunk: o.chunk, channels: o.channels }),
+        build: |o| Box::new(ScoreCam { chunk: o.chunk, channels: o.channels, upsampling: o.score_cam_upsampling }),
     },
     MethodInfo {
         method: Method::HiResCam,
@@ -135,11 +135,37 @@ pub struct MethodOptions {
     pub channels: Option<usize>,
     /// Raw attention: which block or combination.
     pub attention: AttentionSelect,
+    /// Score-CAM: how each channel is resized to the input before it masks it.
+    pub score_cam_upsampling: Upsampling,
+    /// Grad-CAM++: the `eps` in the denominator of `alpha`.
+    pub grad_cam_pp_eps: f64,
+}
+
+/// The authors' Grad-CAM++ `eps`: float64's machine epsilon (`sys.float_info.epsilon` in their
+/// code; pytorch-grad-cam uses 1e-6, which can dominate `alpha` where gradients are small).
+pub const AUTHORS_GRAD_CAM_PP_EPS: f64 = f64::EPSILON;
+
+/// How Score-CAM resizes a channel `A^k` to the input before it masks the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Upsampling {
+    /// `align_corners = true`: the corner pixels coincide (the authors' `nn.UpsamplingBilinear2d`).
+    #[default]
+    AlignCorners,
+    /// `align_corners = false`: pixel centres at half-pixel offsets (`F.interpolate`'s default,
+    /// pytorch-grad-cam's and OpenCV's resize; every other upsampling in castream).
+    HalfPixel,
 }
 
 impl Default for MethodOptions {
     fn default() -> Self {
-        MethodOptions { chunk: 128, channels: None, attention: AttentionSelect::Last }
+        MethodOptions {
+            chunk: 128,
+            channels: None,
+            attention: AttentionSelect::Last,
+            score_cam_upsampling: Upsampling::AlignCorners,
+            grad_cam_pp_eps: AUTHORS_GRAD_CAM_PP_EPS,
+        }
     }
 }
 
@@ -155,6 +181,14 @@ impl MethodOptions {
     pub fn validate(&self) -> Result<(), castream_data::valid::OutOfRange> {
         use castream_data::valid::in_range;
         in_range("chunk", self.chunk, 1..=Self::MAX_CHUNK, 128)?;
+        if !(self.grad_cam_pp_eps.is_finite() && (0.0..=1.0).contains(&self.grad_cam_pp_eps)) {
+            return Err(castream_data::valid::OutOfRange::new(
+                "grad_cam_pp_eps",
+                self.grad_cam_pp_eps,
+                "0 to 1 (the authors' value is 2.220446049250313e-16, pytorch-grad-cam's 1e-6)",
+                AUTHORS_GRAD_CAM_PP_EPS,
+            ));
+        }
         match self.channels {
             Some(n) => in_range("channels", n, 1..=Self::MAX_CHANNELS, 256),
             None => Ok(()),

@@ -1,12 +1,13 @@
 //! Score-CAM (Wang et al. 2020), the authors' variant: each channel `A^k`, bilinearly upsampled
-//! and min-max normalised, masks the input in pixel space; `w_k` is the softmax probability of
+//! (with `align_corners = true` by default, as their `nn.UpsamplingBilinear2d`) and min-max normalised, masks the input in pixel space; `w_k` is the softmax probability of
 //! class c on `normalise(denormalise(x) * mask_k)` — no softmax across channels, no baseline.
 //! The `B x K` masked images go through the network in batches of `chunk`.
 
 use candle_core::{Result, Tensor, D};
 use castream_stream::minmax_normalise;
 
-use crate::method::{upsample, weighted_sum, CamMethod};
+use crate::method::{upsample, upsample_align_corners, weighted_sum, CamMethod};
+use crate::methods::Upsampling;
 use crate::subject::{class_index, Subject};
 
 pub struct ScoreCam {
@@ -16,6 +17,8 @@ pub struct ScoreCam {
     /// weight 0. `None` scores every channel (the method as published). Subsampling trades
     /// fidelity for a `K / n` speed-up; tables state when it is used.
     pub channels: Option<usize>,
+    /// How each channel is resized to the input (the authors': `align_corners = true`).
+    pub upsampling: Upsampling,
 }
 
 impl ScoreCam {
@@ -51,7 +54,12 @@ impl CamMethod for ScoreCam {
         let a = subject.activations(x)?.target;
         let k = a.dim(1)?;
         // (B*K, H, W) masks in [0, 1]; a constant channel gives an all-zero mask.
-        let masks = minmax_normalise(&upsample(&a.flatten_to(1)?, h, w)?)?.reshape((b, k, h, w))?;
+        let channels = a.flatten_to(1)?;
+        let resized = match self.upsampling {
+            Upsampling::AlignCorners => upsample_align_corners(&channels, h, w)?,
+            Upsampling::HalfPixel => upsample(&channels, h, w)?,
+        };
+        let masks = minmax_normalise(&resized)?.reshape((b, k, h, w))?;
         let pixels = subject.normalisation.to_pixels(x)?;
         let pairs = self.pairs(&a)?;
         let mut weights = vec![0f32; b * k];

@@ -6,6 +6,7 @@ use castream_data::discovery::DatasetName;
 use castream_data::labelled::{LabelledImages, Split, SplitFiles};
 use castream_data::scenes::{SceneConfig, SceneSet};
 use castream_data::Normalisation;
+use castream_metrics::blur::InsertionBlur;
 use castream_metrics::causal::CausalVariant;
 use crate::shard::Sharding;
 
@@ -138,7 +139,7 @@ fn scores_equal_the_metric_functions_applied_to_explain() {
     let expected_drop = confidence(&p, &o).drop;
     let mut score = |b: &Tensor| subject.logits(b);
     let deletion =
-        causal_curves(&mut score, &x, &maps, &classes, CausalMode::Deletion, CausalVariant::Authors, 7).unwrap();
+        causal_curves(&mut score, &x, &maps, &classes, CausalMode::Deletion, CausalVariant::Authors, InsertionBlur::Gkern, 7).unwrap();
     let flat: Vec<Vec<f32>> = maps.flatten_from(1).unwrap().to_vec2().unwrap();
     for i in 0..3 {
         assert!((got[&Metric::AverageDrop][i] - expected_drop[i]).abs() < 1e-9);

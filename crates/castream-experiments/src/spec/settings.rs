@@ -8,6 +8,7 @@ use castream_data::DeviceChoice;
 use castream_data::valid::{in_range, OutOfRange};
 use castream_data::Normalisation;
 use castream_eval::{Baseline, CausalChoice, Protocol};
+use castream_metrics::blur::InsertionBlur;
 use castream_metrics::Metric;
 use castream_stream::AttentionSelect;
 use castream_zoo::ca::StreamSpec;
@@ -72,8 +73,11 @@ pub struct ProtocolSpec {
     pub causal: CausalChoice,
     /// The class each map explains and every score tracks; default: the `causal` preset's.
     pub class: Option<TargetClass>,
-    /// Options of the CAM methods (Score-CAM's `chunk` and `channels`, raw attention's block).
+    /// Options of the CAM methods (Score-CAM's `chunk`, `channels` and upsampling, Grad-CAM++'s
+    /// `eps`, raw attention's block).
     pub cam: MethodOptions,
+    /// The blur insertion starts from: the authors' `gkern` or a closed-form Gaussian.
+    pub insertion_blur: InsertionBlur,
     /// Bootstrap resamples of every confidence interval.
     pub resamples: usize,
 }
@@ -84,7 +88,7 @@ impl ProtocolSpec {
 
     /// The evaluation protocol these settings declare.
     pub fn protocol(&self) -> Protocol {
-        Protocol::new(self.causal, self.class, self.cam)
+        Protocol::new(self.causal, self.class, self.cam, self.insertion_blur)
     }
 
     /// The valid ranges (docs/specs.md, "Valid ranges"): `resamples` 1 to
@@ -122,7 +126,13 @@ impl Settings {
 
 impl Default for ProtocolSpec {
     fn default() -> Self {
-        ProtocolSpec { causal: CausalChoice::Authors, class: None, cam: MethodOptions::default(), resamples: 2000 }
+        ProtocolSpec {
+            causal: CausalChoice::Authors,
+            class: None,
+            cam: MethodOptions::default(),
+            insertion_blur: InsertionBlur::default(),
+            resamples: 2000,
+        }
     }
 }
 

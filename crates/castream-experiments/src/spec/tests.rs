@@ -2,6 +2,8 @@
 
 use castream_data::image_folder::EvalTransform;
 use castream_data::Normalisation;
+use castream_cam::Upsampling;
+use castream_metrics::blur::InsertionBlur;
 
 use super::*;
 
@@ -240,6 +242,25 @@ fn zero_score_cam_channels_are_refused_with_file_line_and_range() {
     );
     let msg = out_of_range("[quick.protocol]\ncam = { chunk = 0 }");
     assert!(msg.contains("[quick] protocol.cam.chunk = 0: out of range; valid: 1 to 4096"), "{msg}");
+}
+
+#[test]
+fn the_conventions_parse_by_name_and_a_bad_eps_is_refused() {
+    let spec = Spec::parse(
+        &GOOD.replace(
+            "[quick.scenes]",
+            "[quick.protocol]\ninsertion_blur = \"gaussian\"\ncam = { score_cam_upsampling = \"half-pixel\", grad_cam_pp_eps = 1e-6 }\n\n[quick.scenes]",
+        ),
+        Path::new("demo.toml"),
+    )
+    .unwrap();
+    let p = spec.settings(Profile::Quick).unwrap().protocol.protocol();
+    assert_eq!((p.blur, p.cam.score_cam_upsampling, p.cam.grad_cam_pp_eps), (InsertionBlur::Gaussian, Upsampling::HalfPixel, 1e-6));
+    // The defaults are the authors'.
+    let p = Spec::parse(GOOD, Path::new("demo.toml")).unwrap().settings(Profile::Quick).unwrap().protocol.protocol();
+    assert_eq!((p.blur, p.cam.score_cam_upsampling, p.cam.grad_cam_pp_eps), (InsertionBlur::Gkern, Upsampling::AlignCorners, f64::EPSILON));
+    let msg = out_of_range("[quick.protocol]\ncam = { grad_cam_pp_eps = -1.0 }");
+    assert!(msg.contains("[quick] protocol.cam.grad_cam_pp_eps = -1: out of range; valid: 0 to 1"), "{msg}");
 }
 
 #[test]

@@ -135,17 +135,26 @@ fn method_notes(s: &crate::spec::Settings, n: usize, side: usize) -> Vec<String>
     let mut notes =
         vec!["Maps: ReLU, per-image min-max, bilinear upsampling; explanation image normalise(denormalise(x)·S)."
             .to_string()];
+    let cam = &s.protocol.cam;
     if s.methods.iter().any(|m| *m.get_ref() == castream_cam::Method::ScoreCam) {
-        notes.push(match s.protocol.cam.channels {
-            None => "Score-CAM scores every channel.".to_string(),
-            Some(c) => format!("Score-CAM scores only the {c} most active channels per image."),
+        let upsampling = match cam.score_cam_upsampling {
+            castream_cam::Upsampling::AlignCorners => "align_corners = true, the authors'",
+            castream_cam::Upsampling::HalfPixel => "align_corners = false",
+        };
+        notes.push(match cam.channels {
+            None => format!("Score-CAM scores every channel, each upsampled with {upsampling}."),
+            Some(c) => format!("Score-CAM scores only the {c} most active channels per image, each upsampled with {upsampling}."),
         });
     }
+    if s.methods.iter().any(|m| *m.get_ref() == castream_cam::Method::GradCamPlusPlus) {
+        notes.push(format!("Grad-CAM++: eps = {:e} in alpha's denominator.", cam.grad_cam_pp_eps));
+    }
     if s.metrics.iter().any(|m| m.get_ref().group() == castream_metrics::metric::Group::Causal) {
-        notes.push(
-            "Insertion starts from a 5x5 σ=5 Gaussian blur; deletion sets pixels to 0 in normalised space; AUC by the trapezoid rule, x100."
-                .into(),
-        );
+        notes.push(format!(
+            "Insertion starts from {}; deletion sets pixels to 0 in normalised space; pixels are taken in decreasing \
+             saliency, ties in increasing index order; AUC by the trapezoid rule, x100.",
+            s.protocol.insertion_blur.describe()
+        ));
     }
     if s.metrics.iter().any(|m| m.get_ref().group() == castream_metrics::metric::Group::Localisation) {
         notes.push(format!(

@@ -1,0 +1,78 @@
+//! A verdict on each of the paper's claims, by one rule (docs/results.md, Claims): the paper
+//! states a change (CA − GAP) with a sign; ours is a paired difference with a 95% interval.
+//! **reproduced** when the interval excludes 0 on the paper's side, **contradicted** when it
+//! excludes 0 on the other side, **inconclusive** when it contains 0 (or the paper's change is 0).
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Reproduced,
+    Contradicted,
+    Inconclusive,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 3] = [Verdict::Reproduced, Verdict::Contradicted, Verdict::Inconclusive];
+
+    /// The verdict on a claimed change `paper` given our interval `[low, high]` of the same change.
+    pub fn of(paper: f64, low: f64, high: f64) -> Verdict {
+        let side = if low > 0.0 {
+            1.0
+        } else if high < 0.0 {
+            -1.0
+        } else {
+            return Verdict::Inconclusive;
+        };
+        if paper == 0.0 || paper.is_nan() {
+            Verdict::Inconclusive
+        } else if paper.signum() == side {
+            Verdict::Reproduced
+        } else {
+            Verdict::Contradicted
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Reproduced => "reproduced",
+            Verdict::Contradicted => "contradicted",
+            Verdict::Inconclusive => "inconclusive",
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// What a paired interval of CA − GAP says by itself: better, worse, or no clear difference.
+pub fn difference(mean: f64, low: f64, high: f64, higher_is_better: bool) -> String {
+    if low > 0.0 || high < 0.0 {
+        let better = (mean > 0.0) == higher_is_better;
+        format!("CA {} (interval excludes 0)", if better { "better" } else { "worse" })
+    } else {
+        "no clear difference".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rule_by_cases() {
+        // The paper's increase, our interval above 0: reproduced; below 0: contradicted.
+        assert_eq!(Verdict::of(2.9, 0.3, 1.2), Verdict::Reproduced);
+        assert_eq!(Verdict::of(2.9, -1.2, -0.3), Verdict::Contradicted);
+        // A decrease (AD going down is CA's improvement) works the same way.
+        assert_eq!(Verdict::of(-0.5, -2.0, -0.1), Verdict::Reproduced);
+        assert_eq!(Verdict::of(-0.5, 0.1, 2.0), Verdict::Contradicted);
+        // An interval containing 0, or touching it, decides nothing.
+        assert_eq!(Verdict::of(2.9, -0.1, 1.2), Verdict::Inconclusive);
+        assert_eq!(Verdict::of(2.9, 0.0, 1.2), Verdict::Inconclusive);
+        assert_eq!(Verdict::of(0.0, 0.3, 1.2), Verdict::Inconclusive);
+    }
+}
