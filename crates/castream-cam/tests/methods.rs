@@ -5,7 +5,7 @@ use candle_core::{Device, Tensor};
 use castream_backbones::{Arch, BackboneConfig, Model, Stem};
 use castream_cam::gradients::target_gradients;
 use castream_cam::method::weighted_sum;
-use castream_cam::methods::{AblationCam, GradCamPlusPlus, ScoreCam};
+use castream_cam::methods::{AblationCam, GradCamPlusPlus, OptiCam, ScoreCam};
 use castream_cam::{upsample_align_corners, Upsampling};
 use castream_cam::{explain, upsample, CamMethod, Method, MethodOptions, Pooling, Subject};
 use castream_data::Normalisation;
@@ -403,3 +403,85 @@ fn explained_maps_are_normalised_and_upsampled_to_the_input() {
         }
     }
 }
+
+#[test]
+fn opti_cam_objective_increases_on_a_fixed_image() {
+    let model = backbone(5);
+    let subject = Subject::of(Pooling::Gap(&model), NORM);
+    let x = images(1, 23);
+    // Small steps: Adam's momentum overshoots at larger ones.
+    let (weights, history) = OptiCam { iterations: 10, learning_rate: 0.002 }.optimise(&subject, &x, &[1]).unwrap();
+    assert_eq!(history.len(), 11);
+    assert!(history.windows(2).all(|w| w[1] > w[0]), "{history:?}");
+    // Convex weights.
+    let w = flat(&weights);
+    assert!(w.iter().all(|&v| v > 0.0) && (w.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+}
+
+/// Opti-CAM written out: the map, mask and masked image by loops, the objective's gradient by
+/// central differences of the class logit, Adam step by step. Returns the min-max normalised map
+/// `Σ softmax(u)_k A^k`. (A channel that is zero everywhere has a zero gradient — moving its
+/// weight only rescales the map, which the min-max undoes — so differences' noise can move its
+/// weight here and not there; it does not show in the map.)
+fn opti_cam_loop(subject: &Subject, x: &Tensor, class: u32, iterations: usize, lr: f64) -> Vec<f64> {
+    let a = flat(&subject.activations(x).unwrap().target.relu().unwrap());
+    let (_, k, h, w) = subject.activations(x).unwrap().target.dims4().unwrap();
+    let mut pixels = flat(x);
+    NORM.invert(&mut pixels);
+    let softmax = |u: &[f64]| -> Vec<f64> {
+        let m = u.iter().cloned().fold(f64::MIN, f64::max);
+        let e: Vec<f64> = u.iter().map(|v| (v - m).exp()).collect();
+        let z: f64 = e.iter().sum();
+        e.iter().map(|v| v / z).collect()
+    };
+    let objective = |u: &[f64]| -> f64 {
+        let weights = softmax(u);
+        let map: Vec<f32> = (0..h * w).map(|p| (0..k).map(|c| weights[c] * a[c * h * w + p] as f64).sum::<f64>() as f32).collect();
+        let up = flat(&upsample(&Tensor::from_vec(map, (1, h, w), &Device::Cpu).unwrap(), SIDE, SIDE).unwrap());
+        let (lo, hi) = up.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+        let mut masked: Vec<f32> =
+            pixels.iter().enumerate().map(|(i, p)| p * (up[i % (SIDE * SIDE)] - lo) / (hi - lo + 1e-7)).collect();
+        NORM.apply(&mut masked);
+        let input = Tensor::from_vec(masked, (1, 3, SIDE, SIDE), &Device::Cpu).unwrap();
+        flat(&subject.logits(&input).unwrap())[class as usize] as f64
+    };
+    let (mut u, mut m, mut v) = (vec![0.5f64; k], vec![0f64; k], vec![0f64; k]);
+    let step = 2e-3;
+    for t in 1..=iterations {
+        // The loss is the negated objective.
+        let g: Vec<f64> = (0..k)
+            .map(|c| {
+                let (mut up, mut down) = (u.clone(), u.clone());
+                up[c] += step;
+                down[c] -= step;
+                -(objective(&up) - objective(&down)) / (2.0 * step)
+            })
+            .collect();
+        for c in 0..k {
+            m[c] = 0.9 * m[c] + 0.1 * g[c];
+            v[c] = 0.999 * v[c] + 0.001 * g[c] * g[c];
+            let (m_hat, v_hat) = (m[c] / (1.0 - 0.9f64.powi(t as i32)), v[c] / (1.0 - 0.999f64.powi(t as i32)));
+            u[c] -= lr * m_hat / (v_hat.sqrt() + 1e-8);
+        }
+    }
+    let weights = softmax(&u);
+    let map: Vec<f64> = (0..h * w).map(|p| (0..k).map(|c| weights[c] * a[c * h * w + p] as f64).sum()).collect();
+    let (lo, hi) = map.iter().fold((f64::MAX, f64::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+    map.iter().map(|v| (v - lo) / (hi - lo)).collect()
+}
+
+#[test]
+fn opti_cam_matches_a_loop_with_finite_differences_and_adam_written_out() {
+    for ca in [false, true] {
+        let (gap, ca_m) = (backbone(5), ca_model());
+        let pooling = if ca { Pooling::Ca(&ca_m) } else { Pooling::Gap(&gap) };
+        let subject = Subject::of(pooling, NORM);
+        let x = images(1, 29);
+        let expected = opti_cam_loop(&subject, &x, 2, 3, 0.02);
+        let opti = OptiCam { iterations: 3, learning_rate: 0.02 };
+        let got = flat(&explain(&opti, &subject, &x, &[2]).unwrap().maps);
+        let diff = got.iter().zip(&expected).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+        assert!(diff <= 2e-3, "ca={ca}: {diff}: {got:?} vs {expected:?}");
+    }
+}
+

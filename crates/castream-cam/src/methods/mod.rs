@@ -7,6 +7,7 @@ mod grad_cam;
 mod grad_cam_pp;
 mod hires_cam;
 mod layer_cam;
+mod opti_cam;
 mod raw_attention;
 mod score_cam;
 mod xgrad_cam;
@@ -20,6 +21,7 @@ pub use grad_cam::GradCam;
 pub use grad_cam_pp::GradCamPlusPlus;
 pub use hires_cam::HiResCam;
 pub use layer_cam::LayerCam;
+pub use opti_cam::OptiCam;
 pub use raw_attention::RawAttention;
 pub use score_cam::ScoreCam;
 pub use xgrad_cam::XGradCam;
@@ -39,6 +41,7 @@ pub enum Method {
     XGradCam,
     LayerCam,
     AblationCam,
+    OptiCam,
     RawAttention,
 }
 
@@ -65,7 +68,7 @@ pub struct MethodInfo {
 }
 
 /// Every method, once. The CLI, the spec parser, the tables, `bench --cam` and docs/cam.md read it.
-pub const REGISTRY: [MethodInfo; 9] = [
+pub const REGISTRY: [MethodInfo; 10] = [
     MethodInfo { method: Method::Cam, key: "cam", name: "CAM", needs: Needs::LinearGapHead, build: |_| Box::new(Cam) },
     MethodInfo {
         method: Method::GradCam,
@@ -117,6 +120,13 @@ pub const REGISTRY: [MethodInfo; 9] = [
         build: |o| Box::new(AblationCam { chunk: o.chunk }),
     },
     MethodInfo {
+        method: Method::OptiCam,
+        key: "opti-cam",
+        name: "Opti-CAM",
+        needs: Needs::Activations,
+        build: |o| Box::new(OptiCam { iterations: o.opti_cam_iterations, learning_rate: o.opti_cam_learning_rate }),
+    },
+    MethodInfo {
         method: Method::RawAttention,
         key: "raw-attention",
         name: "raw attention",
@@ -139,6 +149,10 @@ pub struct MethodOptions {
     pub score_cam_upsampling: Upsampling,
     /// Grad-CAM++: the `eps` in the denominator of `alpha`.
     pub grad_cam_pp_eps: f64,
+    /// Opti-CAM: Adam steps per image.
+    pub opti_cam_iterations: usize,
+    /// Opti-CAM: Adam's learning rate.
+    pub opti_cam_learning_rate: f64,
 }
 
 /// The authors' Grad-CAM++ `eps`: float64's machine epsilon (`sys.float_info.epsilon` in their
@@ -165,6 +179,8 @@ impl Default for MethodOptions {
             attention: AttentionSelect::Last,
             score_cam_upsampling: Upsampling::AlignCorners,
             grad_cam_pp_eps: AUTHORS_GRAD_CAM_PP_EPS,
+            opti_cam_iterations: OptiCam::ITERATIONS,
+            opti_cam_learning_rate: OptiCam::LEARNING_RATE,
         }
     }
 }
@@ -181,6 +197,15 @@ impl MethodOptions {
     pub fn validate(&self) -> Result<(), castream_data::valid::OutOfRange> {
         use castream_data::valid::in_range;
         in_range("chunk", self.chunk, 1..=Self::MAX_CHUNK, 128)?;
+        in_range("opti_cam_iterations", self.opti_cam_iterations, 1..=10_000, OptiCam::ITERATIONS)?;
+        if !(self.opti_cam_learning_rate.is_finite() && self.opti_cam_learning_rate > 0.0 && self.opti_cam_learning_rate <= 10.0) {
+            return Err(castream_data::valid::OutOfRange::new(
+                "opti_cam_learning_rate",
+                self.opti_cam_learning_rate,
+                "above 0, at most 10 (the official code's is 0.1)",
+                OptiCam::LEARNING_RATE,
+            ));
+        }
         if !(self.grad_cam_pp_eps.is_finite() && (0.0..=1.0).contains(&self.grad_cam_pp_eps)) {
             return Err(castream_data::valid::OutOfRange::new(
                 "grad_cam_pp_eps",
@@ -279,7 +304,7 @@ mod tests {
             assert!(seen.insert(e.method), "{:?} registered twice", e.method);
             assert_eq!((e.build)(&MethodOptions::default()).name(), e.name, "{}", e.key);
         }
-        assert_eq!(seen.len(), 9, "a variant is missing from REGISTRY");
+        assert_eq!(seen.len(), 10, "a variant is missing from REGISTRY");
         for m in Method::ALL {
             assert_eq!(serde_json::to_string(&m).unwrap(), format!("\"{}\"", m.key()));
             assert_eq!(m.key().parse::<Method>().unwrap(), m);
