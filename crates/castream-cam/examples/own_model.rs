@@ -92,7 +92,16 @@ fn main() -> Result<()> {
         let o = class_probabilities(&net.logits(&explanation_images(&x, &maps, &norm)?)?, &labels)?;
         let c = confidence(&y, &o);
         let causal = |mode| -> Result<f64> {
-            let curves = causal_curves(&mut |b| net.logits(b), &x, &maps, &labels, mode, CausalVariant::Authors, InsertionBlur::Gkern, 64)?;
+            let curves = causal_curves(
+                &mut |b| net.logits(b),
+                &x,
+                &maps,
+                &labels,
+                mode,
+                CausalVariant::Authors,
+                InsertionBlur::Gkern,
+                64,
+            )?;
             Ok(100.0 * mean(&curves.iter().map(|c| auc(c)).collect::<Vec<_>>()))
         };
         let (ins, del) = (causal(CausalMode::Insertion)?, causal(CausalMode::Deletion)?);

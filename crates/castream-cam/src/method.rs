@@ -50,28 +50,44 @@ pub fn upsample(maps: &Tensor, h: usize, w: usize) -> Result<Tensor> {
 
 /// `(B, h, w)` maps bilinearly resized to `(B, H, W)` with `align_corners = true` (PyTorch's
 /// `nn.UpsamplingBilinear2d`): output pixel `o` samples input coordinate `o · (h − 1)/(H − 1)`, so
-/// the corner pixels of input and output coincide. Two interpolation matrices, any device.
+/// the corner pixels of input and output coincide.
 pub fn upsample_align_corners(maps: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    resize(maps, h, w, true)
+}
+
+/// `(B, h, w)` maps bilinearly resized to `(B, H, W)` as two interpolation matrices (`align_corners`
+/// true, or false as [`upsample`]): differentiable on every device, where candle's own resize has no
+/// backward and castream's kernel has one on the CPU only.
+pub fn resize(maps: &Tensor, h: usize, w: usize, align_corners: bool) -> Result<Tensor> {
     let (n, mh, mw) = maps.dims3()?;
     if mh == 0 || mw == 0 || h == 0 || w == 0 {
         bail!("upsample: empty size, {mh}x{mw} to {h}x{w}");
     }
-    let ry = align_corners_matrix(mh, h, maps)?;
-    let rx = align_corners_matrix(mw, w, maps)?;
+    let ry = interpolation_matrix(mh, h, align_corners, maps)?;
+    let rx = interpolation_matrix(mw, w, align_corners, maps)?;
     // (N, h', w') · (w', W) then (H, h') · (N, h', W).
     let rows = maps.broadcast_matmul(&rx.t()?)?;
     ry.broadcast_left(n)?.matmul(&rows)
 }
 
-/// The `(out, in)` matrix of 1-D linear interpolation with `align_corners = true`.
-fn align_corners_matrix(len_in: usize, len_out: usize, like: &Tensor) -> Result<Tensor> {
-    let scale = if len_out > 1 { (len_in - 1) as f64 / (len_out - 1) as f64 } else { 0.0 };
+/// The `(out, in)` matrix of 1-D linear interpolation. `align_corners`: output `o` samples
+/// `o · (in − 1)/(out − 1)`; otherwise PyTorch's half-pixel centres, `(o + ½) · in/out − ½`
+/// clamped at 0, the upper neighbour clamped to the edge.
+fn interpolation_matrix(len_in: usize, len_out: usize, align_corners: bool, like: &Tensor) -> Result<Tensor> {
     let mut m = vec![0f32; len_out * len_in];
     for o in 0..len_out {
-        let src = scale * o as f64;
+        let src = if align_corners {
+            if len_out > 1 {
+                o as f64 * (len_in - 1) as f64 / (len_out - 1) as f64
+            } else {
+                0.0
+            }
+        } else {
+            ((o as f64 + 0.5) * len_in as f64 / len_out as f64 - 0.5).max(0.0)
+        };
         let i0 = (src.floor() as usize).min(len_in - 1);
         let i1 = (i0 + 1).min(len_in - 1);
-        let l1 = (src - i0 as f64) as f32;
+        let l1 = (src - i0 as f64).clamp(0.0, 1.0) as f32;
         m[o * len_in + i0] += 1.0 - l1;
         m[o * len_in + i1] += l1;
     }

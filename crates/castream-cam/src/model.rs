@@ -41,7 +41,8 @@ pub trait CamModel: Send + Sync {
     fn logits_from(&self, acts: &Activations, a: &Tensor) -> Result<Tensor>;
 
     /// Logits of a normalised input batch, for scoring (the activations are detached: train with
-    /// the model's own forward). Override when a full forward is cheaper than the split one.
+    /// the model's own forward). Override when a full forward is cheaper than the split one, and
+    /// for Opti-CAM, which optimises through it: it needs logits differentiable in the input.
     fn logits(&self, x: &Tensor) -> Result<Tensor> {
         let acts = self.activations(x)?;
         self.logits_from(&acts, &acts.target)

@@ -6,8 +6,8 @@ use castream_backbones::{Arch, BackboneConfig, Model, Stem};
 use castream_cam::gradients::target_gradients;
 use castream_cam::method::weighted_sum;
 use castream_cam::methods::{AblationCam, GradCamPlusPlus, OptiCam, ScoreCam};
-use castream_cam::{upsample_align_corners, Upsampling};
 use castream_cam::{explain, upsample, CamMethod, Method, MethodOptions, Pooling, Subject};
+use castream_cam::{resize, upsample_align_corners, Upsampling};
 use castream_data::Normalisation;
 use castream_stream::{CaModel, StreamConfig};
 use rand::{Rng, SeedableRng};
@@ -128,6 +128,11 @@ impl castream_cam::CamModel for Foreign {
         use candle_core::Module;
         self.fc.forward(&a.mean((2, 3))?)
     }
+    // The whole forward, differentiable in the input (Opti-CAM optimises through it).
+    fn logits(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        use candle_core::Module;
+        self.fc.forward(&self.conv2.forward(&self.conv1.forward(x)?.relu()?)?.relu()?.mean((2, 3))?)
+    }
     fn class_weights(&self) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(self.fc.weight().clone()))
     }
@@ -145,9 +150,13 @@ fn a_model_castream_does_not_define_is_explained_by_every_activation_method() {
     let grad = flat(&explain(Method::GradCam.build(&opts).as_ref(), &subject, &x, &[0, 2]).unwrap().maps);
     assert!(max_abs(&cam) > 0.5 && max_abs_diff(&cam, &grad) <= 1e-4, "CAM {cam:?} vs Grad-CAM {grad:?}");
     let k = subject.activations(&x).unwrap().target.dim(1).unwrap();
-    let expected = score_cam_loop(&subject, &x.narrow(0, 0, 1).unwrap(), 1, &(0..k).collect::<Vec<_>>(), Upsampling::HalfPixel);
-    let got =
-        flat(&ScoreCam { chunk: 3, channels: None, upsampling: Upsampling::HalfPixel }.saliency(&subject, &x.narrow(0, 0, 1).unwrap(), &[1]).unwrap());
+    let expected =
+        score_cam_loop(&subject, &x.narrow(0, 0, 1).unwrap(), 1, &(0..k).collect::<Vec<_>>(), Upsampling::HalfPixel);
+    let got = flat(
+        &ScoreCam { chunk: 3, channels: None, upsampling: Upsampling::HalfPixel }
+            .saliency(&subject, &x.narrow(0, 0, 1).unwrap(), &[1])
+            .unwrap(),
+    );
     assert!(max_abs_diff(&expected, &got) <= 1e-4 * max_abs(&expected).max(1e-6), "Score-CAM {got:?} vs {expected:?}");
     for m in Method::ALL.into_iter().filter(|&m| m != Method::RawAttention) {
         let e = explain(m.build(&opts).as_ref(), &subject, &x, &[0, 1]).unwrap();
@@ -208,7 +217,9 @@ fn score_cam_loop(subject: &Subject, x: &Tensor, class: u32, channels: &[usize],
         let channel = a.narrow(1, c, 1).unwrap().squeeze(0).unwrap();
         let up = match upsampling {
             Upsampling::HalfPixel => flat(&upsample(&channel, SIDE, SIDE).unwrap()),
-            Upsampling::AlignCorners => align_corners_loop(&flat(&channel), channel.dim(1).unwrap(), channel.dim(2).unwrap(), SIDE),
+            Upsampling::AlignCorners => {
+                align_corners_loop(&flat(&channel), channel.dim(1).unwrap(), channel.dim(2).unwrap(), SIDE)
+            }
         };
         let (lo, hi) = up.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
         let mask: Vec<f32> = up.iter().map(|v| (v - lo) / (hi - lo + 1e-7)).collect();
@@ -225,7 +236,8 @@ fn score_cam_loop(subject: &Subject, x: &Tensor, class: u32, channels: &[usize],
 
 /// Bilinear resizing of an `h x w` plane to `side x side` with `align_corners = true`, pixel by pixel.
 fn align_corners_loop(plane: &[f32], h: usize, w: usize, side: usize) -> Vec<f32> {
-    let coordinate = |o: usize, len: usize| if side > 1 { o as f64 * (len - 1) as f64 / (side - 1) as f64 } else { 0.0 };
+    let coordinate =
+        |o: usize, len: usize| if side > 1 { o as f64 * (len - 1) as f64 / (side - 1) as f64 } else { 0.0 };
     let mut out = Vec::with_capacity(side * side);
     for oy in 0..side {
         for ox in 0..side {
@@ -234,7 +246,8 @@ fn align_corners_loop(plane: &[f32], h: usize, w: usize, side: usize) -> Vec<f32
             let (y1, x1) = ((y0 + 1).min(h - 1), (x0 + 1).min(w - 1));
             let (fy, fx) = (y - y0 as f64, x - x0 as f64);
             let at = |r: usize, c: usize| plane[r * w + c] as f64;
-            let v = (1.0 - fy) * ((1.0 - fx) * at(y0, x0) + fx * at(y0, x1)) + fy * ((1.0 - fx) * at(y1, x0) + fx * at(y1, x1));
+            let v = (1.0 - fy) * ((1.0 - fx) * at(y0, x0) + fx * at(y0, x1))
+                + fy * ((1.0 - fx) * at(y1, x0) + fx * at(y1, x1));
             out.push(v as f32);
         }
     }
@@ -256,6 +269,33 @@ fn align_corners_upsampling_keeps_the_corners_and_matches_a_pixel_loop() {
     let expected = align_corners_loop(&flat(&x), 5, 7, SIDE);
     let got = flat(&upsample_align_corners(&x, SIDE, SIDE).unwrap());
     assert!(max_abs_diff(&expected, &got) <= 1e-5 * max_abs(&expected), "{got:?}");
+}
+
+#[test]
+fn resizing_by_matrices_equals_the_kernel_and_has_a_gradient() {
+    let maps =
+        images(2, 31).narrow(1, 0, 1).unwrap().squeeze(1).unwrap().narrow(1, 0, 7).unwrap().narrow(2, 0, 5).unwrap();
+    let maps = maps.contiguous().unwrap();
+    let (ours, kernel) = (flat(&resize(&maps, 29, 33, false).unwrap()), flat(&upsample(&maps, 29, 33).unwrap()));
+    assert!(max_abs_diff(&ours, &kernel) <= 1e-5 * max_abs(&kernel), "{}", max_abs_diff(&ours, &kernel));
+    // The resize's gradient, which candle's own resize lacks, against central differences.
+    let v = candle_core::Var::from_tensor(&maps).unwrap();
+    let probe = images(2, 37).narrow(1, 0, 1).unwrap().squeeze(1).unwrap().narrow(1, 0, 29).unwrap();
+    let probe = probe.contiguous().unwrap();
+    let f = |m: &Tensor| {
+        resize(m, 29, 33, false).unwrap().narrow(2, 0, 32).unwrap().mul(&probe).unwrap().sum_all().unwrap()
+    };
+    let grad = flat(f(v.as_tensor()).backward().unwrap().get(v.as_tensor()).unwrap());
+    let base = flat(&maps);
+    for i in [0, 7, 20, 34, 69] {
+        let shifted = |d: f32| {
+            let mut m = base.clone();
+            m[i] += d;
+            f(&Tensor::from_vec(m, maps.dims(), &Device::Cpu).unwrap()).to_scalar::<f32>().unwrap()
+        };
+        let fd = (shifted(1e-2) - shifted(-1e-2)) / 2e-2;
+        assert!((fd - grad[i]).abs() <= 1e-2 * grad[i].abs().max(1.0), "{i}: {fd} vs {}", grad[i]);
+    }
 }
 
 #[test]
@@ -287,7 +327,11 @@ fn score_cam_channel_subsampling_scores_the_most_active_channels() {
     let mut order: Vec<usize> = (0..means.len()).collect();
     order.sort_by(|&p, &q| means[q].total_cmp(&means[p]));
     let expected = score_cam_loop(&subject, &x, 0, &order[..6], Upsampling::AlignCorners);
-    let got = flat(&ScoreCam { chunk: 4, channels: Some(6), upsampling: Upsampling::AlignCorners }.saliency(&subject, &x, &[0]).unwrap());
+    let got = flat(
+        &ScoreCam { chunk: 4, channels: Some(6), upsampling: Upsampling::AlignCorners }
+            .saliency(&subject, &x, &[0])
+            .unwrap(),
+    );
     assert!(max_abs_diff(&expected, &got) <= 1e-4 * max_abs(&expected).max(1e-6));
 }
 
@@ -410,11 +454,11 @@ fn opti_cam_objective_increases_on_a_fixed_image() {
     let subject = Subject::of(Pooling::Gap(&model), NORM);
     let x = images(1, 23);
     // Small steps: Adam's momentum overshoots at larger ones.
-    let (weights, history) = OptiCam { iterations: 10, learning_rate: 0.002 }.optimise(&subject, &x, &[1]).unwrap();
-    assert_eq!(history.len(), 11);
-    assert!(history.windows(2).all(|w| w[1] > w[0]), "{history:?}");
+    let o = OptiCam { iterations: 10, learning_rate: 0.002 }.optimise(&subject, &x, &[1]).unwrap();
+    assert_eq!(o.history.len(), 11);
+    assert!(o.history.windows(2).all(|w| w[1] > w[0]), "{:?}", o.history);
     // Convex weights.
-    let w = flat(&weights);
+    let w = flat(&o.weights);
     assert!(w.iter().all(|&v| v > 0.0) && (w.iter().sum::<f32>() - 1.0).abs() < 1e-5);
 }
 
@@ -436,7 +480,8 @@ fn opti_cam_loop(subject: &Subject, x: &Tensor, class: u32, iterations: usize, l
     };
     let objective = |u: &[f64]| -> f64 {
         let weights = softmax(u);
-        let map: Vec<f32> = (0..h * w).map(|p| (0..k).map(|c| weights[c] * a[c * h * w + p] as f64).sum::<f64>() as f32).collect();
+        let map: Vec<f32> =
+            (0..h * w).map(|p| (0..k).map(|c| weights[c] * a[c * h * w + p] as f64).sum::<f64>() as f32).collect();
         let up = flat(&upsample(&Tensor::from_vec(map, (1, h, w), &Device::Cpu).unwrap(), SIDE, SIDE).unwrap());
         let (lo, hi) = up.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
         let mut masked: Vec<f32> =
@@ -478,10 +523,14 @@ fn opti_cam_matches_a_loop_with_finite_differences_and_adam_written_out() {
         let subject = Subject::of(pooling, NORM);
         let x = images(1, 29);
         let expected = opti_cam_loop(&subject, &x, 2, 3, 0.02);
-        let opti = OptiCam { iterations: 3, learning_rate: 0.02 };
-        let got = flat(&explain(&opti, &subject, &x, &[2]).unwrap().maps);
-        let diff = got.iter().zip(&expected).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+        let map =
+            |iterations| flat(&explain(&OptiCam { iterations, learning_rate: 0.02 }, &subject, &x, &[2]).unwrap().maps);
+        let (got, uniform) = (map(3), map(0));
+        let gap = |a: &[f32], b: &[f64]| a.iter().zip(b).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+        let diff = gap(&got, &expected);
         assert!(diff <= 2e-3, "ca={ca}: {diff}: {got:?} vs {expected:?}");
+        // The steps moved the map well beyond that tolerance.
+        let moved = gap(&got, &uniform.iter().map(|&v| v as f64).collect::<Vec<_>>());
+        assert!(moved > 10.0 * 2e-3, "ca={ca}: the map moved by {moved} only");
     }
 }
-

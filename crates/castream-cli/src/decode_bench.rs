@@ -24,7 +24,9 @@ pub fn run(runs: usize) -> Result<()> {
             let img = image::RgbImage::from_fn(500, 375, |x, y| {
                 let (u, v) = (x as f32 / 500.0, y as f32 / 375.0);
                 let c = |p: f32| ((p.sin() * 0.5 + 0.5) * 220.0) as u8;
-                image::Rgb([c(a * u + v), c(b * v - u), c(a * b * u * v)].map(|p| p.saturating_add(rng.random_range(0..24))))
+                image::Rgb(
+                    [c(a * u + v), c(b * v - u), c(a * b * u * v)].map(|p| p.saturating_add(rng.random_range(0..24))),
+                )
             });
             let path = dir.path().join(format!("{i}.JPEG"));
             let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
@@ -37,7 +39,9 @@ pub fn run(runs: usize) -> Result<()> {
     let seeds: Vec<u64> = (0..BATCH as u64).collect();
     let norm = Normalisation::IMAGENET;
     let threads = rayon::current_num_threads();
-    println!("Decoding {BATCH} JPEGs of 500x375 per call, {threads} threads, median of {runs} calls after a warm-up:\n");
+    println!(
+        "Decoding {BATCH} JPEGs of 500x375 per call, {threads} threads, median of {runs} calls after a warm-up:\n"
+    );
     println!("| transform | images/s | images/s per thread |\n|---|---:|---:|");
     let time = |label: &str, f: &dyn Fn() -> Result<()>| -> Result<()> {
         f()?;

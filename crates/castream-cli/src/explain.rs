@@ -19,8 +19,8 @@ pub use castream_cam::{Method, MethodOptions};
 
 use castream_report::overlay::write_overlay;
 use castream_zoo::ca::{quick_models, trained_models, QuickData, StreamSpec};
-use castream_zoo::stream_checkpoint::{read_card, StreamSource};
 use castream_zoo::quick::load_backbone;
+use castream_zoo::stream_checkpoint::{read_card, StreamSource};
 use castream_zoo::BackboneSpec;
 
 /// What to explain.

@@ -5,11 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use castream_cam::{Method, PoolingKind};
-use castream_cli::explain::{self, ClassChoice, ExplainOptions, Input, ModelSource, SceneRange};
-use castream_data::DeviceChoice;
 use castream_cli::args::RunArgs;
-use castream_experiments::runner::{self, Listing, Mode, Outcome, Readiness, Shard};
+use castream_cli::explain::{self, ClassChoice, ExplainOptions, Input, ModelSource, SceneRange};
 use castream_cli::slurm::SlurmCommand;
+use castream_data::DeviceChoice;
+use castream_experiments::runner::{self, Listing, Mode, Outcome, Readiness, Shard};
 use castream_zoo::quick::TrainOptions;
 use castream_zoo::stream_checkpoint::StreamSource;
 use castream_zoo::train_stream::{train_stream, TrainStreamOptions};

@@ -98,7 +98,8 @@ fn submit(mut a: SubmitArgs) -> Result<()> {
     let mut jobs = Vec::new();
     for recipe in &plan.recipes {
         let stem = recipe.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let command = format!("{} train-stream {} --device {device}", quote(&exe), quote(&std::path::absolute(recipe)?));
+        let command =
+            format!("{} train-stream {} --device {device}", quote(&exe), quote(&std::path::absolute(recipe)?));
         let name = format!("train-stream-{stem}");
         let log = logs.join(format!("{name}.log"));
         jobs.push(Job { script: script(&a, &root, &name, &log, None, &command), name, after: vec![] });
@@ -106,18 +107,36 @@ fn submit(mut a: SubmitArgs) -> Result<()> {
     let trainers: Vec<usize> = (0..jobs.len()).collect();
     let spec = quote(Path::new(&a.spec));
     let prepare = format!("{} reproduce {spec} --prepare {flags}", quote(&exe));
-    jobs.push(Job { name: "prepare".into(), script: script(&a, &root, "prepare", &logs.join("prepare.log"), None, &prepare), after: trainers });
+    jobs.push(Job {
+        name: "prepare".into(),
+        script: script(&a, &root, "prepare", &logs.join("prepare.log"), None, &prepare),
+        after: trainers,
+    });
     let shard = format!("{} reproduce {spec} --shard \"${{SLURM_ARRAY_TASK_ID}}/{n}\" {flags}", quote(&exe));
     let shard_log = logs.join(format!("shard-%a-of-{n}.log"));
-    jobs.push(Job { name: "shards".into(), script: script(&a, &root, "shards", &shard_log, Some(n), &shard), after: vec![jobs.len() - 1] });
+    jobs.push(Job {
+        name: "shards".into(),
+        script: script(&a, &root, "shards", &shard_log, Some(n), &shard),
+        after: vec![jobs.len() - 1],
+    });
     let merge = format!("{} merge {spec} {flags}", quote(&exe));
-    jobs.push(Job { name: "merge".into(), script: script(&a, &root, "merge", &logs.join("merge.log"), None, &merge), after: vec![jobs.len() - 1] });
+    jobs.push(Job {
+        name: "merge".into(),
+        script: script(&a, &root, "merge", &logs.join("merge.log"), None, &merge),
+        after: vec![jobs.len() - 1],
+    });
 
     if a.dry_run {
         for (i, job) in jobs.iter().enumerate() {
             let after: Vec<String> = job.after.iter().map(|&j| format!("<{} job id>", jobs[j].name)).collect();
-            let dependency = if after.is_empty() { String::new() } else { format!("--dependency=afterok:{} ", after.join(":")) };
-            println!("# job {} of {}: sbatch --parsable {dependency}{}", i + 1, jobs.len(), dir.join(format!("{}.sbatch", job.name)).display());
+            let dependency =
+                if after.is_empty() { String::new() } else { format!("--dependency=afterok:{} ", after.join(":")) };
+            println!(
+                "# job {} of {}: sbatch --parsable {dependency}{}",
+                i + 1,
+                jobs.len(),
+                dir.join(format!("{}.sbatch", job.name)).display()
+            );
             println!("{}", job.script);
         }
         println!("# dry run: nothing written or submitted");
@@ -145,7 +164,11 @@ fn submit(mut a: SubmitArgs) -> Result<()> {
                 if ids.is_empty() {
                     String::new()
                 } else {
-                    format!("; the jobs already submitted ({}) still run: cancel them with `scancel {}`", ids.join(", "), ids.join(" "))
+                    format!(
+                        "; the jobs already submitted ({}) still run: cancel them with `scancel {}`",
+                        ids.join(", "),
+                        ids.join(" ")
+                    )
                 }
             );
         }

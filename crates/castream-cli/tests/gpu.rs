@@ -1,10 +1,11 @@
 //! CPU and CUDA agree (`--features cuda`, run on a GPU machine by `scripts/gpu-check.sh`): on the
-//! miniature ImageNet, the GAP and CA logits, Grad-CAM and Score-CAM maps, and table2's metrics
+//! miniature ImageNet, the GAP and CA logits, Grad-CAM, Score-CAM and Opti-CAM maps, and table2's metrics
 //! computed on both devices match within stated tolerances; then the GPU's images/s of a ResNet-50
 //! forward, a stream training step and Score-CAM are printed.
 //!
 //! Tolerances: logits within 1e-3 of the largest CPU logit (cuBLAS/cuDNN sum in other orders);
-//! maps (min-max normalised to [0, 1]) within 2e-2; table2's per-method means within 0.5 points.
+//! maps (min-max normalised to [0, 1]) within 2e-2 (Opti-CAM's after 5 steps: 5e-2); table2's
+//! per-method means within 0.5 points.
 #![cfg(feature = "cuda")]
 
 use std::path::{Path, PathBuf};
@@ -102,7 +103,11 @@ fn cpu_and_cuda_agree_and_the_gpu_throughput_is_reported() {
     let xg = x.to_device(&gpu).unwrap();
     println!("| quantity | max |CPU − CUDA| | bound |\n|---|---|---|");
     for (name, a, b) in [
-        ("GAP logits", cpu_m.ca.backbone.net.forward(&x, false).unwrap(), gpu_m.ca.backbone.net.forward(&xg, false).unwrap()),
+        (
+            "GAP logits",
+            cpu_m.ca.backbone.net.forward(&x, false).unwrap(),
+            gpu_m.ca.backbone.net.forward(&xg, false).unwrap(),
+        ),
         ("CA logits", cpu_m.ca.forward(&x).unwrap().0, gpu_m.ca.forward(&xg).unwrap().0),
     ] {
         let bound = 1e-3 * a.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
@@ -110,8 +115,11 @@ fn cpu_and_cuda_agree_and_the_gpu_throughput_is_reported() {
         println!("| {name} | {d:.2e} | {bound:.2e} |");
         assert!(d <= bound, "{name}: {d} > {bound}");
     }
-    let options = MethodOptions::default();
-    for method in [Method::GradCam, Method::ScoreCam] {
+    // Opti-CAM: 5 of its Adam steps, enough to leave the uniform map.
+    let options = MethodOptions { opti_cam_iterations: 5, ..MethodOptions::default() };
+    for method in [Method::GradCam, Method::ScoreCam, Method::OptiCam] {
+        // Adam's steps follow the gradient's sign, which rounding can flip where it is near 0.
+        let bound = if method == Method::OptiCam { 5e-2 } else { 2e-2 };
         for (pooling, c, g) in [
             ("GAP", Pooling::Gap(&cpu_m.ca.backbone), Pooling::Gap(&gpu_m.ca.backbone)),
             ("CA", Pooling::Ca(&cpu_m.ca), Pooling::Ca(&gpu_m.ca)),
@@ -120,8 +128,8 @@ fn cpu_and_cuda_agree_and_the_gpu_throughput_is_reported() {
             let a = explain(m.as_ref(), &Subject::of(c, norm), &x, &labels).unwrap().maps;
             let b = explain(m.as_ref(), &Subject::of(g, norm), &xg, &labels).unwrap().maps;
             let d = max_abs_diff(&a, &b);
-            println!("| {method} {pooling} maps | {d:.2e} | 2e-2 |");
-            assert!(d <= 2e-2, "{method} {pooling}: {d}");
+            println!("| {method} {pooling} maps | {d:.2e} | {bound:.0e} |");
+            assert!(d <= bound, "{method} {pooling}: {d}");
         }
     }
 

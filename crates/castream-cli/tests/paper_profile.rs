@@ -34,8 +34,19 @@ fn fixture() -> tempfile::TempDir {
     dir
 }
 
-const TARGETS: [&str; 11] =
-    ["data-card", "figure1", "figure2", "figure3", "figure4", "table1", "table2", "table3", "table4", "table5", "table6"];
+const TARGETS: [&str; 11] = [
+    "data-card",
+    "figure1",
+    "figure2",
+    "figure3",
+    "figure4",
+    "table1",
+    "table2",
+    "table3",
+    "table4",
+    "table5",
+    "table6",
+];
 
 fn recipes(dir: &Path) -> Vec<String> {
     let mut r: Vec<String> = std::fs::read_dir(dir.join("experiments/streams"))
@@ -65,7 +76,8 @@ fn every_paper_target_runs_on_the_miniature_imagenet() {
     let (ok, text) = castream_in(root, &["reproduce", "all", "--profile", "paper"]);
     assert!(!ok, "targets without their streams must fail: {text}");
     for target in &TARGETS[1..] {
-        let line = text.lines().find(|l| l.starts_with(target)).unwrap_or_else(|| panic!("no line for {target}: {text}"));
+        let line =
+            text.lines().find(|l| l.starts_with(target)).unwrap_or_else(|| panic!("no line for {target}: {text}"));
         assert!(line.contains("pending") && line.contains("train-stream experiments/streams/"), "{line}");
     }
 
@@ -105,7 +117,9 @@ fn every_paper_target_runs_on_the_miniature_imagenet() {
         let weights = run["weights"].as_object().unwrap();
         assert!(target == "data-card" || weights.keys().any(|k| k.contains("stream")), "{target}: {weights:?}");
     }
-    for (table, paper_columns) in [("table1", true), ("table2", true), ("table3", true), ("table5", false), ("table6", false)] {
+    for (table, paper_columns) in
+        [("table1", true), ("table2", true), ("table3", true), ("table5", false), ("table6", false)]
+    {
         let values = numbers(&root.join("results/paper").join(table).join(format!("{table}.csv")));
         assert!(!values.is_empty(), "{table}: no numbers");
         for (column, v) in &values {
@@ -133,7 +147,10 @@ fn every_paper_target_runs_on_the_miniature_imagenet() {
     for entry in std::fs::read_dir(&whole).unwrap() {
         let name = entry.unwrap().file_name();
         if name != "run.json" {
-            assert!(std::fs::read(whole.join(&name)).unwrap() == std::fs::read(merged.join(&name)).unwrap(), "{name:?} differs");
+            assert!(
+                std::fs::read(whole.join(&name)).unwrap() == std::fs::read(merged.join(&name)).unwrap(),
+                "{name:?} differs"
+            );
             compared += 1;
         }
     }
@@ -155,7 +172,17 @@ fn every_paper_target_runs_on_the_miniature_imagenet() {
     let image = root.join("data/val/ILSVRC2012_val_00000001.JPEG");
     let (ok, text) = castream_in(
         root,
-        &["explain", "--image", image.to_str().unwrap(), "--stream", "streams/resnet.safetensors", "--pooling", "gap,ca", "--out", "explained"],
+        &[
+            "explain",
+            "--image",
+            image.to_str().unwrap(),
+            "--stream",
+            "streams/resnet.safetensors",
+            "--pooling",
+            "gap,ca",
+            "--out",
+            "explained",
+        ],
     );
     assert!(ok, "{text}");
     assert!(std::fs::read_dir(root.join("explained")).unwrap().count() >= 2, "{text}");
@@ -168,7 +195,10 @@ fn every_paper_target_runs_on_the_miniature_imagenet() {
     let theirs = text["backbone_sha256"].as_str().unwrap().to_string();
     text["backbone_sha256"] = resnet["backbone_sha256"].clone();
     std::fs::write(&card, serde_json::to_string(&text).unwrap()).unwrap();
-    let (ok, out) = castream_in(root, &["explain", "--image", image.to_str().unwrap(), "--stream", "streams/convnext.safetensors", "--pooling", "ca"]);
+    let (ok, out) = castream_in(
+        root,
+        &["explain", "--image", image.to_str().unwrap(), "--stream", "streams/convnext.safetensors", "--pooling", "ca"],
+    );
     assert!(!ok);
     assert!(out.contains(&theirs) && out.contains(resnet["backbone_sha256"].as_str().unwrap()), "{out}");
 }
@@ -180,8 +210,10 @@ fn an_interrupted_stream_training_resumes_bit_identically() {
     let root = dir.path();
     let recipe = root.join("experiments/streams/resnet-last.toml");
     // Two epochs of 25 small steps: the second takes long enough to be interrupted.
-    let two_epochs =
-        std::fs::read_to_string(&recipe).unwrap().replace("epochs = 1", "epochs = 2").replace("batch_size = 32", "batch_size = 8");
+    let two_epochs = std::fs::read_to_string(&recipe)
+        .unwrap()
+        .replace("epochs = 1", "epochs = 2")
+        .replace("batch_size = 32", "batch_size = 8");
     std::fs::write(&recipe, &two_epochs).unwrap();
     let (ok, text) = castream_in(root, &["train-stream", "experiments/streams/resnet-last.toml"]);
     assert!(ok, "{text}");

@@ -82,7 +82,8 @@ fn three_shards_by_hand_merge_into_the_unsharded_bytes_and_bad_shards_publish_no
     for ((name, a), (_, b)) in whole.iter().zip(&merged) {
         assert!(a == b, "{name}: the merged file differs from the unsharded run's");
     }
-    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(published.join("run.json")).unwrap()).unwrap();
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(published.join("run.json")).unwrap()).unwrap();
     assert_eq!(record["shards"].as_array().map(|s| s.len()), Some(3), "{record}");
 
     // A record from other code is named; the published results stay as they are.
@@ -101,7 +102,10 @@ fn three_shards_by_hand_merge_into_the_unsharded_bytes_and_bad_shards_publish_no
     weights.insert(name.clone(), "feedface".into());
     std::fs::write(&shard3, serde_json::to_vec(&edited).unwrap()).unwrap();
     let (ok, text) = castream_in(root, &[&["merge", "table2", "--results", "refused"], &FLAGS[..]].concat());
-    assert!(!ok && text.contains("mismatch: shard 3/3") && text.contains(&format!("weights `{name}` feedface")), "{text}");
+    assert!(
+        !ok && text.contains("mismatch: shard 3/3") && text.contains(&format!("weights `{name}` feedface")),
+        "{text}"
+    );
     assert!(!root.join("refused/quick").join("table2@images=24,batch_size=8").exists());
 
     // Rerun, the shard reads its finished cells and writes the same values again.
@@ -116,7 +120,10 @@ fn sharding_is_refused_where_it_does_not_apply() {
     let project = project();
     let root = project.path();
     let (ok, text) = castream_in(root, &["reproduce", "figure1", "--shard", "1/2"]);
-    assert!(!ok && text.contains("not sharded") && text.contains("interpretability experiments, table1 and table4"), "{text}");
+    assert!(
+        !ok && text.contains("not sharded") && text.contains("interpretability experiments, table1 and table4"),
+        "{text}"
+    );
     let (ok, text) = castream_in(root, &["reproduce", "all", "--shard", "1/2"]);
     assert!(!ok && text.contains("one spec at a time"), "{text}");
     let (ok, text) = castream_in(root, &["reproduce", "table2", "--shard", "3/2"]);
@@ -125,7 +132,13 @@ fn sharding_is_refused_where_it_does_not_apply() {
     assert!(!ok && text.contains("no shard records in") && text.contains("--shard K/N"), "{text}");
     let (ok, text) = castream_in(root, &["slurm", "submit", "table2", "--shards", "4", "--images", "8", "--dry-run"]);
     assert!(ok, "{text}");
-    for expected in ["#SBATCH --array=1-4", "--dependency=afterok:<prepare job id>", "--shard \"${SLURM_ARRAY_TASK_ID}/4\"", "merge 'table2'", "shard-%a-of-4.log"] {
+    for expected in [
+        "#SBATCH --array=1-4",
+        "--dependency=afterok:<prepare job id>",
+        "--shard \"${SLURM_ARRAY_TASK_ID}/4\"",
+        "merge 'table2'",
+        "shard-%a-of-4.log",
+    ] {
         assert!(text.contains(expected), "{expected}: {text}");
     }
 }

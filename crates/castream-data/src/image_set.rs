@@ -35,7 +35,8 @@ impl ImageSetSpec {
     pub fn missing(&self, where_: &str) -> Option<String> {
         let mut missing = Vec::new();
         if !self.root.is_dir() {
-            missing.push(format!("{where_} root = {:?}, which is not a folder; Fix: point it to the images", self.root));
+            missing
+                .push(format!("{where_} root = {:?}, which is not a folder; Fix: point it to the images", self.root));
         }
         for (key, file) in [("list", &self.list), ("boxes", &self.boxes)] {
             if let Some(f) = file.as_ref().filter(|f| !f.is_file()) {
@@ -127,9 +128,13 @@ impl ImageSet {
             }
             let fields: Vec<&str> = line.split(',').map(str::trim).collect();
             let [name, coords @ ..] = fields.as_slice() else { unreachable!("split yields at least one field") };
-            let values: Vec<f64> = coords.iter().filter_map(|v| v.parse().ok()).filter(|v: &f64| v.is_finite()).collect();
+            let values: Vec<f64> =
+                coords.iter().filter_map(|v| v.parse().ok()).filter(|v: &f64| v.is_finite()).collect();
             if coords.len() != 4 || values.len() != 4 || values[0] >= values[2] || values[1] >= values[3] {
-                return Err(bad(i + 1, format!("expected `name,x0,y0,x1,y1` with x0 < x1 and y0 < y1, found `{line}`")));
+                return Err(bad(
+                    i + 1,
+                    format!("expected `name,x0,y0,x1,y1` with x0 < x1 and y0 < y1, found `{line}`"),
+                ));
             }
             let b = by_name.entry(self.root.join(name)).or_insert([values[0], values[1], values[2], values[3]]);
             *b = [b[0].min(values[0]), b[1].min(values[1]), b[2].max(values[2]), b[3].max(values[3])];
@@ -155,8 +160,8 @@ impl ImageSet {
             .map(|e| match by_name.get(&e.path) {
                 None => Ok(None),
                 Some(b) => {
-                    let (w, h) =
-                        image::image_dimensions(&e.path).map_err(|err| DataError::Decode { path: e.path.clone(), reason: err.to_string() })?;
+                    let (w, h) = image::image_dimensions(&e.path)
+                        .map_err(|err| DataError::Decode { path: e.path.clone(), reason: err.to_string() })?;
                     Ok(self.transform.map_box(*b, w, h))
                 }
             })
@@ -172,10 +177,15 @@ impl ImageSet {
     fn files(&self) -> &str {
         self.files.get_or_init(|| {
             let mut hasher = Sha256::new();
-            hasher.update(std::path::absolute(&self.root).unwrap_or_else(|_| self.root.clone()).to_string_lossy().as_bytes());
+            hasher.update(
+                std::path::absolute(&self.root).unwrap_or_else(|_| self.root.clone()).to_string_lossy().as_bytes(),
+            );
             for e in &self.list.entries {
                 let meta = std::fs::metadata(&e.path).ok();
-                let modified = meta.as_ref().and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                let modified = meta
+                    .as_ref()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
                 hasher.update(format!("{},{},{:?}\n", e.path.display(), meta.map_or(0, |m| m.len()), modified));
             }
             hex(&hasher.finalize())
@@ -258,8 +268,9 @@ mod tests {
             write_png(&dir.path().join(class).join(name), 40, 20);
         }
         let list = ImageList::from_class_folders(dir.path()).unwrap();
-        let set = ImageSet::new(list, dir.path(), EvalTransform::Squash { size: 10 }, "toy", "val", serde_json::Value::Null)
-            .unwrap();
+        let set =
+            ImageSet::new(list, dir.path(), EvalTransform::Squash { size: 10 }, "toy", "val", serde_json::Value::Null)
+                .unwrap();
         (dir, set)
     }
 
@@ -327,11 +338,20 @@ mod tests {
         let (_other_dir, other) = fixture();
         assert_eq!(set.sha256, other.sha256, "the list hash is independent of the root");
         assert_ne!(id, other.identity(), "another copy of the files is other images");
-        let resized = ImageSet::new(set.list.clone(), dir.path(), EvalTransform::Squash { size: 12 }, "toy", "val", serde_json::Value::Null).unwrap();
+        let resized = ImageSet::new(
+            set.list.clone(),
+            dir.path(),
+            EvalTransform::Squash { size: 12 },
+            "toy",
+            "val",
+            serde_json::Value::Null,
+        )
+        .unwrap();
         assert_ne!(id, resized.identity());
         // An image rewritten in place (another size) changes the identity.
         write_png(&dir.path().join("n02/b.png"), 41, 20);
-        let rewritten = ImageSet::new(set.list.clone(), dir.path(), set.transform, "toy", "val", serde_json::Value::Null).unwrap();
+        let rewritten =
+            ImageSet::new(set.list.clone(), dir.path(), set.transform, "toy", "val", serde_json::Value::Null).unwrap();
         assert_ne!(id, rewritten.identity());
         let boxes = dir.path().join("boxes.csv");
         std::fs::write(&boxes, "n01/a.png,4,2,20,10\n").unwrap();

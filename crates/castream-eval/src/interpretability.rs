@@ -9,8 +9,8 @@ use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use castream_cam::{explain, Method, PoolingKind, Subject};
 use castream_data::cache::{CacheKind, Entry};
-use castream_data::progress;
 use castream_data::images::EvalImages;
+use castream_data::progress;
 use castream_metrics::causal::{auc, causal_curves, CausalMode};
 use castream_metrics::confidence::{class_probabilities, confidence, explanation_images};
 use castream_metrics::localisation::{box_iou, energy_in_box, pointing_hit, pointing_tolerance, DEFAULT_IOU_THRESHOLD};
@@ -116,7 +116,8 @@ pub struct Evaluation<'a> {
 impl Evaluation<'_> {
     /// The `metrics` of `source` on `model` (on a shard, for its part of the images).
     pub fn run(&self, model: &Explained, source: Source, metrics: &[Metric]) -> Result<PerImage> {
-        let label = format!("{} {} at F_{} ({:.12})", source.label(), model.key.pooling, model.key.layer, model.key.weights);
+        let label =
+            format!("{} {} at F_{} ({:.12})", source.label(), model.key.pooling, model.key.layer, model.key.weights);
         let inputs = self.inputs(SCORES, &model.key, source, Some(metrics), &[])?;
         self.sharding.cell(&label, &inputs, self.ids, self.batch_size, |ids| self.scores(model, source, metrics, ids))
     }
@@ -312,7 +313,10 @@ impl Evaluation<'_> {
             ensure!(h == w, "localisation needs square images, got {h}x{w}");
             for (map, &i) in maps.iter().zip(ids) {
                 let bbox = self.set.bbox(i).with_context(|| {
-                    format!("image #{i} of {} has no object box; localisation metrics need one per image", self.set.describe())
+                    format!(
+                        "image #{i} of {} has no object box; localisation metrics need one per image",
+                        self.set.describe()
+                    )
                 })?;
                 let values = [
                     (Metric::Pointing, if pointing_hit(map, w, &bbox, pointing_tolerance(w)) { 100.0 } else { 0.0 }),

@@ -198,7 +198,8 @@ impl Sharding {
                     }
                 };
                 check_lengths(&mut values, part.len())?;
-                let part = CellPart { label: label.to_string(), ids: part.to_vec(), values: serde_json::to_value(&values)? };
+                let part =
+                    CellPart { label: label.to_string(), ids: part.to_vec(), values: serde_json::to_value(&values)? };
                 cells.lock().map_err(|_| anyhow::anyhow!("a shard's cell list was poisoned"))?.insert(id, part);
                 Ok(values)
             }
@@ -218,7 +219,8 @@ impl Sharding {
                     );
                     let mut values: T = serde_json::from_value(part.values.clone())
                         .with_context(|| format!("cell {label}: the values of shard {shard} do not read"))?;
-                    check_lengths(&mut values, part.ids.len()).with_context(|| format!("cell {label}: shard {shard}"))?;
+                    check_lengths(&mut values, part.ids.len())
+                        .with_context(|| format!("cell {label}: shard {shard}"))?;
                     append(&mut out, values).with_context(|| format!("cell {label}: shard {shard}"))?;
                 }
                 if !missing.is_empty() {
@@ -237,7 +239,9 @@ impl Sharding {
     /// The parts a shard computed (empty for the other modes).
     pub fn into_cells(self) -> Result<Cells> {
         match self {
-            Sharding::Compute { cells, .. } => cells.into_inner().map_err(|_| anyhow::anyhow!("a shard's cell list was poisoned")),
+            Sharding::Compute { cells, .. } => {
+                cells.into_inner().map_err(|_| anyhow::anyhow!("a shard's cell list was poisoned"))
+            }
             _ => Ok(Cells::new()),
         }
     }
@@ -256,7 +260,8 @@ mod tests {
 
     #[test]
     fn parts_are_whole_batches_that_cover_every_image_once_in_order() {
-        for (n, batch, count) in [(32, 8, 4), (32, 64, 4), (10, 3, 3), (1000, 64, 7), (5, 1, 5), (0, 4, 2), (17, 4, 1)] {
+        for (n, batch, count) in [(32, 8, 4), (32, 64, 4), (10, 3, 3), (1000, 64, 7), (5, 1, 5), (0, 4, 2), (17, 4, 1)]
+        {
             let ids: Vec<usize> = (100..100 + n).collect();
             let mut joined = Vec::new();
             for index in 1..=count {
@@ -310,7 +315,10 @@ mod tests {
             })
             .collect();
         let merge = Sharding::Merge { shards: records.clone() };
-        assert_eq!(merge.cell::<Values>("sq", &"inputs", &ids, 8, |_| panic!("a merge computes nothing")).unwrap(), whole);
+        assert_eq!(
+            merge.cell::<Values>("sq", &"inputs", &ids, 8, |_| panic!("a merge computes nothing")).unwrap(),
+            whole
+        );
         // Other inputs are another cell, which no shard computed.
         let e = merge.cell::<Values>("other", &"other inputs", &ids, 8, square).unwrap_err();
         assert!(e.to_string().contains("cell other is missing from shard(s) 1/4, 2/4, 3/4, 4/4"), "{e}");
@@ -358,7 +366,13 @@ mod tests {
         assert_eq!(serde_json::to_string(&cells).unwrap(), serde_json::to_string(&cells_again).unwrap());
         // Another executable recomputes.
         let computed = std::cell::Cell::new(false);
-        run(&|ids| { computed.set(true); square(ids) }, "another build");
+        run(
+            &|ids| {
+                computed.set(true);
+                square(ids)
+            },
+            "another build",
+        );
         assert!(computed.get());
     }
 }

@@ -12,8 +12,8 @@ use castream_data::{provenance, DeviceChoice};
 use castream_report::index;
 use castream_report::record::{OutputRecord, RunRecord};
 
-pub use castream_eval::Shard;
 use castream_eval::shard::Resume;
+pub use castream_eval::Shard;
 use castream_eval::Sharding;
 
 use crate::shards::{executable_sha256, Loaded, ShardRecord, Shards};
@@ -85,7 +85,8 @@ pub fn reproduce_all(opts: &Options) -> Result<Vec<(String, Outcome)>> {
     let mut failures = Vec::new();
     let mut published = Vec::new();
     for name in names {
-        let run = Spec::load(&spec_path(&opts.experiments, &name)).and_then(|spec| Ok((run_spec(&spec, opts)?, spec.title)));
+        let run =
+            Spec::load(&spec_path(&opts.experiments, &name)).and_then(|spec| Ok((run_spec(&spec, opts)?, spec.title)));
         match run {
             Ok(((dir, seconds), title)) => {
                 published.push(index::Entry { name: name.clone(), title, dir: dir.clone() });
@@ -106,7 +107,9 @@ pub fn reproduce_all(opts: &Options) -> Result<Vec<(String, Outcome)>> {
         let lines: Vec<String> = failures.iter().cloned().chain(pending).collect();
         bail!("{} of the specs failed:\n{}", failures.len(), lines.join("\n"));
     }
-    if !published.is_empty() {
+    // The index describes the reference results: a run with overrides publishes beside them.
+    let reference = published.iter().all(|e| e.dir.file_name().is_some_and(|n| n.to_string_lossy() == e.name));
+    if !published.is_empty() && reference {
         index::write(&opts.results.join(opts.profile.key()), opts.profile.key(), &published)?;
     }
     Ok(outcomes)
@@ -247,8 +250,13 @@ fn run_spec(spec: &Spec, opts: &Options) -> Result<(PathBuf, f64)> {
     if let Some(pending) = targets::pending(spec, opts.profile, &settings, &opts.root)? {
         return Err(pending.into());
     }
-    let mut record =
-        RunRecord::new(&spec.name, &spec.path, &target_key(spec)?, opts.profile.key(), serde_json::to_value(&settings)?);
+    let mut record = RunRecord::new(
+        &spec.name,
+        &spec.path,
+        &target_key(spec)?,
+        opts.profile.key(),
+        serde_json::to_value(&settings)?,
+    );
     record.overrides = overrides;
     record.device = choice.to_string();
     let device = choice.device()?;
@@ -256,20 +264,21 @@ fn run_spec(spec: &Spec, opts: &Options) -> Result<(PathBuf, f64)> {
     let shard_dir = shard_dir(opts, spec, &record.overrides)?;
     let started = Instant::now();
     provenance::reset_peak_memory();
-    let run_target = |out: &Path, record: &mut RunRecord, sharding: &Sharding, run: &dyn Fn(&mut RunContext) -> Result<()>| {
-        run(&mut RunContext {
-            spec,
-            profile: opts.profile,
-            settings: &settings,
-            out,
-            root: &opts.root,
-            experiments: &opts.experiments,
-            device: device.clone(),
-            record,
-            quick: None,
-            sharding,
-        })
-    };
+    let run_target =
+        |out: &Path, record: &mut RunRecord, sharding: &Sharding, run: &dyn Fn(&mut RunContext) -> Result<()>| {
+            run(&mut RunContext {
+                spec,
+                profile: opts.profile,
+                settings: &settings,
+                out,
+                root: &opts.root,
+                experiments: &opts.experiments,
+                device: device.clone(),
+                record,
+                quick: None,
+                sharding,
+            })
+        };
     match opts.mode {
         Mode::Whole => {
             let staged = StagedDir::begin(&dir)?;

@@ -124,8 +124,8 @@ impl Shards {
             "Fix: run the shards first (`castream reproduce {spec} --shard K/N` with the same flags as this merge), or \
              point --shard-dir at where they wrote"
         );
-        let entries =
-            std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("no shard records in {} ({e}); {run_first}", dir.display()))?;
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| anyhow::anyhow!("no shard records in {} ({e}); {run_first}", dir.display()))?;
         let mut records: Vec<(PathBuf, ShardRecord)> = Vec::new();
         for entry in entries {
             let path = entry?.path();
@@ -140,10 +140,15 @@ impl Shards {
                 continue;
             };
             let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            let record: ShardRecord = serde_json::from_slice(&text)
-                .with_context(|| format!("{} is not a shard record of this version; Fix: rerun that shard", path.display()))?;
+            let record: ShardRecord = serde_json::from_slice(&text).with_context(|| {
+                format!("{} is not a shard record of this version; Fix: rerun that shard", path.display())
+            })?;
             if record.format != FORMAT {
-                bail!("{}: shard record format {} (this castream reads {FORMAT}); Fix: rerun that shard", path.display(), record.format);
+                bail!(
+                    "{}: shard record format {} (this castream reads {FORMAT}); Fix: rerun that shard",
+                    path.display(),
+                    record.format
+                );
             }
             if record.shard != named {
                 bail!("{} holds the record of shard {}; Fix: rerun shard {named}", path.display(), record.shard);
@@ -199,10 +204,18 @@ impl Shards {
             // The same commit built otherwise, or a dirty tree: the executable tells the code apart.
             differs("executable SHA-256", r.executable_sha256.clone(), executable.clone());
             for (name, sha) in &ours.weights {
-                differs(&format!("weights `{name}`"), r.weights.get(name).cloned().unwrap_or_else(|| "(none)".into()), sha.clone());
+                differs(
+                    &format!("weights `{name}`"),
+                    r.weights.get(name).cloned().unwrap_or_else(|| "(none)".into()),
+                    sha.clone(),
+                );
             }
             if ours.image_list_sha256.is_some() {
-                differs("image list SHA-256", format!("{:?}", r.image_list_sha256), format!("{:?}", ours.image_list_sha256));
+                differs(
+                    "image list SHA-256",
+                    format!("{:?}", r.image_list_sha256),
+                    format!("{:?}", ours.image_list_sha256),
+                );
             }
             if loaded == Loaded::All {
                 let extra: Vec<&String> = r.weights.keys().filter(|k| !ours.weights.contains_key(*k)).collect();

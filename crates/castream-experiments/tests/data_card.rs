@@ -115,6 +115,9 @@ fn paper_profile_runs_end_to_end_on_a_small_image_list() {
     let dir = reproduce("data-card", &opts).unwrap();
     assert_provenance(false, &dir);
     let md = std::fs::read_to_string(dir.join("class_counts.md")).unwrap();
-    assert!(md.contains("| imagenet | val | 0 | class 0 | 2 |") && md.contains("| imagenet | val | 1 | class 1 | 1 |"), "{md}");
+    assert!(
+        md.contains("| imagenet | val | 0 | class 0 | 2 |") && md.contains("| imagenet | val | 1 | class 1 | 1 |"),
+        "{md}"
+    );
     assert!(dir.join("scenes.png").is_file() && dir.join("run.json").is_file());
 }

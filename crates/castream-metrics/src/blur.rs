@@ -35,7 +35,9 @@ impl InsertionBlur {
     /// How table footers name the blur.
     pub fn describe(self) -> &'static str {
         match self {
-            InsertionBlur::Gkern => "RISE's gkern(5, 5) blur (a 5x5 delta smoothed by SciPy's gaussian_filter, σ 5: nearly a box)",
+            InsertionBlur::Gkern => {
+                "RISE's gkern(5, 5) blur (a 5x5 delta smoothed by SciPy's gaussian_filter, σ 5: nearly a box)"
+            }
             InsertionBlur::Gaussian => "a closed-form 5x5 Gaussian blur, σ 5",
         }
     }
@@ -52,11 +54,18 @@ pub fn gkern(size: usize, sigma: f64) -> Vec<f32> {
     let n = size as i64;
     let reflect = |j: i64| {
         let m = j.rem_euclid(2 * n);
-        if m < n { m } else { 2 * n - 1 - m }
+        if m < n {
+            m
+        } else {
+            2 * n - 1 - m
+        }
     };
     // Output i gathers the taps whose reflected source is the delta's position.
     let line: Vec<f64> = (0..n)
-        .map(|i| (-radius..=radius).filter(|x| reflect(i + x) == n / 2).map(|x| weights[(x + radius) as usize]).sum::<f64>() / z)
+        .map(|i| {
+            (-radius..=radius).filter(|x| reflect(i + x) == n / 2).map(|x| weights[(x + radius) as usize]).sum::<f64>()
+                / z
+        })
         .collect();
     line.iter().flat_map(|a| line.iter().map(move |b| (a * b) as f32)).collect()
 }
@@ -78,14 +87,16 @@ pub fn gaussian_kernel(size: usize, sigma: f64) -> Vec<f32> {
 /// `size / 2`, as the authors' torch `conv2d(padding=2)` does: borders fade towards zero, i.e. towards
 /// the mean colour in normalised space.
 pub fn blur(x: &Tensor, kernel: &[f32], size: usize) -> Result<Tensor> {
-    ensure!(size % 2 == 1 && kernel.len() == size * size, "blur: a {size}x{size} kernel with an odd side, got {} values", kernel.len());
+    ensure!(
+        size % 2 == 1 && kernel.len() == size * size,
+        "blur: a {size}x{size} kernel with an odd side, got {} values",
+        kernel.len()
+    );
     let (_, c, _, _) = x.dims4().context("blur: the input must be (B, C, H, W)")?;
-    let kernel = Tensor::from_vec(kernel.to_vec(), (1, 1, size, size), x.device())?
-        .to_dtype(x.dtype())?
-        .repeat((c, 1, 1, 1))?;
+    let kernel =
+        Tensor::from_vec(kernel.to_vec(), (1, 1, size, size), x.device())?.to_dtype(x.dtype())?.repeat((c, 1, 1, 1))?;
     Ok(x.conv2d(&kernel, size / 2, 1, 1, c)?)
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -172,7 +183,11 @@ mod tests {
         let n = size as i64;
         let reflect = |j: i64| {
             let m = j.rem_euclid(2 * n);
-            if m < n { m } else { 2 * n - 1 - m }
+            if m < n {
+                m
+            } else {
+                2 * n - 1 - m
+            }
         };
         let g = |x: i64| (-((x * x) as f64) / (2.0 * sigma * sigma)).exp();
         let z: f64 = (-r..=r).map(g).sum::<f64>().powi(2);
@@ -198,7 +213,10 @@ mod tests {
         }
         for (size, sigma) in [(5, 5.0), (7, 1.0), (3, 0.8), (11, 5.0)] {
             let (got, want) = (gkern(size, sigma), gkern_loop(size, sigma));
-            assert!(got.iter().zip(&want).all(|(g, w)| (*g as f64 - w).abs() < 1e-7), "{size} {sigma}: {got:?} vs {want:?}");
+            assert!(
+                got.iter().zip(&want).all(|(g, w)| (*g as f64 - w).abs() < 1e-7),
+                "{size} {sigma}: {got:?} vs {want:?}"
+            );
             // Reflection keeps the delta's mass.
             assert!((got.iter().map(|&v| v as f64).sum::<f64>() - 1.0).abs() < 1e-6);
         }
@@ -206,5 +224,4 @@ mod tests {
         let box_gap = |k: &[f32]| k.iter().map(|v| (v - 0.04).abs()).fold(0f32, f32::max);
         assert!(box_gap(&k) < 1e-5 && box_gap(&gaussian_kernel(5, 5.0)) > 1e-3);
     }
-
 }

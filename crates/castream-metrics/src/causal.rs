@@ -234,7 +234,9 @@ mod tests {
                     CausalMode::Insertion => (&blurred, &x),
                 };
                 model.calls.clear();
-                let curves = causal_curves(&mut |t| model.logits(t), &xt, &st, &classes, mode, variant, InsertionBlur::Gkern, 5).unwrap();
+                let curves =
+                    causal_curves(&mut |t| model.logits(t), &xt, &st, &classes, mode, variant, InsertionBlur::Gkern, 5)
+                        .unwrap();
                 let points = steps(variant, h, w) + 1;
                 let calls = std::mem::take(&mut model.calls);
                 assert_eq!(calls.len(), (b * points).div_ceil(5), "{calls:?}");
@@ -259,7 +261,27 @@ mod tests {
         }
         let bad = Tensor::from_vec(vec![f32::NAN; b * h * w], (b, h, w), &cpu()).unwrap();
         let mode = CausalMode::Deletion;
-        assert!(causal_curves(&mut |t| model.logits(t), &xt, &bad, &classes, mode, CausalVariant::Authors, InsertionBlur::Gkern, 5).is_err());
-        assert!(causal_curves(&mut |t| model.logits(t), &xt, &st, &classes, mode, CausalVariant::Authors, InsertionBlur::Gkern, 0).is_err());
+        assert!(causal_curves(
+            &mut |t| model.logits(t),
+            &xt,
+            &bad,
+            &classes,
+            mode,
+            CausalVariant::Authors,
+            InsertionBlur::Gkern,
+            5
+        )
+        .is_err());
+        assert!(causal_curves(
+            &mut |t| model.logits(t),
+            &xt,
+            &st,
+            &classes,
+            mode,
+            CausalVariant::Authors,
+            InsertionBlur::Gkern,
+            0
+        )
+        .is_err());
     }
 }

@@ -5,6 +5,12 @@
 
 use std::fmt;
 
+use anyhow::Result;
+use castream_metrics::bootstrap::Interval;
+use polars::prelude::*;
+
+use crate::tables::Table;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Reproduced,
@@ -56,6 +62,55 @@ pub fn difference(mean: f64, low: f64, high: f64, higher_is_better: bool) -> Str
     } else {
         "no clear difference".to_string()
     }
+}
+
+/// One paired difference CA − GAP, as the `*_ca_vs_gap` tables list them.
+pub struct Difference {
+    pub backbone: String,
+    pub method: String,
+    /// Its column label, e.g. `AD↓`.
+    pub metric: String,
+    pub higher_is_better: bool,
+    /// The paper's change, where it states one.
+    pub paper: Option<f64>,
+    pub interval: Interval,
+}
+
+/// The table of `rows`: the difference and its interval, what it says by itself, and — with
+/// `paper` — the paper's change and the verdict on it.
+pub fn differences_table(name: &str, title: &str, rows: &[Difference], paper: bool, resamples: usize) -> Result<Table> {
+    let text = |f: &dyn Fn(&Difference) -> String| rows.iter().map(f).collect::<Vec<_>>();
+    let number = |f: &dyn Fn(&Difference) -> f64| rows.iter().map(f).collect::<Vec<_>>();
+    let mut columns = vec![
+        Column::new("backbone".into(), text(&|r| r.backbone.clone())),
+        Column::new("method".into(), text(&|r| r.method.clone())),
+        Column::new("metric".into(), text(&|r| r.metric.clone())),
+        Column::new("ca_minus_gap".into(), number(&|r| r.interval.mean)),
+        Column::new("low".into(), number(&|r| r.interval.low)),
+        Column::new("high".into(), number(&|r| r.interval.high)),
+        Column::new(
+            "verdict".into(),
+            text(&|r| difference(r.interval.mean, r.interval.low, r.interval.high, r.higher_is_better)),
+        ),
+    ];
+    if paper {
+        columns.insert(3, Column::new("ca_minus_gap_paper".into(), rows.iter().map(|r| r.paper).collect::<Vec<_>>()));
+        let claims: Vec<Option<String>> = rows
+            .iter()
+            .map(|r| r.paper.map(|p| Verdict::of(p, r.interval.low, r.interval.high).label().to_string()))
+            .collect();
+        columns.push(Column::new("claim".into(), claims));
+    }
+    let mut table = Table::new(name, title, DataFrame::new(rows.len(), columns)?).note(format!(
+        "Per-image differences CA − GAP on the same images; low/high: 95% paired bootstrap interval ({resamples} resamples)."
+    ));
+    if paper {
+        table = table.note(
+            "claim: the paper's change (CA − GAP on ImageNet) is reproduced when our interval excludes 0 on its side, \
+             contradicted when it excludes 0 on the other, inconclusive when it contains 0 (docs/results.md).",
+        );
+    }
+    Ok(table)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use castream_metrics::bootstrap::{mean_interval, paired_interval, Interval};
 use polars::prelude::*;
 
 use crate::charts::GroupedBars;
-use crate::claims::Verdict;
+use crate::claims::{differences_table, Difference, Verdict};
 use crate::tables::Table;
 use castream_metrics::{Metric, PerImage};
 
@@ -105,43 +105,22 @@ impl Scorecard<'_> {
         if pairs.is_empty() {
             return Ok(None);
         }
-        let (mut backbone, mut method, mut metric, mut diff, mut low, mut high) =
-            (vec![], vec![], vec![], vec![], vec![], vec![]);
-        let (mut verdict, mut paper_diff, mut claim) = (vec![], vec![], vec![]);
+        let mut rows = Vec::new();
         for (gap, ca) in pairs {
             for &m in self.metrics {
-                let d = paired_interval(&ca.values[&m], &gap.values[&m], self.resamples, 0.95, self.seed);
-                let p = self.paper_change(gap, ca, m);
-                backbone.push(gap.backbone.clone());
-                method.push(gap.method.clone());
-                metric.push(m.label());
-                diff.push(d.mean);
-                low.push(d.low);
-                high.push(d.high);
-                verdict.push(crate::claims::difference(d.mean, d.low, d.high, m.higher_is_better()));
-                paper_diff.push(p);
-                claim.push(p.map(|p| Verdict::of(p, d.low, d.high).label().to_string()));
+                rows.push(Difference {
+                    backbone: gap.backbone.clone(),
+                    method: gap.method.clone(),
+                    metric: m.label(),
+                    higher_is_better: m.higher_is_better(),
+                    paper: self.paper_change(gap, ca, m),
+                    interval: paired_interval(&ca.values[&m], &gap.values[&m], self.resamples, 0.95, self.seed),
+                });
             }
         }
-        let mut frame = df!(
-            "backbone" => backbone, "method" => method, "metric" => metric,
-            "ca_minus_gap" => diff, "low" => low, "high" => high, "verdict" => verdict,
-        )?;
-        if self.paper.is_some() {
-            frame.insert_column(3, Column::new("ca_minus_gap_paper".into(), paper_diff))?;
-            frame.with_column(Column::new("claim".into(), claim))?;
-        }
-        Ok(Some(
-            Table::new(&format!("{}_ca_vs_gap", self.name), &format!("{}: CA − GAP, paired", self.title), frame)
-                .note(format!(
-                    "Per-image differences CA − GAP on the same images; low/high: 95% paired bootstrap interval ({} resamples).",
-                    self.resamples
-                ))
-                .note(
-                    "claim: the paper's change (CA − GAP on ImageNet) is reproduced when our interval excludes 0 on its \
-                     side, contradicted when it excludes 0 on the other, inconclusive when it contains 0 (docs/results.md).",
-                ),
-        ))
+        let name = format!("{}_ca_vs_gap", self.name);
+        let title = format!("{}: CA − GAP, paired", self.title);
+        Ok(Some(differences_table(&name, &title, &rows, self.paper.is_some(), self.resamples)?))
     }
 
     fn paper_change(&self, gap: &Row, ca: &Row, m: Metric) -> Option<f64> {

@@ -9,5 +9,5 @@ pub mod streaming;
 
 pub use maps::{attention_map, minmax_normalise, AttentionSelect};
 pub use model::{CaModel, FeatureCache, StreamTask};
-pub use streaming::ImageStreamTask;
 pub use stream::{cross_attention, Attention, AttentionScale, CaStream, StreamConfig, StreamOutput};
+pub use streaming::ImageStreamTask;

@@ -23,11 +23,14 @@ pub enum AttentionSelect {
 }
 
 /// Per-image min-max normalisation of `(B, H, W)` maps to [0, 1]: `(S - min) / (max - min + eps)`.
-/// A constant map becomes zeros, never NaN.
+/// A constant map becomes zeros, never NaN. The extremes are taken at one pixel each (the first),
+/// as torch's `max(dim)`, so a gradient through them reaches that pixel only: an upsampled map
+/// ties whole blocks at its corner values, and a reduction's gradient would reach every tied
+/// pixel, multiplying the derivative by the block's size (Opti-CAM optimises through this).
 pub fn minmax_normalise(maps: &Tensor) -> Result<Tensor> {
     let flat = maps.flatten_from(1)?;
-    let min = flat.min_keepdim(D::Minus1)?;
-    let max = flat.max_keepdim(D::Minus1)?;
+    let min = flat.gather(&flat.argmin_keepdim(D::Minus1)?, D::Minus1)?;
+    let max = flat.gather(&flat.argmax_keepdim(D::Minus1)?, D::Minus1)?;
     let range = ((max - &min)? + 1e-7)?;
     flat.broadcast_sub(&min)?.broadcast_div(&range)?.reshape(maps.shape())
 }

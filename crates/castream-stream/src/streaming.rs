@@ -56,7 +56,13 @@ impl Task for ImageStreamTask<'_> {
 }
 
 /// Top-1 accuracy of the CA model on the images `ids` of `set`.
-pub fn accuracy(model: &CaModel, set: &dyn EvalImages, ids: &[usize], norm: &Normalisation, batch: usize) -> Result<f64> {
+pub fn accuracy(
+    model: &CaModel,
+    set: &dyn EvalImages,
+    ids: &[usize],
+    norm: &Normalisation,
+    batch: usize,
+) -> Result<f64> {
     let mut correct = 0usize;
     for chunk in ids.chunks(batch.max(1)) {
         let (x, y) = set.batch(chunk, norm, &model.backbone.device)?;

@@ -12,8 +12,8 @@ use castream_data::hub::{HubAccess, HubRepo, RepoKind};
 use castream_data::image_folder::IMAGENET_CLASSES;
 use castream_data::labelled::hex;
 use castream_data::Normalisation;
-use sha2::{Digest, Sha256};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::quick::{load_backbone, sha256_file};
 use castream_backbones::model::sidecar_path;
@@ -86,7 +86,12 @@ impl Table {
     }
 
     fn with_shape(arch: Arch, shape: Shape) -> Table {
-        Table { num_classes: shape.num_classes, base_width: shape.base_width, depths: shape.depths, ..Table::default_for(arch) }
+        Table {
+            num_classes: shape.num_classes,
+            base_width: shape.base_width,
+            depths: shape.depths,
+            ..Table::default_for(arch)
+        }
     }
 
     fn shape(&self) -> Shape {
@@ -133,11 +138,9 @@ impl From<BackboneSpec> for Entry {
                 let none = Table::default_for(arch);
                 Entry::Table(Table { checkpoint: Some(checkpoint), ..none })
             }
-            BackboneSpec::Hub { arch, hub, revision, shape } => Entry::Table(Table {
-                hub: Some(hub),
-                revision,
-                ..Table::with_shape(arch, shape)
-            }),
+            BackboneSpec::Hub { arch, hub, revision, shape } => {
+                Entry::Table(Table { hub: Some(hub), revision, ..Table::with_shape(arch, shape) })
+            }
             BackboneSpec::File { arch, file, shape } => {
                 Entry::Table(Table { file: Some(file), ..Table::with_shape(arch, shape) })
             }
@@ -164,9 +167,9 @@ impl BackboneSpec {
     pub fn is_convnext(&self) -> bool {
         match self {
             BackboneSpec::Shipped(name) => name.starts_with("convnext"),
-            BackboneSpec::Checkpoint { arch, .. } | BackboneSpec::Hub { arch, .. } | BackboneSpec::File { arch, .. } => {
-                !arch.is_resnet()
-            }
+            BackboneSpec::Checkpoint { arch, .. }
+            | BackboneSpec::Hub { arch, .. }
+            | BackboneSpec::File { arch, .. } => !arch.is_resnet(),
         }
     }
 }
@@ -215,7 +218,10 @@ pub fn load(root: &Path, spec: &BackboneSpec, device: &Device) -> Result<LoadedB
             Ok(LoadedBackbone { model, meta, sha256, sidecar_sha256, manifest: None })
         }
         BackboneSpec::Hub { arch, hub, revision, shape } => {
-            let repo = HubRepo { revision: revision.clone().unwrap_or_else(|| "main".into()), ..HubRepo::new(hub, RepoKind::Model) };
+            let repo = HubRepo {
+                revision: revision.clone().unwrap_or_else(|| "main".into()),
+                ..HubRepo::new(hub, RepoKind::Model)
+            };
             let file = repo.fetch(HUB_WEIGHTS, hub_access(), None).map_err(|e| {
                 anyhow::anyhow!(
                     "backbone `{hub}`: {e}\nFix: download it once with `hf download {hub} {HUB_WEIGHTS}{rev}` (Python's \
@@ -237,7 +243,13 @@ pub fn load(root: &Path, spec: &BackboneSpec, device: &Device) -> Result<LoadedB
 
 /// A pretrained network of `arch` (ImageNet's 1000 classes unless `shape` says otherwise) with the
 /// torchvision/timm-named weights of `file`, loaded strictly, with ImageNet normalisation.
-fn pretrained(arch: Arch, shape: &Shape, file: &Path, extra: serde_json::Value, device: &Device) -> Result<LoadedBackbone> {
+fn pretrained(
+    arch: Arch,
+    shape: &Shape,
+    file: &Path,
+    extra: serde_json::Value,
+    device: &Device,
+) -> Result<LoadedBackbone> {
     let config = BackboneConfig {
         base_width: shape.base_width,
         depths: shape.depths,

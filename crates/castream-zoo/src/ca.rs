@@ -167,8 +167,14 @@ pub fn trained_models(root: &Path, backbone: &BackboneSpec, path: &Path, device:
 
 /// `backbone` with a fresh, untrained stream, for experiments that explain the GAP network only
 /// (the stream is never evaluated; its weights are recorded as `untrained`).
-pub fn untrained_models(root: &Path, backbone: &BackboneSpec, config: &StreamConfig, device: &Device) -> Result<QuickModels> {
-    let LoadedBackbone { model, meta, sha256, sidecar_sha256, manifest } = crate::backbone::load(root, backbone, device)?;
+pub fn untrained_models(
+    root: &Path,
+    backbone: &BackboneSpec,
+    config: &StreamConfig,
+    device: &Device,
+) -> Result<QuickModels> {
+    let LoadedBackbone { model, meta, sha256, sidecar_sha256, manifest } =
+        crate::backbone::load(root, backbone, device)?;
     Ok(QuickModels {
         name: backbone.name(),
         ca: CaModel::new(model, config, 0)?,

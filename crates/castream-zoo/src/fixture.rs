@@ -31,8 +31,11 @@ const UNSEEN_PER_CLASS: usize = 3;
 /// The two fixture backbones: hub repository, spec table.
 fn backbones() -> [(&'static str, BackboneConfig, Value); 2] {
     let resnet = BackboneConfig { base_width: Some(8), ..BackboneConfig::new(Arch::Resnet18, CLASSES) };
-    let convnext =
-        BackboneConfig { base_width: Some(16), depths: Some([1, 1, 1, 1]), ..BackboneConfig::new(Arch::ConvnextTiny, CLASSES) };
+    let convnext = BackboneConfig {
+        base_width: Some(16),
+        depths: Some([1, 1, 1, 1]),
+        ..BackboneConfig::new(Arch::ConvnextTiny, CLASSES)
+    };
     let entry = |arch: &str, hub: &str, width: i64, depths: Option<[i64; 4]>| {
         let mut t = Table::new();
         t.insert("arch".into(), arch.into());
@@ -155,7 +158,9 @@ pub fn build(repo: &Path, dir: &Path) -> Result<PaperFixture> {
         recipes.push(dir.join(path));
     }
     let streams = Value::Array(STREAMS.iter().map(|s| at(&format!("streams/{}.safetensors", s.0))).collect());
-    for entry in std::fs::read_dir(repo.join("experiments")).with_context(|| format!("{}/experiments", repo.display()))? {
+    for entry in
+        std::fs::read_dir(repo.join("experiments")).with_context(|| format!("{}/experiments", repo.display()))?
+    {
         let path = entry?.path();
         if path.extension().is_none_or(|e| e != "toml") {
             continue;

@@ -110,7 +110,11 @@ pub fn read_card(path: &Path) -> Result<StreamCard> {
     let card: StreamCard =
         serde_json::from_str(&text).with_context(|| format!("{}: not a stream card", file.display()))?;
     if card.format != CARD_FORMAT {
-        bail!("{}: card format {} (this build reads {CARD_FORMAT}); Fix: retrain the stream", file.display(), card.format);
+        bail!(
+            "{}: card format {} (this build reads {CARD_FORMAT}); Fix: retrain the stream",
+            file.display(),
+            card.format
+        );
     }
     Ok(card)
 }

@@ -88,11 +88,18 @@ impl StreamRecipe {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read the stream recipe", path.display()))?;
         let recipe: StreamRecipe = toml::from_str(&text).map_err(|e| {
-            anyhow!("{}: {e}Fix: correct the key or value above (docs/paper-profile.md documents the recipe)", path.display())
+            anyhow!(
+                "{}: {e}Fix: correct the key or value above (docs/paper-profile.md documents the recipe)",
+                path.display()
+            )
         })?;
         let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         if recipe.name != stem {
-            anyhow::bail!("{}: `name = \"{}\"` differs from the file name; Fix: set `name = \"{stem}\"`", path.display(), recipe.name);
+            anyhow::bail!(
+                "{}: `name = \"{}\"` differs from the file name; Fix: set `name = \"{stem}\"`",
+                path.display(),
+                recipe.name
+            );
         }
         recipe.validate().map_err(|e| anyhow!("{}: {e}", path.display()))?;
         Ok(recipe)
@@ -161,7 +168,8 @@ pub fn train_stream(root: &Path, path: &Path, opts: &TrainStreamOptions) -> Resu
     };
     // One run folder per (recipe, backbone weights, data): --resume finds exactly its own.
     let key = serde_json::to_vec(&(&recipe, &sha256, &train_set.sha256, &val_set.sha256))?;
-    let run_dir = root.join("target/castream/stream-runs").join(format!("{}-{}", recipe.name, &hex(&Sha256::digest(key))[..16]));
+    let run_dir =
+        root.join("target/castream/stream-runs").join(format!("{}-{}", recipe.name, &hex(&Sha256::digest(key))[..16]));
     eprintln!(
         "{}: training a stream on {} ({} training images, {} validation images), epoch checkpoints in {}",
         recipe.name,

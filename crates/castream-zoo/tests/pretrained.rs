@@ -60,7 +60,10 @@ fn backbone_tables_parse_into_their_kinds_and_refuse_mixtures() {
     let json = serde_json::to_value(&hub).unwrap();
     assert_eq!(json, serde_json::json!({ "arch": "convnext-tiny", "hub": "a/b", "depths": [1, 1, 1, 1] }));
     assert_eq!(serde_json::from_value::<BackboneSpec>(json).unwrap(), hub);
-    assert_eq!("hub:a/b@v2".parse::<StreamSource>().unwrap(), StreamSource::Hub(HubRepo { revision: "v2".into(), ..HubRepo::new("a/b", RepoKind::Model) }));
+    assert_eq!(
+        "hub:a/b@v2".parse::<StreamSource>().unwrap(),
+        StreamSource::Hub(HubRepo { revision: "v2".into(), ..HubRepo::new("a/b", RepoKind::Model) })
+    );
     assert!("hub:nope".parse::<StreamSource>().is_err());
 }
 
@@ -113,7 +116,8 @@ fn pretrained_weights_load_offline_from_the_hub_cache_or_a_file_and_streams_bind
     let on_a = castream_zoo::ca::trained_models(dir.path(), &hub_a, &path, &Device::Cpu).unwrap();
     let stream_logits = |m: &CaModel| m.forward(&x).unwrap().0.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(stream_logits(&on_a.ca), stream_logits(&ca), "the stream round-trips exactly");
-    let err = format!("{:#}", castream_zoo::ca::trained_models(dir.path(), &file_b, &path, &Device::Cpu).err().unwrap());
+    let err =
+        format!("{:#}", castream_zoo::ca::trained_models(dir.path(), &file_b, &path, &Device::Cpu).err().unwrap());
     assert!(err.contains(&loaded_a.sha256) && err.contains(&loaded_b.sha256), "{err}");
 
     // A stream file changed after training is refused by its card's hash.

@@ -198,7 +198,10 @@ impl MethodOptions {
         use castream_data::valid::in_range;
         in_range("chunk", self.chunk, 1..=Self::MAX_CHUNK, 128)?;
         in_range("opti_cam_iterations", self.opti_cam_iterations, 1..=10_000, OptiCam::ITERATIONS)?;
-        if !(self.opti_cam_learning_rate.is_finite() && self.opti_cam_learning_rate > 0.0 && self.opti_cam_learning_rate <= 10.0) {
+        if !(self.opti_cam_learning_rate.is_finite()
+            && self.opti_cam_learning_rate > 0.0
+            && self.opti_cam_learning_rate <= 10.0)
+        {
             return Err(castream_data::valid::OutOfRange::new(
                 "opti_cam_learning_rate",
                 self.opti_cam_learning_rate,
@@ -206,11 +209,12 @@ impl MethodOptions {
                 OptiCam::LEARNING_RATE,
             ));
         }
-        if !(self.grad_cam_pp_eps.is_finite() && (0.0..=1.0).contains(&self.grad_cam_pp_eps)) {
+        // 0 is out: where g² underflows to 0 the denominator would be 0 too.
+        if !(self.grad_cam_pp_eps.is_finite() && self.grad_cam_pp_eps > 0.0 && self.grad_cam_pp_eps <= 1.0) {
             return Err(castream_data::valid::OutOfRange::new(
                 "grad_cam_pp_eps",
                 self.grad_cam_pp_eps,
-                "0 to 1 (the authors' value is 2.220446049250313e-16, pytorch-grad-cam's 1e-6)",
+                "above 0, at most 1 (the authors' value is 2.220446049250313e-16, pytorch-grad-cam's 1e-6)",
                 AUTHORS_GRAD_CAM_PP_EPS,
             ));
         }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::shard::Sharding;
 use castream_backbones::{Arch, BackboneConfig, Model, Stem};
 use castream_cam::Pooling;
 use castream_data::device::cpu;
@@ -8,7 +9,6 @@ use castream_data::scenes::{SceneConfig, SceneSet};
 use castream_data::Normalisation;
 use castream_metrics::blur::InsertionBlur;
 use castream_metrics::causal::CausalVariant;
-use crate::shard::Sharding;
 
 /// Scenes of 28x28 blobs on a 32 px canvas.
 fn scenes(n: usize) -> SceneSet {
@@ -54,8 +54,16 @@ fn a_tampered_cell_cache_is_recomputed_and_other_weights_miss_it() {
     let (set, net, protocol) = (scenes(3), model(), Protocol::default());
     let ids = [0, 1, 2];
     let dir = tempfile::tempdir().unwrap();
-    let eval =
-        Evaluation { set: &set, ids: &ids, batch_size: 3, protocol, seed: 1, cache: dir.path().into(), device: cpu(), sharding: &Sharding::Whole };
+    let eval = Evaluation {
+        set: &set,
+        ids: &ids,
+        batch_size: 3,
+        protocol,
+        seed: 1,
+        cache: dir.path().into(),
+        device: cpu(),
+        sharding: &Sharding::Whole,
+    };
     let metrics = [Metric::AverageDrop, Metric::Insertion];
     let source = Source::Method(Method::GradCam);
     let fresh = eval.run(&explained(&net), source, &metrics).unwrap();
@@ -127,8 +135,16 @@ fn scores_equal_the_metric_functions_applied_to_explain() {
     let subject = &model.subject;
     let ids = [0, 1, 2];
     let dir = tempfile::tempdir().unwrap();
-    let eval =
-        Evaluation { set: &set, ids: &ids, batch_size: 3, protocol, seed: 0, cache: dir.path().into(), device: cpu(), sharding: &Sharding::Whole };
+    let eval = Evaluation {
+        set: &set,
+        ids: &ids,
+        batch_size: 3,
+        protocol,
+        seed: 0,
+        cache: dir.path().into(),
+        device: cpu(),
+        sharding: &Sharding::Whole,
+    };
     let got = eval.run(&model, Source::Method(Method::GradCam), &ALL).unwrap();
     let (x, y) = set.batch(&ids, &NORM, &cpu()).unwrap();
     let classes: Vec<u32> = y.to_vec1().unwrap();
@@ -138,8 +154,17 @@ fn scores_equal_the_metric_functions_applied_to_explain() {
         .unwrap();
     let expected_drop = confidence(&p, &o).drop;
     let mut score = |b: &Tensor| subject.logits(b);
-    let deletion =
-        causal_curves(&mut score, &x, &maps, &classes, CausalMode::Deletion, CausalVariant::Authors, InsertionBlur::Gkern, 7).unwrap();
+    let deletion = causal_curves(
+        &mut score,
+        &x,
+        &maps,
+        &classes,
+        CausalMode::Deletion,
+        CausalVariant::Authors,
+        InsertionBlur::Gkern,
+        7,
+    )
+    .unwrap();
     let flat: Vec<Vec<f32>> = maps.flatten_from(1).unwrap().to_vec2().unwrap();
     for i in 0..3 {
         assert!((got[&Metric::AverageDrop][i] - expected_drop[i]).abs() < 1e-9);
@@ -153,8 +178,16 @@ fn scores_equal_the_metric_functions_applied_to_explain() {
 fn baselines_are_maps_in_the_unit_interval_and_the_centre_peaks_in_the_middle() {
     let (set, net, protocol) = (scenes(2), model(), Protocol::default());
     let subject = Subject::of(Pooling::Gap(&net), NORM);
-    let eval =
-        Evaluation { set: &set, ids: &[0, 1], batch_size: 2, protocol, seed: 0, cache: PathBuf::new(), device: cpu(), sharding: &Sharding::Whole };
+    let eval = Evaluation {
+        set: &set,
+        ids: &[0, 1],
+        batch_size: 2,
+        protocol,
+        seed: 0,
+        cache: PathBuf::new(),
+        device: cpu(),
+        sharding: &Sharding::Whole,
+    };
     let (x, _) = set.batch(&[0, 1], &NORM, &cpu()).unwrap();
     let centre: Vec<Vec<f32>> = eval
         .batch_maps(&subject, Source::Centre, &x, &[0, 0], &[0, 1])

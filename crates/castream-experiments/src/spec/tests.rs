@@ -1,8 +1,8 @@
 //! The spec parser against hand-written specs: defaults, messages naming file, line and fix.
 
+use castream_cam::Upsampling;
 use castream_data::image_folder::EvalTransform;
 use castream_data::Normalisation;
-use castream_cam::Upsampling;
 use castream_metrics::blur::InsertionBlur;
 
 use super::*;
@@ -255,12 +255,21 @@ fn the_conventions_parse_by_name_and_a_bad_eps_is_refused() {
     )
     .unwrap();
     let p = spec.settings(Profile::Quick).unwrap().protocol.protocol();
-    assert_eq!((p.blur, p.cam.score_cam_upsampling, p.cam.grad_cam_pp_eps), (InsertionBlur::Gaussian, Upsampling::HalfPixel, 1e-6));
+    assert_eq!(
+        (p.blur, p.cam.score_cam_upsampling, p.cam.grad_cam_pp_eps),
+        (InsertionBlur::Gaussian, Upsampling::HalfPixel, 1e-6)
+    );
     // The defaults are the authors'.
     let p = Spec::parse(GOOD, Path::new("demo.toml")).unwrap().settings(Profile::Quick).unwrap().protocol.protocol();
-    assert_eq!((p.blur, p.cam.score_cam_upsampling, p.cam.grad_cam_pp_eps), (InsertionBlur::Gkern, Upsampling::AlignCorners, f64::EPSILON));
+    assert_eq!(
+        (p.blur, p.cam.score_cam_upsampling, p.cam.grad_cam_pp_eps),
+        (InsertionBlur::Gkern, Upsampling::AlignCorners, f64::EPSILON)
+    );
     let msg = out_of_range("[quick.protocol]\ncam = { grad_cam_pp_eps = -1.0 }");
-    assert!(msg.contains("[quick] protocol.cam.grad_cam_pp_eps = -1: out of range; valid: 0 to 1"), "{msg}");
+    assert!(
+        msg.contains("[quick] protocol.cam.grad_cam_pp_eps = -1: out of range; valid: above 0, at most 1"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -63,7 +63,9 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         "parameters" => col_params,
     )?;
     Table::new("figure1", "CA blocks as built", frame)
-        .note(format!("Shapes from a forward pass of a {side}x{side} input; q0 is counted in the figure, not in this table."))
+        .note(format!(
+            "Shapes from a forward pass of a {side}x{side} input; q0 is counted in the figure, not in this table."
+        ))
         .write(ctx.out)?;
     Ok(())
 }

@@ -7,8 +7,8 @@ use castream_cam::{Method, MethodOptions, Pooling, Subject};
 use castream_report::columns;
 
 use super::{first_backbone, RunContext};
-use castream_eval::saliency::maps;
 use crate::spec::Profile;
+use castream_eval::saliency::maps;
 use castream_report::grid::{Grid, Tile};
 use castream_report::tables::Table;
 

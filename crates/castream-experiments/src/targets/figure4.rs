@@ -57,7 +57,10 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         }
         rows.push((
             if quick {
-                format!("MNIST scene #{i}: digit {label} (the model, knowing only clothes, says {})", says(predicted[b]))
+                format!(
+                    "MNIST scene #{i}: digit {label} (the model, knowing only clothes, says {})",
+                    says(predicted[b])
+                )
             } else {
                 format!("image #{i}: {} (the model says {})", unseen.class_name(label), says(predicted[b]))
             },
@@ -81,10 +84,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     }
     .write_png(&ctx.out.join("figure4.png"))?;
     let box_share = |bbox_area: f64| 100.0 * bbox_area / (side * side) as f64;
-    let area: Vec<f64> = ids
-        .iter()
-        .map(|&i| unseen.bbox(i).map_or(f64::NAN, |b| box_share((b.width() * b.height()) as f64)))
-        .collect();
+    let area: Vec<f64> =
+        ids.iter().map(|&i| unseen.bbox(i).map_or(f64::NAN, |b| box_share((b.width() * b.height()) as f64))).collect();
     let frame = columns!(
         "image" => image, if quick { "digit" } else { "label" } => digit, "prediction" => prediction,
         "last_block_energy_in_box" => energy, "box_area" => area,

@@ -11,8 +11,8 @@ use castream_report::scorecard::{Row, Scorecard};
 use castream_zoo::ca::QuickModels;
 
 use super::{test_images, RunContext};
-use crate::spec::Profile;
 use crate::paper::PaperValues;
+use crate::spec::Profile;
 
 /// Scenes per cell unless the spec's `images` says otherwise (fits the 5-minute quick budget).
 pub const DEFAULT_IMAGES: usize = 500;
@@ -143,11 +143,19 @@ fn method_notes(s: &crate::spec::Settings, n: usize, side: usize) -> Vec<String>
         };
         notes.push(match cam.channels {
             None => format!("Score-CAM scores every channel, each upsampled with {upsampling}."),
-            Some(c) => format!("Score-CAM scores only the {c} most active channels per image, each upsampled with {upsampling}."),
+            Some(c) => format!(
+                "Score-CAM scores only the {c} most active channels per image, each upsampled with {upsampling}."
+            ),
         });
     }
     if s.methods.iter().any(|m| *m.get_ref() == castream_cam::Method::GradCamPlusPlus) {
         notes.push(format!("Grad-CAM++: eps = {:e} in alpha's denominator.", cam.grad_cam_pp_eps));
+    }
+    if s.methods.iter().any(|m| *m.get_ref() == castream_cam::Method::OptiCam) {
+        notes.push(format!(
+            "Opti-CAM: {} Adam steps at learning rate {} from uniform weights, no early stop.",
+            cam.opti_cam_iterations, cam.opti_cam_learning_rate
+        ));
     }
     if s.metrics.iter().any(|m| m.get_ref().group() == castream_metrics::metric::Group::Causal) {
         notes.push(format!(

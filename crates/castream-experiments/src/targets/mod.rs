@@ -7,11 +7,15 @@ mod figure1;
 mod figure2;
 mod figure3;
 mod figure4;
+mod inputs;
 mod interpretability;
 mod table1;
 mod table4;
 
-use std::path::{Path, PathBuf};
+pub use inputs::{missing_inputs, pending, streams_to_train, uses_stream};
+use inputs::{missing_stream, required_streams};
+
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
@@ -26,11 +30,11 @@ use castream_eval::saliency::image_list_sha256;
 use castream_eval::{Evaluation, Sharding};
 use castream_report::record::RunRecord;
 use castream_stream::StreamConfig;
-use castream_cam::PoolingKind;
-use castream_zoo::ca::{quick_models, trained_models, untrained_models, QuickData, QuickModels, StreamFeatures, StreamSpec};
-use castream_zoo::quick::is_shipped;
-use castream_zoo::stream_checkpoint::{self, StreamSource};
-use castream_zoo::train_stream::{subset, StreamRecipe};
+use castream_zoo::ca::{
+    quick_models, trained_models, untrained_models, QuickData, QuickModels, StreamFeatures, StreamSpec,
+};
+use castream_zoo::stream_checkpoint;
+use castream_zoo::train_stream::subset;
 use castream_zoo::BackboneSpec;
 
 use crate::spec::{Profile, Settings, Spec, Target};
@@ -145,8 +149,10 @@ impl<'a> RunContext<'a> {
         let s = self.settings;
         match self.profile {
             Profile::Quick => {
-                let located = Locator::from_environment(DatasetName::Mnist).locate(DatasetName::Mnist, &s.data.mnist)?;
-                let digits = SceneSet::new(located.load(Split::Test)?, DatasetName::Mnist, Split::Test, s.scenes.clone())?;
+                let located =
+                    Locator::from_environment(DatasetName::Mnist).locate(DatasetName::Mnist, &s.data.mnist)?;
+                let digits =
+                    SceneSet::new(located.load(Split::Test)?, DatasetName::Mnist, Split::Test, s.scenes.clone())?;
                 self.record.read_data(digits.record());
                 Ok(Arc::new(digits))
             }
@@ -154,9 +160,17 @@ impl<'a> RunContext<'a> {
         }
     }
 
-    fn image_set(&mut self, spec: Option<&ImageSetSpec>, key: &str, dataset: &str, split: &str) -> Result<Arc<dyn EvalImages>> {
+    fn image_set(
+        &mut self,
+        spec: Option<&ImageSetSpec>,
+        key: &str,
+        dataset: &str,
+        split: &str,
+    ) -> Result<Arc<dyn EvalImages>> {
         let place = format!("{}: [{}.data.{key}]", self.spec.path.display(), self.profile);
-        let Some(spec) = spec else { bail!("{place} is missing; Fix: set its `root` (and `list` for a `name,label` file)") };
+        let Some(spec) = spec else {
+            bail!("{place} is missing; Fix: set its `root` (and `list` for a `name,label` file)")
+        };
         // Folder-per-class sets (MIT 67) carry their own classes; lists carry ImageNet indices.
         let set = spec.open(dataset, split, IMAGENET_CLASSES, &place)?;
         self.record.read_data(set.record());
@@ -213,7 +227,10 @@ impl<'a> RunContext<'a> {
                 let data = self.quick_data()?;
                 (quick_models(self.root, backbone, stream, &data, features, &self.device)?, stream.train.seed)
             }
-            None => bail!("{}", missing_stream(self.experiments, &self.settings.streams, &found.unavailable, backbone, &stream.config)),
+            None => bail!(
+                "{}",
+                missing_stream(self.experiments, &self.settings.streams, &found.unavailable, backbone, &stream.config)
+            ),
         };
         if pretrained {
             // The input normalisation changes every output: it joins the weights' identity.
@@ -250,163 +267,6 @@ pub fn first_backbone(s: &Settings) -> Result<&BackboneSpec> {
     s.backbones
         .first()
         .ok_or_else(|| anyhow::anyhow!("backbones is empty; Fix: name one, e.g. backbones = [\"resnet18\"]"))
-}
-
-/// Why `spec` cannot run on `profile` now, if it cannot: a quick backbone that is not trained
-/// yet; on the paper profile, data that is not where the spec says, or a trained stream the spec
-/// does not list. Every missing thing is named, with its fix. Checked before a run and by `list`.
-pub fn pending(spec: &Spec, profile: Profile, settings: &Settings, root: &Path) -> Result<Option<NotYetAvailable>> {
-    missing_inputs(spec, profile, settings, root, true)
-}
-
-/// [`pending`], leaving out the trained streams unless `streams` (a sharded run trains them first).
-pub fn missing_inputs(
-    spec: &Spec,
-    profile: Profile,
-    settings: &Settings,
-    root: &Path,
-    streams: bool,
-) -> Result<Option<NotYetAvailable>> {
-    let mut needs = Vec::new();
-    let place = |key: &str| format!("{} [{profile}.data.{key}]", spec.path.display());
-    match profile {
-        Profile::Quick => {
-            for b in &settings.backbones {
-                if let BackboneSpec::Shipped(name) = b {
-                    if spec.target != Target::DataCard && !is_shipped(root, name)? {
-                        needs.push(format!(
-                            "the quick `{name}` backbone, which is not shipped (docs/backbones.md); train it with `cargo xtask train-backbones`"
-                        ));
-                    }
-                }
-            }
-        }
-        Profile::Paper => {
-            let data = &settings.data;
-            let (key, set) = if spec.target == Target::Figure4 { ("unseen", &data.unseen) } else { ("imagenet", &data.imagenet) };
-            match set {
-                None => needs.push(format!("{} (not set); Fix: add it with `root` (and `list`), docs/paper-profile.md", place(key))),
-                Some(set) => needs.extend(set.missing(&place(key))),
-            }
-            let localises = settings.metrics.iter().any(|m| m.get_ref().group() == castream_metrics::metric::Group::Localisation);
-            if localises && data.imagenet.as_ref().is_some_and(|s| s.boxes.is_none()) {
-                needs.push(format!(
-                    "object boxes for the localisation metrics: {} boxes = \"val_boxes.csv\" (`name,x0,y0,x1,y1` per object, \
-                     scripts/imagenet-boxes.py writes it from ILSVRC's XML annotations)",
-                    place("imagenet")
-                ));
-            }
-            if spec.target != Target::DataCard && streams {
-                for (backbone, config) in required_streams(spec, settings) {
-                    if let BackboneSpec::Shipped(name) = &backbone {
-                        needs.push(format!(
-                            "a pretrained backbone: `{name}` is a quick-profile network; Fix: name an hf-hub model, e.g. \
-                             {{ arch = \"resnet50\", hub = \"timm/resnet50.tv_in1k\" }}"
-                        ));
-                        continue;
-                    }
-                    let found = stream_checkpoint::find(root, &settings.streams, backbone, &config);
-                    if found.matches.is_empty() {
-                        let experiments = spec.path.parent().unwrap_or(Path::new("."));
-                        needs.push(missing_stream(experiments, &settings.streams, &found.unavailable, backbone, &config));
-                    }
-                }
-            }
-        }
-    }
-    needs.dedup();
-    Ok((!needs.is_empty()).then(|| NotYetAvailable { target: spec.name.clone(), needs: needs.join("; ") }))
-}
-
-/// Whether a spec evaluates a CA model: every target but an interpretability experiment of GAP
-/// networks only (no `ca` pooling, no raw attention), which needs no stream at all.
-pub fn uses_stream(spec: &Spec, s: &Settings) -> bool {
-    spec.target != Target::Interpretability || s.poolings.contains(&PoolingKind::Ca) || !s.attention.is_empty()
-}
-
-/// The (backbone, stream configuration) pairs a spec evaluates.
-fn required_streams<'s>(spec: &Spec, s: &'s Settings) -> Vec<(&'s BackboneSpec, StreamConfig)> {
-    if !uses_stream(spec, s) {
-        return Vec::new();
-    }
-    let configs = match spec.target {
-        Target::Table4 => table4::stream_configs(&s.stream.config),
-        Target::Figure2 | Target::Figure3 | Target::Figure4 => {
-            return s.backbones.first().map(|b| (b, s.stream.config.clone())).into_iter().collect()
-        }
-        _ => vec![s.stream.config.clone()],
-    };
-    s.backbones.iter().flat_map(|b| configs.iter().map(move |c| (b, c.clone()))).collect()
-}
-
-/// The recipe under `<experiments>/streams/` that trains a stream of `config` on `backbone`.
-fn recipe_for(experiments: &Path, backbone: &BackboneSpec, config: &StreamConfig) -> Option<(PathBuf, StreamRecipe)> {
-    castream_zoo::train_stream::recipes(&experiments.join("streams"))
-        .into_iter()
-        .find(|(_, r)| r.backbone.name() == backbone.name() && &r.stream == config)
-}
-
-/// The recipes of the paper profile's streams that `spec` needs and that are not trained yet
-/// (the jobs a sharded run waits for); a missing stream that no recipe trains into a listed file
-/// is refused with what to do.
-pub fn streams_to_train(spec: &Spec, profile: Profile, settings: &Settings, root: &Path) -> Result<Vec<PathBuf>> {
-    if profile != Profile::Paper {
-        // The quick profile trains its streams itself (`reproduce --prepare`).
-        return Ok(Vec::new());
-    }
-    let experiments = spec.path.parent().unwrap_or(Path::new("."));
-    let mut recipes = Vec::new();
-    for (backbone, config) in required_streams(spec, settings) {
-        let found = stream_checkpoint::find(root, &settings.streams, backbone, &config);
-        if !found.matches.is_empty() {
-            continue;
-        }
-        match recipe_for(experiments, backbone, &config) {
-            Some((file, r)) if settings.streams.contains(&StreamSource::File(r.output.clone())) => {
-                if !recipes.contains(&file) {
-                    recipes.push(file);
-                }
-            }
-            _ => bail!("{}", missing_stream(experiments, &settings.streams, &found.unavailable, backbone, &config)),
-        }
-    }
-    Ok(recipes)
-}
-
-/// What to do when no trained stream fits: the recipe under `<experiments>/streams/` that trains
-/// it, if one does, and to list its output in `streams`.
-fn missing_stream(
-    experiments: &Path,
-    listed: &[StreamSource],
-    unavailable: &[String],
-    backbone: &BackboneSpec,
-    config: &StreamConfig,
-) -> String {
-    let what = format!(
-        "a CA-Stream trained on `{backbone}` (taps {:?}, {} head{})",
-        config.taps,
-        config.heads,
-        if config.heads == 1 { "" } else { "s" }
-    );
-    // A hub stream that could not be fetched is named with the reason (a missing file is what
-    // the recipe below writes).
-    let hub: Vec<&String> = unavailable.iter().filter(|u| u.starts_with("hub:")).collect();
-    let what = if hub.is_empty() {
-        what
-    } else {
-        format!("{what} (listed but unavailable: {})", hub.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; "))
-    };
-    match recipe_for(experiments, backbone, config) {
-        Some((file, r)) if listed.contains(&StreamSource::File(r.output.clone())) => {
-            format!("{what}: train it with `cargo xtask train-stream {}` (it writes {})", file.display(), r.output.display())
-        }
-        Some((file, r)) => format!(
-            "{what}: train it with `cargo xtask train-stream {}` and list `{}` in the spec's `streams`",
-            file.display(),
-            r.output.display()
-        ),
-        None => format!("{what}: write a recipe (docs/paper-profile.md), train it with `cargo xtask train-stream <recipe>` and list its output in `streams`"),
-    }
 }
 
 /// The footer's line saying which images a table evaluated.

@@ -8,14 +8,14 @@ use candle_core::Tensor;
 use castream_metrics::bootstrap::{mean_interval, paired_interval, Interval};
 use castream_report::columns;
 
+use super::interpretability::model_weights;
 use super::RunContext;
 use crate::spec::Profile;
 use castream_cam::PoolingKind;
-use super::interpretability::model_weights;
 
 use crate::paper::PaperValues;
 use castream_report::charts::{axis_floor, GroupedBars};
-use castream_report::claims::{self, Verdict};
+use castream_report::claims::{differences_table, Difference};
 use castream_report::tables::Table;
 
 /// Test scenes evaluated unless the spec's `images` says otherwise.
@@ -44,7 +44,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let mut gflops = Vec::new();
     let mut notes = Vec::new();
     // CA − GAP per backbone, in points, with the paper's change: the claims table.
-    let mut claims: Vec<(String, Option<f64>, Interval)> = Vec::new();
+    let mut claims: Vec<Difference> = Vec::new();
     let published = PaperValues::load(ctx.experiments)?;
     for backbone in &s.backbones {
         let m = ctx.models(backbone, &s.stream, &mut None)?;
@@ -85,8 +85,14 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             paper.push(p);
         }
         let diff = paired_interval(ca, &gap, RESAMPLES, 0.95, s.seed);
-        let points = Interval { mean: 100.0 * diff.mean, low: 100.0 * diff.low, high: 100.0 * diff.high };
-        claims.push((name.clone(), p_ca.zip(p_gap).map(|(c, g)| c - g), points));
+        claims.push(Difference {
+            backbone: name.clone(),
+            method: "recognition".into(),
+            metric: "top-1↑".into(),
+            higher_is_better: true,
+            paper: p_ca.zip(p_gap).map(|(c, g)| c - g),
+            interval: Interval { mean: 100.0 * diff.mean, low: 100.0 * diff.low, high: 100.0 * diff.high },
+        });
         let manifest = match &m.manifest {
             Some(e) => format!(
                 "backbone test accuracy in the manifest {:.2}% ({} images)",
@@ -138,21 +144,9 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     }
     table.decimals = 3;
     table.write(ctx.out)?;
-    let n_claims = claims.len();
-    let frame = columns!(
-        "backbone" => claims.iter().map(|c| c.0.clone()).collect::<Vec<_>>(),
-        "method" => vec!["recognition"; n_claims],
-        "metric" => vec!["top-1↑"; n_claims],
-        "ca_minus_gap_paper" => claims.iter().map(|c| c.1).collect::<Vec<_>>(),
-        "ca_minus_gap" => claims.iter().map(|c| c.2.mean).collect::<Vec<_>>(),
-        "low" => claims.iter().map(|c| c.2.low).collect::<Vec<_>>(),
-        "high" => claims.iter().map(|c| c.2.high).collect::<Vec<_>>(),
-        "verdict" => claims.iter().map(|(_, _, d)| claims::difference(d.mean, d.low, d.high, true)).collect::<Vec<_>>(),
-        "claim" => claims.iter().map(|(_, p, d)| p.map(|p| Verdict::of(p, d.low, d.high).label().to_string())).collect::<Vec<_>>(),
-    )?;
-    Table::new("table1_ca_vs_gap", "Table 1: top-1 CA − GAP, paired (points)", frame)
-        .note(format!("Per-image correctness CA − GAP on the same images; low/high: 95% paired bootstrap interval ({RESAMPLES} resamples)."))
-        .note("claim: the paper's change (ResNet-50 beside ResNet rows, ConvNeXt-B beside ConvNeXt rows, on ImageNet) is reproduced when our interval excludes 0 on its side, contradicted when it excludes 0 on the other, inconclusive when it contains 0 (docs/results.md).")
+    let title = "Table 1: top-1 CA − GAP, paired (points)";
+    differences_table("table1_ca_vs_gap", title, &claims, true, RESAMPLES)?
+        .note("The paper's change: ResNet-50's beside ResNet rows, ConvNeXt-B's beside ConvNeXt rows.")
         .write(ctx.out)?;
     let categories: Vec<String> = s.backbones.iter().map(|b| b.name()).collect();
     let pick = |k: usize, v: &[f64]| (0..s.backbones.len()).map(|b| v[2 * b + k]).collect::<Vec<_>>();

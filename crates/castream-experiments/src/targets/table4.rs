@@ -34,7 +34,10 @@ const VARIANTS: [(&str, &[usize], usize); 4] = [
 
 /// The stream configuration of every variant, from the spec's (scale and the rest kept).
 pub fn stream_configs(base: &StreamConfig) -> Vec<StreamConfig> {
-    VARIANTS.iter().map(|(_, taps, heads)| StreamConfig { taps: taps.to_vec(), heads: *heads, ..base.clone() }).collect()
+    VARIANTS
+        .iter()
+        .map(|(_, taps, heads)| StreamConfig { taps: taps.to_vec(), heads: *heads, ..base.clone() })
+        .collect()
 }
 
 pub fn run(ctx: &mut RunContext) -> Result<()> {
@@ -71,8 +74,9 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         }
         let cas: Vec<&CaModel> = models.iter().map(|m| &m.ca).collect();
         let norm = &models[0].meta.normalisation;
-        let weights: Vec<String> =
-            std::iter::once(backbone_weights(&models[0])).chain(models.iter().map(|m| m.stream_sha256.clone())).collect();
+        let weights: Vec<String> = std::iter::once(backbone_weights(&models[0]))
+            .chain(models.iter().map(|m| m.stream_sha256.clone()))
+            .collect();
         let (gap, ca) = ctx.evaluation(&*set, &all_ids).correctness(&cas, norm, &weights, name)?;
         if ctx.sharding.is_shard() {
             // A shard's cells are recorded by the runner; the tables are the merge's.
