@@ -5,15 +5,8 @@ use std::process::Command;
 
 use sha2::Digest;
 
-fn repository() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Runs the binary in `dir` (the project root it works on).
-fn castream_in(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_castream")).args(args).current_dir(dir).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
-}
+mod common;
+use common::{castream_in, quick_project, repository, BRIEF_STREAM};
 
 fn castream(args: &[&str]) -> (bool, String) {
     castream_in(&repository(), args)
@@ -94,20 +87,10 @@ fn explain_rejects_bad_flags_before_loading_anything() {
 /// shipped checkpoints, with a small stream so that it trains in seconds.
 #[test]
 fn a_user_written_experiment_runs_from_the_cli() {
-    let root = tempfile::tempdir().unwrap();
-    let checkpoints = root.path().join("checkpoints/quick");
-    std::fs::create_dir_all(&checkpoints).unwrap();
-    for entry in std::fs::read_dir(repository().join("checkpoints/quick")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), checkpoints.join(entry.file_name())).unwrap();
-    }
+    let root = quick_project();
     let experiments = root.path().join("experiments");
-    std::fs::create_dir(&experiments).unwrap();
     let spec = std::fs::read_to_string(repository().join("experiments/examples/stage3-cams.toml")).unwrap();
-    let stream = "[quick.stream]\ntrain_images = 64\nval_images = 16\ntrain = { epochs = 1, batch_size = 32, seed = 0, \
-                  optimizer = { kind = \"adam-w\", lr = 1e-2, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0 }, \
-                  schedule = { kind = \"constant\" } }\n";
-    std::fs::write(experiments.join("stage3-cams.toml"), spec + stream).unwrap();
+    std::fs::write(experiments.join("stage3-cams.toml"), spec + BRIEF_STREAM).unwrap();
     let (ok, text) = castream_in(root.path(), &["reproduce", "stage3-cams", "--images", "6"]);
     assert!(ok, "{text}");
     let dir = root.path().join("results/quick/stage3-cams@images=6");

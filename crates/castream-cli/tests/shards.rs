@@ -1,38 +1,20 @@
 //! Sharded runs through the binary: `reproduce --shard K/N` by hand, then `merge`, publish the
 //! bytes of the unsharded run; a merge with a missing or mismatched shard publishes nothing.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-fn repository() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn castream_in(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_castream")).args(args).current_dir(dir).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
-}
+mod common;
+use common::{castream_in, quick_project, repository, BRIEF_STREAM};
 
 /// A project root with the shipped quick backbones and table2's spec, its stream trained briefly.
 fn project() -> tempfile::TempDir {
-    let root = tempfile::tempdir().unwrap();
-    let checkpoints = root.path().join("checkpoints/quick");
-    std::fs::create_dir_all(&checkpoints).unwrap();
-    for entry in std::fs::read_dir(repository().join("checkpoints/quick")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), checkpoints.join(entry.file_name())).unwrap();
-    }
+    let root = quick_project();
     let experiments = root.path().join("experiments");
-    std::fs::create_dir(&experiments).unwrap();
     for spec in ["table2.toml", "paper-values.toml", "figure1.toml"] {
         std::fs::copy(repository().join("experiments").join(spec), experiments.join(spec)).unwrap();
     }
-    let stream = "\n[quick.stream]\ntrain_images = 64\nval_images = 16\ntrain = { epochs = 1, batch_size = 32, seed = 0, \
-                  optimizer = { kind = \"adam-w\", lr = 1e-2, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0 }, \
-                  schedule = { kind = \"constant\" } }\n";
-    let mut spec = std::fs::read_to_string(experiments.join("table2.toml")).unwrap();
-    spec.push_str(stream);
-    std::fs::write(experiments.join("table2.toml"), spec).unwrap();
+    let spec = std::fs::read_to_string(experiments.join("table2.toml")).unwrap();
+    std::fs::write(experiments.join("table2.toml"), spec + "\n" + BRIEF_STREAM).unwrap();
     root
 }
 

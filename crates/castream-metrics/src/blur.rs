@@ -177,17 +177,15 @@ mod tests {
         [0.20000095577897217, 0.19999533064133718, 0.2000074271593813, 0.19999533064133718, 0.20000095577897217];
 
     /// The same filter as a brute-force 2-D loop: every tap of the truncated 2-D Gaussian, each
-    /// axis reflected on its own.
+    /// axis reflected on its own by folding at the edges until the index falls inside.
     fn gkern_loop(size: usize, sigma: f64) -> Vec<f64> {
         let r = (4.0 * sigma + 0.5) as i64;
         let n = size as i64;
-        let reflect = |j: i64| {
-            let m = j.rem_euclid(2 * n);
-            if m < n {
-                m
-            } else {
-                2 * n - 1 - m
+        let reflect = |mut j: i64| {
+            while !(0..n).contains(&j) {
+                j = if j < 0 { -1 - j } else { 2 * n - 1 - j };
             }
+            j
         };
         let g = |x: i64| (-((x * x) as f64) / (2.0 * sigma * sigma)).exp();
         let z: f64 = (-r..=r).map(g).sum::<f64>().powi(2);
