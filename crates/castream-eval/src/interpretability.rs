@@ -33,6 +33,10 @@ pub enum Source {
     Centre,
     /// Uniform noise on the target layer's grid, bilinearly upsampled, seeded per image.
     Random,
+    /// Fake-CAM (the Opti-CAM paper's control): 1 everywhere but the top-left pixel, 0. It keeps
+    /// the whole image, so it scores near-perfectly on the metrics of the masked image (AD, AG,
+    /// AI): what those metrics reward without any explanation.
+    FakeCam,
 }
 
 impl Source {
@@ -42,7 +46,7 @@ impl Source {
         match self {
             Source::Method(m) => m.applies_to(pooling),
             Source::Attention(_) => pooling == PoolingKind::Ca,
-            Source::Centre | Source::Random => true,
+            Source::Centre | Source::Random | Source::FakeCam => true,
         }
     }
 
@@ -55,6 +59,7 @@ impl Source {
             Source::Attention(castream_stream::AttentionSelect::Mean) => "attention mean".into(),
             Source::Centre => "centre prior".into(),
             Source::Random => "random map".into(),
+            Source::FakeCam => "Fake-CAM".into(),
         }
     }
 }
@@ -65,6 +70,7 @@ impl Source {
 pub enum Baseline {
     Centre,
     Random,
+    FakeCam,
 }
 
 impl Baseline {
@@ -72,6 +78,7 @@ impl Baseline {
         match self {
             Baseline::Centre => Source::Centre,
             Baseline::Random => Source::Random,
+            Baseline::FakeCam => Source::FakeCam,
         }
     }
 }
@@ -254,6 +261,11 @@ impl Evaluation<'_> {
                     .collect();
                 Ok(castream_stream::minmax_normalise(&Tensor::from_vec(map, (1, h, w), x.device())?)?
                     .repeat((b, 1, 1))?)
+            }
+            Source::FakeCam => {
+                let mut map = vec![1f32; h * w];
+                map[0] = 0.0;
+                Tensor::from_vec(map, (1, h, w), x.device())?.repeat((b, 1, 1)).map_err(Into::into)
             }
             Source::Random => {
                 let (_, _, gh, gw) = subject.activations(x)?.target.dims4()?;

@@ -177,15 +177,20 @@ fn interpretability_tables_run_end_to_end_on_a_tiny_backbone() {
         t2.display()
     );
     let table2 = csv(&t2.join("table2.csv"));
-    assert_eq!(table2.height(), 6, "three methods x GAP, CA");
+    assert_eq!(table2.height(), 8, "three methods and Fake-CAM x GAP, CA");
+    // Fake-CAM keeps all but one pixel of the image: the image's own confidence, nothing dropped.
+    let methods: Vec<&str> = table2.column("method").unwrap().str().unwrap().iter().flatten().collect();
+    let ad: Vec<f64> = table2.column("AD").unwrap().f64().unwrap().into_no_null_iter().collect();
+    let fake: Vec<f64> = methods.iter().zip(&ad).filter(|(m, _)| **m == "Fake-CAM").map(|(_, a)| *a).collect();
+    assert!(fake.len() == 2 && fake.iter().all(|&a| a < 0.5), "Fake-CAM's AD {fake:?}");
     for column in ["AD_paper", "AD", "AD_low", "AD_high", "AD_diff", "D_paper", "D"] {
         assert!(table2.column(column).is_ok(), "table2 lacks {column}");
     }
-    assert_eq!(csv(&t2.join("table2_ca_vs_gap.csv")).height(), 15, "three methods x five metrics");
+    assert_eq!(csv(&t2.join("table2_ca_vs_gap.csv")).height(), 20, "three methods and Fake-CAM x five metrics");
     assert_eq!(csv(&t2.join("table2_sanity.csv")).height(), 6);
     let per_image =
         ParquetReader::new(std::fs::File::open(t2.join("table2_per_image.parquet")).unwrap()).finish().unwrap();
-    assert_eq!(per_image.height(), 6 * 12);
+    assert_eq!(per_image.height(), 8 * 12);
     for metric in ["AD", "AG", "AI", "I", "D"] {
         assert!(t2.join(format!("table2_{metric}.png")).is_file() && t2.join(format!("table2_{metric}.svg")).is_file());
     }
@@ -194,12 +199,12 @@ fn interpretability_tables_run_end_to_end_on_a_tiny_backbone() {
 
     let t5 = reproduce("table5", &opts).unwrap();
     assert_provenance(true, &t5);
-    // CA-0 … CA-4, product, mean, three CAM methods, centre prior, random map.
-    assert_eq!(csv(&t5.join("table5.csv")).height(), 12);
+    // CA-0 … CA-4, product, mean, three CAM methods, centre prior, random map, Fake-CAM.
+    assert_eq!(csv(&t5.join("table5.csv")).height(), 13);
     let t6 = reproduce("table6", &opts).unwrap();
     assert_provenance(true, &t6);
-    // CAM (GAP), raw attention (CA), seven methods x two poolings, the centre prior.
-    assert_eq!(csv(&t6.join("table6.csv")).height(), 17);
+    // CAM (GAP), raw attention (CA), seven methods x two poolings, the centre prior, Fake-CAM.
+    assert_eq!(csv(&t6.join("table6.csv")).height(), 18);
 
     let err = reproduce("table3", &opts).unwrap_err();
     assert!(err.downcast_ref::<castream_experiments::targets::NotYetAvailable>().is_some(), "{err:#}");

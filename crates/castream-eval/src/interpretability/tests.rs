@@ -208,4 +208,16 @@ fn baselines_are_maps_in_the_unit_interval_and_the_centre_peaks_in_the_middle() 
         alone.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
         random.get(1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
     );
+    // Fake-CAM: 1 everywhere but the first pixel of each image.
+    let fake: Vec<Vec<f32>> = eval
+        .batch_maps(&subject, Source::FakeCam, &x, &[0, 0], &[0, 1])
+        .unwrap()
+        .flatten_from(1)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    for map in &fake {
+        assert_eq!((map[0], map.len()), (0.0, 32 * 32));
+        assert!(map[1..].iter().all(|&v| v == 1.0));
+    }
 }

@@ -66,7 +66,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             .chain(s.baselines.iter().map(|b| b.source()))
             .collect();
         for source in sources {
-            let one_row = model_free && matches!(source, Source::Centre | Source::Random);
+            let one_row = model_free && matches!(source, Source::Centre | Source::Random | Source::FakeCam);
             let applicable = models.iter().filter(|e| source.applies_to(e.key.pooling));
             for model in applicable.take(if one_row { 1 } else { usize::MAX }) {
                 rows.push(Row {
@@ -171,6 +171,13 @@ fn method_notes(s: &crate::spec::Settings, n: usize, side: usize) -> Vec<String>
             castream_metrics::localisation::pointing_tolerance(side),
             castream_metrics::localisation::DEFAULT_IOU_THRESHOLD
         ));
+    }
+    if s.baselines.contains(&castream_eval::Baseline::FakeCam) {
+        notes.push(
+            "Fake-CAM is 1 everywhere but one pixel: it explains nothing, yet keeps the whole image, so it scores \
+             near-perfectly on AD, AG and AI, which judge the masked image — read those columns against it."
+                .into(),
+        );
     }
     notes.push(format!(
         "A larger run (`--images 10000`) narrows every interval by about √(10000/{n}) ≈ {:.1}x.",
