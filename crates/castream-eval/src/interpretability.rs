@@ -34,8 +34,8 @@ pub enum Source {
     /// Uniform noise on the target layer's grid, bilinearly upsampled, seeded per image.
     Random,
     /// Fake-CAM (the Opti-CAM paper's control): 1 everywhere but the top-left pixel, 0. It keeps
-    /// the whole image, so it scores near-perfectly on the metrics of the masked image (AD, AG,
-    /// AI): what those metrics reward without any explanation.
+    /// the whole image, so its AD is near 0 and its AI near a coin flip: what those metrics of the
+    /// masked image reward without any explanation.
     FakeCam,
 }
 

@@ -172,10 +172,11 @@ fn method_notes(s: &crate::spec::Settings, n: usize, side: usize) -> Vec<String>
             castream_metrics::localisation::DEFAULT_IOU_THRESHOLD
         ));
     }
-    if s.baselines.contains(&castream_eval::Baseline::FakeCam) {
+    let confidence = s.metrics.iter().any(|m| m.get_ref().group() == castream_metrics::metric::Group::Confidence);
+    if s.baselines.contains(&castream_eval::Baseline::FakeCam) && confidence {
         notes.push(
-            "Fake-CAM is 1 everywhere but one pixel: it explains nothing, yet keeps the whole image, so it scores \
-             near-perfectly on AD, AG and AI, which judge the masked image — read those columns against it."
+            "Fake-CAM is 1 everywhere but one pixel: it explains nothing, yet its explanation image is the image, so \
+             its AD is near 0 and its AI near a coin flip — read AD and AI against it."
                 .into(),
         );
     }
