@@ -5,15 +5,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::Result;
 use candle_core::{Device, Tensor};
 use castream_cam::{explain, Method, PoolingKind, Subject};
 use castream_data::cache::{CacheKind, Entry};
 use castream_data::images::EvalImages;
 use castream_data::progress;
-use castream_metrics::causal::{auc, causal_curves, CausalMode};
-use castream_metrics::confidence::{class_probabilities, confidence, explanation_images};
-use castream_metrics::localisation::{box_iou, energy_in_box, pointing_hit, pointing_tolerance, DEFAULT_IOU_THRESHOLD};
 use castream_metrics::metric::{Group, Metric, PerImage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -83,6 +80,22 @@ impl Baseline {
     }
 }
 
+/// A cell's inputs, and the metric options its scores use if they use any.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum CellInputs<K> {
+    Plain(K),
+    Scored(K, castream_metrics::options::UsedOptions),
+}
+
+/// What a per-image seed draws: each kind its own stream.
+#[derive(Clone, Copy)]
+enum Salt {
+    RandomMap = 0,
+    Road = 0x524F_4144,
+    Sensitivity = 0x4D53,
+}
+
 /// The cell caches: saliency maps of CAM methods, and metric scores. Raise `format` when the
 /// computation of maps (methods, post-processing) or of scores (metrics) changes.
 pub const MAPS: CacheKind = CacheKind { dir: "maps", format: 1 };
@@ -145,7 +158,7 @@ impl Evaluation<'_> {
         let mut out: PerImage = metrics.iter().map(|&m| (m, Vec::with_capacity(ids.len()))).collect();
         let mut first = 0;
         for chunk in ids.chunks(self.batch_size.max(1)) {
-            self.score_batch(&model.subject, &maps.narrow(0, first, chunk.len())?, chunk, &mut out)?;
+            self.score_batch(&model.subject, source, &maps.narrow(0, first, chunk.len())?, chunk, &mut out)?;
             first += chunk.len();
             bar.inc(chunk.len() as u64);
         }
@@ -188,12 +201,23 @@ impl Evaluation<'_> {
             images = format!("[{images},{}]", serde_json::to_string(&boxes)?);
         }
         let images = serde_json::value::RawValue::from_string(images)?;
-        let seed = (source == Source::Random).then_some(self.seed);
+        let seeded = |g: Group| metrics.is_some_and(|m| m.iter().any(|m| m.group() == g));
+        let seed = (source == Source::Random || seeded(Group::Road) || seeded(Group::Robustness)).then_some(self.seed);
         // Scores are computed from the maps: a change to how maps are made retires them too.
         let maps_format = MAPS.format;
         // Batches split differently round differently (~1e-7 in the maps, enough to swap tied
         // pixels in the insertion order): the batch size is an input too.
-        Ok((model, source, metrics, &self.protocol, images, ids, seed, maps_format, self.batch_size))
+        let key = (model, source, metrics, &self.protocol, images, ids, seed, maps_format, self.batch_size);
+        // Metrics without options keep the keys they had before metrics had options.
+        Ok(match metrics.and_then(|m| self.protocol.scoring.used_by(m)) {
+            None => CellInputs::Plain(key),
+            Some(used) => CellInputs::Scored(key, used),
+        })
+    }
+
+    /// The seed of image `i`'s random draws of one kind: independent of the batch it is in.
+    fn image_seed(&self, i: usize, salt: Salt) -> u64 {
+        self.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt as u64
     }
 
     /// The post-processed maps `(N, h, w)` of every image, at the method's resolution. A CAM
@@ -272,8 +296,7 @@ impl Evaluation<'_> {
                 let noise: Vec<f32> = ids
                     .iter()
                     .flat_map(|&i| {
-                        let mut rng =
-                            ChaCha8Rng::seed_from_u64(self.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                        let mut rng = ChaCha8Rng::seed_from_u64(self.image_seed(i, Salt::RandomMap));
                         (0..gh * gw).map(move |_| rng.random::<f32>())
                     })
                     .collect();
@@ -281,70 +304,8 @@ impl Evaluation<'_> {
             }
         }
     }
-
-    /// Scores the images `ids` given their maps `(B, h, w)`, appending to `out`.
-    fn score_batch(&self, subject: &Subject, maps: &Tensor, ids: &[usize], out: &mut PerImage) -> Result<()> {
-        let norm = subject.normalisation;
-        let (x, y) = self.set.batch(ids, &norm, &self.device)?;
-        let classes = self.protocol.class.resolve(subject, &x, &y.to_vec1()?)?;
-        let (_, _, h, w) = x.dims4()?;
-        // Exactly the upsampling `explain` applies, so cached and fresh maps score the same.
-        let maps = castream_cam::upsample(maps, h, w)?;
-        let wants = |group: Group| out.keys().any(|m| m.group() == group);
-        let (confidence_wanted, localisation_wanted) = (wants(Group::Confidence), wants(Group::Localisation));
-        if confidence_wanted {
-            let y = class_probabilities(&subject.logits(&x)?, &classes)?;
-            let o = class_probabilities(&subject.logits(&explanation_images(&x, &maps, &norm)?)?, &classes)?;
-            let c = confidence(&y, &o);
-            for (m, v) in
-                [(Metric::AverageDrop, c.drop), (Metric::AverageGain, c.gain), (Metric::AverageIncrease, c.increase)]
-            {
-                if let Some(dst) = out.get_mut(&m) {
-                    dst.extend(v);
-                }
-            }
-        }
-        for (metric, mode) in [(Metric::Insertion, CausalMode::Insertion), (Metric::Deletion, CausalMode::Deletion)] {
-            if let Some(dst) = out.get_mut(&metric) {
-                let mut score = |b: &Tensor| subject.logits(b);
-                let curves = causal_curves(
-                    &mut score,
-                    &x,
-                    &maps,
-                    &classes,
-                    mode,
-                    self.protocol.causal.variant(),
-                    self.protocol.blur,
-                    self.batch_size,
-                )?;
-                dst.extend(curves.iter().map(|c| 100.0 * auc(c)));
-            }
-        }
-        if localisation_wanted {
-            let maps: Vec<Vec<f32>> = maps.flatten_from(1)?.to_vec2()?;
-            ensure!(h == w, "localisation needs square images, got {h}x{w}");
-            for (map, &i) in maps.iter().zip(ids) {
-                let bbox = self.set.bbox(i).with_context(|| {
-                    format!(
-                        "image #{i} of {} has no object box; localisation metrics need one per image",
-                        self.set.describe()
-                    )
-                })?;
-                let values = [
-                    (Metric::Pointing, if pointing_hit(map, w, &bbox, pointing_tolerance(w)) { 100.0 } else { 0.0 }),
-                    (Metric::Energy, 100.0 * energy_in_box(map, w, &bbox)),
-                    (Metric::Iou, 100.0 * box_iou(map, w, &bbox, DEFAULT_IOU_THRESHOLD)),
-                ];
-                for (m, v) in values {
-                    if let Some(dst) = out.get_mut(&m) {
-                        dst.push(v);
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
+mod scoring;
 #[cfg(test)]
 mod tests;

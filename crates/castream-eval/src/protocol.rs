@@ -4,6 +4,7 @@
 use castream_cam::{MethodOptions, TargetClass};
 use castream_metrics::blur::InsertionBlur;
 use castream_metrics::causal::CausalVariant;
+use castream_metrics::options::MetricOptions;
 use serde::{Deserialize, Serialize};
 
 /// The named evaluation protocols: which class is explained and scored, and how many pixels
@@ -51,12 +52,16 @@ pub struct Protocol {
     pub cam: MethodOptions,
     /// The blurred image insertion starts from.
     pub blur: InsertionBlur,
+    /// ROAD's and max-sensitivity's settings. Not serialised: a cell's key holds only the options
+    /// its metrics use (`MetricOptions::used_by`).
+    #[serde(skip)]
+    pub scoring: MetricOptions,
 }
 
 impl Protocol {
     /// `causal` with its own class choice.
     pub fn new(causal: CausalChoice, class: Option<TargetClass>, cam: MethodOptions, blur: InsertionBlur) -> Protocol {
-        Protocol { causal, class: class.unwrap_or(causal.target_class()), cam, blur }
+        Protocol { causal, class: class.unwrap_or(causal.target_class()), cam, blur, scoring: MetricOptions::default() }
     }
 
     /// For table footers.

@@ -45,7 +45,7 @@ pub fn steps(variant: CausalVariant, h: usize, w: usize) -> usize {
 
 /// The position of each pixel in the order of decreasing saliency, ties broken by lower index first so
 /// curves are deterministic. Saliency must be finite.
-fn rank_map(saliency: &[f32]) -> Vec<usize> {
+pub(crate) fn rank_map(saliency: &[f32]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..saliency.len()).collect();
     // Stable sort: equal values keep increasing index order; -0.0 and 0.0 tie.
     order.sort_by(|&a, &b| saliency[b].partial_cmp(&saliency[a]).expect("finite saliency"));
@@ -126,6 +126,17 @@ pub fn auc(curve: &[f64]) -> f64 {
     (curve.iter().sum::<f64>() - (curve[0] + curve[curve.len() - 1]) / 2.0) / n
 }
 
+/// AOPC, the area over the perturbation curve (Samek et al., IEEE TNNLS 2017), of a deletion
+/// (most relevant first) curve of `L + 1` points: `1/(L+1) Σ_{k=0..L} (a_0 - a_k)`, the mean drop
+/// from the unperturbed score. Higher is better; tables report it x100.
+///
+/// # Panics
+/// If the curve is empty.
+pub fn aopc(curve: &[f64]) -> f64 {
+    assert!(!curve.is_empty(), "aopc: an empty curve");
+    curve.iter().map(|a| curve[0] - a).sum::<f64>() / curve.len() as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +171,17 @@ mod tests {
         assert!((auc(&linear) - 0.5).abs() < 1e-12);
         // Two trapezoids of width 1/2: (0 + 1) / 4 + (1 + 0.5) / 4.
         assert!((auc(&[0.0, 1.0, 0.5]) - 0.625).abs() < 1e-12);
+    }
+
+    #[test]
+    fn aopc_of_known_curves() {
+        assert_eq!(aopc(&[0.7; 5]), 0.0);
+        // Drops 0, 0.25, 0.5, 0.75, 1 from 1: mean 0.5.
+        let linear: Vec<f64> = (0..=4).map(|i| 1.0 - i as f64 / 4.0).collect();
+        assert!((aopc(&linear) - 0.5).abs() < 1e-12);
+        // (0 + 0.6 + 0.2) / 3; a rise counts against the map.
+        assert!((aopc(&[0.8, 0.2, 0.6]) - 0.8 / 3.0).abs() < 1e-12);
+        assert!(aopc(&[0.2, 0.9]) < 0.0);
     }
 
     /// A fixed random linear classifier on flattened images.

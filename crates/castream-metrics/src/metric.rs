@@ -17,15 +17,27 @@ pub enum Metric {
     Pointing,
     Energy,
     Iou,
+    Aopc,
+    RoadMorf,
+    RoadLerf,
+    Road,
+    MaxSensitivity,
+    Coherency,
+    Complexity,
+    Adcc,
 }
 
 /// What a metric needs computed: the model's confidence on the explanation image, the
-/// insertion/deletion curves, or the ground-truth object box.
+/// insertion/deletion curves, the ground-truth object box, the ROAD imputations, or the source's
+/// maps of other inputs (perturbed images, the explanation image).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Group {
     Confidence,
     Causal,
     Localisation,
+    Road,
+    Robustness,
+    Adcc,
 }
 
 pub struct MetricInfo {
@@ -43,7 +55,7 @@ const fn info(metric: Metric, key: &'static str, column: &'static str, up: bool,
 }
 
 /// Every metric, once.
-pub const REGISTRY: [MetricInfo; 8] = [
+pub const REGISTRY: [MetricInfo; 16] = [
     info(Metric::AverageDrop, "average-drop", "AD", false, Group::Confidence),
     info(Metric::AverageGain, "average-gain", "AG", true, Group::Confidence),
     info(Metric::AverageIncrease, "average-increase", "AI", true, Group::Confidence),
@@ -52,6 +64,14 @@ pub const REGISTRY: [MetricInfo; 8] = [
     info(Metric::Pointing, "pointing-game", "PG", true, Group::Localisation),
     info(Metric::Energy, "energy-pointing-game", "EPG", true, Group::Localisation),
     info(Metric::Iou, "iou", "IoU", true, Group::Localisation),
+    info(Metric::Aopc, "aopc", "AOPC", true, Group::Causal),
+    info(Metric::RoadMorf, "road-morf", "ROAD-MoRF", false, Group::Road),
+    info(Metric::RoadLerf, "road-lerf", "ROAD-LeRF", true, Group::Road),
+    info(Metric::Road, "road", "ROAD", true, Group::Road),
+    info(Metric::MaxSensitivity, "max-sensitivity", "MS", false, Group::Robustness),
+    info(Metric::Coherency, "coherency", "Coh", true, Group::Adcc),
+    info(Metric::Complexity, "complexity", "Cx", false, Group::Adcc),
+    info(Metric::Adcc, "adcc", "ADCC", true, Group::Adcc),
 ];
 
 /// The paper's five metrics (tables 2–5).
@@ -114,7 +134,7 @@ mod tests {
             assert!(seen.insert(e.metric), "{:?} registered twice", e.metric);
             assert_eq!(e.key.parse::<Metric>().unwrap(), e.metric);
         }
-        assert_eq!(seen.len(), 8);
+        assert_eq!(seen.len(), 16);
         assert!(!Metric::AverageDrop.higher_is_better() && !Metric::Deletion.higher_is_better());
         assert_eq!(Metric::Insertion.label(), "I↑");
         let err = "avg-drop".parse::<Metric>().unwrap_err();

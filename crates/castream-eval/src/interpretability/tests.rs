@@ -7,8 +7,13 @@ use castream_data::discovery::DatasetName;
 use castream_data::labelled::{LabelledImages, Split, SplitFiles};
 use castream_data::scenes::{SceneConfig, SceneSet};
 use castream_data::Normalisation;
+use castream_metrics::adcc::{adcc, coherency, complexity};
 use castream_metrics::blur::InsertionBlur;
-use castream_metrics::causal::CausalVariant;
+use castream_metrics::causal::{aopc, auc, causal_curves, CausalMode, CausalVariant};
+use castream_metrics::confidence::{class_probabilities, confidence, explanation_images};
+use castream_metrics::localisation::energy_in_box;
+use castream_metrics::road::{fractions, road_probabilities, RoadOrder};
+use castream_metrics::sensitivity::max_sensitivity;
 
 /// Scenes of 28x28 blobs on a 32 px canvas.
 fn scenes(n: usize) -> SceneSet {
@@ -42,7 +47,7 @@ fn model() -> Model {
 }
 
 const NORM: Normalisation = Normalisation { mean: [0.4, 0.4, 0.4], std: [0.25, 0.25, 0.25] };
-const ALL: [Metric; 8] = Metric::ALL;
+const ALL: [Metric; 16] = Metric::ALL;
 
 fn explained(net: &Model) -> Explained<'_> {
     let key = ModelKey { weights: "m".into(), pooling: PoolingKind::Gap, layer: 4 };
@@ -166,12 +171,73 @@ fn scores_equal_the_metric_functions_applied_to_explain() {
     )
     .unwrap();
     let flat: Vec<Vec<f32>> = maps.flatten_from(1).unwrap().to_vec2().unwrap();
+    let mut grad_cam = |input: &Tensor| -> anyhow::Result<Tensor> {
+        Ok(explain(Method::GradCam.build(&protocol.cam).as_ref(), subject, input, &classes)?.upsampled)
+    };
+    let again: Vec<Vec<f32>> =
+        grad_cam(&explanation_images(&x, &maps, &NORM).unwrap()).unwrap().flatten_from(1).unwrap().to_vec2().unwrap();
+    let seeds = |salt: Salt| -> Vec<u64> { ids.iter().map(|&i| eval.image_seed(i, salt)).collect() };
+    let scoring = protocol.scoring;
+    let sensitivity = (scoring.sensitivity_radius, scoring.sensitivity_samples);
+    let ms = max_sensitivity(&mut grad_cam, &x, &maps, &NORM, sensitivity, &seeds(Salt::Sensitivity)).unwrap();
+    let mut road = |order| {
+        let percents = fractions(scoring.road_step);
+        let (noise, seeds) = (scoring.road_noise, seeds(Salt::Road));
+        road_probabilities(&mut score, &x, &maps, &classes, &percents, order, noise, &seeds, 5).unwrap()
+    };
+    let (morf, lerf) = (road(RoadOrder::MostRelevantFirst), road(RoadOrder::LeastRelevantFirst));
+    let mean = |v: &[f64]| 100.0 * v.iter().sum::<f64>() / v.len() as f64;
     for i in 0..3 {
-        assert!((got[&Metric::AverageDrop][i] - expected_drop[i]).abs() < 1e-9);
-        assert!((got[&Metric::Deletion][i] - 100.0 * auc(&deletion[i])).abs() < 1e-9);
+        let close = |m: Metric, expected: f64| {
+            assert!((got[&m][i] - expected).abs() < 1e-6, "{m} of image {i}: {} vs {expected}", got[&m][i])
+        };
+        close(Metric::AverageDrop, expected_drop[i]);
+        close(Metric::Deletion, 100.0 * auc(&deletion[i]));
+        close(Metric::Aopc, 100.0 * aopc(&deletion[i]));
         let bbox = set.scene(ids[i]).bbox.unwrap();
-        assert!((got[&Metric::Energy][i] - 100.0 * energy_in_box(&flat[i], 32, &bbox)).abs() < 1e-9);
+        close(Metric::Energy, 100.0 * energy_in_box(&flat[i], 32, &bbox));
+        close(Metric::RoadMorf, mean(&morf[i]));
+        close(Metric::RoadLerf, mean(&lerf[i]));
+        close(Metric::Road, (mean(&lerf[i]) - mean(&morf[i])) / 2.0);
+        close(Metric::MaxSensitivity, ms[i]);
+        let (coh, cx) = (coherency(&flat[i], &again[i]), complexity(&flat[i]));
+        close(Metric::Coherency, 100.0 * coh);
+        close(Metric::Complexity, 100.0 * cx);
+        close(Metric::Adcc, 100.0 * adcc(coh, cx, expected_drop[i] / 100.0));
     }
+}
+
+#[test]
+fn model_free_maps_are_insensitive_coherent_and_fake_cam_has_no_adcc() {
+    let (set, net, protocol) = (scenes(2), model(), Protocol::default());
+    let ids = [0, 1];
+    let eval = Evaluation {
+        set: &set,
+        ids: &ids,
+        batch_size: 2,
+        protocol,
+        seed: 0,
+        cache: tempfile::tempdir().unwrap().path().into(),
+        device: cpu(),
+        sharding: &Sharding::Whole,
+    };
+    let metrics = [Metric::MaxSensitivity, Metric::Coherency, Metric::Complexity, Metric::Adcc];
+    let centre = eval.run(&explained(&net), Source::Centre, &metrics).unwrap();
+    assert_eq!(centre[&Metric::MaxSensitivity], [0.0, 0.0]);
+    assert_eq!(centre[&Metric::Coherency], [100.0, 100.0]);
+    let fake = eval.run(&explained(&net), Source::FakeCam, &metrics).unwrap();
+    // 1023 ones in 1024 pixels: 1 - Complexity = 1/1024 caps the harmonic mean at 3/1024.
+    assert!(fake[&Metric::Complexity].iter().all(|&c| (c - 100.0 * 1023.0 / 1024.0).abs() < 1e-9));
+    assert!(fake[&Metric::Adcc].iter().all(|&a| a > 0.0 && a < 100.0 * 3.0 / 1024.0));
+}
+
+#[test]
+fn cells_of_metrics_without_options_keep_their_keys() {
+    let key = ("a", 1, [2.5]);
+    let plain = serde_json::to_string(&CellInputs::<_>::Plain(key)).unwrap();
+    assert_eq!(plain, serde_json::to_string(&key).unwrap());
+    let used = castream_metrics::options::MetricOptions::default().used_by(&[Metric::Road]).unwrap();
+    assert_ne!(serde_json::to_string(&CellInputs::Scored(key, used)).unwrap(), plain);
 }
 
 #[test]

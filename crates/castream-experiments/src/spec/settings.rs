@@ -9,6 +9,7 @@ use castream_data::DeviceChoice;
 use castream_data::Normalisation;
 use castream_eval::{Baseline, CausalChoice, Protocol};
 use castream_metrics::blur::InsertionBlur;
+use castream_metrics::options::MetricOptions;
 use castream_metrics::Metric;
 use castream_stream::AttentionSelect;
 use castream_zoo::ca::StreamSpec;
@@ -78,6 +79,8 @@ pub struct ProtocolSpec {
     pub cam: MethodOptions,
     /// The blur insertion starts from: the authors' `gkern` or a closed-form Gaussian.
     pub insertion_blur: InsertionBlur,
+    /// ROAD's removal step and noise, max-sensitivity's radius and samples.
+    pub scoring: MetricOptions,
     /// Bootstrap resamples of every confidence interval.
     pub resamples: usize,
 }
@@ -88,13 +91,14 @@ impl ProtocolSpec {
 
     /// The evaluation protocol these settings declare.
     pub fn protocol(&self) -> Protocol {
-        Protocol::new(self.causal, self.class, self.cam, self.insertion_blur)
+        Protocol { scoring: self.scoring, ..Protocol::new(self.causal, self.class, self.cam, self.insertion_blur) }
     }
 
     /// The valid ranges (docs/specs.md, "Valid ranges"): `resamples` 1 to
     /// [`Self::MAX_RESAMPLES`], and the CAM options' ([`MethodOptions::validate`]).
     pub fn validate(&self) -> Result<(), OutOfRange> {
         in_range("resamples", self.resamples, 1..=Self::MAX_RESAMPLES, 2000)?;
+        self.scoring.validate().map_err(|e| e.within("scoring"))?;
         self.cam.validate().map_err(|e| e.within("cam"))
     }
 }
@@ -131,6 +135,7 @@ impl Default for ProtocolSpec {
             class: None,
             cam: MethodOptions::default(),
             insertion_blur: InsertionBlur::default(),
+            scoring: MetricOptions::default(),
             resamples: 2000,
         }
     }

@@ -273,6 +273,25 @@ fn the_conventions_parse_by_name_and_a_bad_eps_is_refused() {
 }
 
 #[test]
+fn metric_options_parse_and_a_bad_road_step_is_refused_with_file_and_line() {
+    let spec = Spec::parse(
+        &GOOD.replace(
+            "[quick.scenes]",
+            "[quick.protocol]\nscoring = { road_step = 30, sensitivity_samples = 4 }\n\n[quick.scenes]",
+        ),
+        Path::new("demo.toml"),
+    )
+    .unwrap();
+    let p = spec.settings(Profile::Quick).unwrap().protocol.protocol();
+    assert_eq!((p.scoring.road_step, p.scoring.sensitivity_samples, p.scoring.road_noise), (30, 4, 0.01));
+    let msg = out_of_range("[quick.protocol]\nscoring = { road_step = 60 }");
+    assert!(
+        msg.contains("[quick] protocol.scoring.road_step = 60: out of range; valid: 1 to 50. Fix: e.g. road_step = 10"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn zero_images_are_refused_with_file_line_and_range() {
     let msg =
         format!("{:#}", Spec::parse(&GOOD.replace("images = 8", "images = 0"), Path::new("demo.toml")).unwrap_err());

@@ -172,6 +172,35 @@ fn method_notes(s: &crate::spec::Settings, n: usize, side: usize) -> Vec<String>
             castream_metrics::localisation::DEFAULT_IOU_THRESHOLD
         ));
     }
+    let wants = |m: Metric| s.metrics.iter().any(|k| *k.get_ref() == m);
+    if wants(Metric::Aopc) {
+        notes.push("AOPC: the mean drop of the class probability along the deletion curve, x100.".into());
+    }
+    let scoring = &s.protocol.scoring;
+    if s.metrics.iter().any(|m| m.get_ref().group() == castream_metrics::metric::Group::Road) {
+        let percents = castream_metrics::road::fractions(scoring.road_step);
+        notes.push(format!(
+            "ROAD: {}% of the pixels removed (most / least relevant first), filled by linear imputation from the 8 \
+             neighbours plus N(0, {}²) noise in normalised units; mean class probability over the fractions, x100; \
+             ROAD = (LeRF − MoRF) / 2.",
+            percents.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
+            scoring.road_noise
+        ));
+    }
+    if wants(Metric::MaxSensitivity) {
+        notes.push(format!(
+            "MS: the largest relative change ||S(x+δ) − S(x)|| / ||S(x)|| over {} perturbations uniform in ±{} (pixels \
+             in [0, 1]), in %.",
+            scoring.sensitivity_samples, scoring.sensitivity_radius
+        ));
+    }
+    if s.metrics.iter().any(|m| m.get_ref().group() == castream_metrics::metric::Group::Adcc) {
+        notes.push(
+            "Coh: (1 + Pearson's ρ of the map and the map of the explanation image) / 2; Cx: the map's mean; ADCC: the \
+             harmonic mean of Coh, 1 − Cx and 1 − AD; all x100."
+                .into(),
+        );
+    }
     let confidence = s.metrics.iter().any(|m| m.get_ref().group() == castream_metrics::metric::Group::Confidence);
     if s.baselines.contains(&castream_eval::Baseline::FakeCam) && confidence {
         notes.push(
