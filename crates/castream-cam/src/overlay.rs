@@ -1,5 +1,5 @@
-//! Saliency overlays: the jet colour map blended on the image (pytorch-grad-cam's
-//! `show_cam_on_image`, image weight 0.5).
+//! Saliency overlays: a colour map (jet by default, as pytorch-grad-cam's `show_cam_on_image`)
+//! blended on the image.
 
 /// The jet colour map (dark blue, blue, cyan, yellow, red, dark red) of a value in [0, 1]: MATLAB's
 /// piecewise-linear definition, knots at 1/8, 3/8, 5/8, 7/8.
@@ -9,22 +9,26 @@ pub fn jet(v: f32) -> [f32; 3] {
     [ramp(3.0), ramp(2.0), ramp(1.0)]
 }
 
-/// A row-major map with values in [0, 1] as a CHW jet image.
-pub fn heatmap(map: &[f32]) -> Vec<f32> {
+/// A row-major map with values in [0, 1] as a CHW image in the colour map `colour` (e.g. [`jet`]).
+pub fn heatmap(map: &[f32], colour: impl Fn(f32) -> [f32; 3]) -> Vec<f32> {
     let plane = map.len();
     let mut rgb = vec![0.0; 3 * plane];
     for (i, &v) in map.iter().enumerate() {
-        let [r, g, b] = jet(v);
+        let [r, g, b] = colour(v);
         (rgb[i], rgb[plane + i], rgb[2 * plane + i]) = (r, g, b);
     }
     rgb
 }
 
-/// The CHW image `rgb` (values in [0, 1]) under the jet map of `map`: `image_weight * rgb +
-/// (1 - image_weight) * jet(map)`, per pixel.
-pub fn blend(rgb: &[f32], map: &[f32], image_weight: f32) -> Vec<f32> {
+/// The CHW image `rgb` (values in [0, 1]) under the colour map of `map`: `image_weight * rgb +
+/// (1 - image_weight) * colour(map)`, per pixel.
+pub fn blend(rgb: &[f32], map: &[f32], image_weight: f32, colour: impl Fn(f32) -> [f32; 3]) -> Vec<f32> {
     assert_eq!(rgb.len(), 3 * map.len(), "the image must be CHW with the map's height and width");
-    heatmap(map).iter().zip(rgb).map(|(h, x)| image_weight * x.clamp(0.0, 1.0) + (1.0 - image_weight) * h).collect()
+    heatmap(map, colour)
+        .iter()
+        .zip(rgb)
+        .map(|(h, x)| image_weight * x.clamp(0.0, 1.0) + (1.0 - image_weight) * h)
+        .collect()
 }
 
 #[cfg(test)]
@@ -46,7 +50,7 @@ mod tests {
     fn blend_mixes_image_and_colour_per_pixel() {
         // Two pixels: map 1 (dark red) over white, map 0 (dark blue) over black.
         let rgb = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0];
-        let got = blend(&rgb, &[1.0, 0.0], 0.5);
+        let got = blend(&rgb, &[1.0, 0.0], 0.5, jet);
         assert_eq!(got, vec![0.75, 0.0, 0.5, 0.0, 0.5, 0.25]);
     }
 }

@@ -1,6 +1,9 @@
-//! `castream explain`: jet overlays of CAM methods (METHOD.md §4) on an image file or on a slice
-//! of the quick profile's Fashion-MNIST test scenes, one PNG per image, pooling and method,
-//! optionally with a colour bar. The CLI only parses arguments; everything else is here.
+//! `castream explain`: saliency overlays (jet unless told otherwise) of CAM methods (METHOD.md §4)
+//! on an image file or on a slice of the quick profile's Fashion-MNIST test scenes, one PNG per
+//! image, pooling and method, optionally with a colour bar. The CLI only parses arguments;
+//! everything else is here.
+
+mod model;
 
 use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
@@ -8,20 +11,18 @@ use std::str::FromStr;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use candle_core::{Tensor, D};
-use castream_backbones::{CheckpointMeta, Model, Stem};
-use castream_cam::{explain, overlay, Pooling, PoolingKind, Subject};
+use castream_backbones::{CheckpointMeta, Stem};
+use castream_cam::{explain, PoolingKind};
 use castream_data::image_folder::{load_image, EvalTransform};
 use castream_data::valid::in_range;
 use castream_data::{DataError, Normalisation};
-use castream_stream::CaModel;
 
 pub use castream_cam::{Method, MethodOptions};
+pub use castream_report::colourmap::ColourMap;
+pub use model::{parse_pretrained, scene_model_warning, ModelSource, PRETRAINED_EXAMPLE};
 
 use castream_report::overlay::write_overlay;
-use castream_zoo::ca::{quick_models, trained_models, QuickData, StreamSpec};
-use castream_zoo::quick::load_backbone;
-use castream_zoo::stream_checkpoint::{read_card, StreamSource};
-use castream_zoo::BackboneSpec;
+use castream_zoo::ca::QuickData;
 
 /// What to explain.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,34 +51,6 @@ impl FromStr for SceneRange {
         };
         ensure!(range.start < range.end, "`{s}` is empty: the end is exclusive, e.g. `0..8` is scenes 0 to 7");
         Ok(SceneRange(range))
-    }
-}
-
-/// Which network's weights.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ModelSource {
-    /// A shipped quick backbone (`checkpoints/quick/<name>.safetensors`, checked against the manifest).
-    Backbone(String),
-    /// A checkpoint written by `Model::save` (`<path>` and its `<path>.json` sidecar).
-    Checkpoint(PathBuf),
-    /// A stream trained by `castream train-stream` (a file or `hub:owner/name`), with the backbone
-    /// its card names.
-    Stream(StreamSource),
-}
-
-impl ModelSource {
-    /// The short name in output file names.
-    fn tag(&self) -> String {
-        match self {
-            ModelSource::Backbone(name) => sanitise(name),
-            ModelSource::Checkpoint(path) => {
-                sanitise(&path.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default())
-            }
-            ModelSource::Stream(StreamSource::File(path)) => {
-                sanitise(&path.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default())
-            }
-            ModelSource::Stream(StreamSource::Hub(repo)) => sanitise(&repo.repo),
-        }
     }
 }
 
@@ -117,7 +90,9 @@ pub struct ExplainOptions {
     /// `None`: the ground truth for scenes, the prediction for an image file.
     pub class: Option<ClassChoice>,
     pub out: PathBuf,
-    /// Draw a vertical jet colour bar labelled 0 and 1 beside each overlay.
+    /// The saliency colour map (jet, the paper's, by default).
+    pub colour_map: ColourMap,
+    /// Draw a vertical colour bar labelled 0 and 1 beside each overlay.
     pub colour_bar: bool,
     /// Input side in pixels for an image file; `None`: the checkpoint's (see [`input_size`]).
     pub size: Option<usize>,
@@ -166,14 +141,13 @@ pub fn validate(opts: &ExplainOptions) -> Result<()> {
             bail!("--method {}: needs --pooling ca (the GAP network has no attention). Fix: add --pooling ca (or gap,ca), or drop {}", m.key(), m.key());
         }
     }
-    if has(PoolingKind::Ca) {
-        if let ModelSource::Checkpoint(path) = &opts.model {
-            bail!(
-                "--pooling ca with --checkpoint {}: a trained CA-Stream exists only for the shipped quick backbones. Fix: use \
-                 --backbone <name> (default resnet18) for CA, or --pooling gap with this checkpoint",
-                path.display()
-            );
-        }
+    if has(PoolingKind::Ca) && !opts.model.has_stream() {
+        bail!(
+            "--pooling ca with {}: it comes with no trained CA-Stream. Fix: --pooling gap with this model; for CA, train a \
+             stream on its backbone with `castream train-stream` and pass --stream (docs/paper-profile.md), or use \
+             --backbone <name> (a shipped quick backbone, default resnet18)",
+            opts.model.flag()
+        );
     }
     if let (Input::Image(path), Some(ClassChoice::GroundTruth)) = (&opts.input, opts.class) {
         bail!("--class ground-truth with --image {}: an image file has no label. Fix: use --class predicted or --class <index>, or --scenes", path.display());
@@ -210,28 +184,6 @@ fn overlay_scale(scale: Option<usize>, side: usize) -> Result<usize> {
     Ok(scale)
 }
 
-/// The network(s) explained.
-enum Loaded {
-    Gap(Model),
-    Ca(Box<CaModel>),
-}
-
-impl Loaded {
-    fn backbone(&self) -> &Model {
-        match self {
-            Loaded::Gap(m) => m,
-            Loaded::Ca(m) => &m.backbone,
-        }
-    }
-
-    fn subject(&self, pooling: PoolingKind, norm: Normalisation) -> Subject<'_> {
-        match (pooling, self) {
-            (PoolingKind::Ca, Loaded::Ca(m)) => Subject::of(Pooling::Ca(m), norm),
-            _ => Subject::of(Pooling::Gap(self.backbone()), norm),
-        }
-    }
-}
-
 /// One image to explain: CHW pixels in [0, 1].
 struct Item {
     name: String,
@@ -245,37 +197,13 @@ struct Item {
 pub fn run(root: &Path, opts: &ExplainOptions) -> Result<Vec<Written>> {
     validate(opts)?;
     let device = opts.device.device()?;
-    let stream = StreamSpec::default();
     let needs_data = matches!(opts.input, Input::Scenes(_))
         || (opts.poolings.contains(&PoolingKind::Ca) && matches!(opts.model, ModelSource::Backbone(_)));
     let data = if needs_data { Some(QuickData::load(&Default::default(), &Default::default())?) } else { None };
-    let (loaded, meta) = match &opts.model {
-        ModelSource::Checkpoint(path) => {
-            let (model, meta) =
-                Model::load(path, &device).with_context(|| format!("--checkpoint {}", path.display()))?;
-            (Loaded::Gap(model), meta)
-        }
-        ModelSource::Backbone(name) if opts.poolings.contains(&PoolingKind::Ca) => {
-            let data = data.as_ref().expect("loaded for CA");
-            let m = quick_models(root, &BackboneSpec::Shipped(name.clone()), &stream, data, &mut None, &device)
-                .with_context(|| format!("--backbone {name}"))?;
-            if !m.from_cache {
-                println!("trained the CA-Stream of {name} (cached in {})", m.stream_file.display());
-            }
-            (Loaded::Ca(Box::new(m.ca)), m.meta)
-        }
-        ModelSource::Backbone(name) => {
-            let (model, meta, _) = load_backbone(root, name, &device).with_context(|| format!("--backbone {name}"))?;
-            (Loaded::Gap(model), meta)
-        }
-        ModelSource::Stream(source) => {
-            let flag = || format!("--stream {}", String::from(source.clone()));
-            let path = source.resolve(root).with_context(flag)?;
-            let card = read_card(&path).with_context(flag)?;
-            let m = trained_models(root, &card.backbone, &path, &device).with_context(flag)?;
-            (Loaded::Ca(Box::new(m.ca)), m.meta)
-        }
-    };
+    let (loaded, meta) = model::load(root, &opts.model, &opts.poolings, data.as_ref(), &device)?;
+    if let Some(warning) = model::scene_model_warning(&meta, &opts.input) {
+        eprintln!("{warning}");
+    }
     let num_classes = loaded.backbone().net.num_classes();
     if let Some(ClassChoice::Index(c)) = opts.class {
         ensure!(
@@ -394,7 +322,8 @@ pub fn run(root: &Path, opts: &ExplainOptions) -> Result<Vec<Written>> {
                 for (method, maps) in maps {
                     let path =
                         opts.out.join(format!("{}_{tag}_{}_{}.png", item.file_stem, pooling.key(), method.key()));
-                    write_overlay(&path, &overlay::blend(&item.rgb, &maps[b], 0.5), side, scale, opts.colour_bar)?;
+                    let rgb = opts.colour_map.blend(&item.rgb, &maps[b]);
+                    write_overlay(&path, &rgb, side, scale, opts.colour_bar.then_some(opts.colour_map))?;
                     println!("  {}", path.display());
                     let (pooling, method, image) = (*pooling, *method, item.name.clone());
                     written.push(Written { path, image, pooling, method, predicted: top, probability: p, explained });

@@ -6,13 +6,14 @@ use std::process::ExitCode;
 use anyhow::Result;
 use castream_cam::{Method, PoolingKind};
 use castream_cli::args::RunArgs;
-use castream_cli::explain::{self, ClassChoice, ExplainOptions, Input, ModelSource, SceneRange};
+use castream_cli::explain::{self, ClassChoice, ColourMap, ExplainOptions, Input, ModelSource, SceneRange};
 use castream_cli::slurm::SlurmCommand;
 use castream_data::DeviceChoice;
 use castream_experiments::runner::{self, Listing, Mode, Outcome, Readiness, Shard};
 use castream_zoo::quick::TrainOptions;
 use castream_zoo::stream_checkpoint::StreamSource;
 use castream_zoo::train_stream::{train_stream, TrainStreamOptions};
+use castream_zoo::BackboneSpec;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
 /// Every layer allocates its output afresh. glibc's malloc serves those multi-megabyte buffers
@@ -144,12 +145,18 @@ struct ExplainArgs {
     /// Quick-profile Fashion-MNIST test scenes: `start..end` (end exclusive) or one index.
     #[arg(long)]
     scenes: Option<SceneRange>,
-    /// A shipped quick backbone (checkpoints/quick/<name>.safetensors).
-    #[arg(long, default_value = "resnet18", conflicts_with_all = ["checkpoint", "stream"])]
+    /// A shipped quick backbone (checkpoints/quick/<name>.safetensors): trained on 64-px
+    /// Fashion-MNIST scenes, so not for photos (see --pretrained).
+    #[arg(long, default_value = "resnet18", conflicts_with_all = ["checkpoint", "pretrained", "stream"])]
     backbone: String,
     /// A checkpoint written by castream (`<path>` and its `<path>.json` sidecar); GAP only.
-    #[arg(long, conflicts_with = "stream")]
+    #[arg(long, conflicts_with_all = ["pretrained", "stream"])]
     checkpoint: Option<PathBuf>,
+    /// Pretrained ImageNet weights, as a spec's backbone table (docs/specs.md): `{ arch = "resnet50",
+    /// hub = "timm/resnet50.tv_in1k" }` (an hf-hub repository) or `{ arch = "resnet50", file =
+    /// "resnet50.safetensors" }` (timm/torchvision-named weights on disk); GAP only.
+    #[arg(long, value_parser = explain::parse_pretrained, conflicts_with = "stream")]
+    pretrained: Option<BackboneSpec>,
     /// A stream trained by `castream train-stream` (its file, or `hub:owner/name`), explained with
     /// the backbone its card names; `--pooling gap` explains that backbone alone.
     #[arg(long)]
@@ -174,7 +181,10 @@ struct ExplainArgs {
     /// Output folder.
     #[arg(long, default_value = "results/explain")]
     out: PathBuf,
-    /// Draw a vertical jet colour bar (0 to 1) beside each overlay.
+    /// The colour map of the overlays: jet (the paper's), viridis or turbo.
+    #[arg(long, alias = "color-map", default_value = "jet")]
+    colour_map: ColourMap,
+    /// Draw a vertical colour bar (0 to 1) beside each overlay.
     #[arg(long, alias = "color-bar")]
     colour_bar: bool,
     /// Input side in pixels for --image [default: the checkpoint's, 64 for quick backbones].
@@ -315,16 +325,18 @@ fn run(cli: Cli) -> Result<()> {
                     (None, Some(range)) => Input::Scenes(range.0),
                     (None, None) => unreachable!("clap requires --image or --scenes"),
                 },
-                model: match (a.checkpoint, a.stream) {
-                    (Some(path), _) => ModelSource::Checkpoint(path),
-                    (None, Some(stream)) => ModelSource::Stream(stream),
-                    (None, None) => ModelSource::Backbone(a.backbone),
+                model: match (a.checkpoint, a.pretrained, a.stream) {
+                    (Some(path), _, _) => ModelSource::Checkpoint(path),
+                    (None, Some(spec), _) => ModelSource::Pretrained(spec),
+                    (None, None, Some(stream)) => ModelSource::Stream(stream),
+                    (None, None, None) => ModelSource::Backbone(a.backbone),
                 },
                 poolings: a.pooling,
                 methods: a.method,
                 method_options: explain::MethodOptions { chunk: a.chunk, channels: a.channels, ..Default::default() },
                 class: a.class,
                 out: a.out,
+                colour_map: a.colour_map,
                 colour_bar: a.colour_bar,
                 size: a.size,
                 scale: a.scale,

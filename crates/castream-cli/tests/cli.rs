@@ -80,6 +80,12 @@ fn explain_rejects_bad_flags_before_loading_anything() {
     let (ok, text) = castream(&["explain"]);
     assert!(!ok);
     assert!(text.contains("--image") && text.contains("--scenes"), "{text}");
+    let (ok, text) = castream(&["explain", "--image", "cat.jpg", "--pretrained", "\"resnet18\""]);
+    assert!(!ok);
+    assert!(text.contains("--pretrained") && text.contains("--backbone") && text.contains("Fix:"), "{text}");
+    let (ok, text) = castream(&["explain", "--image", "cat.jpg", "--colour-map", "rainbow"]);
+    assert!(!ok);
+    assert!(text.contains("--colour-map") && text.contains("jet, viridis, turbo"), "{text}");
 }
 
 /// docs/specs.md's user-written experiment (experiments/examples/stage3-cams.toml): Layer-CAM and

@@ -1,13 +1,16 @@
-//! `castream explain` end to end on an image file written here and a tiny random checkpoint saved
-//! with `Model::save`, and its documented flag errors.
+//! `castream explain` end to end on an image file written here and tiny random networks (a
+//! checkpoint saved with `Model::save`, timm-named pretrained weights), and its documented flag
+//! errors.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use castream_backbones::{Arch, BackboneConfig, CheckpointMeta, Model, Stem};
 use castream_cam::{Method, MethodOptions, PoolingKind};
-use castream_cli::explain::{run, ClassChoice, ExplainOptions, Input, ModelSource};
+use castream_cli::explain::{run, ClassChoice, ColourMap, ExplainOptions, Input, ModelSource};
 use castream_report::overlay::COLOUR_BAR_WIDTH;
+use castream_zoo::backbone::Shape;
+use castream_zoo::BackboneSpec;
 use image::GenericImageView;
 
 /// A 3-class tiny ResNet checkpoint in `dir`.
@@ -43,6 +46,7 @@ fn options(dir: &Path, methods: Vec<Method>, poolings: Vec<PoolingKind>) -> Expl
         method_options: MethodOptions::default(),
         class: None,
         out: dir.join("out"),
+        colour_map: ColourMap::JET,
         colour_bar: false,
         size: Some(32),
         scale: None,
@@ -85,6 +89,11 @@ fn bad_combinations_name_the_flag_and_the_fix() {
     let msg = err(options(dir.path(), vec![Method::GradCam], vec![PoolingKind::Ca]));
     assert!(msg.contains("--pooling ca with --checkpoint") && msg.contains("Fix:"), "{msg}");
 
+    let mut opts = options(dir.path(), vec![Method::GradCam], vec![PoolingKind::Ca]);
+    opts.model = ModelSource::Pretrained(pretrained(dir.path()));
+    let msg = err(opts);
+    assert!(msg.contains("--pooling ca with --pretrained") && msg.contains("--stream"), "{msg}");
+
     let mut opts = options(dir.path(), vec![Method::GradCam], vec![PoolingKind::Gap]);
     opts.class = Some(ClassChoice::GroundTruth);
     let msg = err(opts);
@@ -101,4 +110,36 @@ fn bad_combinations_name_the_flag_and_the_fix() {
     opts.input = Input::Image(bad.clone());
     let msg = err(opts);
     assert!(msg.contains("--image") && msg.contains(&bad.display().to_string()), "{msg}");
+}
+
+/// timm-named weights of a 10-class ResNet-18 of width 8 with the ImageNet stem, as a file.
+fn pretrained(dir: &Path) -> BackboneSpec {
+    let shape = Shape { num_classes: Some(10), base_width: Some(8), depths: None };
+    let config = BackboneConfig { base_width: shape.base_width, ..BackboneConfig::new(Arch::Resnet18, 10) };
+    let model = Model::new(config, 3, &Device::Cpu).unwrap();
+    let tensors: Vec<(String, candle_core::Tensor)> =
+        model.named_vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+    let file = dir.join("resnet18-tiny.safetensors");
+    std::fs::write(&file, safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), None).unwrap()).unwrap();
+    BackboneSpec::File { arch: Arch::Resnet18, file, shape }
+}
+
+#[test]
+fn a_photo_is_explained_with_pretrained_weights_at_their_input_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path(), vec![Method::GradCam], vec![PoolingKind::Gap]);
+    opts.model = ModelSource::Pretrained(pretrained(dir.path()));
+    opts.colour_map = ColourMap::VIRIDIS;
+    opts.colour_bar = true;
+    opts.size = None;
+    opts.scale = Some(1);
+    let written = run(Path::new("."), &opts).unwrap();
+    assert_eq!(written.len(), 1);
+    let w = &written[0];
+    assert_eq!(w.path, dir.path().join("out/photo_resnet18-tiny_gap_grad-cam.png"));
+    assert!(w.predicted < 10 && w.explained == w.predicted);
+    // The ImageNet stem's input: 224 px, and a viridis colour bar (viridis(1) is yellow at the top).
+    let img = image::open(&w.path).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), (224 + COLOUR_BAR_WIDTH as u32, 224));
+    assert_eq!(img.get_pixel(224 + 8, 0).0, ColourMap::VIRIDIS.rgb8(1.0));
 }

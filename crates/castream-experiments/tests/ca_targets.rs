@@ -133,6 +133,7 @@ fn ca_targets_run_end_to_end_on_a_tiny_backbone() {
     // q0 (4) + 4->4, 4->8, 8->16, 16->32, 32->32 linear maps with biases.
     assert_eq!(stream_params[1], 4 + (16 + 4) + (32 + 8) + (128 + 16) + (512 + 32) + (1024 + 32));
     assert!(t1.join("table1.png").is_file() && t1.join("table1.md").is_file());
+    assert!(t1.join("table1_forest.png").is_file() && t1.join("table1_forest.svg").is_file());
     // CA − GAP in points with the paper's change and the verdict on it; the interval holds the mean.
     let claims = csv(&t1.join("table1_ca_vs_gap.csv"));
     assert_eq!(claims.height(), 1);
@@ -194,6 +195,7 @@ fn interpretability_tables_run_end_to_end_on_a_tiny_backbone() {
     for metric in ["AD", "AG", "AI", "I", "D"] {
         assert!(t2.join(format!("table2_{metric}.png")).is_file() && t2.join(format!("table2_{metric}.svg")).is_file());
     }
+    assert!(t2.join("table2_forest.png").is_file() && t2.join("table2_forest.svg").is_file());
     let md = std::fs::read_to_string(t2.join("table2.md")).unwrap();
     assert!(md.contains("The paper's GAP→CA change, AD↓: "), "{md}");
 

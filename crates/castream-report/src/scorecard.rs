@@ -9,8 +9,9 @@ use anyhow::Result;
 use castream_metrics::bootstrap::{mean_interval, paired_interval, Interval};
 use polars::prelude::*;
 
-use crate::charts::GroupedBars;
+use crate::charts::{Chart, GroupedBars};
 use crate::claims::{differences_table, Difference, Verdict};
+use crate::forest::Forest;
 use crate::tables::Table;
 use castream_metrics::{Metric, PerImage};
 
@@ -101,12 +102,25 @@ impl Scorecard<'_> {
     /// per-image difference, whether it excludes 0, the paper's change and the verdict on it
     /// ([`Verdict`]).
     pub fn differences(&self) -> Result<Option<Table>> {
-        let pairs = self.pairs();
-        if pairs.is_empty() {
+        self.difference_table(&self.difference_rows())
+    }
+
+    fn difference_table(&self, rows: &[Difference]) -> Result<Option<Table>> {
+        if rows.is_empty() {
             return Ok(None);
         }
+        let name = format!("{}_ca_vs_gap", self.name);
+        Ok(Some(differences_table(&name, &self.differences_title(), rows, self.paper.is_some(), self.resamples)?))
+    }
+
+    fn differences_title(&self) -> String {
+        format!("{}: CA − GAP, paired", self.title)
+    }
+
+    /// The paired differences CA − GAP of every (backbone, method) with both rows, per metric.
+    fn difference_rows(&self) -> Vec<Difference> {
         let mut rows = Vec::new();
-        for (gap, ca) in pairs {
+        for (gap, ca) in self.pairs() {
             for &m in self.metrics {
                 rows.push(Difference {
                     backbone: gap.backbone.clone(),
@@ -118,9 +132,7 @@ impl Scorecard<'_> {
                 });
             }
         }
-        let name = format!("{}_ca_vs_gap", self.name);
-        let title = format!("{}: CA − GAP, paired", self.title);
-        Ok(Some(differences_table(&name, &title, &rows, self.paper.is_some(), self.resamples)?))
+        rows
     }
 
     fn paper_change(&self, gap: &Row, ca: &Row, m: Metric) -> Option<f64> {
@@ -182,7 +194,7 @@ impl Scorecard<'_> {
     }
 
     /// One chart per metric, `<name>_<metric>.png/.svg`: a bar per method, one series per pooling,
-    /// with the intervals.
+    /// with the intervals as error bars.
     pub fn write_charts(&self, dir: &Path) -> Result<()> {
         let several = self.rows.iter().any(|o| o.backbone != self.rows[0].backbone);
         let category = |r: &Row| if several { format!("{} {}", r.backbone, r.method) } else { r.method.clone() };
@@ -221,22 +233,25 @@ impl Scorecard<'_> {
                 categories: &categories,
                 series: &series,
                 intervals: Some(&intervals),
-                y_from: None,
             }
             .write(&dir.join(format!("{}_{}", self.name, m.name())))?;
         }
         Ok(())
     }
 
-    /// Summary, differences, per-image values and charts, all into `dir`.
+    /// Summary, differences with their forest plot (`<name>_forest.png/.svg`), per-image values and
+    /// charts, all into `dir`.
     pub fn write(&self, images: &[usize], notes: &[String], dir: &Path) -> Result<()> {
         let mut summary = self.summary()?;
         for n in notes {
             summary = summary.note(n.clone());
         }
         summary.write(dir)?;
-        if let Some(d) = self.differences()? {
+        let differences = self.difference_rows();
+        if let Some(d) = self.difference_table(&differences)? {
             d.write(dir)?;
+            Forest { title: &self.differences_title(), rows: &differences }
+                .write(&dir.join(format!("{}_forest", self.name)))?;
         }
         self.write_per_image(images, dir)?;
         self.write_charts(dir)
@@ -326,7 +341,7 @@ mod tests {
         assert_eq!(images, [7, 9, 7, 9, 7, 9]);
         let ad: Vec<f64> = back.column("AD").unwrap().f64().unwrap().into_no_null_iter().collect();
         assert_eq!(ad, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-        for f in ["t.md", "t.csv", "t_ca_vs_gap.md", "t_AD.png", "t_AD.svg"] {
+        for f in ["t.md", "t.csv", "t_ca_vs_gap.md", "t_AD.png", "t_AD.svg", "t_forest.png", "t_forest.svg"] {
             assert!(dir.path().join(f).exists(), "{f}");
         }
     }

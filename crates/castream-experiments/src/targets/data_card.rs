@@ -13,7 +13,8 @@ use sha2::{Digest, Sha256};
 use super::RunContext;
 use crate::spec::Profile;
 use castream_data::progress;
-use castream_report::charts::GroupedBars;
+use castream_report::charts::{Chart, GroupedBars};
+use castream_report::colourmap::ColourMap;
 use castream_report::grid::{Grid, Tile};
 use castream_report::record::DataRecord;
 use castream_report::tables::Table;
@@ -94,7 +95,6 @@ fn quick(ctx: &mut RunContext) -> Result<()> {
             categories: &classes,
             series: &series,
             intervals: None,
-            y_from: None,
         }
         .write(&ctx.out.join(format!("class_counts_{}", slug(name))))?;
     }
@@ -142,6 +142,7 @@ fn quick(ctx: &mut RunContext) -> Result<()> {
             .zip(ids)
             .map(|(scene, i)| Tile {
                 rgb: scene.image,
+                saliency: None,
                 side: set.config.canvas,
                 caption: format!("#{i} {}", set.dataset.class_names()[scene.label]),
                 boxes: scene.bbox.into_iter().collect(),
@@ -159,6 +160,7 @@ fn quick(ctx: &mut RunContext) -> Result<()> {
             ),
             ("MNIST digit scenes (classes unseen in training, for figure4)".into(), tiles(digits, &digit_idx)),
         ],
+        colour_map: ColourMap::default(),
     }
     .write_png(&ctx.out.join("scenes.png"))
 }
@@ -225,7 +227,7 @@ fn paper(ctx: &mut RunContext) -> Result<()> {
         .iter()
         .map(|&i| {
             let caption = names[set.label(i)].chars().take(18).collect();
-            Ok(Tile { rgb: set.rgb(i)?, side, caption, boxes: set.bbox(i).into_iter().collect() })
+            Ok(Tile { rgb: set.rgb(i)?, saliency: None, side, caption, boxes: set.bbox(i).into_iter().collect() })
         })
         .collect::<Result<Vec<_>>>()?;
     Grid {
@@ -233,6 +235,7 @@ fn paper(ctx: &mut RunContext) -> Result<()> {
         columns: GRID_COLUMNS,
         scale: 1,
         rows: vec![(format!("{} of {} images", ids.len(), set.len()), tiles)],
+        colour_map: ColourMap::default(),
     }
     .write_png(&ctx.out.join("scenes.png"))
 }

@@ -9,6 +9,7 @@ use castream_report::columns;
 use super::{first_backbone, RunContext};
 use crate::spec::Profile;
 use castream_eval::saliency::maps;
+use castream_report::colourmap::ColourMap;
 use castream_report::grid::{Grid, Tile};
 use castream_report::tables::Table;
 
@@ -42,7 +43,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         .map(|(b, &i)| {
             let image = set.rgb(i)?;
             let boxes: Vec<_> = set.bbox(i).into_iter().collect();
-            let mut tiles = vec![Tile { rgb: image.clone(), side, caption: "input".into(), boxes: boxes.clone() }];
+            let mut tiles =
+                vec![Tile { rgb: image.clone(), saliency: None, side, caption: "input".into(), boxes: boxes.clone() }];
             for (caption, maps) in &columns {
                 tiles.push(Tile { boxes: boxes.clone(), ..Tile::overlay(&image, &maps[b], side, caption.clone()) });
             }
@@ -55,13 +57,16 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             Ok((header, tiles))
         })
         .collect::<Result<_>>()?;
+    let colour_map = ColourMap::default();
     Grid {
         title: format!(
-            "{name}: saliency of the ground-truth class, GAP vs CA-Stream (F_4, jet overlays, boxes = ground truth)"
+            "{name}: saliency of the ground-truth class, GAP vs CA-Stream (F_4, {} overlays, boxes = ground truth)",
+            colour_map.key
         ),
         columns: 2 + 2 * CAMS.len(),
         scale: 3,
         rows,
+        colour_map,
     }
     .write_png(&ctx.out.join("figure2.png"))?;
     let name_of = |v: &[u32]| v.iter().map(|&c| class(c)).collect::<Vec<_>>();

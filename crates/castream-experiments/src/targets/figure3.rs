@@ -9,6 +9,7 @@ use castream_report::columns;
 use castream_stream::minmax_normalise;
 
 use super::{first_backbone, RunContext};
+use castream_report::colourmap::ColourMap;
 use castream_report::grid::{Grid, Tile};
 use castream_report::tables::Table;
 
@@ -76,7 +77,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         rows.push((
             format!("{what} #{i} ({})", set.class_name(set.label(i))),
             vec![
-                Tile { rgb: set.rgb(i)?, side, caption: "input".into(), boxes: Vec::new() },
+                Tile { rgb: set.rgb(i)?, saliency: None, side, caption: "input".into(), boxes: Vec::new() },
                 Tile::heatmap(&upsampled(&via_attention, h, w, side, &ctx.device)?, side, "cross attention".into()),
                 Tile::heatmap(&upsampled(&via_cam, h, w, side, &ctx.device)?, side, "CAM, weights q".into()),
                 Tile::heatmap(&nearest(&abs_diff, h, w, side), side, format!("|difference|, max {diff:.1e}")),
@@ -88,6 +89,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         columns: 4,
         scale: 3,
         rows,
+        colour_map: ColourMap::default(),
     }
     .write_png(&ctx.out.join("figure3.png"))?;
     let frame = columns!("image" => ids.iter().map(|&i| i as u32).collect::<Vec<_>>(), "max_abs_difference" => diffs)?;

@@ -13,6 +13,7 @@ use castream_eval::saliency::{image_list_sha256, maps};
 use castream_zoo::train_stream::subset;
 
 use crate::spec::Profile;
+use castream_report::colourmap::ColourMap;
 use castream_report::grid::{Grid, Tile};
 use castream_report::tables::Table;
 
@@ -51,7 +52,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         let rgb = unseen.rgb(i)?;
         let (label, bbox) = (unseen.label(i), unseen.bbox(i));
         let boxes: Vec<_> = bbox.into_iter().collect();
-        let mut tiles = vec![Tile { rgb: rgb.clone(), side, caption: "input".into(), boxes: boxes.clone() }];
+        let mut tiles =
+            vec![Tile { rgb: rgb.clone(), saliency: None, side, caption: "input".into(), boxes: boxes.clone() }];
         for (caption, maps) in &columns {
             tiles.push(Tile { boxes: boxes.clone(), ..Tile::overlay(&rgb, &maps[b], side, caption.clone()) });
         }
@@ -81,6 +83,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         columns: 1 + columns.len(),
         scale: 3,
         rows,
+        colour_map: ColourMap::default(),
     }
     .write_png(&ctx.out.join("figure4.png"))?;
     let box_share = |bbox_area: f64| 100.0 * bbox_area / (side * side) as f64;

@@ -14,8 +14,9 @@ use crate::spec::Profile;
 use castream_cam::PoolingKind;
 
 use crate::paper::PaperValues;
-use castream_report::charts::{axis_floor, GroupedBars};
+use castream_report::charts::{Chart, GroupedBars};
 use castream_report::claims::{differences_table, Difference};
+use castream_report::forest::Forest;
 use castream_report::tables::Table;
 
 /// Test scenes evaluated unless the spec's `images` says otherwise.
@@ -148,6 +149,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     differences_table("table1_ca_vs_gap", title, &claims, true, RESAMPLES)?
         .note("The paper's change: ResNet-50's beside ResNet rows, ConvNeXt-B's beside ConvNeXt rows.")
         .write(ctx.out)?;
+    Forest { title, rows: &claims }.write(&ctx.out.join("table1_forest"))?;
     let categories: Vec<String> = s.backbones.iter().map(|b| b.name()).collect();
     let pick = |k: usize, v: &[f64]| (0..s.backbones.len()).map(|b| v[2 * b + k]).collect::<Vec<_>>();
     let series: Vec<(String, Vec<f64>)> =
@@ -160,7 +162,6 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         categories: &categories,
         series: &series,
         intervals: Some(&intervals),
-        y_from: Some(axis_floor(&rows.3)),
     }
     .write(&ctx.out.join("table1"))
 }

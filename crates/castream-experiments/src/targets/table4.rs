@@ -14,7 +14,7 @@ use super::interpretability::{backbone_weights, explained};
 use super::RunContext;
 use castream_eval::interpretability::Source;
 use castream_metrics::metric::{PerImage, PAPER_METRICS};
-use castream_report::charts::{axis_floor, GroupedBars};
+use castream_report::charts::{Chart, GroupedBars};
 use castream_report::scorecard::{Row, Scorecard};
 use castream_report::tables::Table;
 use castream_zoo::ca::StreamSpec;
@@ -127,7 +127,6 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         categories: &categories,
         series: &chart_series,
         intervals: Some(&chart_intervals),
-        y_from: Some(axis_floor(&low)),
     }
     .write(&ctx.out.join("table4"))?;
     let notes = [
