@@ -6,7 +6,8 @@
 //! - Complexity: the map's L1 norm per pixel (its mean, maps being in [0, 1]): a small map is simpler;
 //! - Average Drop: the relative confidence drop on the explanation image (as a fraction).
 //!
-//! A map of ones (Fake-CAM) has Complexity 1, so its ADCC is 0 whatever its AD.
+//! A map of ones but for one pixel (Fake-CAM) has Complexity 1 − 1/(h·w), so its ADCC is close
+//! to 0 whatever its AD.
 
 /// `(1 + ρ) / 2` of two maps. Pearson's ρ is undefined when a map is constant: identical maps
 /// count as coherent (1), otherwise as uncorrelated (1/2).

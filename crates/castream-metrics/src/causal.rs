@@ -45,7 +45,7 @@ pub fn steps(variant: CausalVariant, h: usize, w: usize) -> usize {
 
 /// The position of each pixel in the order of decreasing saliency, ties broken by lower index first so
 /// curves are deterministic. Saliency must be finite.
-pub(crate) fn rank_map(saliency: &[f32]) -> Vec<usize> {
+fn rank_map(saliency: &[f32]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..saliency.len()).collect();
     // Stable sort: equal values keep increasing index order; -0.0 and 0.0 tie.
     order.sort_by(|&a, &b| saliency[b].partial_cmp(&saliency[a]).expect("finite saliency"));

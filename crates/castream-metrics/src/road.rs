@@ -12,12 +12,11 @@
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Tensor};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 
-use crate::causal::rank_map;
 use crate::confidence::class_probabilities;
 
 /// Which pixels are removed first.
@@ -47,12 +46,32 @@ pub fn fractions(step: u32) -> Vec<u32> {
     (1..).map(|k| k * step.max(1)).take_while(|&p| p < 100).collect()
 }
 
-/// The `⌊percent · h·w / 100⌋` removed pixels of a map: the first in the insertion/deletion order
-/// (decreasing saliency, ties in increasing index order) for MoRF, the last for LeRF.
-pub fn removed(saliency: &[f32], percent: u32, order: RoadOrder) -> Vec<bool> {
-    let n = saliency.len();
+/// The stream of a pixel-order seed that breaks ties (the noise uses streams 0, 1, … per fraction).
+const TIE_STREAM: u64 = u64::MAX;
+
+/// The position of each pixel in ROAD's removal order: decreasing saliency, ties in a random order
+/// drawn from `seed`. CAM maps have wide plateaus (exactly 0 after the ReLU); taking them in index
+/// order would remove a block from one corner, which the map never asked for. Saliency must be
+/// finite.
+pub fn ranks(saliency: &[f32], seed: u64) -> Vec<usize> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(TIE_STREAM);
+    let tie: Vec<u64> = saliency.iter().map(|_| rng.random()).collect();
+    let mut order: Vec<usize> = (0..saliency.len()).collect();
+    // -0.0 and 0.0 tie.
+    order.sort_unstable_by(|&a, &b| {
+        saliency[b].partial_cmp(&saliency[a]).expect("finite saliency").then(tie[a].cmp(&tie[b]))
+    });
+    let mut rank = vec![0; saliency.len()];
+    order.iter().enumerate().for_each(|(r, &p)| rank[p] = r);
+    rank
+}
+
+/// The `⌊percent · n / 100⌋` removed pixels of a map whose pixels have the removal positions `rank`
+/// ([`ranks`]): the first for MoRF, the last for LeRF.
+pub fn removed(rank: &[usize], percent: u32, order: RoadOrder) -> Vec<bool> {
+    let n = rank.len();
     let count = n * percent.min(100) as usize / 100;
-    let rank = rank_map(saliency);
     rank.iter()
         .map(|&r| match order {
             RoadOrder::MostRelevantFirst => r < count,
@@ -217,6 +236,8 @@ pub fn road_probabilities(
     let saliency: Vec<f32> = saliency.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     ensure!(saliency.iter().all(|v| v.is_finite()), "ROAD: the saliency maps contain NaN or infinity");
     let (plane, image) = (h * w, c * h * w);
+    let ranks: Vec<Vec<usize>> =
+        (0..b).into_par_iter().map(|i| ranks(&saliency[i * plane..][..plane], seeds[i])).collect();
     let jobs: Vec<(usize, usize)> = (0..b).flat_map(|i| (0..percents.len()).map(move |f| (i, f))).collect();
     let mut out = vec![Vec::with_capacity(percents.len()); b];
     for chunk in jobs.chunks(batch_size) {
@@ -224,7 +245,7 @@ pub fn road_probabilities(
         let images: Vec<Vec<f32>> = chunk
             .par_iter()
             .map(|&(i, f)| {
-                let mask = removed(&saliency[i * plane..][..plane], percents[f], order);
+                let mask = removed(&ranks[i], percents[f], order);
                 impute(&pixels[i * image..][..image], (h, w), &mask, noise, &mut noise_stream(seeds[i], f))
             })
             .collect::<Result<_>>()?;

@@ -2,8 +2,11 @@
 //! explanation when the input moves by a small random perturbation, estimated by Monte Carlo:
 //! `max_s ||S(x + δ_s) - S(x)||_F / ||S(x)||_F`, `δ_s` uniform in `[-r, r]` per pixel and channel
 //! (in pixel space, [0, 1]), the class explained held fixed. Captum's `sensitivity_max` divides by
-//! the explanation's norm as here (its defaults: `r` = 0.02, 10 samples, ours too); Quantus's
-//! `MaxSensitivity` divides by the input's norm, which depends on the input's scaling.
+//! the explanation's norm as here, and by 1 where that norm is 0 (its defaults: `r` = 0.02, 10
+//! samples, ours too); it perturbs whatever input it is given, usually the normalised one, where
+//! 0.02 is about 0.0045 in pixels at ImageNet's σ: our radius is stated in pixels so that it means
+//! the same for every normalisation. Quantus's `MaxSensitivity` divides by the input's norm, which
+//! depends on the input's scaling.
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Tensor};
@@ -11,8 +14,8 @@ use castream_data::normalise::Normalisation;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// `||a - b||_F / ||a||_F`. A zero `a` is measured against `||b||_F` instead (0 when both are zero),
-/// so a map that is zero everywhere does not divide by zero.
+/// `||a - b||_F / ||a||_F`; `||a - b||_F` where `a` is zero everywhere (Captum's rule: the
+/// denominator becomes 1).
 ///
 /// # Panics
 /// If the lengths differ (a caller bug).
@@ -20,12 +23,8 @@ pub fn relative_change(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "relative change: maps of {} and {} values", a.len(), b.len());
     let l2 = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
     let diff = a.iter().zip(b).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum::<f64>().sqrt();
-    let scale = if l2(a) > 0.0 { l2(a) } else { l2(b) };
-    if scale > 0.0 {
-        diff / scale
-    } else {
-        0.0
-    }
+    let norm = l2(a);
+    diff / if norm > 0.0 { norm } else { 1.0 }
 }
 
 /// The normalised batch `x` `(B, C, H, W)` moved by `δ` uniform in `[-radius, radius]` in pixel
@@ -52,6 +51,8 @@ pub fn max_sensitivity(
     seeds: &[u64],
 ) -> Result<Vec<f64>> {
     let (b, _, h, w) = x.dims4().context("max-sensitivity: the input must be (B, C, H, W)")?;
+    ensure!(samples > 0, "max-sensitivity: 0 perturbations; valid: at least 1 (e.g. 10, Captum's default)");
+    ensure!(seeds.len() == b, "max-sensitivity: {} seeds for {b} images; give one per image", seeds.len());
     ensure!(maps.dims() == [b, h, w], "max-sensitivity: maps {:?} for inputs {:?}", maps.dims(), x.dims());
     let reference: Vec<Vec<f32>> = maps.to_dtype(DType::F32)?.flatten_from(1)?.to_vec2()?;
     let mut rngs: Vec<ChaCha8Rng> = seeds.iter().map(|&s| ChaCha8Rng::seed_from_u64(s)).collect();
@@ -78,7 +79,8 @@ mod tests {
         assert_eq!(relative_change(&[0.0, 0.0, 3.0, 4.0], &[0.0; 4]), 1.0);
         assert!((relative_change(&[3.0, 4.0], &[0.0, 4.0]) - 0.6).abs() < 1e-12);
         assert_eq!(relative_change(&[0.0, 0.0], &[0.0, 0.0]), 0.0);
-        assert_eq!(relative_change(&[0.0, 0.0], &[0.0, 2.0]), 1.0);
+        // A zero map: the change itself, divided by 1 (Captum).
+        assert_eq!(relative_change(&[0.0, 0.0], &[3.0, 4.0]), 5.0);
     }
 
     #[test]
@@ -114,5 +116,7 @@ mod tests {
             }
             assert!((got[i] - 100.0 * best).abs() < 1e-4, "image {i}: {} vs {}", got[i], 100.0 * best);
         }
+        let err = max_sensitivity(&mut explain, &x, &maps, &norm, (0.1, 0), &[4, 9]).unwrap_err().to_string();
+        assert!(err.contains("0 perturbations") && err.contains("at least 1"), "{err}");
     }
 }

@@ -1,6 +1,6 @@
-//! Colour maps for saliency, by key: `jet` (the paper's figures; the default), `viridis` and
-//! `turbo` (perceptually ordered alternatives that print in greyscale without inverting). A map
-//! takes a value in [0, 1] to linear RGB in [0, 1].
+//! Colour maps for saliency, by key: `jet` (the paper's figures; the default), `viridis` (lightness
+//! increases with the value, so it survives greyscale printing and colour-blind readers) and `turbo`
+//! (jet's hues with smooth lightness). A map takes a value in [0, 1] to sRGB in [0, 1].
 
 use std::fmt;
 
@@ -29,7 +29,7 @@ impl ColourMap {
             Some(m) => Ok(m),
             None => {
                 let keys: Vec<&str> = ColourMap::ALL.iter().map(|m| m.key).collect();
-                bail!("unknown colour map `{key}`; valid: {}", keys.join(", "))
+                bail!("unknown colour map `{key}`; valid: {}. Fix: e.g. viridis", keys.join(", "))
             }
         }
     }

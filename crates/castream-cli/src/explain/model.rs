@@ -153,7 +153,8 @@ pub fn scene_model_warning(meta: &CheckpointMeta, input: &Input) -> Option<Strin
     let canvas = scenes.get("canvas").and_then(|v| v.as_u64()).unwrap_or(64);
     Some(format!(
         "warning: --image {}: this model was trained on {canvas}-px Fashion-MNIST scenes, and its only classes are \
-         {}: a cat is not a Fashion-MNIST class, so a photo's maps explain whichever of them it resembles. For natural \
+         {}: a photo's subject is most likely none of them (a cat is not a Fashion-MNIST class), so its maps explain \
+         whichever of them it resembles. For natural \
          photos explain an ImageNet backbone: --pretrained '{PRETRAINED_EXAMPLE}' (GAP), or --stream with a stream \
          trained on it (CA; docs/paper-profile.md)",
         path.display(),

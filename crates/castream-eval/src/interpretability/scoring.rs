@@ -46,16 +46,19 @@ impl Evaluation<'_> {
         let groups: Vec<Group> = out.keys().map(|m| m.group()).collect();
         let wants = |group: Group| groups.contains(&group);
         let (adcc_wanted, localisation_wanted) = (wants(Group::Adcc), wants(Group::Localisation));
-        let mut drops = None;
-        if wants(Group::Confidence) || adcc_wanted {
+        // The explanation image x·S and the drops, shared by the confidences and ADCC.
+        let explained = if wants(Group::Confidence) || adcc_wanted {
+            let explained = explanation_images(&x, &maps, &norm)?;
             let y = class_probabilities(&subject.logits(&x)?, &classes)?;
-            let o = class_probabilities(&subject.logits(&explanation_images(&x, &maps, &norm)?)?, &classes)?;
+            let o = class_probabilities(&subject.logits(&explained)?, &classes)?;
             let Confidence { drop, gain, increase } = confidence(&y, &o);
             put(out, Metric::AverageGain, gain);
             put(out, Metric::AverageIncrease, increase);
             put(out, Metric::AverageDrop, drop.iter().copied());
-            drops = Some(drop);
-        }
+            Some((explained, drop))
+        } else {
+            None
+        };
         self.causal(subject, &x, &maps, &classes, out)?;
         if wants(Group::Road) {
             self.road(subject, &x, &maps, &classes, ids, out)?;
@@ -66,14 +69,16 @@ impl Evaluation<'_> {
             let options = (scoring.sensitivity_radius, scoring.sensitivity_samples);
             put(out, Metric::MaxSensitivity, max_sensitivity(&mut reexplain, &x, &maps, &norm, options, &seeds)?);
         }
+        if !adcc_wanted && !localisation_wanted {
+            return Ok(());
+        }
         let flat: Vec<Vec<f32>> = maps.flatten_from(1)?.to_vec2()?;
-        if adcc_wanted {
-            let again: Vec<Vec<f32>> = reexplain(&explanation_images(&x, &maps, &norm)?)?.flatten_from(1)?.to_vec2()?;
-            let drops = drops.expect("computed above for ADCC");
+        if let (true, Some((explained, drops))) = (adcc_wanted, &explained) {
+            let again: Vec<Vec<f32>> = reexplain(explained)?.flatten_from(1)?.to_vec2()?;
             let terms: Vec<(f64, f64, f64)> = flat
                 .iter()
                 .zip(&again)
-                .zip(&drops)
+                .zip(drops)
                 .map(|((a, b), &d)| (coherency(a, b), complexity(a), d / 100.0))
                 .collect();
             put(out, Metric::Coherency, terms.iter().map(|t| 100.0 * t.0));
@@ -152,10 +157,23 @@ impl Evaluation<'_> {
             )?;
             Ok(probs.iter().map(|p| 100.0 * p.iter().sum::<f64>() / p.len() as f64).collect())
         };
-        let (morf, lerf) = (mean(RoadOrder::MostRelevantFirst)?, mean(RoadOrder::LeastRelevantFirst)?);
-        put(out, Metric::Road, morf.iter().zip(&lerf).map(|(m, l)| (l - m) / 2.0));
-        put(out, Metric::RoadMorf, morf);
-        put(out, Metric::RoadLerf, lerf);
+        // Each order only where a wanted metric reads it: it is the costliest of the metrics.
+        let combined = out.contains_key(&Metric::Road);
+        let morf = if combined || out.contains_key(&Metric::RoadMorf) {
+            Some(mean(RoadOrder::MostRelevantFirst)?)
+        } else {
+            None
+        };
+        let lerf = if combined || out.contains_key(&Metric::RoadLerf) {
+            Some(mean(RoadOrder::LeastRelevantFirst)?)
+        } else {
+            None
+        };
+        if let (Some(morf), Some(lerf)) = (&morf, &lerf) {
+            put(out, Metric::Road, morf.iter().zip(lerf).map(|(m, l)| (l - m) / 2.0));
+        }
+        put(out, Metric::RoadMorf, morf.into_iter().flatten());
+        put(out, Metric::RoadLerf, lerf.into_iter().flatten());
         Ok(())
     }
 }

@@ -157,7 +157,8 @@ fn method_notes(s: &crate::spec::Settings, n: usize, side: usize) -> Vec<String>
             cam.opti_cam_iterations, cam.opti_cam_learning_rate
         ));
     }
-    if s.metrics.iter().any(|m| m.get_ref().group() == castream_metrics::metric::Group::Causal) {
+    let wants = |m: Metric| s.metrics.iter().any(|k| *k.get_ref() == m);
+    if wants(Metric::Insertion) || wants(Metric::Deletion) {
         notes.push(format!(
             "Insertion starts from {}; deletion sets pixels to 0 in normalised space; pixels are taken in decreasing \
              saliency, ties in increasing index order; AUC by the trapezoid rule, x100.",
@@ -172,16 +173,19 @@ fn method_notes(s: &crate::spec::Settings, n: usize, side: usize) -> Vec<String>
             castream_metrics::localisation::DEFAULT_IOU_THRESHOLD
         ));
     }
-    let wants = |m: Metric| s.metrics.iter().any(|k| *k.get_ref() == m);
     if wants(Metric::Aopc) {
-        notes.push("AOPC: the mean drop of the class probability along the deletion curve, x100.".into());
+        notes.push(
+            "AOPC: the mean drop of the class probability along the deletion curve (deletion sets pixels to 0 in \
+             normalised space, in decreasing saliency, ties in increasing index order), x100."
+                .into(),
+        );
     }
     let scoring = &s.protocol.scoring;
     if s.metrics.iter().any(|m| m.get_ref().group() == castream_metrics::metric::Group::Road) {
         let percents = castream_metrics::road::fractions(scoring.road_step);
         notes.push(format!(
             "ROAD: {}% of the pixels removed (most / least relevant first), filled by linear imputation from the 8 \
-             neighbours plus N(0, {}²) noise in normalised units; mean class probability over the fractions, x100; \
+             neighbours plus N(0, {}²) noise in normalised units; ties in saliency in a seeded random order; mean class probability over the fractions, x100; \
              ROAD = (LeRF − MoRF) / 2.",
             percents.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
             scoring.road_noise

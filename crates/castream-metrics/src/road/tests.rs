@@ -14,18 +14,41 @@ fn fractions_of_a_step() {
 }
 
 #[test]
-fn removal_follows_the_insertion_order_and_its_reverse() {
-    // Decreasing saliency, ties by index: 1, 3, 0, 2, 4, 5. Half of 6 pixels is 3.
-    let s = [0.5, 1.0, 0.5, 1.0, -0.0, 0.0];
-    assert_eq!(removed(&s, 50, RoadOrder::MostRelevantFirst), [true, true, false, true, false, false]);
-    assert_eq!(removed(&s, 50, RoadOrder::LeastRelevantFirst), [false, false, true, false, true, true]);
-    // ⌊0.1 · 6⌋ = 0 pixels.
-    assert!(removed(&s, 10, RoadOrder::MostRelevantFirst).iter().all(|&r| !r));
+fn removal_takes_decreasing_saliency_and_its_reverse() {
+    // Distinct values: decreasing order 1, 3, 0, 2, 4, 5 whatever the seed. Half of 6 pixels is 3.
+    let s = [0.5, 1.0, 0.4, 0.9, 0.2, 0.1];
+    for seed in [0, 1, 2] {
+        let rank = ranks(&s, seed);
+        assert_eq!(rank, [2, 0, 3, 1, 4, 5]);
+        assert_eq!(removed(&rank, 50, RoadOrder::MostRelevantFirst), [true, true, false, true, false, false]);
+        assert_eq!(removed(&rank, 50, RoadOrder::LeastRelevantFirst), [false, false, true, false, true, true]);
+        // ⌊0.1 · 6⌋ = 0 pixels.
+        assert!(removed(&rank, 10, RoadOrder::MostRelevantFirst).iter().all(|&r| !r));
+    }
+}
+
+#[test]
+fn ties_are_broken_at_random_by_the_seed_not_by_position() {
+    // A plateau of 0 (as after a CAM's ReLU) below one salient pixel, -0.0 tying with 0.0.
+    let mut s = vec![0.0f32; 400];
+    s[7] = 1.0;
+    s[8] = -0.0;
+    let rank = ranks(&s, 5);
+    assert_eq!(rank[7], 0, "the salient pixel first");
+    assert_eq!(rank, ranks(&s, 5), "the same seed, the same order");
+    assert_ne!(rank, ranks(&s, 6), "another seed, another order of the tie");
+    // LeRF at 50% takes 200 tied pixels: spread over the plane, not the last 200 by index, about
+    // half of them in each half of it (binomial: 100 ± 10; 40 is 6 standard deviations off).
+    let gone = removed(&rank, 50, RoadOrder::LeastRelevantFirst);
+    assert_eq!(gone.iter().filter(|&&g| g).count(), 200);
+    let first_half = gone[..200].iter().filter(|&&g| g).count();
+    assert!((60..=140).contains(&first_half), "{first_half} of 200 removed in the first half");
+    assert!(!gone[7]);
 }
 
 #[test]
 fn one_removed_pixel_is_its_neighbours_weighted_mean() {
-    // 3x3 plane 1..9: the centre's neighbours, edges 2, 4, 6, 8 at 1/6, corners 1, 3, 7, 9 at 1/12.
+    // 3x3 plane of the squares 1, 4, …, 81: the centre's edge neighbours (pixels 1, 3, 5, 7) at 1/6, corners at 1/12.
     let plane: Vec<f32> = (1..=9).map(|v| v as f32 * v as f32).collect();
     let mut mask = vec![false; 9];
     mask[4] = true;
@@ -142,7 +165,7 @@ fn batched_probabilities_equal_a_per_image_loop() {
     let got = road_probabilities(&mut score, &xt, &st, &classes, &percents, order, 0.1, &seeds, 4).unwrap();
     for i in 0..b {
         for (f, &pct) in percents.iter().enumerate() {
-            let mask = removed(&s[i * h * w..][..h * w], pct, order);
+            let mask = removed(&ranks(&s[i * h * w..][..h * w], seeds[i]), pct, order);
             let img =
                 impute(&x[i * c * h * w..][..c * h * w], (h, w), &mask, 0.1, &mut noise_stream(seeds[i], f)).unwrap();
             let logits: Vec<f32> = Tensor::from_vec(img, (1, c * h * w), &cpu())
