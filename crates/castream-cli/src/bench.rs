@@ -17,6 +17,9 @@ use rand_chacha::ChaCha8Rng;
 
 use castream_zoo::quick::load_recipe;
 
+mod cam;
+pub use cam::run_cam;
+
 /// The benchmark compares CPU kernels with ONNX Runtime's CPU provider.
 const DEVICE: DeviceChoice = DeviceChoice::Cpu;
 
@@ -47,7 +50,7 @@ pub fn cases(root: &Path) -> Result<Vec<Case>> {
     Ok(out)
 }
 
-fn input(case: &Case) -> Result<Tensor> {
+pub(crate) fn input(case: &Case) -> Result<Tensor> {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let n = case.batch * 3 * case.size * case.size;
     let v: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect();
@@ -61,7 +64,7 @@ fn median_seconds(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64>
 }
 
 /// Median seconds of `runs` (at least one) timed calls.
-fn timed_median(runs: usize, f: &mut impl FnMut() -> Result<()>) -> Result<f64> {
+pub(crate) fn timed_median(runs: usize, f: &mut impl FnMut() -> Result<()>) -> Result<f64> {
     let t: Vec<f64> = (0..runs.max(1))
         .map(|_| {
             let start = Instant::now();
@@ -317,131 +320,8 @@ pub fn run(root: &Path, runs: usize, rounds: usize, with_onnx: bool, only: Optio
     Ok(())
 }
 
-/// One configuration of the CAM benchmark: a backbone with random weights (speed does not depend
-/// on them) and a random CA-Stream on it.
-struct CamCase {
-    label: String,
-    config: BackboneConfig,
-    size: usize,
-    batch: usize,
-    /// Images per call of the perturbation methods (Score-CAM, Ablation-CAM).
-    perturbation_batch: usize,
-    /// Score-CAM's channel subsampling (`MethodOptions::channels`).
-    score_channels: Option<usize>,
-}
-
-fn cam_cases(root: &Path) -> Result<Vec<CamCase>> {
-    let quick = load_recipe(root)?
-        .backbone
-        .into_iter()
-        .find(|b| b.name == "resnet18")
-        .context("no resnet18 in the quick recipe")?;
-    Ok(vec![
-        CamCase {
-            label: "resnet18 (quick)".into(),
-            config: quick.model,
-            size: 64,
-            batch: 32,
-            perturbation_batch: 32,
-            score_channels: None,
-        },
-        CamCase {
-            label: "resnet50 (paper)".into(),
-            config: BackboneConfig::new(Arch::Resnet50, 1000),
-            size: 224,
-            batch: 4,
-            perturbation_batch: 1,
-            score_channels: Some(256),
-        },
-    ])
-}
-
-/// Seconds per call: the median of `runs` calls after a warm-up call, or of one call when the
-/// warm-up takes 2 s or more (the perturbation methods). Returns the seconds and the calls timed.
-fn adaptive_seconds(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, usize)> {
-    let start = Instant::now();
-    f()?;
-    let runs = if start.elapsed().as_secs_f64() >= 2.0 { 1 } else { runs.max(1) };
-    Ok((timed_median(runs, &mut f)?, runs))
-}
-
-/// `castream bench --cam`: maps/s of every CAM method applicable to GAP and to CA, on the quick
-/// ResNet-18 at 64 px (batch 32) and a paper-size ResNet-50 at 224 px (batch 4; Score-CAM and
-/// Ablation-CAM on one image, Score-CAM scoring 256 of the 2048 channels), printed as Markdown.
-pub fn run_cam(root: &Path, runs: usize, only: Option<&str>) -> Result<()> {
-    use castream_cam::{explain, Method, MethodOptions, Pooling, Subject};
-    use castream_stream::{CaModel, StreamConfig};
-
-    println!(
-        "threads: {} (RAYON_NUM_THREADS); random weights; maps post-processed (ReLU, min-max, upsampling)\n",
-        rayon::current_num_threads()
-    );
-    for case in cam_cases(root)?.into_iter().filter(|c| only.is_none_or(|o| c.label.contains(o))) {
-        let ca = CaModel::new(Model::new(case.config.clone(), 0, &DEVICE.device()?)?, &StreamConfig::default(), 0)?;
-        let norm = Normalisation::IMAGENET;
-        let subjects = [Pooling::Gap(&ca.backbone), Pooling::Ca(&ca)].map(|p| (p.kind(), Subject::of(p, norm)));
-        let x = input(&Case { label: String::new(), config: case.config.clone(), batch: case.batch, size: case.size })?;
-        let k = ca.backbone.net.stage_widths()[4];
-        for (_, subject) in &subjects {
-            for _ in 0..3 {
-                subject.logits(&x)?; // warm the allocator before the first timed row
-            }
-        }
-        println!("{}: {} px, batch {}, F_4 has K = {k} channels\n", case.label, case.size, case.batch);
-        println!("| method | images per call | GAP maps/s | CA maps/s | GAP ms/map | CA ms/map | calls timed (after a warm-up) |");
-        println!("|---|---|---:|---:|---:|---:|---|");
-        let mut rows: Vec<(String, Option<Method>, usize, MethodOptions)> =
-            vec![("forward only (reference, img/s)".into(), None, case.batch, MethodOptions::default())];
-        for m in Method::ALL {
-            let mut options = MethodOptions::default();
-            let perturbation = matches!(m, Method::ScoreCam | Method::AblationCam);
-            let mut label = m.to_string();
-            if m == Method::ScoreCam {
-                options.channels = case.score_channels;
-                label = match case.score_channels {
-                    Some(n) => format!("{label} ({n} of {k} channels scored: {n} masked images per map)"),
-                    None => format!("{label} (all {k} channels: {k} masked images per map)"),
-                };
-            }
-            rows.push((label, Some(m), if perturbation { case.perturbation_batch } else { case.batch }, options));
-        }
-        for (label, method, batch, options) in rows {
-            let xb = x.narrow(0, 0, batch)?;
-            let classes: Vec<u32> = (0..batch as u32).map(|i| i % case.config.num_classes as u32).collect();
-            let mut cells = Vec::new();
-            let mut timed = Vec::new();
-            for (pooling, subject) in &subjects {
-                let figure = match method {
-                    None => Some(adaptive_seconds(runs, || Ok(subject.logits(&xb).map(|_| ())?))?),
-                    Some(m) if m.applies_to(*pooling) => {
-                        let built = m.build(&options);
-                        Some(adaptive_seconds(runs, || {
-                            Ok(explain(built.as_ref(), subject, &xb, &classes).map(|_| ())?)
-                        })?)
-                    }
-                    Some(_) => None,
-                };
-                cells.push(figure.map(|(s, _)| s));
-                timed.push(figure.map_or("–".to_string(), |(_, n)| n.to_string()));
-            }
-            let rate = |s: &Option<f64>| s.map_or("–".to_string(), |s| significant(batch as f64 / s));
-            let ms = |s: &Option<f64>| s.map_or("–".to_string(), |s| format!("{:.1}", 1e3 * s / batch as f64));
-            println!(
-                "| {label} | {batch} | {} | {} | {} | {} | {} |",
-                rate(&cells[0]),
-                rate(&cells[1]),
-                ms(&cells[0]),
-                ms(&cells[1]),
-                timed.join(" / ")
-            );
-        }
-        println!();
-    }
-    Ok(())
-}
-
 /// `v` with three significant digits (at least one decimal), so that 0.0171 maps/s stays readable.
-fn significant(v: f64) -> String {
+pub(crate) fn significant(v: f64) -> String {
     let decimals = if v > 0.0 { (2 - v.log10().floor() as i32).max(1) } else { 1 };
     format!("{v:.*}", decimals as usize)
 }

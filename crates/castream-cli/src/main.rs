@@ -98,8 +98,9 @@ enum Command {
         /// Only the cases whose label contains this (e.g. `convnext`, `quick`, `resnet50`).
         #[arg(long)]
         only: Option<String>,
-        /// Benchmark the CAM methods instead (maps/s for GAP and CA; quick ResNet-18 and a
-        /// paper-size ResNet-50).
+        /// Benchmark saliency instead: maps/s of every CAM method and insertion/deletion curves/s
+        /// for GAP and CA, with the forward passes they reach as a share of the forward's images/s
+        /// (quick ResNet-18 and a paper-size ResNet-50).
         #[arg(long)]
         cam: bool,
         /// Benchmark image decoding instead: JPEG to training and evaluation batches (the CPU
@@ -107,7 +108,7 @@ enum Command {
         #[arg(long, conflicts_with = "cam")]
         decode: bool,
     },
-    /// Write jet overlays of CAM methods for an image file or quick test scenes, and print each
+    /// Write saliency overlays of CAM methods for an image file or quick test scenes, and print each
     /// image's prediction.
     Explain(ExplainArgs),
     /// Train a CA-Stream on a frozen pretrained backbone from a recipe (experiments/streams/*.toml):

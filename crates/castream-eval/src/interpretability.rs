@@ -99,7 +99,7 @@ enum Salt {
 /// The cell caches: saliency maps of CAM methods, and metric scores. Raise `format` when the
 /// computation of maps (methods, post-processing) or of scores (metrics) changes.
 pub const MAPS: CacheKind = CacheKind { dir: "maps", format: 1 };
-pub const SCORES: CacheKind = CacheKind { dir: "scores", format: 1 };
+pub const SCORES: CacheKind = CacheKind { dir: "scores", format: 2 };
 
 /// A model under evaluation: the subject explained, and what identifies its maps and scores in
 /// the cell cache.

@@ -3,6 +3,7 @@
 
 use anyhow::{ensure, Context, Result};
 use candle_core::Tensor;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Side of the insertion blur kernel (the authors' code).
@@ -84,18 +85,48 @@ pub fn gaussian_kernel(size: usize, sigma: f64) -> Vec<f32> {
 }
 
 /// Blurs each channel of an NCHW batch with a `size x size` (odd) kernel and zero padding
-/// `size / 2`, as the authors' torch `conv2d(padding=2)` does: borders fade towards zero, i.e. towards
-/// the mean colour in normalised space.
+/// `size / 2`, as the authors' torch `conv2d(padding=2)` does (cross-correlation): borders fade
+/// towards zero, i.e. towards the mean colour in normalised space. Computed on the host, a plane
+/// per task, one shifted row slice per tap (vectorised): candle's grouped convolution took a
+/// quarter of the time of a 64 px insertion curve.
 pub fn blur(x: &Tensor, kernel: &[f32], size: usize) -> Result<Tensor> {
     ensure!(
         size % 2 == 1 && kernel.len() == size * size,
         "blur: a {size}x{size} kernel with an odd side, got {} values",
         kernel.len()
     );
-    let (_, c, _, _) = x.dims4().context("blur: the input must be (B, C, H, W)")?;
-    let kernel =
-        Tensor::from_vec(kernel.to_vec(), (1, 1, size, size), x.device())?.to_dtype(x.dtype())?.repeat((c, 1, 1, 1))?;
-    Ok(x.conv2d(&kernel, size / 2, 1, 1, c)?)
+    let (b, c, h, w) = x.dims4().context("blur: the input must be (B, C, H, W)")?;
+    let pixels: Vec<f32> = x.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+    let mut out = vec![0.0f32; pixels.len()];
+    if h * w > 0 {
+        out.par_chunks_mut(h * w)
+            .zip(pixels.par_chunks(h * w))
+            .for_each(|(dst, src)| blur_plane(src, dst, (h, w), kernel, size));
+    }
+    Ok(Tensor::from_vec(out, (b, c, h, w), x.device())?.to_dtype(x.dtype())?)
+}
+
+/// `dst += kernel ⋆ src` on one `h x w` plane, zero outside it.
+fn blur_plane(src: &[f32], dst: &mut [f32], (h, w): (usize, usize), kernel: &[f32], size: usize) {
+    let r = (size / 2) as isize;
+    for (tap, &k) in kernel.iter().enumerate() {
+        let (dy, dx) = ((tap / size) as isize - r, (tap % size) as isize - r);
+        // Output columns whose input column x + dx lies inside the plane.
+        let (x0, x1) = ((-dx).max(0) as usize, (w as isize - dx).min(w as isize).max(0) as usize);
+        if x0 >= x1 {
+            continue;
+        }
+        for y in 0..h {
+            let sy = y as isize + dy;
+            if sy < 0 || sy >= h as isize {
+                continue;
+            }
+            let from = &src[sy as usize * w..][(x0 as isize + dx) as usize..(x1 as isize + dx) as usize];
+            for (d, &v) in dst[y * w..][x0..x1].iter_mut().zip(from) {
+                *d += k * v;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -166,6 +197,13 @@ mod tests {
         let got: Vec<f32> = blur(&t, &k, 5).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let want: Vec<f32> = data.chunks_exact(3 * h * w).flat_map(|img| naive_blur(img, (3, h, w), &k, 5)).collect();
         got.iter().zip(&want).for_each(|(g, w)| assert!((g - w).abs() < 1e-5, "{g} vs {w}"));
+        // candle's grouped convolution, as the authors' torch conv2d (an asymmetric kernel, so a
+        // flip would show).
+        let k: Vec<f32> = (0..25).map(|i| i as f32 / 300.0).collect();
+        let weights = Tensor::from_vec(k.clone(), (1, 1, 5, 5), &cpu()).unwrap().repeat((3, 1, 1, 1)).unwrap();
+        let conv: Vec<f32> = t.conv2d(&weights, 2, 1, 1, 3).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let got: Vec<f32> = blur(&t, &k, 5).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        got.iter().zip(&conv).for_each(|(g, c)| assert!((g - c).abs() < 1e-5, "{g} vs {c}"));
         assert!(blur(&t, &gaussian_kernel(4, 5.0), 4).is_err());
     }
 

@@ -1,0 +1,229 @@
+//! `castream bench --cam`: saliency throughput. Maps/s of every CAM method for GAP and CA, and
+//! insertion/deletion curves/s; for the work that is forward passes of (masked) images — Score-CAM,
+//! the curves — also the forward passes per second it reaches as a share of the plain forward's
+//! images/s, so the cost of masking, upsampling, blurring and softmax is visible.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::Tensor;
+use castream_backbones::{Arch, BackboneConfig, Model};
+use castream_cam::{explain, Method, MethodOptions, Pooling, PoolingKind, Subject};
+use castream_data::Normalisation;
+use castream_metrics::blur::InsertionBlur;
+use castream_metrics::causal::{causal_curves, steps, CausalMode, CausalVariant};
+use castream_stream::{CaModel, StreamConfig};
+use castream_zoo::quick::load_recipe;
+
+use super::{input, significant, timed_median, Case, DEVICE};
+
+/// One configuration of the CAM benchmark: a backbone with random weights (speed does not depend
+/// on them) and a random CA-Stream on it.
+struct CamCase {
+    label: String,
+    config: BackboneConfig,
+    size: usize,
+    batch: usize,
+    /// Images per call of the perturbation methods (Score-CAM, Ablation-CAM).
+    perturbation_batch: usize,
+    /// Score-CAM's channel subsampling (`MethodOptions::channels`).
+    score_channels: Option<usize>,
+    /// Step images per forward pass of the insertion/deletion curves (the specs' batch size).
+    curve_batch: usize,
+}
+
+fn cam_cases(root: &Path) -> Result<Vec<CamCase>> {
+    let quick = load_recipe(root)?
+        .backbone
+        .into_iter()
+        .find(|b| b.name == "resnet18")
+        .context("no resnet18 in the quick recipe")?;
+    Ok(vec![
+        CamCase {
+            label: "resnet18 (quick)".into(),
+            config: quick.model,
+            size: 64,
+            batch: 32,
+            perturbation_batch: 32,
+            score_channels: None,
+            curve_batch: 64,
+        },
+        CamCase {
+            label: "resnet50 (paper)".into(),
+            config: BackboneConfig::new(Arch::Resnet50, 1000),
+            size: 224,
+            batch: 4,
+            perturbation_batch: 1,
+            score_channels: Some(256),
+            curve_batch: 16,
+        },
+    ])
+}
+
+/// Seconds per call: the median of `runs` calls after a warm-up call, or of one call when the
+/// warm-up takes 2 s or more (the perturbation methods). Returns the seconds and the calls timed.
+fn adaptive_seconds(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, usize)> {
+    let start = Instant::now();
+    f()?;
+    let runs = if start.elapsed().as_secs_f64() >= 2.0 { 1 } else { runs.max(1) };
+    Ok((timed_median(runs, &mut f)?, runs))
+}
+
+/// What a row of the table times.
+#[derive(Clone, Copy)]
+enum Work {
+    /// The plain forward pass: the reference.
+    Forward,
+    Method(Method),
+    Curves(CausalMode),
+}
+
+/// A timed row: its label, images per call, and the forward passes of whole images one result
+/// (map or curve) costs, where that is the whole of the work.
+struct Row {
+    label: String,
+    work: Work,
+    batch: usize,
+    options: MethodOptions,
+    forwards_per_result: Option<usize>,
+}
+
+fn rows(case: &CamCase, k: usize) -> Vec<Row> {
+    let mut rows = vec![Row {
+        label: "forward only (reference, img/s)".into(),
+        work: Work::Forward,
+        batch: case.batch,
+        options: MethodOptions::default(),
+        forwards_per_result: Some(1),
+    }];
+    for m in Method::ALL {
+        let mut options = MethodOptions::default();
+        let perturbation = matches!(m, Method::ScoreCam | Method::AblationCam);
+        let (mut label, mut forwards) = (m.to_string(), None);
+        if m == Method::ScoreCam {
+            options.channels = case.score_channels;
+            let scored = case.score_channels.unwrap_or(k);
+            // One forward for the activations, one per scored channel's masked image.
+            forwards = Some(scored + 1);
+            label = match case.score_channels {
+                Some(n) => format!("{label} ({n} of {k} channels scored: {n} masked images per map)"),
+                None => format!("{label} (all {k} channels: {k} masked images per map)"),
+            };
+        }
+        let batch = if perturbation { case.perturbation_batch } else { case.batch };
+        rows.push(Row { label, work: Work::Method(m), batch, options, forwards_per_result: forwards });
+    }
+    // The authors' variant: 8 rows of pixels per step, a curve of steps + 1 points.
+    let points = steps(CausalVariant::Authors, case.size, case.size) + 1;
+    for (mode, name) in [(CausalMode::Insertion, "insertion"), (CausalMode::Deletion, "deletion")] {
+        rows.push(Row {
+            label: format!("{name} curve ({points} step images, curves/s)"),
+            work: Work::Curves(mode),
+            batch: case.batch,
+            options: MethodOptions::default(),
+            forwards_per_result: Some(points),
+        });
+    }
+    rows
+}
+
+/// `castream bench --cam`: on the quick ResNet-18 at 64 px (batch 32) and a paper-size ResNet-50 at
+/// 224 px (batch 4; Score-CAM and Ablation-CAM on one image, Score-CAM scoring 256 of the 2048
+/// channels), maps/s of every CAM method applicable to GAP and to CA and insertion/deletion
+/// curves/s (authors' variant, `gkern` blur), printed as Markdown. `% of forward`: the whole-image
+/// forward passes per second a row reaches (results/s × forwards per result) over the plain
+/// forward's images/s.
+pub fn run_cam(root: &Path, runs: usize, only: Option<&str>) -> Result<()> {
+    println!(
+        "threads: {} (RAYON_NUM_THREADS); random weights; maps post-processed (ReLU, min-max, upsampling)\n",
+        rayon::current_num_threads()
+    );
+    for case in cam_cases(root)?.into_iter().filter(|c| only.is_none_or(|o| c.label.contains(o))) {
+        let ca = CaModel::new(Model::new(case.config.clone(), 0, &DEVICE.device()?)?, &StreamConfig::default(), 0)?;
+        let norm = Normalisation::IMAGENET;
+        let subjects = [Pooling::Gap(&ca.backbone), Pooling::Ca(&ca)].map(|p| (p.kind(), Subject::of(p, norm)));
+        let x = input(&Case { label: String::new(), config: case.config.clone(), batch: case.batch, size: case.size })?;
+        let k = ca.backbone.net.stage_widths()[4];
+        for (_, subject) in &subjects {
+            for _ in 0..3 {
+                subject.logits(&x)?; // warm the allocator before the first timed row
+            }
+        }
+        println!(
+            "{}: {} px, batch {}, F_4 has K = {k} channels; curves score {} step images per forward pass\n",
+            case.label, case.size, case.batch, case.curve_batch
+        );
+        println!(
+            "| work | images per call | GAP results/s | CA results/s | GAP ms/result | CA ms/result | GAP % of forward \
+             | CA % of forward | calls timed (after a warm-up) |"
+        );
+        println!("|---|---|---:|---:|---:|---:|---:|---:|---|");
+        let mut forward_rate = [None; 2];
+        for row in rows(&case, k) {
+            let xb = x.narrow(0, 0, row.batch)?;
+            let classes: Vec<u32> = (0..row.batch as u32).map(|i| i % case.config.num_classes as u32).collect();
+            let mut cells = Vec::new();
+            let mut timed = Vec::new();
+            for (pooling, subject) in &subjects {
+                let figure = time_row(&row, *pooling, subject, &xb, &classes, case.curve_batch, runs)?;
+                cells.push(figure.map(|(s, _)| row.batch as f64 / s));
+                timed.push(figure.map_or("–".to_string(), |(_, n)| n.to_string()));
+            }
+            if matches!(row.work, Work::Forward) {
+                forward_rate = [cells[0], cells[1]];
+            }
+            let rate = |r: &Option<f64>| r.map_or("–".to_string(), significant);
+            let ms = |r: &Option<f64>| r.map_or("–".to_string(), |r| format!("{:.1}", 1e3 / r));
+            let share = |r: &Option<f64>, forward: Option<f64>| match (r, forward, row.forwards_per_result) {
+                (Some(r), Some(f), Some(n)) => format!("{:.0}%", 100.0 * r * n as f64 / f),
+                _ => "–".to_string(),
+            };
+            println!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                row.label,
+                row.batch,
+                rate(&cells[0]),
+                rate(&cells[1]),
+                ms(&cells[0]),
+                ms(&cells[1]),
+                share(&cells[0], forward_rate[0]),
+                share(&cells[1], forward_rate[1]),
+                timed.join(" / ")
+            );
+        }
+        println!();
+    }
+    Ok(())
+}
+
+/// Seconds per call of `row` for one pooling and the calls timed; `None` where the method does not
+/// apply to it.
+fn time_row(
+    row: &Row,
+    pooling: PoolingKind,
+    subject: &Subject,
+    x: &Tensor,
+    classes: &[u32],
+    curve_batch: usize,
+    runs: usize,
+) -> Result<Option<(f64, usize)>> {
+    Ok(match row.work {
+        Work::Forward => Some(adaptive_seconds(runs, || Ok(subject.logits(x).map(|_| ())?))?),
+        Work::Method(m) if m.applies_to(pooling) => {
+            let built = m.build(&row.options);
+            Some(adaptive_seconds(runs, || Ok(explain(built.as_ref(), subject, x, classes).map(|_| ())?))?)
+        }
+        Work::Method(_) => None,
+        Work::Curves(mode) => {
+            // Grad-CAM's maps: the order of the pixels, not the map, sets the work.
+            let maps = explain(Method::GradCam.build(&row.options).as_ref(), subject, x, classes)?.upsampled;
+            let mut score = |b: &Tensor| subject.logits(b);
+            Some(adaptive_seconds(runs, || {
+                let variant = CausalVariant::Authors;
+                causal_curves(&mut score, x, &maps, classes, mode, variant, InsertionBlur::Gkern, curve_batch)?;
+                Ok(())
+            })?)
+        }
+    })
+}
