@@ -1,7 +1,8 @@
 //! `castream bench --cam`: saliency throughput. Maps/s of every CAM method for GAP and CA, and
 //! insertion/deletion curves/s; for the work that is forward passes of (masked) images — Score-CAM,
 //! the curves — also the forward passes per second it reaches as a share of the plain forward's
-//! images/s, so the cost of masking, upsampling, blurring and softmax is visible.
+//! images/s at the same batch size, timed just before and just after it (this host's speed drifts),
+//! so the cost of masking, upsampling, blurring and softmax is visible.
 
 use std::path::Path;
 use std::time::Instant;
@@ -79,14 +80,20 @@ enum Work {
     Curves(CausalMode),
 }
 
-/// A timed row: its label, images per call, and the forward passes of whole images one result
-/// (map or curve) costs, where that is the whole of the work.
+/// A timed row: its label, images per call, and, where forward passes of whole images are the
+/// whole of the work, how many one result (map or curve) costs and how many images each pass holds.
 struct Row {
     label: String,
     work: Work,
     batch: usize,
     options: MethodOptions,
-    forwards_per_result: Option<usize>,
+    forwards: Option<Forwards>,
+}
+
+#[derive(Clone, Copy)]
+struct Forwards {
+    per_result: usize,
+    batch: usize,
 }
 
 fn rows(case: &CamCase, k: usize) -> Vec<Row> {
@@ -95,7 +102,7 @@ fn rows(case: &CamCase, k: usize) -> Vec<Row> {
         work: Work::Forward,
         batch: case.batch,
         options: MethodOptions::default(),
-        forwards_per_result: Some(1),
+        forwards: None,
     }];
     for m in Method::ALL {
         let mut options = MethodOptions::default();
@@ -104,15 +111,15 @@ fn rows(case: &CamCase, k: usize) -> Vec<Row> {
         if m == Method::ScoreCam {
             options.channels = case.score_channels;
             let scored = case.score_channels.unwrap_or(k);
-            // One forward for the activations, one per scored channel's masked image.
-            forwards = Some(scored + 1);
+            // One forward for the activations, one per scored channel's masked image, `chunk` a pass.
+            forwards = Some(Forwards { per_result: scored + 1, batch: options.chunk.min(scored) });
             label = match case.score_channels {
                 Some(n) => format!("{label} ({n} of {k} channels scored: {n} masked images per map)"),
                 None => format!("{label} (all {k} channels: {k} masked images per map)"),
             };
         }
         let batch = if perturbation { case.perturbation_batch } else { case.batch };
-        rows.push(Row { label, work: Work::Method(m), batch, options, forwards_per_result: forwards });
+        rows.push(Row { label, work: Work::Method(m), batch, options, forwards });
     }
     // The authors' variant: 8 rows of pixels per step, a curve of steps + 1 points.
     let points = steps(CausalVariant::Authors, case.size, case.size) + 1;
@@ -122,7 +129,7 @@ fn rows(case: &CamCase, k: usize) -> Vec<Row> {
             work: Work::Curves(mode),
             batch: case.batch,
             options: MethodOptions::default(),
-            forwards_per_result: Some(points),
+            forwards: Some(Forwards { per_result: points, batch: case.curve_batch }),
         });
     }
     rows
@@ -133,7 +140,8 @@ fn rows(case: &CamCase, k: usize) -> Vec<Row> {
 /// channels), maps/s of every CAM method applicable to GAP and to CA and insertion/deletion
 /// curves/s (authors' variant, `gkern` blur), printed as Markdown. `% of forward`: the whole-image
 /// forward passes per second a row reaches (results/s × forwards per result) over the plain
-/// forward's images/s.
+/// forward's images/s at the batch size of those passes, the mean of its rate just before and just
+/// after the row.
 pub fn run_cam(root: &Path, runs: usize, only: Option<&str>) -> Result<()> {
     println!(
         "threads: {} (RAYON_NUM_THREADS); random weights; maps post-processed (ReLU, min-max, upsampling)\n",
@@ -159,36 +167,42 @@ pub fn run_cam(root: &Path, runs: usize, only: Option<&str>) -> Result<()> {
              | CA % of forward | calls timed (after a warm-up) |"
         );
         println!("|---|---|---:|---:|---:|---:|---:|---:|---|");
-        let mut forward_rate = [None; 2];
         for row in rows(&case, k) {
             let xb = x.narrow(0, 0, row.batch)?;
             let classes: Vec<u32> = (0..row.batch as u32).map(|i| i % case.config.num_classes as u32).collect();
-            let mut cells = Vec::new();
-            let mut timed = Vec::new();
+            let (mut rates, mut shares, mut timed) = (Vec::new(), Vec::new(), Vec::new());
             for (pooling, subject) in &subjects {
+                // The reference: the plain forward at the batch of the row's passes, around the row.
+                let reference = |f: &Forwards| -> Result<f64> {
+                    let images = x.repeat((f.batch.div_ceil(case.batch), 1, 1, 1))?.narrow(0, 0, f.batch)?;
+                    let (s, _) = adaptive_seconds(runs, || Ok(subject.logits(&images).map(|_| ())?))?;
+                    Ok(f.batch as f64 / s)
+                };
+                let before = row.forwards.map(|f| reference(&f)).transpose()?;
                 let figure = time_row(&row, *pooling, subject, &xb, &classes, case.curve_batch, runs)?;
-                cells.push(figure.map(|(s, _)| row.batch as f64 / s));
+                let after = row.forwards.map(|f| reference(&f)).transpose()?;
+                let rate = figure.map(|(s, _)| row.batch as f64 / s);
+                rates.push(rate);
+                shares.push(match (rate, row.forwards, before, after) {
+                    (Some(r), Some(f), Some(b), Some(a)) => {
+                        format!("{:.0}%", 100.0 * r * f.per_result as f64 / ((b + a) / 2.0))
+                    }
+                    _ => "–".to_string(),
+                });
                 timed.push(figure.map_or("–".to_string(), |(_, n)| n.to_string()));
-            }
-            if matches!(row.work, Work::Forward) {
-                forward_rate = [cells[0], cells[1]];
             }
             let rate = |r: &Option<f64>| r.map_or("–".to_string(), significant);
             let ms = |r: &Option<f64>| r.map_or("–".to_string(), |r| format!("{:.1}", 1e3 / r));
-            let share = |r: &Option<f64>, forward: Option<f64>| match (r, forward, row.forwards_per_result) {
-                (Some(r), Some(f), Some(n)) => format!("{:.0}%", 100.0 * r * n as f64 / f),
-                _ => "–".to_string(),
-            };
             println!(
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 row.label,
                 row.batch,
-                rate(&cells[0]),
-                rate(&cells[1]),
-                ms(&cells[0]),
-                ms(&cells[1]),
-                share(&cells[0], forward_rate[0]),
-                share(&cells[1], forward_rate[1]),
+                rate(&rates[0]),
+                rate(&rates[1]),
+                ms(&rates[0]),
+                ms(&rates[1]),
+                shares[0],
+                shares[1],
                 timed.join(" / ")
             );
         }
