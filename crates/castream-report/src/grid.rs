@@ -26,6 +26,11 @@ pub struct Tile {
 }
 
 impl Tile {
+    /// The CHW image `rgb` (`side x side`, values in [0, 1]) with the object boxes `boxes`.
+    pub fn image(rgb: Vec<f32>, side: usize, caption: String, boxes: Vec<BBox>) -> Tile {
+        Tile { rgb, saliency: None, side, caption, boxes }
+    }
+
     /// A `side x side` map with values in [0, 1], drawn alone.
     pub fn heatmap(map: &[f32], side: usize, caption: String) -> Tile {
         Tile { rgb: Vec::new(), saliency: Some(map.to_vec()), side, caption, boxes: Vec::new() }
@@ -150,8 +155,7 @@ mod tests {
         let side = 8;
         let mut rgb = vec![0.0; 3 * side * side];
         rgb[..side * side].iter_mut().for_each(|v| *v = 1.0); // pure red image
-        let tile =
-            Tile { rgb, saliency: None, side, caption: "x".into(), boxes: vec![BBox { x0: 2, y0: 2, x1: 6, y1: 6 }] };
+        let tile = Tile::image(rgb, side, "x".into(), vec![BBox { x0: 2, y0: 2, x1: 6, y1: 6 }]);
         let grid = Grid {
             title: "t".into(),
             columns: 2,

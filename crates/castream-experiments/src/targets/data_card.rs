@@ -140,12 +140,9 @@ fn quick(ctx: &mut RunContext) -> Result<()> {
         set.scenes(ids)
             .into_iter()
             .zip(ids)
-            .map(|(scene, i)| Tile {
-                rgb: scene.image,
-                saliency: None,
-                side: set.config.canvas,
-                caption: format!("#{i} {}", set.dataset.class_names()[scene.label]),
-                boxes: scene.bbox.into_iter().collect(),
+            .map(|(scene, i)| {
+                let caption = format!("#{i} {}", set.dataset.class_names()[scene.label]);
+                Tile::image(scene.image, set.config.canvas, caption, scene.bbox.into_iter().collect())
             })
             .collect()
     };
@@ -227,7 +224,7 @@ fn paper(ctx: &mut RunContext) -> Result<()> {
         .iter()
         .map(|&i| {
             let caption = names[set.label(i)].chars().take(18).collect();
-            Ok(Tile { rgb: set.rgb(i)?, saliency: None, side, caption, boxes: set.bbox(i).into_iter().collect() })
+            Ok(Tile::image(set.rgb(i)?, side, caption, set.bbox(i).into_iter().collect()))
         })
         .collect::<Result<Vec<_>>>()?;
     Grid {

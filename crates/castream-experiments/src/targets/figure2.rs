@@ -43,8 +43,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         .map(|(b, &i)| {
             let image = set.rgb(i)?;
             let boxes: Vec<_> = set.bbox(i).into_iter().collect();
-            let mut tiles =
-                vec![Tile { rgb: image.clone(), saliency: None, side, caption: "input".into(), boxes: boxes.clone() }];
+            let mut tiles = vec![Tile::image(image.clone(), side, "input".into(), boxes.clone())];
             for (caption, maps) in &columns {
                 tiles.push(Tile { boxes: boxes.clone(), ..Tile::overlay(&image, &maps[b], side, caption.clone()) });
             }

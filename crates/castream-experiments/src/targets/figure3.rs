@@ -77,7 +77,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         rows.push((
             format!("{what} #{i} ({})", set.class_name(set.label(i))),
             vec![
-                Tile { rgb: set.rgb(i)?, saliency: None, side, caption: "input".into(), boxes: Vec::new() },
+                Tile::image(set.rgb(i)?, side, "input".into(), Vec::new()),
                 Tile::heatmap(&upsampled(&via_attention, h, w, side, &ctx.device)?, side, "cross attention".into()),
                 Tile::heatmap(&upsampled(&via_cam, h, w, side, &ctx.device)?, side, "CAM, weights q".into()),
                 Tile::heatmap(&nearest(&abs_diff, h, w, side), side, format!("|difference|, max {diff:.1e}")),

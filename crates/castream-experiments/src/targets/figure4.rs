@@ -52,8 +52,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         let rgb = unseen.rgb(i)?;
         let (label, bbox) = (unseen.label(i), unseen.bbox(i));
         let boxes: Vec<_> = bbox.into_iter().collect();
-        let mut tiles =
-            vec![Tile { rgb: rgb.clone(), saliency: None, side, caption: "input".into(), boxes: boxes.clone() }];
+        let mut tiles = vec![Tile::image(rgb.clone(), side, "input".into(), boxes.clone())];
         for (caption, maps) in &columns {
             tiles.push(Tile { boxes: boxes.clone(), ..Tile::overlay(&rgb, &maps[b], side, caption.clone()) });
         }
