@@ -20,7 +20,7 @@ pub mod network;
 pub mod overlay;
 pub mod subject;
 
-pub use method::{explain, resize, upsample, upsample_align_corners, CamMethod, Explanation};
+pub use method::{explain, explain_shared, resize, upsample, upsample_align_corners, CamMethod, Explanation};
 pub use methods::{Method, MethodOptions, PoolingKind, Upsampling, REGISTRY};
 pub use model::{Activations, CamModel};
 pub use network::{Network, Pooling};

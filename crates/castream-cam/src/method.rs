@@ -17,6 +17,15 @@ pub trait CamMethod: Send + Sync {
     /// The map of `classes[i]` for image `i` of the normalised batch `x`: `(B, h, w)` at any
     /// resolution (the target layer's for CAMs), before rectification and normalisation.
     fn saliency(&self, subject: &Subject, x: &Tensor, classes: &[u32]) -> Result<Tensor>;
+
+    /// The maps of several subjects that share everything up to the target layer, for
+    /// `classes[s]` of subject `s`: their `activations` agree, and the first's carry what every
+    /// head reads (a frozen backbone's CA models and its GAP network, a CA model first). Methods
+    /// whose cost is forward passes of perturbed inputs override it to run the shared part once
+    /// per input; by default each subject is explained on its own.
+    fn saliency_shared(&self, subjects: &[&Subject], x: &Tensor, classes: &[Vec<u32>]) -> Result<Vec<Tensor>> {
+        subjects.iter().zip(classes).map(|(s, c)| self.saliency(s, x, c)).collect()
+    }
 }
 
 /// Post-processed saliency of a batch.
@@ -34,7 +43,31 @@ pub fn explain(method: &dyn CamMethod, subject: &Subject, x: &Tensor, classes: &
     if classes.len() != b {
         bail!("{} classes for {b} images: give one class per image", classes.len());
     }
-    let maps = minmax_normalise(&method.saliency(subject, x, classes)?.relu()?)?;
+    post_process(&method.saliency(subject, x, classes)?, h, w)
+}
+
+/// [`explain`] for subjects sharing everything up to the target layer
+/// ([`CamMethod::saliency_shared`]): one explanation per subject, each as [`explain`] gives it.
+pub fn explain_shared(
+    method: &dyn CamMethod,
+    subjects: &[&Subject],
+    x: &Tensor,
+    classes: &[Vec<u32>],
+) -> Result<Vec<Explanation>> {
+    let (b, _, h, w) = x.dims4()?;
+    if subjects.len() != classes.len() || classes.iter().any(|c| c.len() != b) {
+        bail!(
+            "{} class lists for {} subjects of {b} images: give one class per image and subject",
+            classes.len(),
+            subjects.len()
+        );
+    }
+    method.saliency_shared(subjects, x, classes)?.iter().map(|raw| post_process(raw, h, w)).collect()
+}
+
+/// `S = relu(map)`, per-image min-max, and its upsampling to the input's `h x w`.
+fn post_process(raw: &Tensor, h: usize, w: usize) -> Result<Explanation> {
+    let maps = minmax_normalise(&raw.relu()?)?;
     let upsampled = upsample(&maps, h, w)?;
     Ok(Explanation { maps, upsampled })
 }

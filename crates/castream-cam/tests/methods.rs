@@ -318,6 +318,33 @@ fn score_cam_matches_a_one_channel_at_a_time_loop() {
 }
 
 #[test]
+fn shared_score_cam_equals_each_model_explained_on_its_own() {
+    // Two CA models and the GAP network of one frozen backbone (same weights), each explaining its
+    // own classes: the shared masked forwards must give every model its own maps, bit for bit (the
+    // cell cache does not record whether a map was computed shared).
+    let (ca_a, ca_b) = (ca_model(), CaModel::new(backbone(1), &StreamConfig::default(), 7).unwrap());
+    let subjects = [
+        Subject::of(Pooling::Ca(&ca_a), NORM),
+        Subject::of(Pooling::Ca(&ca_b), NORM),
+        Subject::of(Pooling::Gap(&ca_a.backbone), NORM),
+    ];
+    let x = images(2, 19);
+    let classes = vec![vec![2, 0], vec![1, 1], vec![0, 2]];
+    let method = ScoreCam { chunk: 5, channels: None, upsampling: Upsampling::AlignCorners };
+    let refs: Vec<&Subject> = subjects.iter().collect();
+    let shared = castream_cam::explain_shared(&method, &refs, &x, &classes).unwrap();
+    assert_eq!(shared.len(), 3);
+    for ((subject, classes), got) in subjects.iter().zip(&classes).zip(&shared) {
+        let alone = castream_cam::explain(&method, subject, &x, classes).unwrap();
+        let (expected, got) = (flat(&alone.maps), flat(&got.maps));
+        assert!(max_abs(&expected) > 0.0);
+        assert_eq!(got, expected, "shared and alone differ");
+    }
+    // Different streams give different maps: the heads are not all the first's.
+    assert!(max_abs_diff(&flat(&shared[0].maps), &flat(&shared[1].maps)) > 1e-3);
+}
+
+#[test]
 fn score_cam_channel_subsampling_scores_the_most_active_channels() {
     let model = backbone(5);
     let subject = Subject::of(Pooling::Gap(&model), NORM);

@@ -61,30 +61,37 @@ impl HubRepo {
             field: "repo".into(),
             reason: format!("`{}` is not of the form `owner/name`", self.repo),
         })?;
-        let mut builder = hf_hub::HFClient::builder();
-        if let Some(dir) = cache_dir {
-            builder = builder.cache_dir(dir);
-        }
-        let client = builder.build_sync().map_err(|e| DataError::Hub(e.to_string()))?;
-        let path = if self.subdir.is_empty() { filename.to_string() } else { format!("{}/{filename}", self.subdir) };
-        let local_files_only = access == HubAccess::CacheOnly;
-        let result = match self.kind {
-            RepoKind::Model => client
-                .model(owner, name)
-                .download_file()
-                .filename(&path)
-                .revision(&self.revision)
-                .local_files_only(local_files_only)
-                .send(),
-            RepoKind::Dataset => client
-                .dataset(owner, name)
-                .download_file()
-                .filename(&path)
-                .revision(&self.revision)
-                .local_files_only(local_files_only)
-                .send(),
+        let cache = match cache_dir.map(Path::to_path_buf).or_else(env_cache_dir) {
+            Some(dir) => hf_hub::Cache::new(dir),
+            None => hf_hub::Cache::from_env(),
         };
-        result.map_err(|e| DataError::Hub(format!("{}@{}: {path}: {e}", self.repo, self.revision)))
+        let repo = hf_hub::Repo::with_revision(
+            format!("{owner}/{name}"),
+            match self.kind {
+                RepoKind::Model => hf_hub::RepoType::Model,
+                RepoKind::Dataset => hf_hub::RepoType::Dataset,
+            },
+            self.revision.clone(),
+        );
+        let path = if self.subdir.is_empty() { filename.to_string() } else { format!("{}/{filename}", self.subdir) };
+        let place = || format!("{}@{}: {path}", self.repo, self.revision);
+        // HF_HUB_OFFLINE as in huggingface_hub: the cache only, never a request.
+        let offline =
+            std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes"));
+        let result = if access == HubAccess::CacheOnly || offline {
+            cache.repo(repo).get(&path).ok_or_else(|| {
+                let why = if offline { " and HF_HUB_OFFLINE is set" } else { "" };
+                format!("not in the local cache {}{why}", cache.path().display())
+            })
+        } else {
+            // A cached file is returned without a request, so a populated cache works offline.
+            let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(cache);
+            if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+                builder = builder.with_endpoint(endpoint);
+            }
+            builder.build().and_then(|api| api.repo(repo).get(&path)).map_err(|e| e.to_string())
+        };
+        result.map_err(|e| DataError::Hub(format!("{}: {e}", place())))
     }
 
     /// Without the `hub` feature there is no hf-hub client: the look-up is refused, saying why.
@@ -95,6 +102,12 @@ impl HubRepo {
             self.repo
         )))
     }
+}
+
+/// `HF_HUB_CACHE`, which Python's `huggingface_hub` honours before `HF_HOME` (hf-hub reads only the latter).
+#[cfg(feature = "hub")]
+fn env_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("HF_HUB_CACHE").filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
 /// Places `bytes` in hf-hub's cache layout under `cache` as a download of `filename` from `repo`

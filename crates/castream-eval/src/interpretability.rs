@@ -136,14 +136,36 @@ pub struct Evaluation<'a> {
 impl Evaluation<'_> {
     /// The `metrics` of `source` on `model` (on a shard, for its part of the images).
     pub fn run(&self, model: &Explained, source: Source, metrics: &[Metric]) -> Result<PerImage> {
+        self.run_shared(model, &[], source, metrics)
+    }
+
+    /// [`Self::run`] for one of several models sharing everything up to the target layer (a
+    /// frozen backbone's GAP network and CA models): a CAM method's maps of every `sibling` not yet
+    /// cached are computed in the same pass as `model`'s and cached, so Score-CAM's masked forwards
+    /// run through the shared backbone once for all of them.
+    pub fn run_shared(
+        &self,
+        model: &Explained,
+        siblings: &[&Explained],
+        source: Source,
+        metrics: &[Metric],
+    ) -> Result<PerImage> {
         let label =
             format!("{} {} at F_{} ({:.12})", source.label(), model.key.pooling, model.key.layer, model.key.weights);
         let inputs = self.inputs(SCORES, &model.key, source, Some(metrics), &[])?;
-        self.sharding.cell(&label, &inputs, self.ids, self.batch_size, |ids| self.scores(model, source, metrics, ids))
+        self.sharding
+            .cell(&label, &inputs, self.ids, self.batch_size, |ids| self.scores(model, siblings, source, metrics, ids))
     }
 
     /// The `metrics` of `source` on `model` for the images `ids`, cached.
-    fn scores(&self, model: &Explained, source: Source, metrics: &[Metric], ids: &[usize]) -> Result<PerImage> {
+    fn scores(
+        &self,
+        model: &Explained,
+        siblings: &[&Explained],
+        source: Source,
+        metrics: &[Metric],
+        ids: &[usize],
+    ) -> Result<PerImage> {
         let entry = self.entry(SCORES, &model.key, source, Some(metrics), ids, "json")?;
         if let Some(hit) = entry.load() {
             match serde_json::from_slice::<PerImage>(&hit.bytes) {
@@ -153,7 +175,7 @@ impl Evaluation<'_> {
                 _ => eprintln!("warning: cache entry {}: not this cell's scores; recomputing it", entry.path.display()),
             }
         }
-        let maps = self.maps(model, source, ids)?;
+        let maps = self.maps(model, siblings, source, ids)?;
         let bar = progress::bar(ids.len() as u64, format!("{} {}: scoring", source.label(), model.key.pooling));
         let mut out: PerImage = metrics.iter().map(|&m| (m, Vec::with_capacity(ids.len()))).collect();
         let mut first = 0;
@@ -222,37 +244,75 @@ impl Evaluation<'_> {
 
     /// The post-processed maps `(N, h, w)` of every image, at the method's resolution. A CAM
     /// method's maps are cached (Score-CAM's cost `K` forwards per image, and tables 2, 5 and 6
-    /// score the same maps); attention and baselines are cheap to recompute.
-    fn maps(&self, model: &Explained, source: Source, ids: &[usize]) -> Result<Tensor> {
-        let entry = self.entry(MAPS, &model.key, source, None, ids, "safetensors")?;
-        if matches!(source, Source::Method(_)) {
-            if let Some(hit) = entry.load() {
-                let maps = candle_core::safetensors::load_buffer(&hit.bytes, &self.device)
-                    .ok()
-                    .and_then(|mut t| t.remove("maps"))
-                    .filter(|m| m.dim(0).ok() == Some(ids.len()));
-                match maps {
-                    Some(maps) => return Ok(maps),
-                    None => eprintln!(
-                        "warning: cache entry {}: not this cell's maps; recomputing them",
-                        entry.path.display()
-                    ),
-                }
+    /// score the same maps), with those of the `siblings` computed alongside
+    /// ([`Self::run_shared`]); attention and baselines are cheap to recompute.
+    fn maps(&self, model: &Explained, siblings: &[&Explained], source: Source, ids: &[usize]) -> Result<Tensor> {
+        let Source::Method(method) = source else {
+            let bar = progress::bar(ids.len() as u64, format!("{} {}: maps", source.label(), model.key.pooling));
+            let mut parts = Vec::new();
+            for chunk in ids.chunks(self.batch_size.max(1)) {
+                let (x, y) = self.set.batch(chunk, &model.subject.normalisation, &self.device)?;
+                let classes = self.protocol.class.resolve(&model.subject, &x, &y.to_vec1()?)?;
+                parts.push(self.batch_maps(&model.subject, source, &x, &classes, chunk)?);
+                bar.inc(chunk.len() as u64);
+            }
+            bar.finish_and_clear();
+            return Ok(Tensor::cat(&parts, 0)?);
+        };
+        if let Some(maps) = self.cached_maps(model, source, ids)? {
+            return Ok(maps);
+        }
+        // The models computed in this pass: CA models first, whose activations carry the earlier
+        // stages every head reads (`CamMethod::saliency_shared`).
+        let mut group: Vec<&Explained> = vec![model];
+        for &sibling in siblings {
+            if sibling.key != model.key && self.cached_maps(sibling, source, ids)?.is_none() {
+                group.push(sibling);
             }
         }
-        let bar = progress::bar(ids.len() as u64, format!("{} {}: maps", source.label(), model.key.pooling));
-        let subject = &model.subject;
-        let mut parts = Vec::new();
+        group.sort_by_key(|e| e.key.pooling != PoolingKind::Ca);
+        let subjects: Vec<&Subject> = group.iter().map(|e| &e.subject).collect();
+        let what = match group.len() {
+            1 => format!("{} {}: maps", source.label(), model.key.pooling),
+            n => format!("{}: maps of {n} models sharing a backbone", source.label()),
+        };
+        let bar = progress::bar(ids.len() as u64, what);
+        let built = method.build(&self.protocol.cam);
+        let mut parts: Vec<Vec<Tensor>> = vec![Vec::new(); group.len()];
         for chunk in ids.chunks(self.batch_size.max(1)) {
-            let (x, y) = self.set.batch(chunk, &subject.normalisation, &self.device)?;
-            let classes = self.protocol.class.resolve(subject, &x, &y.to_vec1()?)?;
-            parts.push(self.batch_maps(subject, source, &x, &classes, chunk)?);
+            let (x, y) = self.set.batch(chunk, &model.subject.normalisation, &self.device)?;
+            let labels = y.to_vec1()?;
+            let classes: Vec<Vec<u32>> =
+                subjects.iter().map(|s| self.protocol.class.resolve(s, &x, &labels)).collect::<Result<_, _>>()?;
+            let explained = castream_cam::explain_shared(built.as_ref(), &subjects, &x, &classes)?;
+            for (part, e) in parts.iter_mut().zip(explained) {
+                part.push(e.maps);
+            }
             bar.inc(chunk.len() as u64);
         }
         bar.finish_and_clear();
-        let maps = Tensor::cat(&parts, 0)?;
-        if matches!(source, Source::Method(_)) {
+        let mut mine = None;
+        for (e, part) in group.iter().zip(parts) {
+            let maps = Tensor::cat(&part, 0)?;
+            let entry = self.entry(MAPS, &e.key, source, None, ids, "safetensors")?;
             entry.store(&safetensors::serialize([("maps", &maps)], None)?, serde_json::Value::Null)?;
+            if std::ptr::eq(*e, model) {
+                mine = Some(maps);
+            }
+        }
+        Ok(mine.expect("the model is in its own group"))
+    }
+
+    /// A CAM method's cached maps of `model` on the images `ids`, if a valid entry exists.
+    fn cached_maps(&self, model: &Explained, source: Source, ids: &[usize]) -> Result<Option<Tensor>> {
+        let entry = self.entry(MAPS, &model.key, source, None, ids, "safetensors")?;
+        let Some(hit) = entry.load() else { return Ok(None) };
+        let maps = candle_core::safetensors::load_buffer(&hit.bytes, &self.device)
+            .ok()
+            .and_then(|mut t| t.remove("maps"))
+            .filter(|m| m.dim(0).ok() == Some(ids.len()));
+        if maps.is_none() {
+            eprintln!("warning: cache entry {}: not this cell's maps; recomputing them", entry.path.display());
         }
         Ok(maps)
     }

@@ -187,11 +187,17 @@ fn interpretability_tables_run_end_to_end_on_a_tiny_backbone() {
     for column in ["AD_paper", "AD", "AD_low", "AD_high", "AD_diff", "D_paper", "D"] {
         assert!(table2.column(column).is_ok(), "table2 lacks {column}");
     }
-    assert_eq!(csv(&t2.join("table2_ca_vs_gap.csv")).height(), 20, "three methods and Fake-CAM x five metrics");
+    let differences = csv(&t2.join("table2_ca_vs_gap.csv"));
+    assert_eq!(differences.height(), 20, "three methods and Fake-CAM x five metrics");
+    // Three stream seeds by default: each difference lists its seeds' own means.
+    let per_seed: Vec<&str> = differences.column("per_seed").unwrap().str().unwrap().iter().flatten().collect();
+    assert!(per_seed.iter().all(|p| p.split(", ").count() == 3), "{per_seed:?}");
     assert_eq!(csv(&t2.join("table2_sanity.csv")).height(), 6);
     let per_image =
         ParquetReader::new(std::fs::File::open(t2.join("table2_per_image.parquet")).unwrap()).finish().unwrap();
-    assert_eq!(per_image.height(), 8 * 12);
+    assert_eq!(per_image.height(), (4 + 4 * 3) * 12, "GAP rows once, CA rows per stream seed");
+    let seeds: Vec<u32> = per_image.column("seed").unwrap().u32().unwrap().into_no_null_iter().collect();
+    assert_eq!(seeds.iter().max(), Some(&2));
     for metric in ["AD", "AG", "AI", "I", "D"] {
         assert!(t2.join(format!("table2_{metric}.png")).is_file() && t2.join(format!("table2_{metric}.svg")).is_file());
     }

@@ -73,7 +73,10 @@ pub struct Difference {
     pub higher_is_better: bool,
     /// The paper's change, where it states one.
     pub paper: Option<f64>,
+    /// Over every stream seed (and image).
     pub interval: Interval,
+    /// The mean paired difference of each stream seed alone.
+    pub per_seed: Vec<f64>,
 }
 
 /// The table of `rows`: the difference and its interval, what it says by itself, and — with
@@ -93,6 +96,10 @@ pub fn differences_table(name: &str, title: &str, rows: &[Difference], paper: bo
             text(&|r| difference(r.interval.mean, r.interval.low, r.interval.high, r.higher_is_better)),
         ),
     ];
+    if rows.iter().any(|r| r.per_seed.len() > 1) {
+        let per_seed = |r: &Difference| r.per_seed.iter().map(|d| format!("{d:+.2}")).collect::<Vec<_>>().join(", ");
+        columns.push(Column::new("per_seed".into(), text(&per_seed)));
+    }
     if paper {
         columns.insert(3, Column::new("ca_minus_gap_paper".into(), rows.iter().map(|r| r.paper).collect::<Vec<_>>()));
         let claims: Vec<Option<String>> = rows
@@ -102,7 +109,8 @@ pub fn differences_table(name: &str, title: &str, rows: &[Difference], paper: bo
         columns.push(Column::new("claim".into(), claims));
     }
     let mut table = Table::new(name, title, DataFrame::new(rows.len(), columns)?).note(format!(
-        "Per-image differences CA − GAP on the same images; low/high: 95% paired bootstrap interval ({resamples} resamples)."
+        "Per-image differences CA − GAP on the same images; low/high: 95% paired bootstrap interval ({resamples} resamples; \
+         with several stream seeds over seeds and images, and per_seed the mean difference of each seed alone)."
     ));
     if paper {
         table = table.note(

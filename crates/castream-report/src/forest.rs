@@ -239,6 +239,7 @@ mod tests {
             higher_is_better: up,
             paper,
             interval: Interval { mean, low, high },
+            per_seed: Vec::new(),
         }
     }
 

@@ -29,6 +29,8 @@ struct Claim {
     ours: f64,
     low: f64,
     high: f64,
+    /// Each stream seed's own difference (empty with one seed).
+    per_seed: String,
     verdict: String,
 }
 
@@ -56,6 +58,7 @@ fn claims(dir: &Path) -> Result<Vec<Claim>> {
         let (backbone, method, metric, verdict) = (text("backbone")?, text("method")?, text("metric")?, text("claim")?);
         let (paper, ours, low, high) =
             (number("ca_minus_gap_paper")?, number("ca_minus_gap")?, number("low")?, number("high")?);
+        let per_seed = if frame.column("per_seed").is_ok() { text("per_seed")? } else { vec![None; frame.height()] };
         let table = file.file_name().unwrap_or_default().to_string_lossy().trim_end_matches(".parquet").to_string();
         for i in 0..frame.height() {
             let (Some(verdict), Some(paper)) = (verdict[i].clone(), paper[i]) else { continue };
@@ -68,6 +71,7 @@ fn claims(dir: &Path) -> Result<Vec<Claim>> {
                 ours: ours[i].unwrap_or(f64::NAN),
                 low: low[i].unwrap_or(f64::NAN),
                 high: high[i].unwrap_or(f64::NAN),
+                per_seed: per_seed[i].clone().unwrap_or_default(),
                 verdict,
             });
         }
@@ -122,12 +126,18 @@ pub fn write(profile_dir: &Path, profile: &str, entries: &[Entry]) -> Result<Pat
     }
     if !all.is_empty() {
         writeln!(md, "\n## The paper's claims\n\nOver all targets: {}.\n", counts(&all.iter().collect::<Vec<_>>()))?;
-        md.push_str("| table | backbone | method | metric | paper's CA − GAP | ours [95% interval] | verdict |\n");
-        md.push_str("|---|---|---|---|---:|---:|---|\n");
+        md.push_str(
+            "The interval covers images and stream seeds; per seed: each seed's own difference (docs/results.md).\n\n",
+        );
+        md.push_str(
+            "| table | backbone | method | metric | paper's CA − GAP | ours [95% interval] | per seed | verdict |\n",
+        );
+        md.push_str("|---|---|---|---|---:|---:|---:|---|\n");
         for c in &all {
+            let per_seed = if c.per_seed.is_empty() { "–" } else { &c.per_seed };
             writeln!(
                 md,
-                "| {} | {} | {} | {} | {:+.2} | {:+.2} [{:+.2}, {:+.2}] | {} |",
+                "| {} | {} | {} | {} | {:+.2} | {:+.2} [{:+.2}, {:+.2}] | {per_seed} | {} |",
                 c.table, c.backbone, c.method, c.metric, c.paper, c.ours, c.low, c.high, c.verdict
             )?;
         }
@@ -151,6 +161,7 @@ mod tests {
             "backbone" => ["r", "r"], "method" => ["Grad-CAM", "Score-CAM"], "metric" => ["AD↓", "I↑"],
             "ca_minus_gap_paper" => [Some(-0.5), None], "ca_minus_gap" => [-1.0, 0.8], "low" => [-2.0, 0.3],
             "high" => [-0.1, 1.2], "verdict" => ["x", "y"], "claim" => [Some("reproduced"), None],
+            "per_seed" => ["-0.90, -1.10", "+0.80, +0.80"],
         )
         .unwrap();
         Table::new("table2_ca_vs_gap", "t", frame).write(&t2).unwrap();
@@ -166,7 +177,9 @@ mod tests {
         assert!(md.contains("| `table2` | Table 2 | 1 reproduced, 0 contradicted, 0 inconclusive | [table2_ca_vs_gap.md](table2/table2_ca_vs_gap.md) |"), "{md}");
         // Only rows with the paper's change are claims.
         assert!(
-            md.contains("| table2_ca_vs_gap | r | Grad-CAM | AD↓ | -0.50 | -1.00 [-2.00, -0.10] | reproduced |"),
+            md.contains(
+                "| table2_ca_vs_gap | r | Grad-CAM | AD↓ | -0.50 | -1.00 [-2.00, -0.10] | -0.90, -1.10 | reproduced |"
+            ),
             "{md}"
         );
         assert!(!md.contains("Score-CAM"), "{md}");

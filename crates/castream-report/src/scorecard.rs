@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Result;
-use castream_metrics::bootstrap::{mean_interval, paired_interval, Interval};
+use castream_metrics::bootstrap::{crossed_interval, crossed_paired_interval, Interval};
 use polars::prelude::*;
 
 use crate::charts::{Chart, GroupedBars};
@@ -20,7 +20,15 @@ pub struct Row {
     pub backbone: String,
     pub method: String,
     pub pooling: String,
-    pub values: PerImage,
+    /// Per stream seed, in the run's seed order; one for a model without a stream (GAP).
+    pub values: Vec<PerImage>,
+}
+
+impl Row {
+    /// Metric `m`'s per-image values of every seed.
+    fn seeds(&self, m: Metric) -> Vec<&[f64]> {
+        self.values.iter().map(|v| v[&m].as_slice()).collect()
+    }
 }
 
 /// A published value: `paper(backbone, method, pooling, metric)`.
@@ -37,8 +45,14 @@ pub struct Scorecard<'a> {
 }
 
 impl Scorecard<'_> {
-    fn interval(&self, v: &[f64]) -> Interval {
-        mean_interval(v, self.resamples, 0.95, self.seed)
+    /// The mean over seeds and images and its two-way bootstrap interval.
+    fn interval(&self, r: &Row, m: Metric) -> Interval {
+        crossed_interval(&r.seeds(m), self.resamples, 0.95, self.seed)
+    }
+
+    /// CA − GAP over seeds and images, paired by image, with its two-way bootstrap interval.
+    fn paired(&self, ca: &Row, gap: &Row, m: Metric) -> Interval {
+        crossed_paired_interval(&ca.seeds(m), &gap.values[0][&m], self.resamples, 0.95, self.seed)
     }
 
     /// The summary table: one row per cell; per metric the paper's value where it has one
@@ -55,7 +69,7 @@ impl Scorecard<'_> {
         };
         let (mut columns, mut display) = (keys(), keys());
         for &m in self.metrics {
-            let iv: Vec<Interval> = self.rows.iter().map(|r| self.interval(&r.values[&m])).collect();
+            let iv: Vec<Interval> = self.rows.iter().map(|r| self.interval(r, m)).collect();
             let paper: Vec<Option<f64>> = match self.paper {
                 Some(paper) => self.rows.iter().map(|r| paper(&r.backbone, &r.method, &r.pooling, m)).collect(),
                 None => vec![None; self.rows.len()],
@@ -79,11 +93,19 @@ impl Scorecard<'_> {
         }
         let mut table = Table::new(self.name, self.title, DataFrame::new(self.rows.len(), columns)?);
         table.display = Some(DataFrame::new(self.rows.len(), display)?);
-        let n = self.rows.first().and_then(|r| r.values.values().next()).map_or(0, Vec::len);
-        table = table.note(format!(
-            "{n} images per cell; 95% CI: percentile bootstrap interval of the mean ({} resamples, seed {}; `_low`/`_high` in the CSV and Parquet).",
-            self.resamples, self.seed
-        ));
+        let n = self.rows.first().and_then(|r| r.values.first()?.values().next()).map_or(0, Vec::len);
+        let seeds = self.rows.iter().map(|r| r.values.len()).max().unwrap_or(1);
+        table = table.note(if seeds > 1 {
+            format!(
+                "{n} images per cell; rows with a stream: the mean over {seeds} stream seeds. 95% CI: percentile interval of a two-way bootstrap that resamples seeds and images ({} resamples, seed {}; `_low`/`_high` in the CSV and Parquet; docs/results.md).",
+                self.resamples, self.seed
+            )
+        } else {
+            format!(
+                "{n} images per cell; 95% CI: percentile bootstrap interval of the mean ({} resamples, seed {}; `_low`/`_high` in the CSV and Parquet).",
+                self.resamples, self.seed
+            )
+        });
         for line in self.sign_agreement() {
             table = table.note(line);
         }
@@ -128,7 +150,8 @@ impl Scorecard<'_> {
                     metric: m.label(),
                     higher_is_better: m.higher_is_better(),
                     paper: self.paper_change(gap, ca, m),
-                    interval: paired_interval(&ca.values[&m], &gap.values[&m], self.resamples, 0.95, self.seed),
+                    interval: self.paired(ca, gap, m),
+                    per_seed: ca.seeds(m).iter().map(|v| mean_difference(v, &gap.values[0][&m])).collect(),
                 });
             }
         }
@@ -149,7 +172,7 @@ impl Scorecard<'_> {
                 .iter()
                 .filter_map(|(gap, ca)| {
                     let p = self.paper_change(gap, ca, m)?;
-                    let d = paired_interval(&ca.values[&m], &gap.values[&m], self.resamples, 0.95, self.seed);
+                    let d = self.paired(ca, gap, m);
                     Some((gap.method.clone(), Verdict::of(p, d.low, d.high)))
                 })
                 .collect();
@@ -168,27 +191,35 @@ impl Scorecard<'_> {
         lines
     }
 
-    /// Every per-image value: `<name>_per_image.parquet` (backbone, method, pooling, image, metrics).
+    /// Every per-image value: `<name>_per_image.parquet` (backbone, method, pooling, seed: the
+    /// stream seed's index in the run, image, metrics).
     pub fn write_per_image(&self, images: &[usize], dir: &Path) -> Result<()> {
+        // One block of images per (row, seed).
+        let blocks: Vec<(&Row, u32)> =
+            self.rows.iter().flat_map(|r| (0..r.values.len()).map(move |k| (r, k as u32))).collect();
         let repeat = |f: fn(&Row) -> &String| -> Vec<String> {
-            self.rows.iter().flat_map(|r| std::iter::repeat_n(f(r).clone(), images.len())).collect()
+            blocks.iter().flat_map(|(r, _)| std::iter::repeat_n(f(r).clone(), images.len())).collect()
         };
         let mut columns = vec![
             Column::new("backbone".into(), repeat(|r| &r.backbone)),
             Column::new("method".into(), repeat(|r| &r.method)),
             Column::new("pooling".into(), repeat(|r| &r.pooling)),
             Column::new(
+                "seed".into(),
+                blocks.iter().flat_map(|&(_, k)| std::iter::repeat_n(k, images.len())).collect::<Vec<_>>(),
+            ),
+            Column::new(
                 "image".into(),
-                self.rows.iter().flat_map(|_| images.iter().map(|&i| i as u32)).collect::<Vec<_>>(),
+                blocks.iter().flat_map(|_| images.iter().map(|&i| i as u32)).collect::<Vec<_>>(),
             ),
         ];
         for &m in self.metrics {
             columns.push(Column::new(
                 m.name().into(),
-                self.rows.iter().flat_map(|r| r.values[&m].clone()).collect::<Vec<_>>(),
+                blocks.iter().flat_map(|(r, k)| r.values[*k as usize][&m].clone()).collect::<Vec<_>>(),
             ));
         }
-        let mut frame = DataFrame::new(self.rows.len() * images.len(), columns)?;
+        let mut frame = DataFrame::new(blocks.len() * images.len(), columns)?;
         let path = dir.join(format!("{}_per_image.parquet", self.name));
         castream_data::atomic::write_with(&path, |f| Ok(ParquetWriter::new(f).finish(&mut frame).map(|_| ())?))
     }
@@ -212,7 +243,7 @@ impl Scorecard<'_> {
             for r in self.rows {
                 let c = categories.iter().position(|c| *c == category(r)).expect("collected above");
                 let s = series_names.iter().position(|s| *s == r.pooling).expect("collected above");
-                cells.insert((s, c), self.interval(&r.values[&m]));
+                cells.insert((s, c), self.interval(r, m));
             }
             let get = |s: usize, c: usize| cells.get(&(s, c)).copied();
             let series: Vec<(String, Vec<f64>)> = series_names
@@ -258,6 +289,11 @@ impl Scorecard<'_> {
     }
 }
 
+/// The mean of `a - b` over paired images.
+fn mean_difference(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x - y).sum::<f64>() / a.len().max(1) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,7 +303,7 @@ mod tests {
             backbone: "resnet18".into(),
             method: method.into(),
             pooling: pooling.into(),
-            values: [(Metric::AverageDrop, ad)].into(),
+            values: vec![[(Metric::AverageDrop, ad)].into()],
         }
     }
 
@@ -327,6 +363,33 @@ mod tests {
         let verdict = d.frame.column("verdict").unwrap().str().unwrap().get(0).unwrap().to_string();
         assert_eq!(verdict, "CA better (interval excludes 0)");
         assert_eq!(d.frame.column("claim").unwrap().str().unwrap().get(0), Some("reproduced"));
+    }
+
+    #[test]
+    fn ca_rows_average_their_seeds_and_differences_list_each_seed() {
+        let ad = |v: Vec<f64>| -> PerImage { [(Metric::AverageDrop, v)].into() };
+        let gap = row("A", "GAP", vec![5.0, 7.0, 9.0]);
+        let ca = Row { values: vec![ad(vec![4.0, 6.0, 8.0]), ad(vec![6.0, 8.0, 10.0])], ..row("A", "CA", vec![]) };
+        let rows = [gap, ca];
+        let t = card(&rows).summary().unwrap();
+        let means: Vec<f64> = t.frame.column("AD").unwrap().f64().unwrap().into_no_null_iter().collect();
+        assert_eq!(means, [7.0, 7.0], "the CA row is the mean over both seeds and all images");
+        let d = card(&rows).differences().unwrap().unwrap();
+        assert_eq!(d.frame.column("ca_minus_gap").unwrap().f64().unwrap().get(0), Some(0.0));
+        assert_eq!(d.frame.column("per_seed").unwrap().str().unwrap().get(0), Some("-1.00, +1.00"));
+        // Each seed shifts every image alike, in opposite directions: the interval is the seeds'
+        // spread (resample means −1, 0, +1), where either seed alone would give a point.
+        let (low, high) = (
+            d.frame.column("low").unwrap().f64().unwrap().get(0),
+            d.frame.column("high").unwrap().f64().unwrap().get(0),
+        );
+        assert_eq!((low, high), (Some(-1.0), Some(1.0)));
+        let dir = tempfile::tempdir().unwrap();
+        card(&rows).write_per_image(&[0, 1, 2], dir.path()).unwrap();
+        let back =
+            ParquetReader::new(std::fs::File::open(dir.path().join("t_per_image.parquet")).unwrap()).finish().unwrap();
+        let seeds: Vec<u32> = back.column("seed").unwrap().u32().unwrap().into_no_null_iter().collect();
+        assert_eq!(seeds, [0, 0, 0, 0, 0, 0, 1, 1, 1]);
     }
 
     #[test]

@@ -293,3 +293,39 @@ fn baselines_are_maps_in_the_unit_interval_and_the_centre_peaks_in_the_middle() 
         assert!(map[1..].iter().all(|&v| v == 1.0));
     }
 }
+
+#[test]
+fn shared_score_cam_cells_score_as_alone_and_cache_every_siblings_maps() {
+    let set = scenes(3);
+    let ca = castream_stream::CaModel::new(model(), &castream_stream::StreamConfig::default(), 4).unwrap();
+    let gap = Explained {
+        subject: Subject::of(Pooling::Gap(&ca.backbone), NORM),
+        key: ModelKey { weights: "b".into(), pooling: PoolingKind::Gap, layer: 4 },
+    };
+    let ca = Explained {
+        subject: Subject::of(Pooling::Ca(&ca), NORM),
+        key: ModelKey { weights: "b+s".into(), pooling: PoolingKind::Ca, layer: 4 },
+    };
+    let ids = [0, 1, 2];
+    let (shared_dir, alone_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let eval = |dir: &std::path::Path| Evaluation {
+        set: &set,
+        ids: &ids,
+        batch_size: 2,
+        protocol: Protocol::default(),
+        seed: 1,
+        cache: dir.into(),
+        device: cpu(),
+        sharding: &Sharding::Whole,
+    };
+    let (shared, alone) = (eval(shared_dir.path()), eval(alone_dir.path()));
+    let (metrics, source) = ([Metric::AverageDrop, Metric::Insertion], Source::Method(Method::ScoreCam));
+    // The GAP cell first: its pass computes the CA model's maps too.
+    let gap_shared = shared.run_shared(&gap, &[&gap, &ca], source, &metrics).unwrap();
+    let maps = |dir: &std::path::Path| std::fs::read_dir(dir.join("maps")).map_or(0, |d| d.count());
+    assert_eq!(maps(shared_dir.path()), maps(alone_dir.path()) + 4, "two maps entries (file and card) per model");
+    let ca_shared = shared.run_shared(&ca, &[&gap, &ca], source, &metrics).unwrap();
+    assert_eq!(gap_shared, alone.run(&gap, source, &metrics).unwrap());
+    assert_eq!(ca_shared, alone.run(&ca, source, &metrics).unwrap());
+    assert_eq!(maps(shared_dir.path()), maps(alone_dir.path()));
+}

@@ -39,6 +39,10 @@ pub struct Settings {
     pub backbones: Vec<BackboneSpec>,
     /// The CA-Stream and its training on the frozen backbone.
     pub stream: StreamSpec,
+    /// How many streams per backbone (and configuration) a target trains and evaluates, with
+    /// training seeds `stream.train.seed + k`; default: 3 on the quick profile, 1 on the paper
+    /// profile ([`Settings::stream_seeds`]).
+    pub stream_seeds: Option<usize>,
     /// Trained streams (files written by `castream train-stream`, or `hub:owner/name`): a backbone
     /// whose stream configuration matches one is evaluated with it instead of training a stream.
     /// The paper profile needs one per backbone (and per table4 variant).
@@ -104,12 +108,35 @@ impl ProtocolSpec {
 }
 
 impl Settings {
+    /// Most streams per backbone.
+    pub const MAX_STREAM_SEEDS: usize = 64;
+
+    /// The number of streams per backbone: the spec's `stream_seeds`, else 3 on the quick profile
+    /// (so the intervals include seed variation) and 1 on the paper profile (the authors train one).
+    pub fn stream_seeds(&self, profile: super::Profile) -> usize {
+        self.stream_seeds.unwrap_or(match profile {
+            super::Profile::Quick => 3,
+            super::Profile::Paper => 1,
+        })
+    }
+
+    /// The stream of seed `k` (0 to [`Self::stream_seeds`] − 1): the spec's with training seed
+    /// `stream.train.seed + k`.
+    pub fn seeded_stream(&self, k: usize) -> StreamSpec {
+        let mut stream = self.stream.clone();
+        stream.train.seed += k as u64;
+        stream
+    }
+
     /// The ranges of the values in these settings (docs/specs.md, "Valid ranges"), each checked
     /// by the type that owns it; keys are dotted from the profile's table (`stream.train.epochs`).
     /// `images` is checked against the data's size later, by [`Settings::check_images`].
     pub fn validate(&self) -> Result<(), OutOfRange> {
         if let Some(n) = self.images {
             Settings::check_images(n, None)?;
+        }
+        if let Some(n) = self.stream_seeds {
+            in_range("stream_seeds", n, 1..=Self::MAX_STREAM_SEEDS, 3)?;
         }
         self.stream.validate().map_err(|e| e.within("stream"))?;
         self.protocol.validate().map_err(|e| e.within("protocol"))
@@ -195,6 +222,7 @@ impl Default for Settings {
         Settings {
             seed: 0,
             images: None,
+            stream_seeds: None,
             batch_size: 64,
             device: None,
             data: DataSpec::default(),

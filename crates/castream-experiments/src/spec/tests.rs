@@ -319,3 +319,24 @@ fn images_beyond_the_data_name_the_split_and_its_size() {
     assert!(Settings::check_images(10_000, Some((10_000, "Fashion-MNIST test"))).is_ok());
     assert!(Settings::check_images(0, None).is_err());
 }
+
+#[test]
+fn stream_seeds_default_by_profile_and_out_of_range_counts_are_refused() {
+    let spec = Spec::parse(GOOD, Path::new("demo.toml")).unwrap();
+    let quick = spec.settings(Profile::Quick).unwrap();
+    assert_eq!((quick.stream_seeds(Profile::Quick), quick.stream_seeds(Profile::Paper)), (3, 1));
+    let text = GOOD.replace("images = 8", "images = 8\nstream_seeds = 5");
+    let five = Spec::parse(&text, Path::new("demo.toml")).unwrap();
+    let five = five.settings(Profile::Quick).unwrap();
+    assert_eq!(five.stream_seeds(Profile::Quick), 5);
+    assert_eq!(five.seeded_stream(4).train.seed, five.stream.train.seed + 4);
+    let msg = format!(
+        "{:#}",
+        Spec::parse(&GOOD.replace("images = 8", "images = 8\nstream_seeds = 0"), Path::new("experiments/demo.toml"))
+            .unwrap_err()
+    );
+    assert!(
+        msg.contains("experiments/demo.toml") && msg.contains("stream_seeds = 0") && msg.contains("1 to 64"),
+        "{msg}"
+    );
+}

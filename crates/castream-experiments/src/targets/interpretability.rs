@@ -58,8 +58,17 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let model_free = metrics.iter().all(|m| m.group() == castream_metrics::metric::Group::Localisation);
     let (mut rows, mut sanity_rows, mut notes) = (Vec::new(), Vec::new(), Vec::new());
     for backbone in &s.backbones {
-        let m = ctx.models(backbone, &s.stream, &mut None)?;
-        let models: Vec<Explained> = s.poolings.iter().map(|&p| explained(&m, p, layer)).collect();
+        let seeded = ctx.seeded_models(backbone, &s.stream, &mut None)?;
+        let m = &seeded[0];
+        // The GAP network once (the streams share the frozen backbone), a CA model per seed.
+        let models: Vec<(PoolingKind, Vec<Explained>)> = s
+            .poolings
+            .iter()
+            .map(|&p| match p {
+                PoolingKind::Gap => (p, vec![explained(m, p, layer)]),
+                PoolingKind::Ca => (p, seeded.iter().map(|m| explained(m, p, layer)).collect()),
+            })
+            .collect();
         let attention = s.attention.iter().flat_map(|a| a.expand(&m.ca.stream.config().taps)).map(Source::Attention);
         let sources: Vec<Source> = attention
             .chain(methods.iter().map(|&m| Source::Method(m)))
@@ -67,29 +76,45 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             .collect();
         for source in sources {
             let one_row = model_free && matches!(source, Source::Centre | Source::Random | Source::FakeCam);
-            let applicable = models.iter().filter(|e| source.applies_to(e.key.pooling));
-            for model in applicable.take(if one_row { 1 } else { usize::MAX }) {
+            let applicable: Vec<&(PoolingKind, Vec<Explained>)> =
+                models.iter().filter(|(p, _)| source.applies_to(*p)).collect();
+            // Every model of the backbone, so Score-CAM's masked forwards are shared by all.
+            let siblings: Vec<&Explained> = applicable.iter().flat_map(|(_, e)| e).collect();
+            for (pooling, seeds) in applicable.iter().take(if one_row { 1 } else { usize::MAX }) {
+                let seeds = if one_row { &seeds[..1] } else { &seeds[..] };
+                let values =
+                    seeds.iter().map(|e| eval.run_shared(e, &siblings, source, &metrics)).collect::<Result<_>>()?;
                 rows.push(Row {
                     backbone: m.name.clone(),
                     method: source.label(),
-                    pooling: if one_row { "baseline".into() } else { model.key.pooling.label().into() },
-                    values: eval.run(model, source, &metrics)?,
+                    pooling: if one_row { "baseline".into() } else { pooling.label().into() },
+                    values,
                 });
             }
         }
         if s.sanity {
-            let weights = model_weights(&m);
+            let weights = model_weights(m);
             sanity_rows.extend(eval.sanity(&m.name, &m.ca, m.meta.normalisation, &methods, &s.poolings, &weights)?);
         }
+        let streams = || {
+            let accuracies: Vec<String> =
+                seeded.iter().map(|m| format!("{:.2}", 100.0 * m.stream_val_accuracy)).collect();
+            let seeds: Vec<String> = (0..seeded.len()).map(|k| (s.stream.train.seed + k as u64).to_string()).collect();
+            match seeded.len() {
+                1 => format!("stream validation accuracy {}%", accuracies[0]),
+                n => format!(
+                    "{n} streams (training seeds {}), validation accuracy {}%",
+                    seeds.join(", "),
+                    accuracies.join(", ")
+                ),
+            }
+        };
         notes.push(match &m.manifest {
-            Some(e) => format!(
-                "{}: test accuracy {:.2}% (GAP, manifest); stream validation accuracy {:.2}%.",
-                m.name,
-                100.0 * e.test_accuracy,
-                100.0 * m.stream_val_accuracy
-            ),
+            Some(e) => {
+                format!("{}: test accuracy {:.2}% (GAP, manifest); {}.", m.name, 100.0 * e.test_accuracy, streams())
+            }
             None if m.stream_val_accuracy.is_nan() => format!("{}: GAP network only, no stream.", m.name),
-            None => format!("{}: stream validation accuracy {:.2}%.", m.name, 100.0 * m.stream_val_accuracy),
+            None => format!("{}: {}.", m.name, streams()),
         });
     }
     if ctx.sharding.is_shard() {

@@ -96,7 +96,7 @@ pub fn prepare(ctx: &mut RunContext) -> Result<()> {
             features = None;
             previous = Some(backbone);
         }
-        ctx.models(backbone, &StreamSpec { config, ..s.stream.clone() }, &mut features)?;
+        ctx.seeded_models(backbone, &StreamSpec { config, ..s.stream.clone() }, &mut features)?;
     }
     Ok(())
 }
@@ -177,17 +177,39 @@ impl<'a> RunContext<'a> {
         Ok(Arc::new(set))
     }
 
+    /// `backbone` with each of the spec's `stream_seeds` streams for `stream` ([`Self::models`]
+    /// with training seeds `stream.train.seed + k`), in seed order.
+    pub fn seeded_models(
+        &mut self,
+        backbone: &BackboneSpec,
+        stream: &StreamSpec,
+        features: &mut Option<StreamFeatures>,
+    ) -> Result<Vec<QuickModels>> {
+        (0..self.settings.stream_seeds(self.profile))
+            .map(|k| {
+                let mut seeded = stream.clone();
+                seeded.train.seed += k as u64;
+                self.models(backbone, &seeded, features)
+            })
+            .collect()
+    }
+
     /// `backbone` and its CA-Stream for `stream`, their weights' SHA-256 and the stream's seed
     /// recorded in `run.json`: a trained stream listed in the spec's `streams` for this backbone
-    /// and configuration is loaded; otherwise the quick profile trains one ([`quick_models`],
-    /// cached) and the paper profile refuses (`pending` says so before the run).
+    /// and configuration is loaded (with several `stream_seeds`, only one trained with
+    /// `stream.train.seed`); otherwise the quick profile trains one ([`quick_models`], cached) and
+    /// the paper profile refuses (`pending` says so before the run).
     pub fn models(
         &mut self,
         backbone: &BackboneSpec,
         stream: &StreamSpec,
         features: &mut Option<StreamFeatures>,
     ) -> Result<QuickModels> {
-        let found = stream_checkpoint::find(self.root, &self.settings.streams, backbone, &stream.config);
+        let mut found = stream_checkpoint::find(self.root, &self.settings.streams, backbone, &stream.config);
+        let seeds = self.settings.stream_seeds(self.profile);
+        if seeds > 1 {
+            found.matches.retain(|(_, card)| card_seed(card) == Some(stream.train.seed));
+        }
         // Streams of the backbone's name may have been trained on other weights of it: the first
         // that loads (its card's backbone SHA-256 is checked) is used.
         let mut refused = Vec::new();
@@ -216,7 +238,7 @@ impl<'a> RunContext<'a> {
                         m.stream_file.display()
                     );
                 }
-                let seed = card.recipe.pointer("/train/seed").and_then(|s| s.as_u64()).unwrap_or(stream.train.seed);
+                let seed = card_seed(card).unwrap_or(stream.train.seed);
                 (m, seed)
             }
             None if !refused.is_empty() => bail!("{}", refused.join("\n")),
@@ -242,9 +264,16 @@ impl<'a> RunContext<'a> {
         weights.insert(format!("{} backbone sidecar", m.name), m.sidecar_sha256.clone());
         let stream_file = m.stream_file.file_name().map_or(String::new(), |f| f.to_string_lossy().into_owned());
         weights.insert(format!("{} stream {stream_file}", m.name), m.stream_sha256.clone());
-        self.record.seeds.insert(format!("stream.{}", m.name), seed);
+        let k = seed.wrapping_sub(self.settings.stream.train.seed);
+        let key = if seeds > 1 && k > 0 { format!("stream.{}.{k}", m.name) } else { format!("stream.{}", m.name) };
+        self.record.seeds.insert(key, seed);
         Ok(m)
     }
+}
+
+/// The training seed a stream's card records.
+fn card_seed(card: &stream_checkpoint::StreamCard) -> Option<u64> {
+    card.recipe.pointer("/train/seed").and_then(|s| s.as_u64())
 }
 
 /// The number of evaluation images: the spec's `images` (or `--images`), else `default`, checked

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use candle_core::Tensor;
-use castream_metrics::bootstrap::{mean_interval, paired_interval, Interval};
+use castream_metrics::bootstrap::{crossed_interval, crossed_paired_interval, Interval};
 use castream_report::columns;
 
 use super::interpretability::model_weights;
@@ -48,15 +48,19 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let mut claims: Vec<Difference> = Vec::new();
     let published = PaperValues::load(ctx.experiments)?;
     for backbone in &s.backbones {
-        let m = ctx.models(backbone, &s.stream, &mut None)?;
+        let seeded = ctx.seeded_models(backbone, &s.stream, &mut None)?;
+        let m = &seeded[0];
         let name = &m.name;
-        let weights = model_weights(&m);
-        let (gap, ca) = ctx.evaluation(&*set, &ids).correctness(&[&m.ca], &m.meta.normalisation, &weights, name)?;
+        // The backbone's weights, then every seed's stream: one cell, the backbone run once per batch.
+        let mut weights = model_weights(m).to_vec();
+        weights.extend(seeded[1..].iter().map(|m| m.stream_sha256.clone()));
+        let cas: Vec<&castream_stream::CaModel> = seeded.iter().map(|m| &m.ca).collect();
+        let (gap, ca) = ctx.evaluation(&*set, &ids).correctness(&cas, &m.meta.normalisation, &weights, name)?;
         if ctx.sharding.is_shard() {
             // A shard's cells are recorded by the runner; the table is the merge's.
             continue;
         }
-        let ca = &ca[0];
+        let ca: Vec<&[f64]> = ca.iter().map(Vec::as_slice).collect();
         let (x, _) = set.batch(&ids[..s.batch_size.min(n)], &m.meta.normalisation, &ctx.device)?;
         // Multiply-adds of one image: the GAP network (convolutions and classifier), plus the stream.
         let one = x.narrow(0, 0, 1)?;
@@ -70,10 +74,10 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         let (p_gap, p_ca) = (published.top1(network, PoolingKind::Gap), published.top1(network, PoolingKind::Ca));
         let backbone_params = m.ca.backbone.parameter_count();
         for (pooling, hits, speed_v, p, extra, macs) in [
-            ("GAP", &gap, gap_speed, p_gap, 0, gap_macs as usize),
-            ("CA", ca, ca_speed, p_ca, m.ca.stream.parameter_count(), ca_macs),
+            ("GAP", vec![gap.as_slice()], gap_speed, p_gap, 0, gap_macs as usize),
+            ("CA", ca.clone(), ca_speed, p_ca, m.ca.stream.parameter_count(), ca_macs),
         ] {
-            let iv = mean_interval(hits, RESAMPLES, 0.95, s.seed);
+            let iv = crossed_interval(&hits, RESAMPLES, 0.95, s.seed);
             rows.0.push(name.clone());
             rows.1.push(pooling.into());
             rows.2.push(100.0 * iv.mean);
@@ -85,7 +89,9 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             gflops.push(2.0 * macs as f64 / 1e9);
             paper.push(p);
         }
-        let diff = paired_interval(ca, &gap, RESAMPLES, 0.95, s.seed);
+        let diff = crossed_paired_interval(&ca, &gap, RESAMPLES, 0.95, s.seed);
+        let per_seed: Vec<f64> =
+            ca.iter().map(|c| 100.0 * c.iter().zip(&gap).map(|(a, b)| a - b).sum::<f64>() / n as f64).collect();
         claims.push(Difference {
             backbone: name.clone(),
             method: "recognition".into(),
@@ -93,6 +99,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             higher_is_better: true,
             paper: p_ca.zip(p_gap).map(|(c, g)| c - g),
             interval: Interval { mean: 100.0 * diff.mean, low: 100.0 * diff.low, high: 100.0 * diff.high },
+            per_seed,
         });
         let manifest = match &m.manifest {
             Some(e) => format!(
@@ -102,13 +109,21 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             ),
             None => format!("backbone checkpoint SHA-256 {}", m.sha256),
         };
+        let accuracies: Vec<String> = seeded.iter().map(|m| format!("{:.2}", 100.0 * m.stream_val_accuracy)).collect();
         notes.push(format!(
-            "{name}: CA − GAP = {:+.2} points, 95% paired bootstrap interval [{:+.2}, {:+.2}]; {manifest}; stream validation \
-             accuracy {:.2}%; {}.",
+            "{name}: CA − GAP = {:+.2} points, 95% paired bootstrap interval [{:+.2}, {:+.2}]; {manifest}; {}; {}.",
             100.0 * diff.mean,
             100.0 * diff.low,
             100.0 * diff.high,
-            100.0 * m.stream_val_accuracy,
+            match seeded.len() {
+                1 => format!("stream validation accuracy {}%", accuracies[0]),
+                k => format!(
+                    "{k} streams (training seeds {} to {}), validation accuracy {}%",
+                    s.stream.train.seed,
+                    s.stream.train.seed + k as u64 - 1,
+                    accuracies.join(", ")
+                ),
+            },
             if m.cache_bytes == 0 {
                 format!("the stream loaded from {}", m.stream_file.display())
             } else {
@@ -131,8 +146,10 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let mut table = Table::new("table1", "Table 1: recognition, GAP vs CA-Stream (top-1 %)", frame)
         .with_paper("top1", &paper)?
         .note(format!(
-            "{}; 95% bootstrap interval in top1_low/top1_high ({RESAMPLES} resamples).",
-            super::images_note(ctx, &*set, n)
+            "{}; 95% bootstrap interval in top1_low/top1_high ({RESAMPLES} resamples; CA rows: the mean over {} stream seeds, \
+             the interval of a two-way bootstrap over seeds and images, docs/results.md).",
+            super::images_note(ctx, &*set, n),
+            s.stream_seeds(ctx.profile)
         ))
         .note(match ctx.profile {
             Profile::Quick => "Paper values are the authors' ImageNet numbers (ResNet-50 rows beside resnet18, ConvNeXt-B beside convnext): compare the GAP→CA change, not the level.",

@@ -3,7 +3,7 @@
 //! the same test images. The Grad-CAM interpretability columns wait for the metrics.
 
 use anyhow::Result;
-use castream_metrics::bootstrap::{mean_interval, paired_interval};
+use castream_metrics::bootstrap::{crossed_interval, crossed_paired_interval};
 use castream_report::columns;
 use castream_stream::StreamConfig;
 
@@ -53,39 +53,45 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let mut metric_rows = Vec::new();
     for spec in &s.backbones {
         let mut features = None;
+        // Per variant, its streams of every seed.
         let models = stream_configs(&s.stream.config)
             .into_iter()
-            .map(|config| ctx.models(spec, &StreamSpec { config, ..s.stream.clone() }, &mut features))
+            .map(|config| ctx.seeded_models(spec, &StreamSpec { config, ..s.stream.clone() }, &mut features))
             .collect::<Result<Vec<_>>>()?;
         drop(features);
-        let name = &models[0].name;
+        let first = &models[0][0];
+        let name = &first.name;
         let grad_cam = Source::Method(Method::GradCam);
-        let gap_scores = eval.run(&explained(&models[0], PoolingKind::Gap, 4), grad_cam, &PAPER_METRICS)?;
-        for ((label, _, _), m) in VARIANTS.iter().zip(&models) {
-            let values = eval.run(&explained(m, PoolingKind::Ca, 4), grad_cam, &PAPER_METRICS)?;
-            let row = |pooling: &str, values: PerImage| Row {
+        let gap_scores = eval.run(&explained(first, PoolingKind::Gap, 4), grad_cam, &PAPER_METRICS)?;
+        for ((label, _, _), seeds) in VARIANTS.iter().zip(&models) {
+            let values = seeds
+                .iter()
+                .map(|m| eval.run(&explained(m, PoolingKind::Ca, 4), grad_cam, &PAPER_METRICS))
+                .collect::<Result<Vec<PerImage>>>()?;
+            let row = |pooling: &str, values: Vec<PerImage>| Row {
                 backbone: name.clone(),
                 method: label.to_string(),
                 pooling: pooling.into(),
                 values,
             };
-            metric_rows.push(row("GAP", gap_scores.clone()));
+            metric_rows.push(row("GAP", vec![gap_scores.clone()]));
             metric_rows.push(row("CA", values));
         }
-        let cas: Vec<&CaModel> = models.iter().map(|m| &m.ca).collect();
-        let norm = &models[0].meta.normalisation;
-        let weights: Vec<String> = std::iter::once(backbone_weights(&models[0]))
-            .chain(models.iter().map(|m| m.stream_sha256.clone()))
+        let cas: Vec<&CaModel> = models.iter().flatten().map(|m| &m.ca).collect();
+        let norm = &first.meta.normalisation;
+        let weights: Vec<String> = std::iter::once(backbone_weights(first))
+            .chain(models.iter().flatten().map(|m| m.stream_sha256.clone()))
             .collect();
         let (gap, ca) = ctx.evaluation(&*set, &all_ids).correctness(&cas, norm, &weights, name)?;
+        let ca: Vec<Vec<&[f64]>> = ca.chunks(models[0].len()).map(|c| c.iter().map(Vec::as_slice).collect()).collect();
         if ctx.sharding.is_shard() {
             // A shard's cells are recorded by the runner; the tables are the merge's.
             continue;
         }
         let (mut per_variant, mut per_interval) = (Vec::new(), Vec::new());
-        let rows = VARIANTS.iter().zip(&models).zip(&ca).map(|((v, m), hits)| (v.0, Some(m), hits));
-        for (label, model, hits) in rows.chain([("GAP (no stream)", None, &gap)]) {
-            let iv = mean_interval(hits, RESAMPLES, 0.95, s.seed);
+        let rows = VARIANTS.iter().zip(&models).zip(ca).map(|((v, m), hits)| (v.0, Some(&m[0]), hits));
+        for (label, model, hits) in rows.chain([("GAP (no stream)", None, vec![gap.as_slice()])]) {
+            let iv = crossed_interval(&hits, RESAMPLES, 0.95, s.seed);
             backbone.push(name.clone());
             variant.push(label.to_string());
             top1.push(100.0 * iv.mean);
@@ -93,7 +99,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             high.push(100.0 * iv.high);
             vs_gap.push(match model {
                 Some(_) => {
-                    let d = paired_interval(hits, &gap, RESAMPLES, 0.95, s.seed);
+                    let d = crossed_paired_interval(&hits, &gap, RESAMPLES, 0.95, s.seed);
                     format!("{:+.2} [{:+.2}, {:+.2}]", 100.0 * d.mean, 100.0 * d.low, 100.0 * d.high)
                 }
                 None => "–".into(),
@@ -115,7 +121,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         "ca_minus_gap" => &vs_gap, "stream_params" => &params,
     )?;
     Table::new("table4", "Table 4: stream ablation (top-1 %)", frame)
-        .note(format!("{}; 95% bootstrap intervals ({RESAMPLES} resamples); ca_minus_gap is a paired interval in points.", super::images_note(ctx, &*set, n)))
+        .note(format!("{}; 95% bootstrap intervals ({RESAMPLES} resamples; stream rows: the mean over {} stream seeds, the interval of a two-way bootstrap over seeds and images); ca_minus_gap is a paired interval in points.", super::images_note(ctx, &*set, n), s.stream_seeds(ctx.profile)))
         .note(format!("Every stream is trained on the same frozen backbone, features and schedule ([{}.stream] of the spec); only taps and heads change.", ctx.profile))
         .note("Grad-CAM's AD/AG/AI/insertion/deletion of every variant: table4_gradcam.md.")
         .note("The paper's ablation numbers are not readable; no paper column.")
