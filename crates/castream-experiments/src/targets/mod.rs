@@ -178,14 +178,17 @@ impl<'a> RunContext<'a> {
     }
 
     /// `backbone` with each of the spec's `stream_seeds` streams for `stream` ([`Self::models`]
-    /// with training seeds `stream.train.seed + k`), in seed order.
+    /// with training seeds `stream.train.seed + k`), in seed order; one model for a spec that
+    /// evaluates no stream.
     pub fn seeded_models(
         &mut self,
         backbone: &BackboneSpec,
         stream: &StreamSpec,
         features: &mut Option<StreamFeatures>,
     ) -> Result<Vec<QuickModels>> {
-        (0..self.settings.stream_seeds(self.profile))
+        // A spec without a CA model loads its GAP networks once.
+        let seeds = if uses_stream(self.spec, self.settings) { self.settings.stream_seeds(self.profile) } else { 1 };
+        (0..seeds)
             .map(|k| {
                 let mut seeded = stream.clone();
                 seeded.train.seed += k as u64;
