@@ -78,6 +78,12 @@ pub fn crossed_paired_interval(a: &[&[f64]], b: &[f64], resamples: usize, level:
     percentiles(&mut means, mean, level)
 }
 
+/// The mean of `a - b` over paired observations (one seed's difference, without an interval).
+pub fn mean_difference(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "paired samples must have equal length");
+    a.iter().zip(b).map(|(x, y)| x - y).sum::<f64>() / a.len().max(1) as f64
+}
+
 /// The interval of `mean` between the `level` percentiles of the bootstrap `means`.
 fn percentiles(means: &mut [f64], mean: f64, level: f64) -> Interval {
     means.sort_by(|x, y| x.total_cmp(y));
@@ -178,5 +184,6 @@ mod tests {
         let (s0, s1) = ([11.0, 21.0, 31.0], [13.0, 23.0, 33.0]);
         let iv = crossed_paired_interval(&[&s0, &s1], &b, 2000, 0.95, 5);
         assert_eq!((iv.mean, iv.low, iv.high), (2.0, 1.0, 3.0));
+        assert_eq!((mean_difference(&s0, &b), mean_difference(&s1, &b)), (1.0, 3.0));
     }
 }

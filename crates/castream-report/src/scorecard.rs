@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Result;
-use castream_metrics::bootstrap::{crossed_interval, crossed_paired_interval, Interval};
+use castream_metrics::bootstrap::{crossed_interval, crossed_paired_interval, mean_difference, Interval};
 use polars::prelude::*;
 
 use crate::charts::{Chart, GroupedBars};
@@ -287,11 +287,6 @@ impl Scorecard<'_> {
         self.write_per_image(images, dir)?;
         self.write_charts(dir)
     }
-}
-
-/// The mean of `a - b` over paired images.
-fn mean_difference(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x - y).sum::<f64>() / a.len().max(1) as f64
 }
 
 #[cfg(test)]

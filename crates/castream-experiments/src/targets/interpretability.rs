@@ -96,19 +96,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             let weights = model_weights(m);
             sanity_rows.extend(eval.sanity(&m.name, &m.ca, m.meta.normalisation, &methods, &s.poolings, &weights)?);
         }
-        let streams = || {
-            let accuracies: Vec<String> =
-                seeded.iter().map(|m| format!("{:.2}", 100.0 * m.stream_val_accuracy)).collect();
-            let seeds: Vec<String> = (0..seeded.len()).map(|k| (s.stream.train.seed + k as u64).to_string()).collect();
-            match seeded.len() {
-                1 => format!("stream validation accuracy {}%", accuracies[0]),
-                n => format!(
-                    "{n} streams (training seeds {}), validation accuracy {}%",
-                    seeds.join(", "),
-                    accuracies.join(", ")
-                ),
-            }
-        };
+        let streams = || super::streams_note(&seeded, s.stream.train.seed);
         notes.push(match &m.manifest {
             Some(e) => {
                 format!("{}: test accuracy {:.2}% (GAP, manifest); {}.", m.name, 100.0 * e.test_accuracy, streams())

@@ -274,6 +274,20 @@ impl<'a> RunContext<'a> {
     }
 }
 
+/// What a footer says of a backbone's streams (`seeded`, training seeds from `first_seed` on):
+/// their number and validation accuracies.
+pub fn streams_note(seeded: &[QuickModels], first_seed: u64) -> String {
+    let accuracies: Vec<String> = seeded.iter().map(|m| format!("{:.2}", 100.0 * m.stream_val_accuracy)).collect();
+    match seeded.len() {
+        1 => format!("stream validation accuracy {}%", accuracies[0]),
+        n => format!(
+            "{n} streams (training seeds {}), validation accuracy {}%",
+            (0..n as u64).map(|k| (first_seed + k).to_string()).collect::<Vec<_>>().join(", "),
+            accuracies.join(", ")
+        ),
+    }
+}
+
 /// The training seed a stream's card records.
 fn card_seed(card: &stream_checkpoint::StreamCard) -> Option<u64> {
     card.recipe.pointer("/train/seed").and_then(|s| s.as_u64())

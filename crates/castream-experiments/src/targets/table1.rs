@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use candle_core::Tensor;
-use castream_metrics::bootstrap::{crossed_interval, crossed_paired_interval, Interval};
+use castream_metrics::bootstrap::{crossed_interval, crossed_paired_interval, mean_difference, Interval};
 use castream_report::columns;
 
 use super::interpretability::model_weights;
@@ -90,8 +90,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             paper.push(p);
         }
         let diff = crossed_paired_interval(&ca, &gap, RESAMPLES, 0.95, s.seed);
-        let per_seed: Vec<f64> =
-            ca.iter().map(|c| 100.0 * c.iter().zip(&gap).map(|(a, b)| a - b).sum::<f64>() / n as f64).collect();
+        let per_seed: Vec<f64> = ca.iter().map(|c| 100.0 * mean_difference(c, &gap)).collect();
         claims.push(Difference {
             backbone: name.clone(),
             method: "recognition".into(),
@@ -109,21 +108,12 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             ),
             None => format!("backbone checkpoint SHA-256 {}", m.sha256),
         };
-        let accuracies: Vec<String> = seeded.iter().map(|m| format!("{:.2}", 100.0 * m.stream_val_accuracy)).collect();
         notes.push(format!(
             "{name}: CA − GAP = {:+.2} points, 95% paired bootstrap interval [{:+.2}, {:+.2}]; {manifest}; {}; {}.",
             100.0 * diff.mean,
             100.0 * diff.low,
             100.0 * diff.high,
-            match seeded.len() {
-                1 => format!("stream validation accuracy {}%", accuracies[0]),
-                k => format!(
-                    "{k} streams (training seeds {} to {}), validation accuracy {}%",
-                    s.stream.train.seed,
-                    s.stream.train.seed + k as u64 - 1,
-                    accuracies.join(", ")
-                ),
-            },
+            super::streams_note(&seeded, s.stream.train.seed),
             if m.cache_bytes == 0 {
                 format!("the stream loaded from {}", m.stream_file.display())
             } else {
