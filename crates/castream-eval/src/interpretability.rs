@@ -247,46 +247,45 @@ impl Evaluation<'_> {
     /// score the same maps), with those of the `siblings` computed alongside
     /// ([`Self::run_shared`]); attention and baselines are cheap to recompute.
     fn maps(&self, model: &Explained, siblings: &[&Explained], source: Source, ids: &[usize]) -> Result<Tensor> {
-        let Source::Method(method) = source else {
-            let bar = progress::bar(ids.len() as u64, format!("{} {}: maps", source.label(), model.key.pooling));
-            let mut parts = Vec::new();
-            for chunk in ids.chunks(self.batch_size.max(1)) {
-                let (x, y) = self.set.batch(chunk, &model.subject.normalisation, &self.device)?;
-                let classes = self.protocol.class.resolve(&model.subject, &x, &y.to_vec1()?)?;
-                parts.push(self.batch_maps(&model.subject, source, &x, &classes, chunk)?);
-                bar.inc(chunk.len() as u64);
-            }
-            bar.finish_and_clear();
-            return Ok(Tensor::cat(&parts, 0)?);
+        let method = match source {
+            Source::Method(m) => Some(m.build(&self.protocol.cam)),
+            _ => None,
         };
-        if let Some(maps) = self.cached_maps(model, source, ids)? {
-            return Ok(maps);
-        }
-        // The models computed in this pass: CA models first, whose activations carry the earlier
-        // stages every head reads (`CamMethod::saliency_shared`).
         let mut group: Vec<&Explained> = vec![model];
-        for &sibling in siblings {
-            if sibling.key != model.key && self.cached_maps(sibling, source, ids)?.is_none() {
-                group.push(sibling);
+        if method.is_some() {
+            if let Some(maps) = self.cached_maps(model, source, ids)? {
+                return Ok(maps);
             }
+            // The models computed in this pass: CA models first, whose activations carry the
+            // earlier stages every head reads (`CamMethod::saliency_shared`).
+            for &sibling in siblings {
+                if sibling.key != model.key && self.cached_maps(sibling, source, ids)?.is_none() {
+                    group.push(sibling);
+                }
+            }
+            group.sort_by_key(|e| e.key.pooling != PoolingKind::Ca);
         }
-        group.sort_by_key(|e| e.key.pooling != PoolingKind::Ca);
         let subjects: Vec<&Subject> = group.iter().map(|e| &e.subject).collect();
         let what = match group.len() {
             1 => format!("{} {}: maps", source.label(), model.key.pooling),
             n => format!("{}: maps of {n} models sharing a backbone", source.label()),
         };
         let bar = progress::bar(ids.len() as u64, what);
-        let built = method.build(&self.protocol.cam);
         let mut parts: Vec<Vec<Tensor>> = vec![Vec::new(); group.len()];
         for chunk in ids.chunks(self.batch_size.max(1)) {
             let (x, y) = self.set.batch(chunk, &model.subject.normalisation, &self.device)?;
             let labels = y.to_vec1()?;
             let classes: Vec<Vec<u32>> =
                 subjects.iter().map(|s| self.protocol.class.resolve(s, &x, &labels)).collect::<Result<_, _>>()?;
-            let explained = castream_cam::explain_shared(built.as_ref(), &subjects, &x, &classes)?;
-            for (part, e) in parts.iter_mut().zip(explained) {
-                part.push(e.maps);
+            let maps = match &method {
+                Some(m) => castream_cam::explain_shared(m.as_ref(), &subjects, &x, &classes)?
+                    .into_iter()
+                    .map(|e| e.maps)
+                    .collect(),
+                None => vec![self.batch_maps(&model.subject, source, &x, &classes[0], chunk)?],
+            };
+            for (part, m) in parts.iter_mut().zip(maps) {
+                part.push(m);
             }
             bar.inc(chunk.len() as u64);
         }
@@ -294,8 +293,10 @@ impl Evaluation<'_> {
         let mut mine = None;
         for (e, part) in group.iter().zip(parts) {
             let maps = Tensor::cat(&part, 0)?;
-            let entry = self.entry(MAPS, &e.key, source, None, ids, "safetensors")?;
-            entry.store(&safetensors::serialize([("maps", &maps)], None)?, serde_json::Value::Null)?;
+            if method.is_some() {
+                let entry = self.entry(MAPS, &e.key, source, None, ids, "safetensors")?;
+                entry.store(&safetensors::serialize([("maps", &maps)], None)?, serde_json::Value::Null)?;
+            }
             if std::ptr::eq(*e, model) {
                 mine = Some(maps);
             }

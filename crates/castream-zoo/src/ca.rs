@@ -57,6 +57,13 @@ impl StreamSpec {
     /// Scenes of the Fashion-MNIST train split, the most `train_images` or `val_images` can ask for.
     pub const MAX_IMAGES: usize = 60_000;
 
+    /// The stream of seed `k` of several: this one with training seed `train.seed + k`.
+    pub fn seeded(&self, k: usize) -> StreamSpec {
+        let mut stream = self.clone();
+        stream.train.seed += k as u64;
+        stream
+    }
+
     /// The valid ranges (docs/specs.md, "Valid ranges"): `train_images` and `val_images` 1 to
     /// [`Self::MAX_IMAGES`], and the training's ([`TrainConfig::validate`]).
     pub fn validate(&self) -> Result<(), castream_data::valid::OutOfRange> {

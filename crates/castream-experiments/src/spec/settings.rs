@@ -120,14 +120,6 @@ impl Settings {
         })
     }
 
-    /// The stream of seed `k` (0 to [`Self::stream_seeds`] − 1): the spec's with training seed
-    /// `stream.train.seed + k`.
-    pub fn seeded_stream(&self, k: usize) -> StreamSpec {
-        let mut stream = self.stream.clone();
-        stream.train.seed += k as u64;
-        stream
-    }
-
     /// The ranges of the values in these settings (docs/specs.md, "Valid ranges"), each checked
     /// by the type that owns it; keys are dotted from the profile's table (`stream.train.epochs`).
     /// `images` is checked against the data's size later, by [`Settings::check_images`].

@@ -329,7 +329,7 @@ fn stream_seeds_default_by_profile_and_out_of_range_counts_are_refused() {
     let five = Spec::parse(&text, Path::new("demo.toml")).unwrap();
     let five = five.settings(Profile::Quick).unwrap();
     assert_eq!(five.stream_seeds(Profile::Quick), 5);
-    assert_eq!(five.seeded_stream(4).train.seed, five.stream.train.seed + 4);
+    assert_eq!(five.stream.seeded(4).train.seed, five.stream.train.seed + 4);
     let msg = format!(
         "{:#}",
         Spec::parse(&GOOD.replace("images = 8", "images = 8\nstream_seeds = 0"), Path::new("experiments/demo.toml"))

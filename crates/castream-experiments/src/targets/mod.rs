@@ -188,13 +188,7 @@ impl<'a> RunContext<'a> {
     ) -> Result<Vec<QuickModels>> {
         // A spec without a CA model loads its GAP networks once.
         let seeds = if uses_stream(self.spec, self.settings) { self.settings.stream_seeds(self.profile) } else { 1 };
-        (0..seeds)
-            .map(|k| {
-                let mut seeded = stream.clone();
-                seeded.train.seed += k as u64;
-                self.models(backbone, &seeded, features)
-            })
-            .collect()
+        (0..seeds).map(|k| self.models(backbone, &stream.seeded(k), features)).collect()
     }
 
     /// `backbone` and its CA-Stream for `stream`, their weights' SHA-256 and the stream's seed
