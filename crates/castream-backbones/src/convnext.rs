@@ -92,7 +92,7 @@ impl Block {
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = self.norm.after_conv(&self.conv_dw, x, train)?.permute((0, 2, 3, 1))?;
-        let y = castream_kernels::gelu(&self.fc1.forward(&y)?, self.kernels)?;
+        let y = self.fc1.forward_gelu(&y)?;
         castream_kernels::layer_scale_residual(x, &self.fc2.forward(&y)?, &self.gamma, self.kernels)
     }
 }

@@ -16,14 +16,33 @@ pub(crate) struct Params {
     device: Device,
     pub kernels: Kernels,
     vars: BTreeMap<String, Var>,
+    /// A frozen network's store: these existing parameters are used (same storage) and handed to
+    /// the layers detached.
+    frozen: Option<BTreeMap<String, Var>>,
 }
 
 impl Params {
     pub fn new(seed: Option<u64>, device: &Device, kernels: Kernels) -> Params {
-        Params { seed, device: device.clone(), kernels, vars: BTreeMap::new() }
+        Params { seed, device: device.clone(), kernels, vars: BTreeMap::new(), frozen: None }
+    }
+
+    /// A store over `vars`, for rebuilding a network with the same parameters, detached.
+    pub fn frozen(vars: &BTreeMap<String, Var>, device: &Device, kernels: Kernels) -> Params {
+        Params { frozen: Some(vars.clone()), ..Params::new(None, device, kernels) }
     }
 
     pub fn var(&mut self, name: String, shape: &[usize], init: Init) -> Result<Var> {
+        if let Some(existing) = &self.frozen {
+            let var = match existing.get(&name) {
+                Some(v) if v.dims() == shape => v.clone(),
+                other => candle_core::bail!(
+                    "freezing: parameter `{name}` {:?} does not match the network's {shape:?}",
+                    other.map(|v| v.dims().to_vec())
+                ),
+            };
+            self.vars.insert(name, var.clone());
+            return Ok(var);
+        }
         let value = match self.seed {
             Some(seed) => init.sample(seed, &name, shape, &self.device)?,
             None => Tensor::zeros(shape, candle_core::DType::F32, &self.device)?,
@@ -36,7 +55,12 @@ impl Params {
     }
 
     pub fn tensor(&mut self, name: String, shape: &[usize], init: Init) -> Result<Tensor> {
-        Ok(self.var(name, shape, init)?.as_tensor().clone())
+        let var = self.var(name, shape, init)?;
+        Ok(if self.frozen.is_some() { var.as_detached_tensor() } else { var.as_tensor().clone() })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     pub fn into_vars(self) -> BTreeMap<String, Var> {
@@ -212,6 +236,11 @@ impl Linear {
     /// Applies the layer to the last dimension of `x`, any leading dimensions.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         castream_kernels::linear(x, &self.weight, Some(&self.bias), self.kernels)
+    }
+
+    /// `gelu(forward(x))`, fused with the fast kernels.
+    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        castream_kernels::linear_gelu(x, &self.weight, &self.bias, self.kernels)
     }
 
     /// `(weight, bias)`, detached from the parameters' gradient graph.

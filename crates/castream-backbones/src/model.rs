@@ -44,6 +44,8 @@ pub struct Model {
     pub device: Device,
     /// Every parameter and BatchNorm running statistic, by torchvision/timm name.
     vars: BTreeMap<String, Var>,
+    /// Built by [`Model::frozen`]: its layers hold the parameters detached.
+    frozen: bool,
 }
 
 /// BatchNorm running statistics: state updated by the forward pass, never by an optimiser.
@@ -68,13 +70,27 @@ impl Model {
     /// `seed = None` fills zeros, for networks whose weights are loaded next.
     fn build(config: BackboneConfig, seed: Option<u64>, device: &Device) -> anyhow::Result<Model> {
         config.validate()?;
-        let mut ps = Params::new(seed, device, config.kernels);
+        let ps = Params::new(seed, device, config.kernels);
+        Model::assemble(config, ps, false)
+    }
+
+    fn assemble(config: BackboneConfig, mut ps: Params, frozen: bool) -> anyhow::Result<Model> {
         let net: Box<dyn Backbone> = if config.arch.is_resnet() {
             Box::new(ResNet::new(&config, &mut ps)?)
         } else {
             Box::new(ConvNext::new(&config, &mut ps)?)
         };
-        Ok(Model { config, net, device: device.clone(), vars: ps.into_vars() })
+        let device = ps.device().clone();
+        Ok(Model { config, net, device, vars: ps.into_vars(), frozen })
+    }
+
+    /// The same network with its parameters detached from autograd: forward passes record no
+    /// graph for the weights (less memory, and the evaluation-only fused kernels apply), while
+    /// gradients with respect to inputs and activations still flow, as CAM methods need. The
+    /// parameters share storage with this model's (loading weights into one changes both); a
+    /// frozen model has no trainable parameters.
+    pub fn frozen(&self) -> anyhow::Result<Model> {
+        Model::assemble(self.config.clone(), Params::frozen(&self.vars, &self.device, self.config.kernels), true)
     }
 
     /// Every parameter and running statistic, sorted by name.
@@ -82,10 +98,10 @@ impl Model {
         self.vars.iter().map(|(n, v)| (n.clone(), v.clone())).collect()
     }
 
-    /// The parameters an optimiser may update (all but BatchNorm running statistics), sorted by
-    /// name.
+    /// The parameters an optimiser may update (all but BatchNorm running statistics; none in a
+    /// frozen model), sorted by name.
     pub fn trainable_vars(&self) -> Vec<(String, Var)> {
-        self.vars.iter().filter(|(n, _)| !is_buffer(n)).map(|(n, v)| (n.clone(), v.clone())).collect()
+        self.vars.iter().filter(|(n, _)| !self.frozen && !is_buffer(n)).map(|(n, v)| (n.clone(), v.clone())).collect()
     }
 
     /// Number of trainable scalars, as `sum(p.numel() for p in model.parameters())` counts them.
@@ -159,6 +175,7 @@ impl Model {
 mod tests {
     use super::*;
     use crate::config::Arch;
+    use candle_core::Tensor;
     use castream_data::device::cpu;
 
     /// Counts of `torchvision.models.*` / `timm.create_model("convnext_*")` with 1000 classes.
@@ -197,5 +214,37 @@ mod tests {
         let trainable = model.trainable_vars();
         assert!(trainable.iter().all(|(n, _)| !n.contains("running")));
         assert_eq!(names.len() - trainable.len(), 2 * 20, "ResNet-18 has 20 BatchNorms");
+    }
+
+    /// A frozen copy computes the same logits (evaluation and training mode), records no graph
+    /// for its weights, still passes gradients to its input, and shares the parameters' storage.
+    #[test]
+    fn frozen_models_share_weights_and_track_only_inputs() {
+        for arch in [Arch::Resnet18, Arch::ConvnextTiny] {
+            let config = BackboneConfig { base_width: Some(8), ..BackboneConfig::new(arch, 5) };
+            let model = Model::new(config, 3, &cpu()).unwrap();
+            let frozen = model.frozen().unwrap();
+            let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &cpu()).unwrap();
+            let (a, b) = (model.net.forward(&x, false).unwrap(), frozen.net.forward(&x, false).unwrap());
+            assert!(a.track_op() && !b.track_op(), "{}", arch.name());
+            let diff =
+                |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff(&a, &b) < 1e-5, "{}: logits differ by {}", arch.name(), diff(&a, &b));
+            assert!(frozen.trainable_vars().is_empty() && frozen.named_vars().len() == model.named_vars().len());
+
+            // Gradients reach the input through the frozen weights, equal to the trainable model's.
+            let grad_of = |m: &Model| {
+                let xv = candle_core::Var::from_tensor(&x).unwrap();
+                let g = m.net.forward(xv.as_tensor(), false).unwrap().sum_all().unwrap().backward().unwrap();
+                g.get(xv.as_tensor()).unwrap().clone()
+            };
+            assert!(diff(&grad_of(&model), &grad_of(&frozen)) < 1e-5, "{}: input gradients differ", arch.name());
+
+            // One storage: changing a parameter of the trainable model changes the frozen one's output.
+            let (name, var) = model.trainable_vars().into_iter().find(|(n, _)| n.ends_with("weight")).unwrap();
+            var.set(&var.as_tensor().affine(2.0, 0.5).unwrap()).unwrap();
+            let (a, b) = (model.net.forward(&x, false).unwrap(), frozen.net.forward(&x, false).unwrap());
+            assert!(diff(&a, &b) < 1e-5, "{}: {name} not shared", arch.name());
+        }
     }
 }

@@ -79,9 +79,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// A backbone with random weights (speed does not depend on them), its input and labels.
+/// A backbone with random weights (speed does not depend on them), its input and labels; the
+/// forward is timed on the frozen network, as evaluation and CAM methods run it.
 struct Subject {
     model: Model,
+    frozen: Model,
     x: Tensor,
     labels: Tensor,
 }
@@ -90,11 +92,12 @@ impl Subject {
     fn new(case: &Case, kernels: Kernels) -> Result<Subject> {
         let config = BackboneConfig { kernels, ..case.config.clone() };
         let labels = Tensor::zeros(case.batch, candle_core::DType::U32, &DEVICE.device()?)?;
-        Ok(Subject { model: Model::new(config, 0, &DEVICE.device()?)?, x: input(case)?, labels })
+        let model = Model::new(config, 0, &DEVICE.device()?)?;
+        Ok(Subject { frozen: model.frozen()?, model, x: input(case)?, labels })
     }
 
     fn forward(&self) -> Result<()> {
-        self.model.net.forward(&self.x, false)?;
+        self.frozen.net.forward(&self.x, false)?;
         Ok(())
     }
 
@@ -107,14 +110,14 @@ impl Subject {
 
     /// Multiply-adds of one forward pass.
     fn macs(&self) -> Result<u64> {
-        let (logits, macs) = castream_kernels::count_macs(|| self.model.net.forward(&self.x, false));
+        let (logits, macs) = castream_kernels::count_macs(|| self.frozen.net.forward(&self.x, false));
         logits?;
         Ok(macs)
     }
 
     /// Per-stage forward times: the stem, each stage, and the head, each on its real input.
     fn stages_s(&self, runs: usize) -> Result<[f64; 6]> {
-        let net = &self.model.net;
+        let net = &self.frozen.net;
         let features = net.stages(&self.x, false)?;
         let mut stages_s = [0.0; 6];
         stages_s[0] = median_seconds(runs, || Ok(net.stem(&self.x, false).map(|_| ())?))?;
@@ -245,7 +248,14 @@ impl Drop for Ort {
 
 /// Runs every case whose label contains `only` (all when `None`) and prints the figures as
 /// Markdown tables. Each case is timed in `rounds` rounds of `runs` runs per quantity.
-pub fn run(root: &Path, runs: usize, rounds: usize, with_onnx: bool, only: Option<&str>) -> Result<()> {
+pub fn run(
+    root: &Path,
+    runs: usize,
+    rounds: usize,
+    with_onnx: bool,
+    with_candle: bool,
+    only: Option<&str>,
+) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     println!(
         "threads: {} (RAYON_NUM_THREADS); medians over {rounds} rounds of {runs} runs, ratios per round\n",
@@ -279,19 +289,24 @@ pub fn run(root: &Path, runs: usize, rounds: usize, with_onnx: bool, only: Optio
         let fig = Figures::of(&timed);
         let (b, gflop) = (case.batch as f64, 2.0 * ours.macs()? as f64 / 1e9);
         // candle's own ops: slow, timed once.
-        let stock = Subject::new(&case, Kernels::Candle)?;
-        let stock_forward = median_seconds(1, || stock.forward())?;
-        let stock_train = median_seconds(1, || stock.train_step()).ok();
+        let stock = if with_candle { Some(Subject::new(&case, Kernels::Candle)?) } else { None };
+        let stock_forward = stock.as_ref().map(|s| median_seconds(1, || s.forward())).transpose()?;
+        let stock_train = stock.as_ref().map(|s| median_seconds(1, || s.train_step()).map_err(|e| e.to_string()));
         let (ort_cell, ratio_cell) = match (ort_note, fig.ort_s, fig.ours_per_ort) {
             (None, Some(o), Some(r)) => (format!("{:.1}", b / o), format!("{r:.2}")),
             (note, ..) => (format!("n/a: {}", note.unwrap_or_default()), "–".into()),
         };
+        let (stock_forward, forward_speedup) = match stock_forward {
+            Some(t) => (format!("{:.1}", b / t), format!("{:.1}", t / fig.forward_s)),
+            None => ("–".to_string(), "–".to_string()),
+        };
         let (stock_train, train_speedup) = match stock_train {
-            Some(t) => (format!("{:.1}", b / t), format!("{:.1}", t / fig.train_s)),
-            None => ("n/a (no max-pool 3x3/2 backward)".to_string(), "–".to_string()),
+            Some(Ok(t)) => (format!("{:.1}", b / t), format!("{:.1}", t / fig.train_s)),
+            Some(Err(_)) => ("n/a (no max-pool 3x3/2 backward)".to_string(), "–".to_string()),
+            None => ("–".to_string(), "–".to_string()),
         };
         println!(
-            "| {} | {} x {} | {:.3} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {} | {:.1} / {} | {} | {} |",
+            "| {} | {} x {} | {:.3} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {} | {} / {} | {} | {} |",
             case.label,
             case.batch,
             case.size,
@@ -300,21 +315,24 @@ pub fn run(root: &Path, runs: usize, rounds: usize, with_onnx: bool, only: Optio
             gflop / fig.forward_s,
             b / fig.train_s,
             fig.train_per_forward,
-            b / stock_forward,
+            stock_forward,
             stock_train,
-            stock_forward / fig.forward_s,
+            forward_speedup,
             train_speedup,
             ort_cell,
             ratio_cell
         );
-        stage_rows.push((case.label.clone(), ours.stages_s(runs)?, stock.stages_s(1)?));
+        let stock_stages = stock.as_ref().map(|s| s.stages_s(1)).transpose()?;
+        stage_rows.push((case.label.clone(), ours.stages_s(runs)?, stock_stages));
     }
     println!("\nPer-stage forward time, ms (ours / candle's ops):\n");
     println!("| backbone | stem | stage 1 | stage 2 | stage 3 | stage 4 | head |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (label, ours, stock) in stage_rows {
-        let cells: Vec<String> =
-            ours.iter().zip(stock).map(|(a, b)| format!("{:.1} / {:.1}", a * 1e3, b * 1e3)).collect();
+        let cells: Vec<String> = match stock {
+            Some(stock) => ours.iter().zip(stock).map(|(a, b)| format!("{:.1} / {:.1}", a * 1e3, b * 1e3)).collect(),
+            None => ours.iter().map(|a| format!("{:.1} / –", a * 1e3)).collect(),
+        };
         println!("| {label} | {} |", cells.join(" | "));
     }
     Ok(())

@@ -95,6 +95,9 @@ enum Command {
         /// Skip the ONNX Runtime comparison.
         #[arg(long)]
         no_onnx: bool,
+        /// Skip candle's own ops (slow: minutes on the paper-size cases; a profile of ours alone).
+        #[arg(long)]
+        no_candle: bool,
         /// Only the cases whose label contains this (e.g. `convnext`, `quick`, `resnet50`).
         #[arg(long)]
         only: Option<String>,
@@ -309,13 +312,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::TrainBackbones { retrain, resume, only, device } => {
             castream_zoo::quick::train_backbones(Path::new("."), &TrainOptions { device, retrain, resume, only })
         }
-        Command::Bench { runs, rounds, no_onnx, only, cam, decode } => {
+        Command::Bench { runs, rounds, no_onnx, no_candle, only, cam, decode } => {
             if decode {
                 castream_cli::decode_bench::run(runs)
             } else if cam {
                 castream_cli::bench::run_cam(Path::new("."), runs, only.as_deref())
             } else {
-                castream_cli::bench::run(Path::new("."), runs, rounds, !no_onnx, only.as_deref())
+                castream_cli::bench::run(Path::new("."), runs, rounds, !no_onnx, !no_candle, only.as_deref())
             }
         }
         Command::Explain(a) => {

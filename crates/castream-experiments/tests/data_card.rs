@@ -41,10 +41,26 @@ fn data_card_writes_every_output_with_true_counts() {
         "scene_stats.csv",
         "scene_stats.md",
         "scenes.png",
+        "backbone_curves.csv",
+        "backbone_curves.md",
+        "backbone_curves.png",
+        "backbone_curves.svg",
         "run.json",
     ] {
         assert!(dir.join(file).is_file(), "{file} missing");
     }
+
+    // The learning curves: one row per shipped backbone and epoch, the manifest's values.
+    let manifest = castream_zoo::quick::load_manifest(&opts.root).unwrap();
+    let curves = CsvReadOptions::default()
+        .try_into_reader_with_file_path(Some(dir.join("backbone_curves.csv")))
+        .unwrap()
+        .finish()
+        .unwrap();
+    assert_eq!(curves.height(), manifest.values().map(|e| e.history.len()).sum::<usize>());
+    let val: Vec<f64> = curves.column("val_accuracy").unwrap().f64().unwrap().into_no_null_iter().collect();
+    let expected: Vec<f64> = manifest.values().flat_map(|e| e.history.iter().map(|h| h.val_accuracy)).collect();
+    assert!(val.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-9), "{val:?} vs {expected:?}");
 
     let counts = CsvReadOptions::default()
         .try_into_reader_with_file_path(Some(dir.join("class_counts.csv")))

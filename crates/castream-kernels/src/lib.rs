@@ -168,8 +168,7 @@ pub fn add_relu(a: &Tensor, b: &Tensor, k: Kernels) -> Result<Tensor> {
 /// the fast kernel's backward is one pass (see `gelu.rs`).
 pub fn gelu(x: &Tensor, k: Kernels) -> Result<Tensor> {
     if k.fast_for(&[x]) {
-        let saved = x.track_op().then(|| Arc::new(OnceLock::new()));
-        return x.contiguous()?.apply_op1(gelu::Gelu { saved });
+        return x.contiguous()?.apply_op1(gelu::Gelu);
     }
     x.gelu_erf()
 }
@@ -185,24 +184,40 @@ pub fn layer_scale_residual(x: &Tensor, h: &Tensor, gamma: &Tensor, k: Kernels) 
     x + h.broadcast_mul(gamma)?.permute((0, 3, 1, 2))?
 }
 
-/// Max pooling with a square `kernel`, `stride` and zero `padding` positions that never win
-/// (padding acts as -inf, as in PyTorch).
 /// A linear layer on the last dimension of `x` (any leading dimensions): `x W^T + b` with `w`
 /// `(out, in)`, one op each way with the fast kernels (see `linear.rs`). Through the facade so
 /// that its multiply-adds are counted with the convolutions'.
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, k: Kernels) -> Result<Tensor> {
+    linear_then(x, w, bias, false, k)
+}
+
+/// `gelu(linear(x, w, b))` (ConvNeXt's first MLP layer): the same values, and with the fast
+/// kernels one op each way, the GELU applied to each block of outputs while it is in cache.
+pub fn linear_gelu(x: &Tensor, w: &Tensor, b: &Tensor, k: Kernels) -> Result<Tensor> {
+    linear_then(x, w, Some(b), true, k)
+}
+
+fn linear_then(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool, k: Kernels) -> Result<Tensor> {
     let mut dims = x.dims().to_vec();
     let c_in = dims.pop().unwrap_or(0);
     let (c_out, _) = w.dims2()?;
     let rows = x.elem_count() / c_in.max(1);
     let x = x.reshape((rows, c_in))?;
-    let y = match bias {
+    let (y, fused) = match bias {
         Some(b) if k.fast_for(&[&x, w, b]) => {
-            x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, linear::Linear)?
+            let epilogue = match gelu {
+                false => linear::Epilogue::None,
+                true => {
+                    let tracked = x.track_op() || w.track_op() || b.track_op();
+                    linear::Epilogue::Gelu { pre_activation: tracked.then(|| Arc::new(OnceLock::new())) }
+                }
+            };
+            (x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, linear::Linear(epilogue))?, true)
         }
-        Some(b) => x.matmul(&w.t()?)?.broadcast_add(b)?,
-        None => x.matmul(&w.t()?)?,
+        Some(b) => (x.matmul(&w.t()?)?.broadcast_add(b)?, false),
+        None => (x.matmul(&w.t()?)?, false),
     };
+    let y = if gelu && !fused { y.gelu_erf()? } else { y };
     macs::add(rows * c_in * c_out);
     dims.push(c_out);
     y.reshape(dims)

@@ -6,9 +6,19 @@
 //! each thread takes a block of rows: the forward is one GEMM onto the bias, the backward two
 //! GEMMs (`dx = dy · W`, `dW += dyᵀ · x`) and the bias gradient's column sums, the threads'
 //! weight and bias gradients summed at the end.
+//!
+//! With a GELU epilogue (ConvNeXt's first MLP layer) the evaluation forward applies the GELU to
+//! blocks of rows right after their GEMM, while they are in cache, instead of another pass over
+//! the widest tensor of the block; a forward that will be differentiated keeps the
+//! pre-activation for the backward.
 
+use std::sync::{Arc, OnceLock};
+
+use crate::batchnorm::{keep, kept};
 use crate::cpu::{f32_slice, par_build, sgemm, split, split_flat, Mat};
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use crate::gelu::{gelu_grad, gelu_in_place, gelu_of};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// Rows, inputs and outputs of one layer, checked against its operands.
@@ -30,8 +40,45 @@ impl Dims {
     }
 }
 
-/// `(x, W, b) -> x · Wᵀ + b`, `x` `(rows, in)`, `W` `(out, in)`.
-pub(crate) struct Linear;
+/// What the layer applies to `x · Wᵀ + b`.
+pub(crate) enum Epilogue {
+    None,
+    /// Exact GELU; `pre_activation` keeps `x · Wᵀ + b` when a backward will follow.
+    Gelu {
+        pre_activation: Option<Arc<OnceLock<Vec<f32>>>>,
+    },
+}
+
+/// `(x, W, b) -> epilogue(x · Wᵀ + b)`, `x` `(rows, in)`, `W` `(out, in)`.
+pub(crate) struct Linear(pub Epilogue);
+
+/// `x · Wᵀ + b`, each thread a block of rows.
+fn affine(x: &[f32], w: &[f32], b: &[f32], Dims { rows, c_in, c_out }: &Dims) -> Vec<f32> {
+    let (rows, c_in, c_out) = (*rows, *c_in, *c_out);
+    let (chunk, par) = split(rows);
+    par_build(rows * c_out, chunk * c_out, |i, blank| {
+        let mut y = blank.rows_from(c_out, |_| (b, 0.0));
+        let n = y.len() / c_out;
+        let lhs = Mat { data: &x[i * chunk * c_in..][..n * c_in], rs: c_in, cs: 1 };
+        sgemm(n, c_out, c_in, &mut y, c_out, true, lhs, Mat { data: w, rs: 1, cs: c_in }, par);
+        y
+    })
+}
+
+/// `GELU(x · Wᵀ + b)` in blocks of about 32K outputs (at least 32 rows), each activated while in
+/// cache.
+fn affine_gelu(x: &[f32], w: &[f32], b: &[f32], Dims { rows, c_in, c_out }: &Dims) -> Vec<f32> {
+    let (rows, c_in, c_out) = (*rows, *c_in, *c_out);
+    let block = ((1 << 15) / c_out).max(32);
+    par_build(rows * c_out, block * c_out, |i, blank| {
+        let mut y = blank.rows_from(c_out, |_| (b, 0.0));
+        let n = y.len() / c_out;
+        let lhs = Mat { data: &x[i * block * c_in..][..n * c_in], rs: c_in, cs: 1 };
+        sgemm(n, c_out, c_in, &mut y, c_out, true, lhs, Mat { data: w, rs: 1, cs: c_in }, Parallelism::None);
+        gelu_in_place(&mut y);
+        y
+    })
+}
 
 impl CustomOp3 for Linear {
     fn name(&self) -> &'static str {
@@ -49,16 +96,18 @@ impl CustomOp3 for Linear {
     ) -> Result<(CpuStorage, Shape)> {
         let name = self.name();
         let (x, w, b) = (f32_slice(xs, xl, name)?, f32_slice(ws, wl, name)?, f32_slice(bs, bl, name)?);
-        let Dims { rows, c_in, c_out } = Dims::of(name, xl, wl, b.len())?;
-        let (chunk, par) = split(rows);
-        let y = par_build(rows * c_out, chunk * c_out, |i, blank| {
-            let mut y = blank.rows_from(c_out, |_| (b, 0.0));
-            let n = y.len() / c_out;
-            let lhs = Mat { data: &x[i * chunk * c_in..][..n * c_in], rs: c_in, cs: 1 };
-            sgemm(n, c_out, c_in, &mut y, c_out, true, lhs, Mat { data: w, rs: 1, cs: c_in }, par);
-            y
-        });
-        Ok((CpuStorage::F32(y), Shape::from((rows, c_out))))
+        let dims = Dims::of(name, xl, wl, b.len())?;
+        let y = match &self.0 {
+            Epilogue::None => affine(x, w, b, &dims),
+            Epilogue::Gelu { pre_activation: None } => affine_gelu(x, w, b, &dims),
+            Epilogue::Gelu { pre_activation: Some(saved) } => {
+                let h = affine(x, w, b, &dims);
+                let y = gelu_of(&h);
+                keep(saved, h, name)?;
+                y
+            }
+        };
+        Ok((CpuStorage::F32(y), Shape::from((dims.rows, dims.c_out))))
     }
 
     fn bwd(
@@ -73,10 +122,38 @@ impl CustomOp3 for Linear {
         if !(need_x || need_w || need_b) {
             return Ok((None, None, None));
         }
+        let grad = match &self.0 {
+            Epilogue::None => grad.contiguous()?,
+            Epilogue::Gelu { pre_activation: Some(saved) } => {
+                grad.contiguous()?.apply_op1_no_bwd(&GeluGradKept { pre_activation: saved.clone() })?
+            }
+            Epilogue::Gelu { pre_activation: None } => {
+                bail!("{}: backward of a forward that kept nothing", self.name())
+            }
+        };
         let op = LinearBackward { need_x, need_wb: need_w || need_b };
-        let all = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
+        let all = x.apply_op3_no_bwd(w, &grad, &op)?;
         let [gx, gw, gb] = split_flat(&all, [x.shape(), w.shape(), b.shape()])?;
         Ok((need_x.then_some(gx), need_w.then_some(gw), need_b.then_some(gb)))
+    }
+}
+
+/// `dy -> dy · GELU'(h)`, `h` the pre-activation its forward kept.
+struct GeluGradKept {
+    pre_activation: Arc<OnceLock<Vec<f32>>>,
+}
+
+impl CustomOp1 for GeluGradKept {
+    fn name(&self) -> &'static str {
+        "castream-linear-gelu-backward"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (dy, h) = (f32_slice(s, l, self.name())?, kept(&self.pre_activation, self.name())?);
+        if h.len() != dy.len() {
+            bail!("{}: gradient of {} values for an output of {}", self.name(), dy.len(), h.len())
+        }
+        Ok((CpuStorage::F32(gelu_grad(h, dy)), l.shape().clone()))
     }
 }
 

@@ -193,8 +193,14 @@ pub struct LoadedBackbone {
 }
 
 /// Loads `spec` (checked against the manifest for shipped backbones; a checkpoint's sidecar must
-/// name `arch`). Paths are relative to `root`.
+/// name `arch`), frozen ([`Model::frozen`]: the paper's "pretrained, frozen network f"). Paths are
+/// relative to `root`.
 pub fn load(root: &Path, spec: &BackboneSpec, device: &Device) -> Result<LoadedBackbone> {
+    let loaded = load_trainable(root, spec, device)?;
+    Ok(LoadedBackbone { model: loaded.model.frozen()?, ..loaded })
+}
+
+fn load_trainable(root: &Path, spec: &BackboneSpec, device: &Device) -> Result<LoadedBackbone> {
     match spec {
         BackboneSpec::Shipped(name) => {
             let (model, meta, entry) = load_backbone(root, name, device)?;

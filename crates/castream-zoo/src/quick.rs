@@ -106,7 +106,8 @@ pub fn load_recipe(root: &Path) -> Result<Recipe> {
         .map_err(|e| anyhow::anyhow!("{}: {e}Fix: see docs/backbones.md for the recipe schema", path.display()))
 }
 
-fn load_manifest(root: &Path) -> Result<Manifest> {
+/// `checkpoints/quick/manifest.json`: every trained backbone's provenance and learning curve.
+pub fn load_manifest(root: &Path) -> Result<Manifest> {
     let path = root.join(CHECKPOINT_DIR).join(MANIFEST);
     if !path.exists() {
         return Ok(Manifest::new());

@@ -115,7 +115,7 @@ pub(super) fn load(
     Ok(match source {
         ModelSource::Checkpoint(path) => {
             let (model, meta) = Model::load(path, device).with_context(flag)?;
-            (Loaded::Gap(model), meta)
+            (Loaded::Gap(model.frozen()?), meta)
         }
         ModelSource::Pretrained(spec) => {
             let loaded = castream_zoo::backbone::load(root, spec, device).with_context(flag)?;
@@ -133,7 +133,7 @@ pub(super) fn load(
         }
         ModelSource::Backbone(name) => {
             let (model, meta, _) = load_backbone(root, name, device).with_context(flag)?;
-            (Loaded::Gap(model), meta)
+            (Loaded::Gap(model.frozen()?), meta)
         }
         ModelSource::Stream(stream) => {
             let path = stream.resolve(root).with_context(flag)?;

@@ -1,5 +1,5 @@
 //! `data-card`: class counts per split, statistics of the generated scenes, and a picture grid of
-//! scenes with their ground-truth boxes. Proof that data, runner, polars and plotters work end to
+//! scenes with their ground-truth boxes, and the shipped backbones' learning curves. Proof that data, runner, polars and plotters work end to
 //! end, and the place where the quick profile's scene statistics are measured.
 
 use anyhow::Result;
@@ -159,7 +159,8 @@ fn quick(ctx: &mut RunContext) -> Result<()> {
         ],
         colour_map: ColourMap::default(),
     }
-    .write_png(&ctx.out.join("scenes.png"))
+    .write_png(&ctx.out.join("scenes.png"))?;
+    super::backbone_curves::write(ctx)
 }
 
 fn slug(name: DatasetName) -> &'static str {

@@ -2,6 +2,7 @@
 //! spec's keys, or one of the catalogue's fixed targets. A target reads its settings from the
 //! [`RunContext`] and writes its tables and figures into the run's staging directory.
 
+mod backbone_curves;
 mod data_card;
 mod figure1;
 mod figure2;

@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use candle_core::{Tensor, Var};
-use castream_kernels::{gelu, layer_scale_residual, linear, Kernels};
+use castream_kernels::{gelu, layer_scale_residual, linear, linear_gelu, Kernels};
 
 /// `(y, dx, dW, db)` of `Σ linear(x) · r` with the chosen kernels.
 fn run_linear(x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor, k: Kernels) -> [Tensor; 4] {
@@ -51,6 +51,48 @@ fn linear_by_hand_and_by_finite_differences() {
     check_fd(|x| linear(x, &w, Some(&b), Kernels::Fast).unwrap(), &x, &r, &dx, 1e-2, 20, 1e-3, "linear dx");
     check_fd(|w| linear(&x, w, Some(&b), Kernels::Fast).unwrap(), &w, &r, &dw, 1e-2, 12, 1e-3, "linear dW");
     check_fd(|b| linear(&x, &w, Some(b), Kernels::Fast).unwrap(), &b, &r, &db, 1e-2, 3, 1e-3, "linear db");
+}
+
+/// `(y, dx, dW, db)` of `Σ linear_gelu(x) · r` with the chosen kernels.
+fn run_linear_gelu(x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor, k: Kernels) -> [Tensor; 4] {
+    let (xv, wv, bv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap(), Var::from_tensor(b).unwrap());
+    let y = linear_gelu(xv.as_tensor(), wv.as_tensor(), bv.as_tensor(), k).unwrap();
+    let g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+    let get = |v: &Var| g.get(v.as_tensor()).unwrap().clone();
+    [y, get(&xv), get(&wv), get(&bv)]
+}
+
+#[test]
+fn linear_gelu_matches_candle_ops_and_autograd() {
+    let mut g = rng(35);
+    // Blocks of at least 32 rows: fewer rows, a ragged last block, many blocks; wide and narrow outputs.
+    for (x_dims, c_out) in
+        [(vec![2usize, 3, 5], 11usize), (vec![1031, 9], 6), (vec![2, 300, 16], 128), (vec![70, 8], 2048)]
+    {
+        let c_in = *x_dims.last().unwrap();
+        let (x, w, b) = (uniform(&mut g, &x_dims), uniform(&mut g, &[c_out, c_in]), uniform(&mut g, &[c_out]));
+        let mut y_dims = x_dims.clone();
+        *y_dims.last_mut().unwrap() = c_out;
+        let r = uniform(&mut g, &y_dims);
+        let fast = run_linear_gelu(&x, &w, &b, &r, Kernels::Fast);
+        let candle = run_linear_gelu(&x, &w, &b, &r, Kernels::Candle);
+        assert_eq!(fast[0].dims(), &y_dims[..]);
+        for (i, what) in ["y", "dx", "dW", "db"].iter().enumerate() {
+            assert_close(&fast[i], &candle[i], 1e-5, &format!("{what} {x_dims:?} -> {c_out}"));
+        }
+        // The evaluation forward (blocks activated in cache) equals the differentiable one.
+        let eval = linear_gelu(&x, &w, &b, Kernels::Fast).unwrap();
+        assert_close(&eval, &fast[0], 1e-6, &format!("eval y {x_dims:?} -> {c_out}"));
+        // ... and the unfused composition.
+        let unfused = gelu(&linear(&x, &w, Some(&b), Kernels::Fast).unwrap(), Kernels::Fast).unwrap();
+        assert_close(&eval, &unfused, 1e-6, &format!("unfused y {x_dims:?} -> {c_out}"));
+    }
+    let (x, w, b) = (uniform(&mut g, &[40, 4]), uniform(&mut g, &[3, 4]), uniform(&mut g, &[3]));
+    let r = uniform(&mut g, &[40, 3]);
+    let [_, dx, dw, db] = run_linear_gelu(&x, &w, &b, &r, Kernels::Fast);
+    check_fd(|x| linear_gelu(x, &w, &b, Kernels::Fast).unwrap(), &x, &r, &dx, 1e-2, 30, 2e-3, "linear_gelu dx");
+    check_fd(|w| linear_gelu(&x, w, &b, Kernels::Fast).unwrap(), &w, &r, &dw, 1e-2, 12, 2e-3, "linear_gelu dW");
+    check_fd(|b| linear_gelu(&x, &w, b, Kernels::Fast).unwrap(), &b, &r, &db, 1e-2, 3, 2e-3, "linear_gelu db");
 }
 
 /// `(y, dx)` of `Σ gelu(x) · r` with the chosen kernels.
