@@ -103,7 +103,8 @@ enum Command {
         only: Option<String>,
         /// Benchmark saliency instead: maps/s of every CAM method and insertion/deletion curves/s
         /// for GAP and CA, with the forward passes they reach as a share of the forward's images/s
-        /// (quick ResNet-18 and a paper-size ResNet-50).
+        /// and, for the GAP network's forward-only work (Score-CAM, the curves), ONNX Runtime's
+        /// bound on the same work (quick ResNet-18 and a paper-size ResNet-50).
         #[arg(long)]
         cam: bool,
         /// Benchmark image decoding instead: JPEG to training and evaluation batches (the CPU
@@ -316,7 +317,7 @@ fn run(cli: Cli) -> Result<()> {
             if decode {
                 castream_cli::decode_bench::run(runs)
             } else if cam {
-                castream_cli::bench::run_cam(Path::new("."), runs, only.as_deref())
+                castream_cli::bench::run_cam(Path::new("."), runs, !no_onnx, only.as_deref())
             } else {
                 castream_cli::bench::run(Path::new("."), runs, rounds, !no_onnx, !no_candle, only.as_deref())
             }

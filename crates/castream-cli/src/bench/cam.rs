@@ -2,8 +2,11 @@
 //! insertion/deletion curves/s; for the work that is forward passes of (masked) images — Score-CAM,
 //! the curves — also the forward passes per second it reaches as a share of the plain forward's
 //! images/s at the same batch size, timed just before and just after it (this host's speed drifts),
-//! so the cost of masking, upsampling, blurring and softmax is visible.
+//! so the cost of masking, upsampling, blurring and softmax is visible; and, for the GAP network,
+//! ONNX Runtime's bound on the same work: its forward's images/s at the batch of those passes over
+//! the forwards one result costs, as if its forwards were the whole cost.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -17,7 +20,8 @@ use castream_metrics::causal::{causal_curves, steps, CausalMode, CausalVariant};
 use castream_stream::{CaModel, StreamConfig};
 use castream_zoo::quick::load_recipe;
 
-use super::{input, significant, timed_median, Case, DEVICE};
+use super::{input, significant, timed_median, Case, Ort, Subject as Networks, DEVICE};
+use castream_kernels::Kernels;
 
 /// One configuration of the CAM benchmark: a backbone with random weights (speed does not depend
 /// on them) and a random CA-Stream on it.
@@ -142,13 +146,18 @@ fn rows(case: &CamCase, k: usize) -> Vec<Row> {
 /// forward passes per second a row reaches (results/s × forwards per result) over the plain
 /// forward's images/s at the batch size of those passes, the mean of its rate just before and just
 /// after the row.
-pub fn run_cam(root: &Path, runs: usize, only: Option<&str>) -> Result<()> {
+pub fn run_cam(root: &Path, runs: usize, with_onnx: bool, only: Option<&str>) -> Result<()> {
     println!(
         "threads: {} (RAYON_NUM_THREADS); random weights; maps post-processed (ReLU, min-max, upsampling)\n",
         rayon::current_num_threads()
     );
+    let tmp = tempfile::tempdir()?;
     for case in cam_cases(root)?.into_iter().filter(|c| only.is_none_or(|o| c.label.contains(o))) {
-        let ca = CaModel::new(Model::new(case.config.clone(), 0, &DEVICE.device()?)?, &StreamConfig::default(), 0)?;
+        // Frozen, as evaluation runs them; the same seed-0 weights as ONNX Runtime's copies below.
+        let frozen = Model::new(case.config.clone(), 0, &DEVICE.device()?)?.frozen()?;
+        let ca = CaModel::new(frozen, &StreamConfig::default(), 0)?;
+        // ONNX Runtime's GAP network at each batch size the forward-only rows pass, started once.
+        let mut orts: BTreeMap<usize, std::result::Result<Ort, String>> = BTreeMap::new();
         let norm = Normalisation::IMAGENET;
         let subjects = [Pooling::Gap(&ca.backbone), Pooling::Ca(&ca)].map(|p| (p.kind(), Subject::of(p, norm)));
         let x = input(&Case { label: String::new(), config: case.config.clone(), batch: case.batch, size: case.size })?;
@@ -164,9 +173,9 @@ pub fn run_cam(root: &Path, runs: usize, only: Option<&str>) -> Result<()> {
         );
         println!(
             "| work | images per call | GAP results/s | CA results/s | GAP ms/result | CA ms/result | GAP % of forward \
-             | CA % of forward | calls timed (after a warm-up) |"
+             | CA % of forward | ONNX Runtime GAP results/s (forwards only) | GAP / ONNX Runtime | calls timed (after a warm-up) |"
         );
-        println!("|---|---|---:|---:|---:|---:|---:|---:|---|");
+        println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
         for row in rows(&case, k) {
             let xb = x.narrow(0, 0, row.batch)?;
             let classes: Vec<u32> = (0..row.batch as u32).map(|i| i % case.config.num_classes as u32).collect();
@@ -191,10 +200,27 @@ pub fn run_cam(root: &Path, runs: usize, only: Option<&str>) -> Result<()> {
                 });
                 timed.push(figure.map_or("–".to_string(), |(_, n)| n.to_string()));
             }
+            let ort_rate = match (with_onnx, row.forwards) {
+                (true, Some(f)) => {
+                    let ort = orts.entry(f.batch).or_insert_with(|| start_ort(&case, f.batch, tmp.path()));
+                    match ort {
+                        Ok(o) => Some(f.batch as f64 / o.seconds(runs)? / f.per_result as f64),
+                        Err(e) => {
+                            eprintln!("ONNX Runtime at batch {}: {e}", f.batch);
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
             let rate = |r: &Option<f64>| r.map_or("–".to_string(), significant);
             let ms = |r: &Option<f64>| r.map_or("–".to_string(), |r| format!("{:.1}", 1e3 / r));
+            let ours_per_ort = match (rates[0], ort_rate) {
+                (Some(a), Some(b)) => format!("{:.2}", a / b),
+                _ => "–".to_string(),
+            };
             println!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 row.label,
                 row.batch,
                 rate(&rates[0]),
@@ -203,12 +229,21 @@ pub fn run_cam(root: &Path, runs: usize, only: Option<&str>) -> Result<()> {
                 ms(&rates[1]),
                 shares[0],
                 shares[1],
+                rate(&ort_rate),
+                ours_per_ort,
                 timed.join(" / ")
             );
         }
         println!();
     }
     Ok(())
+}
+
+/// ONNX Runtime serving `case`'s GAP network (seed-0 weights, checked against ours) at `batch`.
+fn start_ort(case: &CamCase, batch: usize, dir: &Path) -> std::result::Result<Ort, String> {
+    let case = Case { label: case.label.clone(), config: case.config.clone(), batch, size: case.size };
+    let networks = Networks::new(&case, Kernels::Fast).map_err(|e| e.to_string())?;
+    Ort::start(&case, &networks, dir).map_err(|e| format!("{e:#}"))
 }
 
 /// Seconds per call of `row` for one pooling and the calls timed; `None` where the method does not
