@@ -6,7 +6,7 @@
 //! ([`ConvNorm`], [`WeightInit`]).
 
 use candle_core::{Result, Tensor};
-use castream_kernels::{Conv2dParams, Kernels};
+use castream_kernels::{Conv2dParams, Kernels, MlpParams};
 
 use crate::backbone::Backbone;
 use crate::config::{Arch, BackboneConfig, ConvNorm, Stem, WeightInit};
@@ -91,9 +91,10 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.norm.after_conv(&self.conv_dw, x, train)?.permute((0, 2, 3, 1))?;
-        let y = self.fc1.forward_gelu(&y)?;
-        castream_kernels::layer_scale_residual(x, &self.fc2.forward(&y)?, &self.gamma, self.kernels)
+        let y = self.norm.after_conv(&self.conv_dw, x, train)?;
+        let ((w1, b1), (w2, b2)) = (self.fc1.tensors(), self.fc2.tensors());
+        let p = MlpParams { w1, b1, w2, b2, gamma: &self.gamma };
+        castream_kernels::convnext_mlp(x, &y, &p, self.kernels)
     }
 }
 

@@ -238,9 +238,9 @@ impl Linear {
         castream_kernels::linear(x, &self.weight, Some(&self.bias), self.kernels)
     }
 
-    /// `gelu(forward(x))`, fused with the fast kernels.
-    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
-        castream_kernels::linear_gelu(x, &self.weight, &self.bias, self.kernels)
+    /// `(weight, bias)` as the forward uses them (tracked when the layer is trainable).
+    pub fn tensors(&self) -> (&Tensor, &Tensor) {
+        (&self.weight, &self.bias)
     }
 
     /// `(weight, bias)`, detached from the parameters' gradient graph.

@@ -1,9 +1,9 @@
-//! The MLP layers of ConvNeXt (the linear layer, exact GELU, the layer-scaled residual), against candle's ops with
+//! The MLP layers of ConvNeXt (the linear layer, exact GELU, the layer-scaled residual, the fused block MLP), against candle's ops with
 //! candle's autograd, hand-worked values and central finite differences.
 
 use crate::common::*;
 use candle_core::{Tensor, Var};
-use castream_kernels::{gelu, layer_scale_residual, linear, linear_gelu, Kernels};
+use castream_kernels::{convnext_mlp, gelu, layer_scale_residual, linear, linear_gelu, Kernels, MlpParams};
 
 /// `(y, dx, dW, db)` of `Σ linear(x) · r` with the chosen kernels.
 fn run_linear(x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor, k: Kernels) -> [Tensor; 4] {
@@ -160,4 +160,41 @@ fn layer_scale_residual_matches_candle_ops_and_autograd() {
         Kernels::Fast,
     );
     assert!(err.unwrap_err().to_string().contains("[1, 2, 3, 4]"));
+}
+
+#[test]
+fn convnext_mlp_matches_timms_composition_of_candle_ops() {
+    let mut g = rng(36);
+    // Pixel blocks: one partial block (3x3), several with a ragged end (33x31, 128 hidden ->
+    // blocks of 256), maps smaller than a block (2x2), batch 1, a wide hidden layer.
+    for [b, c, h, w, hidden] in [[2usize, 5, 3, 3, 20], [3, 4, 33, 31, 128], [1, 8, 2, 2, 32], [2, 16, 7, 7, 3072]] {
+        let (x, y) = (uniform(&mut g, &[b, c, h, w]), uniform(&mut g, &[b, c, h, w]));
+        let (w1, b1) = (uniform(&mut g, &[hidden, c]), uniform(&mut g, &[hidden]));
+        let (w2, b2, gamma) = (uniform(&mut g, &[c, hidden]), uniform(&mut g, &[c]), uniform(&mut g, &[c]));
+        let p = MlpParams { w1: &w1, b1: &b1, w2: &w2, b2: &b2, gamma: &gamma };
+        let fused = convnext_mlp(&x, &y, &p, Kernels::Fast).unwrap();
+        // timm's order with candle's own ops: permute, linear, exact GELU, linear, scale, add.
+        let t = y.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
+        let t = t.broadcast_matmul(&w1.t().unwrap()).unwrap().broadcast_add(&b1).unwrap().gelu_erf().unwrap();
+        let t = t.broadcast_matmul(&w2.t().unwrap()).unwrap().broadcast_add(&b2).unwrap();
+        let expected = (&x + t.broadcast_mul(&gamma).unwrap().permute((0, 3, 1, 2)).unwrap()).unwrap();
+        assert_eq!(fused.dims(), &[b, c, h, w]);
+        assert_close(&fused, &expected, 1e-5, &format!("convnext_mlp {:?}", [b, c, h, w, hidden]));
+        assert_close(&convnext_mlp(&x, &y, &p, Kernels::Candle).unwrap(), &expected, 1e-5, "candle kernels");
+    }
+}
+
+#[test]
+fn convnext_mlp_passes_gradients_when_tracked() {
+    // A tracked input takes the differentiable composition: its gradient matches finite differences.
+    let mut g = rng(37);
+    let (x, y, r) = (uniform(&mut g, &[1, 3, 2, 3]), uniform(&mut g, &[1, 3, 2, 3]), uniform(&mut g, &[1, 3, 2, 3]));
+    let (w1, b1, w2) = (uniform(&mut g, &[8, 3]), uniform(&mut g, &[8]), uniform(&mut g, &[3, 8]));
+    let (b2, gamma) = (uniform(&mut g, &[3]), uniform(&mut g, &[3]));
+    let p = MlpParams { w1: &w1, b1: &b1, w2: &w2, b2: &b2, gamma: &gamma };
+    let yv = Var::from_tensor(&y).unwrap();
+    let out = convnext_mlp(&x, yv.as_tensor(), &p, Kernels::Fast).unwrap();
+    assert!(out.track_op());
+    let grad = (&out * &r).unwrap().sum_all().unwrap().backward().unwrap().get(yv.as_tensor()).unwrap().clone();
+    check_fd(|y| convnext_mlp(&x, y, &p, Kernels::Fast).unwrap(), &y, &r, &grad, 1e-2, 18, 2e-3, "convnext_mlp dy");
 }
