@@ -6,8 +6,9 @@
 //! transposing passes, and the hidden layer (4·C channels, the block's widest tensor) written out
 //! and read back. Here a per-pixel linear layer on a channels-first image is a GEMM with the pixels
 //! as columns (`W · Y`, `Y` the `C x HW` image), so nothing is transposed; each image is taken in
-//! blocks of pixels whose hidden activations (~128 KB) stay in cache from the first GEMM through
-//! the GELU to the second, whose output block is scaled and added to the residual while in cache.
+//! blocks of pixels (maps smaller than a block several images at a time, gathered into one panel)
+//! whose hidden activations stay in cache from the first GEMM through the GELU to the second,
+//! whose output block is scaled and added to the residual while in cache.
 //! The arithmetic is timm's, in its order. Evaluation only: nothing is kept for a backward (the
 //! facade composes the differentiable ops when a gradient is tracked).
 
@@ -16,8 +17,11 @@ use crate::gelu::gelu_in_place;
 use candle_core::{bail, Result, Storage, Tensor};
 use gemm::Parallelism;
 
-/// Hidden activations per pixel block: 32K floats.
+/// Hidden activations per block of pixels: 32K floats (128 KB), so that they stay in cache...
 const BLOCK_FLOATS: usize = 1 << 15;
+/// ... but at least 64 pixels, so that packing the weights (once per GEMM) stays a small part of
+/// the GEMMs at ConvNeXt-T's widths (measured: 64 and 128 alike, 256 slower on the quick network).
+const MIN_COLUMNS: usize = 64;
 
 /// The parameters of one block's MLP, `W₁ (4C x C)`, `b₁`, `W₂ (C x 4C)`, `b₂`, `γ`.
 pub struct MlpParams<'a> {
@@ -63,26 +67,50 @@ pub(crate) fn forward(x: &Tensor, y: &Tensor, p: &MlpParams) -> Result<Tensor> {
     let [xs, ys, w1, b1, w2, b2, gamma] = slices[..] else { unreachable!("seven tensors") };
 
     let hw = h * w;
-    let block = (BLOCK_FLOATS / hidden).clamp(16, hw.max(16)).min(hw.max(1));
-    let out = par_build(b * c * hw, c * hw, |i, blank| {
-        let (x, y) = (&xs[i * c * hw..], &ys[i * c * hw..][..c * hw]);
-        // The residual first (one image: in cache for the blocks below), the branch added to it.
-        let mut out = blank.rows_from(hw, |ch| (&x[ch * hw..], 0.0));
-        with_scratch((hidden + c) * block, |scratch| {
-            let (hid, branch) = scratch.split_at_mut(hidden * block);
-            for p0 in (0..hw).step_by(block) {
-                let n = block.min(hw - p0);
+    let cols = (BLOCK_FLOATS / hidden.max(1)).max(MIN_COLUMNS);
+    // Maps smaller than a block are taken several images at a time, gathered into one panel.
+    let group = if hw == 0 { 1 } else { cols.div_ceil(hw).max(1) };
+    let out = par_build(b * c * hw, group * c * hw, |i, blank| {
+        let at = i * group * c * hw;
+        let (x, y) = (&xs[at..], &ys[at..at + blank.len()]);
+        let images = blank.len() / (c * hw).max(1);
+        // The residual first (in cache for the blocks below), the branch added to it.
+        let mut out = blank.rows_from(hw, |row| (&x[row * hw..], 0.0));
+        let block = if images > 1 { images * hw } else { cols.min(hw) };
+        with_scratch((hidden + 2 * c) * block, |scratch| {
+            let (hid, rest) = scratch.split_at_mut(hidden * block);
+            let (branch, panel) = rest.split_at_mut(c * block);
+            let mlp = |pixels: Mat, n: usize, hid: &mut [f32], branch: &mut [f32]| {
+                let none = Parallelism::None;
                 let (hid, branch) = (&mut hid[..hidden * n], &mut branch[..c * n]);
                 hid.chunks_mut(n).zip(b1).for_each(|(row, &b)| row.fill(b));
-                let none = Parallelism::None;
-                let pixels = Mat { data: &y[p0..], rs: hw, cs: 1 };
                 sgemm(hidden, n, c, hid, n, true, Mat { data: w1, rs: c, cs: 1 }, pixels, none);
                 gelu_in_place(hid);
                 let hid = Mat { data: hid, rs: n, cs: 1 };
                 sgemm(c, n, hidden, branch, n, false, Mat { data: w2, rs: hidden, cs: 1 }, hid, none);
-                for (ch, row) in branch.chunks(n).enumerate() {
-                    let (g, bias, at) = (gamma[ch], b2[ch], ch * hw + p0);
-                    out[at..at + n].iter_mut().zip(row).for_each(|(o, &r)| *o += g * (r + bias));
+            };
+            // `out[image, ch, p0 + j] += γ[ch] · (branch[ch, col + j] + b₂[ch])` for the `len` pixels.
+            let mut add = |branch: &[f32], n: usize, image: usize, p0: usize, col: usize, len: usize| {
+                for ch in 0..c {
+                    let (g, bias, dst) = (gamma[ch], b2[ch], image * c * hw + ch * hw + p0);
+                    let src = &branch[ch * n + col..][..len];
+                    out[dst..dst + len].iter_mut().zip(src).for_each(|(o, &r)| *o += g * (r + bias));
+                }
+            };
+            if images > 1 {
+                let n = images * hw;
+                for (ch, row) in panel[..c * n].chunks_mut(n).enumerate() {
+                    for (j, seg) in row.chunks_mut(hw).enumerate() {
+                        seg.copy_from_slice(&y[j * c * hw + ch * hw..][..hw]);
+                    }
+                }
+                mlp(Mat { data: &panel[..c * n], rs: n, cs: 1 }, n, hid, branch);
+                (0..images).for_each(|j| add(branch, n, j, 0, j * hw, hw));
+            } else {
+                for p0 in (0..hw).step_by(block.max(1)) {
+                    let n = block.min(hw - p0);
+                    mlp(Mat { data: &y[p0..], rs: hw, cs: 1 }, n, hid, branch);
+                    add(branch, n, 0, p0, 0, n);
                 }
             }
         });

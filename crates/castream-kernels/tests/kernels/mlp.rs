@@ -165,9 +165,12 @@ fn layer_scale_residual_matches_candle_ops_and_autograd() {
 #[test]
 fn convnext_mlp_matches_timms_composition_of_candle_ops() {
     let mut g = rng(36);
-    // Pixel blocks: one partial block (3x3), several with a ragged end (33x31, 128 hidden ->
-    // blocks of 256), maps smaller than a block (2x2), batch 1, a wide hidden layer.
-    for [b, c, h, w, hidden] in [[2usize, 5, 3, 3, 20], [3, 4, 33, 31, 128], [1, 8, 2, 2, 32], [2, 16, 7, 7, 3072]] {
+    // Blocks of 32K hidden floats, at least 64 pixels: several with a ragged end (33x31, 256 per
+    // block); maps smaller than a block gathered several images at a time (3x3; 7x7 with a wide
+    // hidden layer; 4x4 with 1024 hidden in groups of 4 images, the last of 2); one image alone
+    // (2x2, batch 1).
+    let cases = [[2usize, 5, 3, 3, 20], [3, 4, 33, 31, 128], [1, 8, 2, 2, 32], [2, 16, 7, 7, 3072], [6, 3, 4, 4, 1024]];
+    for [b, c, h, w, hidden] in cases {
         let (x, y) = (uniform(&mut g, &[b, c, h, w]), uniform(&mut g, &[b, c, h, w]));
         let (w1, b1) = (uniform(&mut g, &[hidden, c]), uniform(&mut g, &[hidden]));
         let (w2, b2, gamma) = (uniform(&mut g, &[c, hidden]), uniform(&mut g, &[c]), uniform(&mut g, &[c]));
