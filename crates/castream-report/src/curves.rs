@@ -12,6 +12,8 @@ pub struct Panel {
     pub title: String,
     pub y_label: String,
     pub series: Vec<(String, Vec<(f64, f64)>)>,
+    /// The legend in the upper right corner (falling curves) instead of the lower right (rising).
+    pub legend_top: bool,
 }
 
 /// Panels of line series side by side, x from the smallest to the largest x of any series.
@@ -47,14 +49,8 @@ impl Chart for Curves<'_> {
         let body = root.margin(8 * k, 0, 0, 0).titled(self.title, font(20, k))?;
         for (panel, area) in self.panels.iter().zip(body.split_evenly((1, self.panels.len().max(1)))) {
             let points = || panel.series.iter().flat_map(|(_, p)| p.iter().copied());
-            let (x_min, x_max) =
-                points().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (x, _)| (a.min(x), b.max(x)));
-            let (x_min, x_max) = match (x_min.is_finite(), x_min < x_max) {
-                (true, true) => (x_min, x_max),
-                (true, false) => (x_min - 0.5, x_min + 0.5),
-                // No points: an empty panel with unit axes (plotters never ends on infinite ranges).
-                (false, _) => (0.0, 1.0),
-            };
+            // Padded ranges: never infinite (plotters would not end on an empty panel's range).
+            let (x_min, x_max) = padded_range(points().map(|(x, _)| x));
             let (y_min, y_max) = padded_range(points().map(|(_, y)| y));
             let mut chart = ChartBuilder::on(&area)
                 .caption(&panel.title, font(16, k))
@@ -85,7 +81,11 @@ impl Chart for Curves<'_> {
             }
             chart
                 .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
+                .position(if panel.legend_top {
+                    SeriesLabelPosition::UpperRight
+                } else {
+                    SeriesLabelPosition::LowerRight
+                })
                 .label_font(font(13, k))
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK.mix(0.3))
@@ -116,11 +116,13 @@ mod tests {
                 title: "validation accuracy".into(),
                 y_label: "%".into(),
                 series: vec![("resnet18".into(), line(&[70.0, 80.0, 85.0])), ("convnext".into(), line(&[60.0, 75.0]))],
+                legend_top: false,
             },
             Panel {
                 title: "train loss".into(),
                 y_label: "loss".into(),
                 series: vec![("resnet18".into(), line(&[1.0]))],
+                legend_top: true,
             },
         ];
         Curves { title: "Learning curves", x_label: "epoch", panels: &panels }.write(&dir.path().join("c")).unwrap();
@@ -132,7 +134,8 @@ mod tests {
         let svg = std::fs::read_to_string(dir.path().join("c.svg")).unwrap();
         assert!(["Learning curves", "validation accuracy", "train loss", "convnext"].iter().all(|t| svg.contains(t)));
         // A panel without points draws empty axes instead of looping on an infinite range.
-        let empty = [Panel { title: "none".into(), y_label: "".into(), series: vec![("a".into(), vec![])] }];
+        let empty =
+            [Panel { title: "none".into(), y_label: "".into(), series: vec![("a".into(), vec![])], legend_top: false }];
         Curves { title: "t", x_label: "x", panels: &empty }.write(&dir.path().join("e")).unwrap();
     }
 }

@@ -44,8 +44,18 @@ pub fn write(ctx: &mut RunContext) -> Result<()> {
             .collect()
     };
     let panels = [
-        Panel { title: "validation accuracy".into(), y_label: "%".into(), series: curve(|h| 100.0 * h.val_accuracy) },
-        Panel { title: "training loss".into(), y_label: "cross-entropy".into(), series: curve(|h| h.train_loss) },
+        Panel {
+            title: "validation accuracy".into(),
+            y_label: "%".into(),
+            series: curve(|h| 100.0 * h.val_accuracy),
+            legend_top: false,
+        },
+        Panel {
+            title: "training loss".into(),
+            y_label: "cross-entropy".into(),
+            series: curve(|h| h.train_loss),
+            legend_top: true,
+        },
     ];
     Curves { title: "Quick backbones: learning curves", x_label: "epoch", panels: &panels }
         .write(&ctx.out.join("backbone_curves"))
