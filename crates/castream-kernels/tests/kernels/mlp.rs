@@ -5,13 +5,24 @@ use crate::common::*;
 use candle_core::{Tensor, Var};
 use castream_kernels::{convnext_mlp, gelu, layer_scale_residual, linear, linear_gelu, Kernels, MlpParams};
 
-/// `(y, dx, dW, db)` of `Σ linear(x) · r` with the chosen kernels.
-fn run_linear(x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor, k: Kernels) -> [Tensor; 4] {
+/// `(y, dx, dW, db)` of `Σ layer(x, W, b) · r`.
+fn run_layer(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    r: &Tensor,
+    layer: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor,
+) -> [Tensor; 4] {
     let (xv, wv, bv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap(), Var::from_tensor(b).unwrap());
-    let y = linear(xv.as_tensor(), wv.as_tensor(), Some(bv.as_tensor()), k).unwrap();
+    let y = layer(xv.as_tensor(), wv.as_tensor(), bv.as_tensor());
     let g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
     let get = |v: &Var| g.get(v.as_tensor()).unwrap().clone();
     [y, get(&xv), get(&wv), get(&bv)]
+}
+
+/// `(y, dx, dW, db)` of `Σ linear(x) · r` with the chosen kernels.
+fn run_linear(x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor, k: Kernels) -> [Tensor; 4] {
+    run_layer(x, w, b, r, |x, w, b| linear(x, w, Some(b), k).unwrap())
 }
 
 #[test]
@@ -55,11 +66,7 @@ fn linear_by_hand_and_by_finite_differences() {
 
 /// `(y, dx, dW, db)` of `Σ linear_gelu(x) · r` with the chosen kernels.
 fn run_linear_gelu(x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor, k: Kernels) -> [Tensor; 4] {
-    let (xv, wv, bv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap(), Var::from_tensor(b).unwrap());
-    let y = linear_gelu(xv.as_tensor(), wv.as_tensor(), bv.as_tensor(), k).unwrap();
-    let g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
-    let get = |v: &Var| g.get(v.as_tensor()).unwrap().clone();
-    [y, get(&xv), get(&wv), get(&bv)]
+    run_layer(x, w, b, r, |x, w, b| linear_gelu(x, w, b, k).unwrap())
 }
 
 #[test]
