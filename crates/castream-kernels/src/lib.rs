@@ -194,7 +194,7 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, k: Kernels) -> Resu
 }
 
 /// `gelu(linear(x, w, b))` (ConvNeXt's first MLP layer): the same values, and with the fast
-/// kernels one op each way, the GELU applied to each block of outputs while it is in cache.
+/// kernels one op each way (see `linear.rs`).
 pub fn linear_gelu(x: &Tensor, w: &Tensor, b: &Tensor, k: Kernels) -> Result<Tensor> {
     linear_then(x, w, Some(b), true, k)
 }

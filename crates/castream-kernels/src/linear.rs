@@ -7,18 +7,17 @@
 //! GEMMs (`dx = dy · W`, `dW += dyᵀ · x`) and the bias gradient's column sums, the threads'
 //! weight and bias gradients summed at the end.
 //!
-//! With a GELU epilogue (ConvNeXt's first MLP layer) the evaluation forward applies the GELU to
-//! blocks of rows right after their GEMM, while they are in cache, instead of another pass over
-//! the widest tensor of the block; a forward that will be differentiated keeps the
-//! pre-activation for the backward.
+//! With a GELU epilogue (ConvNeXt's first MLP layer in training) the layer and its activation are
+//! one op each way: the forward keeps the pre-activation when a backward will follow, and the
+//! backward turns the output gradient into the pre-activation's in one pass before the GEMMs.
+//! (ConvNeXt's evaluation forward runs the whole block MLP as one op instead: `mlp.rs`.)
 
 use std::sync::{Arc, OnceLock};
 
 use crate::batchnorm::{keep, kept};
 use crate::cpu::{f32_slice, par_build, sgemm, split, split_flat, Mat};
-use crate::gelu::{gelu_grad, gelu_in_place, gelu_of};
+use crate::gelu::{gelu_grad, gelu_of};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// Rows, inputs and outputs of one layer, checked against its operands.
@@ -65,21 +64,6 @@ fn affine(x: &[f32], w: &[f32], b: &[f32], Dims { rows, c_in, c_out }: &Dims) ->
     })
 }
 
-/// `GELU(x · Wᵀ + b)` in blocks of about 32K outputs (at least 32 rows), each activated while in
-/// cache.
-fn affine_gelu(x: &[f32], w: &[f32], b: &[f32], Dims { rows, c_in, c_out }: &Dims) -> Vec<f32> {
-    let (rows, c_in, c_out) = (*rows, *c_in, *c_out);
-    let block = ((1 << 15) / c_out).max(32);
-    par_build(rows * c_out, block * c_out, |i, blank| {
-        let mut y = blank.rows_from(c_out, |_| (b, 0.0));
-        let n = y.len() / c_out;
-        let lhs = Mat { data: &x[i * block * c_in..][..n * c_in], rs: c_in, cs: 1 };
-        sgemm(n, c_out, c_in, &mut y, c_out, true, lhs, Mat { data: w, rs: 1, cs: c_in }, Parallelism::None);
-        gelu_in_place(&mut y);
-        y
-    })
-}
-
 impl CustomOp3 for Linear {
     fn name(&self) -> &'static str {
         "castream-linear"
@@ -99,7 +83,7 @@ impl CustomOp3 for Linear {
         let dims = Dims::of(name, xl, wl, b.len())?;
         let y = match &self.0 {
             Epilogue::None => affine(x, w, b, &dims),
-            Epilogue::Gelu { pre_activation: None } => affine_gelu(x, w, b, &dims),
+            Epilogue::Gelu { pre_activation: None } => gelu_of(&affine(x, w, b, &dims)),
             Epilogue::Gelu { pre_activation: Some(saved) } => {
                 let h = affine(x, w, b, &dims);
                 let y = gelu_of(&h);

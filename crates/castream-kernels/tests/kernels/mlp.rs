@@ -4,6 +4,7 @@
 use crate::common::*;
 use candle_core::{Tensor, Var};
 use castream_kernels::{convnext_mlp, gelu, layer_scale_residual, linear, linear_gelu, Kernels, MlpParams};
+use rand_chacha::ChaCha8Rng;
 
 /// `(y, dx, dW, db)` of `Σ layer(x, W, b) · r`.
 fn run_layer(
@@ -20,6 +21,14 @@ fn run_layer(
     [y, get(&xv), get(&wv), get(&bv)]
 }
 
+/// Random `x` of `x_dims`, `W (c_out, in)`, `b`, and the weights `r` of the output.
+fn layer_operands(g: &mut ChaCha8Rng, x_dims: &[usize], c_out: usize) -> [Tensor; 4] {
+    let c_in = *x_dims.last().unwrap();
+    let mut y_dims = x_dims.to_vec();
+    *y_dims.last_mut().unwrap() = c_out;
+    [uniform(g, x_dims), uniform(g, &[c_out, c_in]), uniform(g, &[c_out]), uniform(g, &y_dims)]
+}
+
 /// `(y, dx, dW, db)` of `Σ linear(x) · r` with the chosen kernels.
 fn run_linear(x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor, k: Kernels) -> [Tensor; 4] {
     run_layer(x, w, b, r, |x, w, b| linear(x, w, Some(b), k).unwrap())
@@ -32,11 +41,8 @@ fn linear_matches_candle_ops_and_autograd() {
     for (x_dims, c_out) in
         [(vec![2usize, 3, 5, 7], 11usize), (vec![1, 4], 3), (vec![1031, 9], 6), (vec![2, 64, 16], 64)]
     {
-        let c_in = *x_dims.last().unwrap();
-        let (x, w, b) = (uniform(&mut g, &x_dims), uniform(&mut g, &[c_out, c_in]), uniform(&mut g, &[c_out]));
-        let mut y_dims = x_dims.clone();
-        *y_dims.last_mut().unwrap() = c_out;
-        let r = uniform(&mut g, &y_dims);
+        let [x, w, b, r] = layer_operands(&mut g, &x_dims, c_out);
+        let y_dims = r.dims().to_vec();
         let fast = run_linear(&x, &w, &b, &r, Kernels::Fast);
         let candle = run_linear(&x, &w, &b, &r, Kernels::Candle);
         assert_eq!(fast[0].dims(), &y_dims[..]);
@@ -72,22 +78,19 @@ fn run_linear_gelu(x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor, k: Kernels) -
 #[test]
 fn linear_gelu_matches_candle_ops_and_autograd() {
     let mut g = rng(35);
-    // Blocks of at least 32 rows: fewer rows, a ragged last block, many blocks; wide and narrow outputs.
+    // Leading dimensions of any rank; rows split unevenly between threads; wide and narrow outputs.
     for (x_dims, c_out) in
         [(vec![2usize, 3, 5], 11usize), (vec![1031, 9], 6), (vec![2, 300, 16], 128), (vec![70, 8], 2048)]
     {
-        let c_in = *x_dims.last().unwrap();
-        let (x, w, b) = (uniform(&mut g, &x_dims), uniform(&mut g, &[c_out, c_in]), uniform(&mut g, &[c_out]));
-        let mut y_dims = x_dims.clone();
-        *y_dims.last_mut().unwrap() = c_out;
-        let r = uniform(&mut g, &y_dims);
+        let [x, w, b, r] = layer_operands(&mut g, &x_dims, c_out);
+        let y_dims = r.dims().to_vec();
         let fast = run_linear_gelu(&x, &w, &b, &r, Kernels::Fast);
         let candle = run_linear_gelu(&x, &w, &b, &r, Kernels::Candle);
         assert_eq!(fast[0].dims(), &y_dims[..]);
         for (i, what) in ["y", "dx", "dW", "db"].iter().enumerate() {
             assert_close(&fast[i], &candle[i], 1e-5, &format!("{what} {x_dims:?} -> {c_out}"));
         }
-        // The evaluation forward (blocks activated in cache) equals the differentiable one.
+        // The untracked forward equals the differentiable one.
         let eval = linear_gelu(&x, &w, &b, Kernels::Fast).unwrap();
         assert_close(&eval, &fast[0], 1e-6, &format!("eval y {x_dims:?} -> {c_out}"));
         // ... and the unfused composition.
