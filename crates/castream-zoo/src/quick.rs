@@ -74,6 +74,7 @@ pub struct ManifestEntry {
     pub val_accuracy: f64,
     pub parameters: usize,
     pub threads: usize,
+    /// Training time over all epochs (also when resumed across runs).
     pub train_seconds: f64,
     pub history: Vec<EpochReport>,
 }
@@ -221,9 +222,9 @@ pub fn train_backbones(root: &Path, opts: &TrainOptions) -> Result<()> {
             model.parameter_count(),
             train_ids.len()
         );
-        let started = std::time::Instant::now();
         let history = train(&task, &b.train, &run_dir, opts.resume, &mut TrainBars::new(&b.name, true))?;
-        let train_seconds = started.elapsed().as_secs_f64();
+        // Summed over the epochs, so that a training spread over several `--resume`d runs counts whole.
+        let train_seconds = history.iter().map(|h| h.seconds).sum();
         let test_ids: Vec<usize> = (0..test_set.len()).collect();
         let test_accuracy = evaluate(&model, &subset(&test_ids, &test_set), recipe.data.eval_batch_size)?;
         let meta = CheckpointMeta {
