@@ -26,6 +26,7 @@ mod layer_scale;
 mod layernorm;
 mod linear;
 mod mlp;
+mod mlp_train;
 mod pool;
 mod relu;
 mod upsample;
@@ -226,16 +227,20 @@ fn linear_then(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool, k: Ker
 }
 
 /// The MLP half of a ConvNeXt block: `x + γ ⊙ (W₂ · GELU(W₁ · y + b₁) + b₂)` at every pixel of
-/// `x` (the block's input) and `y` (its normalised depthwise conv), both `(B, C, H, W)`. When no
-/// gradient is tracked, the fast kernels run it as one channels-first op (see `mlp.rs`); otherwise
-/// it is timm's composition: channels-last permute, [`linear_gelu`], [`linear`] and
+/// `x` (the block's input) and `y` (its normalised depthwise conv), both `(B, C, H, W)`. The fast
+/// kernels run it channels first as one op: without a backward when no gradient is tracked (see
+/// `mlp.rs`), keeping what its backward needs otherwise (`mlp_train.rs`). With candle's kernels it
+/// is timm's composition: channels-last permute, [`linear_gelu`], [`linear`] and
 /// [`layer_scale_residual`].
 pub fn convnext_mlp(x: &Tensor, y: &Tensor, p: &MlpParams, k: Kernels) -> Result<Tensor> {
     let all = [x, y, p.w1, p.b1, p.w2, p.b2, p.gamma];
-    if k.fast_for(&all) && !all.iter().any(|t| t.track_op()) {
+    if k.fast_for(&all) {
         let (b, c, h, w) = x.dims4()?;
         macs::add(2 * b * h * w * c * p.w1.dims2()?.0);
-        return mlp::forward(x, y, p);
+        return match all.iter().any(|t| t.track_op()) {
+            false => mlp::forward(x, y, p),
+            true => mlp_train::forward(x, y, p),
+        };
     }
     let hidden = linear_gelu(&y.permute((0, 2, 3, 1))?, p.w1, p.b1, k)?;
     layer_scale_residual(x, &linear(&hidden, p.w2, Some(p.b2), k)?, p.gamma, k)

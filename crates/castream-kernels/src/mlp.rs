@@ -9,8 +9,8 @@
 //! blocks of pixels (maps smaller than a block several images at a time, gathered into one panel)
 //! whose hidden activations stay in cache from the first GEMM through the GELU to the second,
 //! whose output block is scaled and added to the residual while in cache.
-//! The arithmetic is timm's, in its order. Evaluation only: nothing is kept for a backward (the
-//! facade composes the differentiable ops when a gradient is tracked).
+//! The arithmetic is timm's, in its order. Evaluation only: nothing is kept for a backward (when a
+//! gradient is tracked, `mlp_train.rs` runs instead).
 
 use crate::cpu::{f32_slice, par_build, sgemm, with_scratch, Mat};
 use crate::gelu::gelu_in_place;
@@ -32,8 +32,8 @@ pub struct MlpParams<'a> {
     pub gamma: &'a Tensor,
 }
 
-/// `x + γ ⊙ (W₂ · GELU(W₁ · y + b₁) + b₂)` per pixel of channels-first `x`, `y`.
-pub(crate) fn forward(x: &Tensor, y: &Tensor, p: &MlpParams) -> Result<Tensor> {
+/// `(B, C, H, W, hidden)` of matching operands, or an error naming every shape.
+pub(crate) fn dims(x: &Tensor, y: &Tensor, p: &MlpParams) -> Result<(usize, usize, usize, usize, usize)> {
     let (b, c, h, w) = x.dims4()?;
     let hidden = p.w1.dims2()?.0;
     if y.dims() != x.dims()
@@ -54,6 +54,12 @@ pub(crate) fn forward(x: &Tensor, y: &Tensor, p: &MlpParams) -> Result<Tensor> {
             p.gamma.dims()
         )
     }
+    Ok((b, c, h, w, hidden))
+}
+
+/// `x + γ ⊙ (W₂ · GELU(W₁ · y + b₁) + b₂)` per pixel of channels-first `x`, `y`.
+pub(crate) fn forward(x: &Tensor, y: &Tensor, p: &MlpParams) -> Result<Tensor> {
+    let (b, c, h, w, hidden) = dims(x, y, p)?;
     let tensors = [x, y, p.w1, p.b1, p.w2, p.b2, p.gamma].map(|t| t.contiguous());
     let tensors: Vec<Tensor> = tensors.into_iter().collect::<Result<_>>()?;
     let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
