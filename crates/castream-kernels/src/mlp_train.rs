@@ -73,6 +73,9 @@ struct MlpTrain {
 /// The block MLP with a backward, for tracked operands (`convnext_mlp` in the facade).
 pub(crate) fn forward(x: &Tensor, y: &Tensor, p: &MlpParams) -> Result<Tensor> {
     let (b, c, h, w, hidden) = dims(x, y, p)?;
+    if hidden == 0 {
+        bail!("convnext_mlp: W1 {:?} has no hidden units", p.w1.dims())
+    }
     let params = Tensor::cat(&[&p.w1.flatten_all()?, p.b1, &p.w2.flatten_all()?, p.b2, p.gamma], 0)?;
     let op = MlpTrain { sizes: Sizes { b, c, p: h * w, hidden }, saved: Arc::new(OnceLock::new()) };
     x.contiguous()?.apply_op3(&y.contiguous()?, &params, op)
@@ -102,9 +105,9 @@ impl CustomOp3 for MlpTrain {
         let (chunk, par) = split(b);
         // Every element of the three buffers is written (bias fills, GEMMs onto them, the sum).
         let (mut out, mut hs, mut zs) = (vec![0f32; b * c * p], vec![0f32; b * hidden * p], vec![0f32; b * c * p]);
-        out.par_chunks_mut(chunk * c * p)
-            .zip(hs.par_chunks_mut(chunk * hidden * p))
-            .zip(zs.par_chunks_mut(chunk * c * p))
+        out.par_chunks_mut((chunk * c * p).max(1))
+            .zip(hs.par_chunks_mut((chunk * hidden * p).max(1)))
+            .zip(zs.par_chunks_mut((chunk * c * p).max(1)))
             .enumerate()
             .for_each(|(t, ((out, hs), zs))| {
                 with_scratch(hidden * p, |g| {
@@ -199,7 +202,7 @@ impl CustomOp3 for MlpBackward {
         let mut out = vec![0f32; b * c * p + sizes.param_len()];
         let (dy, dparams) = out.split_at_mut(b * c * p);
         let partials: Vec<Partial> = dy
-            .par_chunks_mut(chunk * c * p)
+            .par_chunks_mut((chunk * c * p).max(1))
             .enumerate()
             .map(|(t, dy)| {
                 let mut acc = Partial {
