@@ -78,7 +78,7 @@ pub fn upsample(maps: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     if (mh, mw) == (h, w) {
         return Ok(maps.clone());
     }
-    Ok(castream_kernels::upsample_bilinear2d(&maps.unsqueeze(1)?, h, w, Kernels::Fast)?.squeeze(1)?)
+    castream_kernels::upsample_bilinear2d(&maps.unsqueeze(1)?, h, w, Kernels::Fast)?.squeeze(1)
 }
 
 /// `(B, h, w)` maps bilinearly resized to `(B, H, W)` with `align_corners = true` (PyTorch's
@@ -129,5 +129,5 @@ fn interpolation_matrix(len_in: usize, len_out: usize, align_corners: bool, like
 
 /// `sum_k w_k A^k`: channel weights `(B, K)` applied to activations `(B, K, h, w)`, giving `(B, h, w)`.
 pub fn weighted_sum(weights: &Tensor, a: &Tensor) -> Result<Tensor> {
-    Ok(a.broadcast_mul(&weights.unsqueeze(2)?.unsqueeze(3)?)?.sum(1)?)
+    a.broadcast_mul(&weights.unsqueeze(2)?.unsqueeze(3)?)?.sum(1)
 }

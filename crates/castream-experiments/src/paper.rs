@@ -11,6 +11,9 @@ use serde::Deserialize;
 
 pub const FILE: &str = "paper-values.toml";
 
+/// One network's published interpretability values: method → pooling → metric → value.
+pub type NetworkValues = BTreeMap<Method, BTreeMap<PoolingKind, BTreeMap<Metric, f64>>>;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaperValues {
@@ -19,7 +22,7 @@ pub struct PaperValues {
     pub recognition: BTreeMap<String, BTreeMap<PoolingKind, f64>>,
     /// Network → method → pooling → metric → value.
     #[serde(default)]
-    pub interpretability: BTreeMap<String, BTreeMap<Method, BTreeMap<PoolingKind, BTreeMap<Metric, f64>>>>,
+    pub interpretability: BTreeMap<String, NetworkValues>,
     #[serde(skip)]
     path: PathBuf,
 }
@@ -38,10 +41,7 @@ impl PaperValues {
     }
 
     /// The interpretability values of `network`, or an error listing the networks there are.
-    pub fn interpretability(
-        &self,
-        network: &str,
-    ) -> Result<&BTreeMap<Method, BTreeMap<PoolingKind, BTreeMap<Metric, f64>>>> {
+    pub fn interpretability(&self, network: &str) -> Result<&NetworkValues> {
         self.interpretability.get(network).ok_or_else(|| {
             let known: Vec<&str> = self.interpretability.keys().map(String::as_str).collect();
             anyhow!(

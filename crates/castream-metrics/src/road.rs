@@ -177,7 +177,7 @@ pub fn impute(
 ) -> Result<Vec<f32>> {
     let plane = h * w;
     ensure!(
-        plane > 0 && image.len() % plane == 0 && removed.len() == plane,
+        plane > 0 && image.len().is_multiple_of(plane) && removed.len() == plane,
         "ROAD imputation: {} values and a mask of {} for {h}x{w} planes",
         image.len(),
         removed.len()

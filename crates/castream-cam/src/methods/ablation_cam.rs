@@ -26,7 +26,7 @@ impl CamMethod for AblationCam {
         let (b, k, _, _) = a.dims4()?;
         let dev = x.device();
         let score = |logits: Tensor, cls: &[u32]| -> Result<Vec<f32>> {
-            Ok(logits.gather(&class_index(cls, dev)?, 1)?.flatten_all()?.to_vec1()?)
+            logits.gather(&class_index(cls, dev)?, 1)?.flatten_all()?.to_vec1()
         };
         let base = score(subject.logits_from(&acts, a)?, classes)?;
         let pairs: Vec<(usize, usize)> = (0..b).flat_map(|i| (0..k).map(move |c| (i, c))).collect();

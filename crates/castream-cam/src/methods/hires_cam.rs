@@ -16,6 +16,6 @@ impl CamMethod for HiResCam {
 
     fn saliency(&self, subject: &Subject, x: &Tensor, classes: &[u32]) -> Result<Tensor> {
         let t = target_gradients(subject, x, classes)?;
-        Ok((t.gradients * t.activations)?.sum(1)?)
+        (t.gradients * t.activations)?.sum(1)
     }
 }
