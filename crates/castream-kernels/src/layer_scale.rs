@@ -1,5 +1,6 @@
-//! ConvNeXt's block output, `x + γ ⊙ h` with `h` the MLP's channels-last output `(B, H, W, C)`
-//! and `x` the block's channels-first input `(B, C, H, W)`, as one op each way.
+//! ConvNeXt's block output as timm composes it, `x + γ ⊙ h` with `h` the MLP's channels-last
+//! output `(B, H, W, C)` and `x` the block's channels-first input `(B, C, H, W)`, as one op each
+//! way (castream's ConvNeXt runs the whole block MLP as one op instead: `mlp_train.rs`).
 //!
 //! With candle's ops it is a broadcast product, a permute and an addition: the addition reads
 //! the permuted product with strides, and the backward reduces `dy ⊙ h` over batch and positions

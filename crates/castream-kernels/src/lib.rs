@@ -176,9 +176,9 @@ pub fn gelu(x: &Tensor, k: Kernels) -> Result<Tensor> {
     x.gelu_erf()
 }
 
-/// ConvNeXt's block output, `x + γ ⊙ h` with `x` channels first `(B, C, H, W)` and the residual
-/// branch `h` channels last `(B, H, W, C)`; one op each way with the fast kernels (see
-/// `layer_scale.rs`).
+/// ConvNeXt's block output as timm composes it, `x + γ ⊙ h` with `x` channels first
+/// `(B, C, H, W)` and the residual branch `h` channels last `(B, H, W, C)`; one op each way with
+/// the fast kernels (see `layer_scale.rs`). castream's ConvNeXt runs [`convnext_mlp`] instead.
 pub fn layer_scale_residual(x: &Tensor, h: &Tensor, gamma: &Tensor, k: Kernels) -> Result<Tensor> {
     if k.fast_for(&[x, h, gamma]) {
         let op = layer_scale::LayerScaleResidual;
@@ -194,8 +194,9 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, k: Kernels) -> Resu
     linear_then(x, w, bias, false, k)
 }
 
-/// `gelu(linear(x, w, b))` (ConvNeXt's first MLP layer): the same values, and with the fast
-/// kernels one op each way (see `linear.rs`).
+/// `gelu(linear(x, w, b))` (a ConvNeXt MLP's first layer as timm composes it): the same values,
+/// and with the fast kernels one op each way (see `linear.rs`). castream's ConvNeXt runs
+/// [`convnext_mlp`] instead.
 pub fn linear_gelu(x: &Tensor, w: &Tensor, b: &Tensor, k: Kernels) -> Result<Tensor> {
     linear_then(x, w, Some(b), true, k)
 }

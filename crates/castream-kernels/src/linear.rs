@@ -7,10 +7,11 @@
 //! GEMMs (`dx = dy · W`, `dW += dyᵀ · x`) and the bias gradient's column sums, the threads'
 //! weight and bias gradients summed at the end.
 //!
-//! With a GELU epilogue (ConvNeXt's first MLP layer in training) the layer and its activation are
-//! one op each way: the forward keeps the pre-activation when a backward will follow, and the
-//! backward turns the output gradient into the pre-activation's in one pass before the GEMMs.
-//! (ConvNeXt's evaluation forward runs the whole block MLP as one op instead: `mlp.rs`.)
+//! With a GELU epilogue (`linear_gelu`: a ConvNeXt MLP's first layer as timm composes it) the
+//! layer and its activation are one op each way: the forward keeps the pre-activation when a
+//! backward will follow, and the backward turns the output gradient into the pre-activation's in
+//! one pass before the GEMMs. (castream's ConvNeXt runs the whole block MLP as one op instead:
+//! `mlp.rs`, `mlp_train.rs`.)
 
 use std::sync::{Arc, OnceLock};
 
