@@ -232,15 +232,16 @@ pub(crate) fn forward(
     let (cog, kdim, npix, ylen) = (g.cog(), g.kdim(), g.npix(), g.y_len());
     let bias_of = |c: usize| bias.map_or(0.0, |b| b[c]);
     let out_len = if nb > 1 { g.co * nb * npix } else { 0 };
+    let kernels = ImageKernels::of(g, w, nb, par);
     par_build(g.b * ylen, nb * ylen, |i, blank| {
-        with_scratch(col_len(g, nb) + out_len, |scratch| {
-            let (col, out) = scratch.split_at_mut(col_len(g, nb));
+        with_scratch(kernels.scratch_len(g, nb) + out_len, |scratch| {
+            let (col, out) = scratch.split_at_mut(kernels.scratch_len(g, nb));
             let n = blank.len() / ylen;
             let xs = &x[i * nb * g.x_len()..][..n * g.x_len()];
             let mut ys = if n == 1 {
-                // One image: the GEMM accumulates onto the bias in the output itself.
+                // One image: the convolution accumulates onto the bias in the output itself.
                 let mut ys = blank.fill_rows(npix, bias_of);
-                accumulate_image(g, xs, w, col, &mut ys, par);
+                kernels.accumulate_image(g, xs, col, &mut ys, par);
                 ys
             } else {
                 let ld = n * npix;
@@ -275,9 +276,49 @@ pub(crate) fn forward_with_stats(g: &Geom, x: &[f32], w: &[f32]) -> (Vec<f32>, P
     (z, stats)
 }
 
-/// Adds one image's `conv(x, w)` onto `y` (`C_out` rows of `n_pix`), band by band of output
-/// rows; `col` holds [`col_len`]`(g, 1)` floats.
-pub(crate) fn accumulate_image(g: &Geom, x: &[f32], w: &[f32], col: &mut [f32], y: &mut [f32], par: Parallelism) {
+/// A convolution's kernels as one image's forward reads them: packed for [`direct`]'s register
+/// tiles where they apply (which run on one thread: images spread over the threads), else the
+/// OIHW weights that GEMMs over patch matrices read.
+pub(crate) enum ImageKernels<'a> {
+    Direct(Vec<f32>),
+    Gemm(&'a [f32]),
+}
+
+impl<'a> ImageKernels<'a> {
+    /// For groups of `nb` images (direct tiles take one at a time: maps short enough to go
+    /// several to a GEMM stay there); `par` is how one image's GEMMs would run (`split(g.b).1`).
+    pub fn of(g: &Geom, w: &'a [f32], nb: usize, par: Parallelism) -> ImageKernels<'a> {
+        if nb == 1 && direct::applies(g) && matches!(par, Parallelism::None) {
+            return ImageKernels::Direct(direct::pack(g.co, g.ci, |o, i, t| w[(o * g.ci + i) * 9 + t]));
+        }
+        ImageKernels::Gemm(w)
+    }
+
+    /// Scratch floats of [`Self::accumulate_image`] (a padded input, or a patch matrix for
+    /// groups of `nb` images).
+    pub fn scratch_len(&self, g: &Geom, nb: usize) -> usize {
+        match self {
+            ImageKernels::Direct(_) => direct::padded_len(g.ci, g.h, g.w),
+            ImageKernels::Gemm(_) => col_len(g, nb),
+        }
+    }
+
+    /// Adds one image's `conv(x, w)` onto `y` (`C_out` rows of `n_pix`); `scratch` holds
+    /// [`Self::scratch_len`]`(g, 1)` floats.
+    pub fn accumulate_image(&self, g: &Geom, x: &[f32], scratch: &mut [f32], y: &mut [f32], par: Parallelism) {
+        match self {
+            ImageKernels::Direct(packed) => {
+                direct::pad(x, g.ci, g.h, g.w, scratch);
+                direct::conv(scratch, packed, g.ci, g.co, (g.h, g.w), y);
+            }
+            ImageKernels::Gemm(w) => accumulate_image_gemm(g, x, w, scratch, y, par),
+        }
+    }
+}
+
+/// Adds one image's `conv(x, w)` onto `y` (`C_out` rows of `n_pix`) by GEMMs, band by band of
+/// output rows; `col` holds [`col_len`]`(g, 1)` floats.
+fn accumulate_image_gemm(g: &Geom, x: &[f32], w: &[f32], col: &mut [f32], y: &mut [f32], par: Parallelism) {
     let (cog, kdim, npix) = (g.cog(), g.kdim(), g.npix());
     for grp in 0..g.groups {
         let wg = Mat { data: &w[grp * cog * kdim..][..cog * kdim], rs: kdim, cs: 1 };
@@ -682,9 +723,9 @@ impl DirectBackward {
         nb * (g.co * g.npix() + direct::padded_len(g.ci, g.h, g.w)) + direct::padded_len(g.co, g.h, g.w)
     }
 
-    /// The gradients of `images`: their input gradients written whole (where needed), their
-    /// weight gradient added to `acc` (OIHW) in one pass over all of them, whose register sums
-    /// then cover several small maps.
+    /// The gradients of `images`: their input gradients added onto `images.gx` (zeros; where
+    /// needed), their weight gradient added to `acc` (OIHW) in one pass over all of them, whose
+    /// register sums then cover several small maps.
     fn backward<'a>(
         &self,
         g: &Geom,

@@ -3,7 +3,7 @@
 //! is never written out; each image is pooled while its convolution output is in cache. The
 //! backward recomputes that output and runs the two ops' backward passes.
 
-use crate::conv::{self, col_len, Conv2d, ConvArgs};
+use crate::conv::{Conv2d, ConvArgs, ImageKernels};
 use crate::cpu::{par_build, split, with_scratch};
 use crate::pool::{forward_plane, MaxPool2d, MaxPool2dBackward};
 use crate::Conv2dParams;
@@ -34,18 +34,20 @@ impl CustomOp3 for ConvReluPool {
         let pg = self.pool.geom(&[g.b, g.co, g.oh, g.ow])?;
         let (pooled, npix) = (pg.oh * pg.ow, g.npix());
         let (_, par) = split(g.b);
+        let kernels = ImageKernels::of(&g, w, 1, par);
+        let conv_len = kernels.scratch_len(&g, 1);
         let y = par_build(g.b * g.co * pooled, g.co * pooled, |i, blank| {
-            with_scratch(col_len(&g, 1) + g.y_len() + g.ow, |scratch| {
-                let (col, rest) = scratch.split_at_mut(col_len(&g, 1));
-                let (z, row) = rest.split_at_mut(g.y_len());
+            with_scratch(conv_len + g.y_len() + 2 * g.ow, |scratch| {
+                let (conv_scratch, rest) = scratch.split_at_mut(conv_len);
+                let (z, pool_scratch) = rest.split_at_mut(g.y_len());
                 for (plane, &b) in z.chunks_mut(npix).zip(bias) {
                     plane.fill(b);
                 }
-                conv::accumulate_image(&g, &x[i * g.x_len()..][..g.x_len()], w, col, z, par);
+                kernels.accumulate_image(&g, &x[i * g.x_len()..][..g.x_len()], conv_scratch, z, par);
                 z.iter_mut().for_each(|v| *v = v.max(0.0));
                 let mut y = blank.fill(f32::NEG_INFINITY);
                 for (zp, yp) in z.chunks(npix).zip(y.chunks_mut(pooled)) {
-                    forward_plane(&self.pool, &pg, zp, row, yp);
+                    forward_plane(&self.pool, &pg, zp, pool_scratch, yp);
                 }
                 y
             })

@@ -1,12 +1,13 @@
 //! 3x3 stride-1 "same" convolutions computed directly from zero-padded planes, with no patch
-//! matrix (AVX2 + FMA): the input and weight gradients of ResNet's 3x3 convs on maps at least 16
-//! wide.
+//! matrix (AVX2 + FMA): the forward, input and weight gradients of ResNet's 3x3 convs on maps at
+//! least 16 wide.
 //!
-//! Through GEMM, each gradient first builds the patch matrix of `grad_y` (9x its size) and gemm
-//! then copies (packs) an operand again; here the register tiles read the padded planes in place.
-//! The input gradient is the convolution of `grad_y` with the flipped, transposed kernel
-//! (`conv::Transposed`): tiles of 16 output pixels (two AVX vectors along a row) by 6 channels,
-//! two loads and six broadcasts per twelve FMAs, as gemm's own micro-kernel. The weight gradient
+//! Through GEMM, each direction first builds a patch matrix (9x its input) and gemm then copies
+//! (packs) an operand again; here the register tiles read the padded planes in place. The forward
+//! convolves the input with the kernel, the input gradient `grad_y` with the flipped, transposed
+//! kernel (`conv::Transposed`), both by [`conv`]: tiles of 16 output pixels (two AVX vectors along
+//! a row) by 6 channels, two loads and six broadcasts per twelve FMAs, as gemm's own micro-kernel,
+//! added onto the output (the bias, or zeros). The weight gradient
 //! `grad_w[o, i, ky, kx] = Σ_p grad_y[o, p] · x[i, p + (ky, kx)]` keeps 2 x 2 channel pairs x the
 //! three `kx` offsets of one `ky` in twelve vector accumulators while it runs along the rows of a
 //! group of images, and sums their lanes at the end. Both sum in a fixed order: deterministic.
@@ -16,7 +17,7 @@ use crate::conv::Geom;
 /// Output channels per tile of [`conv`].
 const OC: usize = 6;
 
-/// Whether the direct kernels run this convolution's backward: a 3x3 stride-1 conv with padding 1
+/// Whether the direct kernels run this convolution, forward and backward: a 3x3 stride-1 conv with padding 1
 /// (output as large as the input) and one group, on maps whose width is a multiple of 8 and at
 /// least 16 (narrower ones put several images side by side in one GEMM instead: on 8x8 maps,
 /// one vector per tile row, both tiles ran at ~50 GFLOP/s per core against gemm's ~70), on a CPU
@@ -75,7 +76,7 @@ pub(crate) fn pack(n_out: usize, n_in: usize, k: impl Fn(usize, usize, usize) ->
     p
 }
 
-/// `y = conv3x3(x, w)` for one image, every element of `y` (`n_out` planes of `h x w`) written:
+/// `y += conv3x3(x, w)` for one image (`y`: `n_out` planes of `h x w`, e.g. the bias, or zeros):
 /// `xp` holds the `n_in` input planes [`pad`]ded, `packed` the kernels ([`pack`]). Only where
 /// [`applies`].
 pub(crate) fn conv(xp: &[f32], packed: &[f32], n_in: usize, n_out: usize, (h, w): (usize, usize), y: &mut [f32]) {
@@ -164,7 +165,7 @@ mod avx2 {
 
     /// One register tile of [`conv`]: `8·V` pixels of one output row from `src` (the top-left
     /// input of the first pixel), output channels from the packed block `wb` on (`N` of them, up
-    /// to two blocks).
+    /// to two blocks), added onto `out`.
     struct Tile {
         src: *const f32,
         wb: *const f32,
@@ -218,7 +219,9 @@ mod avx2 {
         #[inline(never)]
         #[target_feature(enable = "avx2,fma")]
         unsafe fn run<const V: usize, const N: usize>(&self) {
-            let mut acc = [[_mm256_setzero_ps(); V]; N];
+            let mut acc: [[__m256; V]; N] = std::array::from_fn(|j| {
+                std::array::from_fn(|v| unsafe { _mm256_loadu_ps(self.out.add(j * self.out_plane + 8 * v)) })
+            });
             let block = self.n_in * 9 * OC;
             for i in 0..self.n_in {
                 let (xi, wi) = unsafe { (self.src.add(i * self.plane), self.wb.add(i * 9 * OC)) };
@@ -374,17 +377,19 @@ mod tests {
             let mut xp = vec![f32::NAN; padded_len(n_in, h, w)];
             pad(&x, n_in, h, w, &mut xp);
             let packed = pack(n_out, n_in, |o, i, t| wt[(o * n_in + i) * 9 + t]);
-            let mut y = vec![f32::NAN; n_out * h * w];
+            let start = values(n_out * h * w, 4);
+            let mut y = start.clone();
             conv(&xp, &packed, n_in, n_out, (h, w), &mut y);
             for o in 0..n_out {
                 for (p, &got) in y[o * h * w..][..h * w].iter().enumerate() {
                     let (oy, ox) = ((p / w) as isize, (p % w) as isize);
-                    let want: f32 = (0..n_in * 9)
-                        .map(|r| {
-                            let (i, ky, kx) = (r / 9, (r % 9 / 3) as isize, (r % 3) as isize);
-                            wt[o * n_in * 9 + r] * at(&x, (h, w), i, oy + ky - 1, ox + kx - 1)
-                        })
-                        .sum();
+                    let want: f32 = start[o * h * w + p]
+                        + (0..n_in * 9)
+                            .map(|r| {
+                                let (i, ky, kx) = (r / 9, (r % 9 / 3) as isize, (r % 3) as isize);
+                                wt[o * n_in * 9 + r] * at(&x, (h, w), i, oy + ky - 1, ox + kx - 1)
+                            })
+                            .sum::<f32>();
                     assert!((got - want).abs() < 1e-4, "conv {n_in}->{n_out} {h}x{w}: y[{o}, {p}] {got} vs {want}");
                 }
             }

@@ -23,6 +23,13 @@ simd_dispatch! {
     /// leaves room for other images' columns).
     pub(crate) fn im2col(x: &[f32], g: &Geom, col: &mut [f32], ld: usize, rows: Range<usize>) {
         let (h, w, ow, s, p) = (g.h, g.w, g.ow, g.stride, g.pad);
+        if (g.kh, g.kw, s, p) == (3, 3, 1, 1) {
+            match w {
+                4 => return same_3x3_narrow::<4>(x, g, col, ld, rows),
+                8 => return same_3x3_narrow::<8>(x, g, col, ld, rows),
+                _ => {}
+            }
+        }
         let npix = rows.len() * ow;
         for ci in 0..g.cig() {
             let plane = &x[ci * h * w..][..h * w];
@@ -82,6 +89,37 @@ fn scatter_add_strided(dst: &mut [f32], src: &[f32], s: usize) {
         }
     }
     dst[last * s] += src[last];
+}
+
+/// [`im2col`] of a 3x3 stride-1 "same" conv on `W`-wide maps (the late stages of the quick
+/// ResNet: 8x8 and 4x4): each output row of a patch-matrix row is a fixed-size `[f32; W]`, the
+/// input row shifted by `kx − 1` with a zero shifted in, or zeros above and below the map. The
+/// general path's copy, fills and memcpy call per patch-matrix row cost more than the 16 or 64
+/// floats they move.
+#[inline(always)]
+fn same_3x3_narrow<const W: usize>(x: &[f32], g: &Geom, col: &mut [f32], ld: usize, rows: Range<usize>) {
+    let (h, npix) = (g.h, rows.len() * W);
+    for (ci, plane) in x.chunks_exact(h * W).take(g.cig()).enumerate() {
+        for ky in 0..3 {
+            for kx in 0..3 {
+                let row = &mut col[(ci * 9 + ky * 3 + kx) * ld..][..npix];
+                for (out, oy) in row.chunks_exact_mut(W).zip(rows.clone()) {
+                    let out: &mut [f32; W] = out.try_into().expect("W-wide rows");
+                    // Input row `oy + ky − 1`, which is outside the map above and below.
+                    let Some(src) = (oy + ky).checked_sub(1).filter(|&iy| iy < h) else {
+                        *out = [0.0; W];
+                        continue;
+                    };
+                    let src: &[f32; W] = plane[src * W..][..W].try_into().expect("W-wide rows");
+                    *out = match kx {
+                        0 => std::array::from_fn(|i| if i == 0 { 0.0 } else { src[i - 1] }),
+                        1 => *src,
+                        _ => std::array::from_fn(|i| if i + 1 == W { 0.0 } else { src[i + 1] }),
+                    };
+                }
+            }
+        }
+    }
 }
 
 /// `out[i] = src[i * S]`, with the stride known at compile time so that the loads vectorise

@@ -54,27 +54,50 @@ fn max_nan(max: f32, v: f32) -> f32 {
     }
 }
 
+/// `dst[i] = max_nan(a[i], b[i])`. Out of place on purpose: a running maximum updated in place
+/// compiles to masked stores (`vmaskmovps`, only where the maximum changed), slow on AMD.
+#[inline(always)]
+fn max_into(dst: &mut [f32], a: &[f32], b: &[f32]) {
+    for ((d, &a), &b) in dst.iter_mut().zip(a).zip(b) {
+        *d = max_nan(a, b);
+    }
+}
+
+/// Output columns per register-resident block of [`forward_plane`]'s horizontal pass.
+const ROW_BLOCK: usize = 64;
+
 simd_dispatch! {
     /// The window maxima of one plane, separably: for each output row, the maximum over its
-    /// window's input rows (`col`, a vectorised pass over whole rows per kernel row), then the
-    /// horizontal window maxima of that row into `y`, which must start at −inf (its callers build
-    /// it so). The same values as the direct window maximum (max is associative; any NaN gives
-    /// NaN).
-    pub(crate) fn forward_plane(op: &MaxPool2d, g: &PoolGeom, x: &[f32], col: &mut [f32], y: &mut [f32]) {
+    /// window's input rows (a vectorised pass over whole rows per kernel row), then, per block of
+    /// output columns, each kernel column's candidates gathered contiguously (vectorised for
+    /// stride 2) and merged in one vectorised pass, into `y`. `scratch` holds `2 * g.w` floats.
+    /// The same values as the direct window maximum (max is associative; any NaN gives NaN).
+    pub(crate) fn forward_plane(op: &MaxPool2d, g: &PoolGeom, x: &[f32], scratch: &mut [f32], y: &mut [f32]) {
         let (k, s, p) = (op.kernel, op.stride, op.padding);
+        let (mut col, mut next) = scratch[..2 * g.w].split_at_mut(g.w);
         for (oy, out) in y.chunks_exact_mut(g.ow).enumerate() {
             let (y0, y1, _, _) = op.window(g, oy, 0);
-            col.fill(f32::NEG_INFINITY);
-            for row in x[y0 * g.w..y1 * g.w].chunks_exact(g.w) {
-                for (c, &v) in col.iter_mut().zip(row) {
-                    *c = max_nan(*c, v);
-                }
+            let mut rows = x[y0 * g.w..y1 * g.w].chunks_exact(g.w);
+            col.copy_from_slice(rows.next().expect("a window has at least one row"));
+            for row in rows {
+                max_into(next, col, row);
+                std::mem::swap(&mut col, &mut next);
             }
-            for kx in 0..k {
-                let (lo, hi) = valid_range(kx, p, s, g.w, g.ow);
-                for ox in lo..hi {
-                    out[ox] = max_nan(out[ox], col[ox * s + kx - p]);
+            for start in (0..g.ow).step_by(ROW_BLOCK) {
+                let n = (g.ow - start).min(ROW_BLOCK);
+                let (mut acc, mut tmp, mut cand) = ([f32::NEG_INFINITY; ROW_BLOCK], [0f32; ROW_BLOCK], [0f32; ROW_BLOCK]);
+                for kx in 0..k {
+                    // Candidates outside the row (padding) are −inf.
+                    let (lo, hi) = valid_range(kx, p, s, g.w, g.ow);
+                    let (lo, hi) = (lo.clamp(start, start + n), hi.clamp(start, start + n));
+                    cand[..n].fill(f32::NEG_INFINITY);
+                    if lo < hi {
+                        gather_strided(&mut cand[lo - start..hi - start], &col[lo * s + kx - p..], s);
+                    }
+                    max_into(&mut tmp[..n], &acc[..n], &cand[..n]);
+                    std::mem::swap(&mut acc, &mut tmp);
                 }
+                out[start..start + n].copy_from_slice(&acc[..n]);
             }
         }
     }
@@ -261,7 +284,9 @@ impl CustomOp1 for MaxPool2d {
         let plane = g.oh * g.ow;
         let y = par_build(g.planes * plane, plane, |i, blank| {
             let mut yp = blank.fill(f32::NEG_INFINITY);
-            with_scratch(g.w, |col| forward_plane(self, &g, &x[i * g.h * g.w..][..g.h * g.w], col, &mut yp));
+            with_scratch(2 * g.w, |scratch| {
+                forward_plane(self, &g, &x[i * g.h * g.w..][..g.h * g.w], scratch, &mut yp)
+            });
             yp
         });
         let d = l.dims();

@@ -145,7 +145,9 @@ fn conv_falls_back_for_f64() {
 #[test]
 fn conv_with_images_side_by_side_matches_candle_at_any_thread_count() {
     let cases: &[Case] = &[
-        (5, 6, 4, 4, 8, 3, 1, 1, 1),   // late-stage 3x3 on a 4x4 map
+        (5, 6, 4, 4, 8, 3, 1, 1, 1),   // late-stage 3x3 on a 4x4 map: fixed-width patch rows
+        (5, 5, 8, 8, 7, 3, 1, 1, 1),   // the same on an 8x8 map
+        (4, 3, 6, 4, 5, 3, 1, 1, 1),   // 4 wide but 6 high
         (5, 4, 3, 5, 6, 1, 1, 0, 1),   // pointwise
         (5, 4, 8, 8, 6, 1, 2, 0, 1),   // 1x1 stride 2
         (5, 4, 5, 5, 6, 3, 2, 1, 2),   // grouped, strided
@@ -170,11 +172,16 @@ fn conv_with_images_side_by_side_matches_candle_at_any_thread_count() {
 }
 
 /// Large maps build their patch matrix in bands of output rows (so that it stays in cache):
-/// here two or three bands per image, with a ragged last band, stride 1 and 2.
+/// here two or three bands per image, with a ragged last band, stride 1 and 2, and bands of an
+/// 8-wide map (fixed-width patch rows starting below the first output row).
 #[test]
 fn conv_in_row_bands_matches_candle() {
-    let cases: &[Case] =
-        &[(1, 8, 40, 37, 6, 3, 1, 1, 1), (2, 8, 81, 81, 4, 3, 2, 1, 1), (1, 20, 30, 30, 5, 3, 1, 1, 1)];
+    let cases: &[Case] = &[
+        (1, 8, 40, 37, 6, 3, 1, 1, 1),
+        (2, 8, 81, 81, 4, 3, 2, 1, 1),
+        (1, 20, 30, 30, 5, 3, 1, 1, 1),
+        (1, 130, 20, 8, 3, 3, 1, 1, 1),
+    ];
     for (i, c) in cases.iter().enumerate() {
         let s = setup(c, 600 + i as u64);
         let fast = conv2d(&s.x, &s.w, None, s.p, Kernels::Fast).unwrap();

@@ -86,7 +86,7 @@ fn relu_and_add_relu_match_candle_ops_and_autograd() {
 
 /// Conv + bias + ReLU + max-pool as one op (the ResNet stem in evaluation mode) against the two
 /// ops, forward and the x, w and bias gradients: the quick stem (3x3, pool 3/2/1), the ImageNet
-/// stem (7x7/2, pool 3/2/1), a pool whose windows do not overlap, and batch 1.
+/// stem (7x7/2, pool 3/2/1), a pool whose windows do not overlap, batch 1, and a 16-wide map.
 #[test]
 fn conv_relu_max_pool_matches_the_separate_ops() {
     use castream_kernels::{conv2d_relu_max_pool2d, max_pool2d};
@@ -95,6 +95,7 @@ fn conv_relu_max_pool_matches_the_separate_ops() {
         ((2, 3, 19, 17, 4, 7, 2, 3, 1), (3, 2, 1)),
         ((2, 4, 8, 8, 3, 3, 1, 1, 1), (2, 2, 0)),
         ((1, 3, 10, 10, 4, 3, 1, 1, 1), (3, 2, 1)),
+        ((2, 3, 6, 16, 7, 3, 1, 1, 1), (3, 2, 1)), // 16 wide: the conv runs on the direct tiles where they apply
     ];
     for (i, &((b, ci, h, w, co, k, stride, padding, groups), (pk, ps, pp))) in cases.iter().enumerate() {
         let mut g = rng(340 + i as u64);

@@ -132,6 +132,19 @@ fn max_pool_resnet_stem_shape() {
     assert!(max_diff <= 1e-6, "stem pool gradient differs from the reference by {max_diff}");
 }
 
+/// Output rows wider than one block of the forward's horizontal pass (64 columns): two blocks,
+/// the second ragged, for strides 2 and 1 and an unpadded pool, against the plain loop.
+#[test]
+fn max_pool_wide_rows_match_the_reference() {
+    for (i, (w, k, s, p)) in [(150, 3, 2, 1), (70, 3, 1, 1), (133, 2, 2, 0)].into_iter().enumerate() {
+        let dims = [1, 2, 5, w];
+        let x = distinct(30 + i as u64, &dims);
+        let y = max_pool2d(&x, k, s, p, Kernels::Fast).unwrap();
+        let (ry, _) = reference(&to_vec(&x), &vec![0.0; y.elem_count()], 2, 5, w, k, s, p);
+        assert_eq!(to_vec(&y), ry, "{w} wide, kernel {k}, stride {s}, padding {p}");
+    }
+}
+
 /// A NaN wins its windows (PyTorch propagates it): one NaN in a 5x5 plane under a 3x3/2 pool
 /// with padding 1 makes exactly the windows holding it NaN, and no other.
 #[test]
