@@ -85,7 +85,9 @@ simd_dispatch! {
             }
             for start in (0..g.ow).step_by(ROW_BLOCK) {
                 let n = (g.ow - start).min(ROW_BLOCK);
-                let (mut acc, mut tmp, mut cand) = ([f32::NEG_INFINITY; ROW_BLOCK], [0f32; ROW_BLOCK], [0f32; ROW_BLOCK]);
+                let (mut a, mut b, mut cand) = ([f32::NEG_INFINITY; ROW_BLOCK], [0f32; ROW_BLOCK], [0f32; ROW_BLOCK]);
+                // The running maxima and the next ones, swapped as references (not 64-float copies).
+                let (mut acc, mut tmp) = (&mut a, &mut b);
                 for kx in 0..k {
                     // Candidates outside the row (padding) are −inf.
                     let (lo, hi) = valid_range(kx, p, s, g.w, g.ow);
