@@ -3,7 +3,7 @@
 #  1. builds castream with `--features cuda` (scripts/cuda-env.sh provides the toolkit if there is
 #     no system one);
 #  2. compares CPU and CUDA on the miniature ImageNet: GAP and CA logits, Grad-CAM and Score-CAM
-#     maps, table2's metrics (tolerances in crates/castream-cli/tests/gpu.rs), and prints the
+#     maps, table2's metrics (tolerances in crates/castream-cli/tests/cli/gpu.rs), and prints the
 #     GPU's images/s for a ResNet-50 forward, a stream training step and Score-CAM;
 #  3. runs the whole paper-profile sequence on `--device cuda` (scripts/paper-smoke.sh).
 set -euo pipefail
@@ -19,7 +19,7 @@ source scripts/cuda-env.sh
 export RUST_BACKTRACE=0
 
 echo "== CPU vs CUDA on the fixture, and GPU throughput"
-cargo test --release -p castream-cli --features cuda --test gpu -- --nocapture
+cargo test --release -p castream-cli --features cuda --test cli gpu:: -- --nocapture
 
 echo "== the paper profile on --device cuda"
 CASTREAM_FEATURES=cuda DEVICE=cuda bash scripts/paper-smoke.sh

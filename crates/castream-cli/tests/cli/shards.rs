@@ -3,8 +3,7 @@
 
 use std::path::Path;
 
-mod common;
-use common::{castream_in, quick_project, repository, BRIEF_STREAM};
+use crate::common::{castream_in, quick_project, repository, BRIEF_STREAM};
 
 /// A project root with the shipped quick backbones and table2's spec, its stream trained briefly.
 fn project() -> tempfile::TempDir {

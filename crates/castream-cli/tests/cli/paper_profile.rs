@@ -3,25 +3,10 @@
 //! stream the specs name, then every paper-profile target on 16 images; a trained stream in
 //! `explain`, and a stream refused on other backbone weights.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-fn repository() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Runs the binary in `dir` with the fixture's offline hub cache.
-fn castream_in(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_castream"))
-        .args(args)
-        .current_dir(dir)
-        .env("HF_HUB_CACHE", dir.join("hf-cache"))
-        .env("HF_HUB_OFFLINE", "1")
-        .env_remove("HF_HOME")
-        .output()
-        .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
-}
+use crate::common::{castream_offline, repository};
 
 fn fixture() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -73,7 +58,7 @@ fn every_paper_target_runs_on_the_miniature_imagenet() {
     let dir = fixture();
     let root = dir.path();
 
-    let (ok, text) = castream_in(root, &["reproduce", "all", "--profile", "paper"]);
+    let (ok, text) = castream_offline(root, &["reproduce", "all", "--profile", "paper"]);
     assert!(!ok, "targets without their streams must fail: {text}");
     for target in &TARGETS[1..] {
         let line =
@@ -86,23 +71,23 @@ fn every_paper_target_runs_on_the_miniature_imagenet() {
     let gap_only = table2.replace("name = \"table2\"", "name = \"gap-only\"").replace("\"gap\", \"ca\"", "\"gap\"");
     assert_ne!(gap_only, table2);
     std::fs::write(root.join("experiments/gap-only.toml"), gap_only).unwrap();
-    let (ok, text) = castream_in(root, &["reproduce", "gap-only", "--profile", "paper"]);
+    let (ok, text) = castream_offline(root, &["reproduce", "gap-only", "--profile", "paper"]);
     assert!(ok, "{text}");
     let run = std::fs::read_to_string(root.join("results/paper/gap-only/run.json")).unwrap();
     assert!(run.contains("\"untrained\""), "{run}");
     std::fs::remove_file(root.join("experiments/gap-only.toml")).unwrap();
 
     // With only its own stream trained, table2 runs: the other listed streams are not its business.
-    let (ok, text) = castream_in(root, &["train-stream", "experiments/streams/resnet.toml"]);
+    let (ok, text) = castream_offline(root, &["train-stream", "experiments/streams/resnet.toml"]);
     assert!(ok && text.contains("validation top-1"), "{text}");
-    let (ok, text) = castream_in(root, &["reproduce", "table2", "--profile", "paper"]);
+    let (ok, text) = castream_offline(root, &["reproduce", "table2", "--profile", "paper"]);
     assert!(ok, "{text}");
     for recipe in recipes(root).into_iter().filter(|r| !r.ends_with("/resnet.toml")) {
-        let (ok, text) = castream_in(root, &["train-stream", &recipe]);
+        let (ok, text) = castream_offline(root, &["train-stream", &recipe]);
         assert!(ok, "{recipe}: {text}");
         assert!(text.contains("validation top-1"), "{text}");
     }
-    let (ok, text) = castream_in(root, &["reproduce", "all", "--profile", "paper"]);
+    let (ok, text) = castream_offline(root, &["reproduce", "all", "--profile", "paper"]);
     assert!(ok, "{text}");
     for target in TARGETS {
         let out = root.join("results/paper").join(target);
@@ -134,13 +119,13 @@ fn every_paper_target_runs_on_the_miniature_imagenet() {
 
     // Two shards of the sampled image files merge into the unsharded bytes.
     let flags = ["--profile", "paper", "--batch-size", "8"];
-    let (ok, text) = castream_in(root, &[&["reproduce", "table2", "--results", "whole"], &flags[..]].concat());
+    let (ok, text) = castream_offline(root, &[&["reproduce", "table2", "--results", "whole"], &flags[..]].concat());
     assert!(ok, "{text}");
     for k in ["1/2", "2/2"] {
-        let (ok, text) = castream_in(root, &[&["reproduce", "table2", "--shard", k], &flags[..]].concat());
+        let (ok, text) = castream_offline(root, &[&["reproduce", "table2", "--shard", k], &flags[..]].concat());
         assert!(ok, "{text}");
     }
-    let (ok, text) = castream_in(root, &[&["merge", "table2", "--results", "merged"], &flags[..]].concat());
+    let (ok, text) = castream_offline(root, &[&["merge", "table2", "--results", "merged"], &flags[..]].concat());
     assert!(ok, "{text}");
     let (whole, merged) = (root.join("whole/paper/table2@batch_size=8"), root.join("merged/paper/table2@batch_size=8"));
     let mut compared = 0;
@@ -164,13 +149,13 @@ fn every_paper_target_runs_on_the_miniature_imagenet() {
         1,
     );
     std::fs::write(root.join("experiments/renormalised.toml"), other).unwrap();
-    let (ok, text) = castream_in(root, &["reproduce", "renormalised", "--profile", "paper"]);
+    let (ok, text) = castream_offline(root, &["reproduce", "renormalised", "--profile", "paper"]);
     assert!(!ok && text.contains("normalisation") && text.contains("was trained with"), "{text}");
     std::fs::remove_file(root.join("experiments/renormalised.toml")).unwrap();
 
     // A trained stream explains an image with the backbone its card names.
     let image = root.join("data/val/ILSVRC2012_val_00000001.JPEG");
-    let (ok, text) = castream_in(
+    let (ok, text) = castream_offline(
         root,
         &[
             "explain",
@@ -195,7 +180,7 @@ fn every_paper_target_runs_on_the_miniature_imagenet() {
     let theirs = text["backbone_sha256"].as_str().unwrap().to_string();
     text["backbone_sha256"] = resnet["backbone_sha256"].clone();
     std::fs::write(&card, serde_json::to_string(&text).unwrap()).unwrap();
-    let (ok, out) = castream_in(
+    let (ok, out) = castream_offline(
         root,
         &["explain", "--image", image.to_str().unwrap(), "--stream", "streams/convnext.safetensors", "--pooling", "ca"],
     );
@@ -215,7 +200,7 @@ fn an_interrupted_stream_training_resumes_bit_identically() {
         .replace("epochs = 1", "epochs = 2")
         .replace("batch_size = 32", "batch_size = 8");
     std::fs::write(&recipe, &two_epochs).unwrap();
-    let (ok, text) = castream_in(root, &["train-stream", "experiments/streams/resnet-last.toml"]);
+    let (ok, text) = castream_offline(root, &["train-stream", "experiments/streams/resnet-last.toml"]);
     assert!(ok, "{text}");
     let full = std::fs::read(root.join("streams/resnet-last.safetensors")).unwrap();
 
@@ -246,7 +231,7 @@ fn an_interrupted_stream_training_resumes_bit_identically() {
         }
         child.kill().ok();
         child.wait().unwrap();
-        let (ok, text) = castream_in(root, &["train-stream", "experiments/streams/resnet-last.toml", "--resume"]);
+        let (ok, text) = castream_offline(root, &["train-stream", "experiments/streams/resnet-last.toml", "--resume"]);
         assert!(ok, "{text}");
         if text.contains("epoch 2:") && !text.contains("epoch 1:") {
             resumed = Some(text);

@@ -8,7 +8,7 @@
 //! per-method means within 0.5 points.
 #![cfg(feature = "cuda")]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -23,21 +23,12 @@ use castream_stream::{CaModel, StreamConfig};
 use castream_zoo::ca::trained_models;
 use castream_zoo::stream_checkpoint::read_card;
 
-fn repository() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use crate::common::{castream_offline, repository};
 
-fn castream_in(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_castream"))
-        .args(args)
-        .current_dir(dir)
-        .env("HF_HUB_CACHE", dir.join("hf-cache"))
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "castream {args:?}: {text}");
-    text
+/// Runs the binary offline in `dir` and fails the test with its output if it fails.
+fn castream_ok(dir: &Path, args: &[&str]) {
+    let (ok, text) = castream_offline(dir, args);
+    assert!(ok, "castream {args:?}: {text}");
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -80,7 +71,7 @@ fn cpu_and_cuda_agree_and_the_gpu_throughput_is_reported() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    castream_in(root, &["train-stream", "experiments/streams/resnet.toml"]);
+    castream_ok(root, &["train-stream", "experiments/streams/resnet.toml"]);
     std::env::set_var("HF_HUB_CACHE", root.join("hf-cache"));
     std::env::set_var("HF_HUB_OFFLINE", "1");
 
@@ -134,8 +125,8 @@ fn cpu_and_cuda_agree_and_the_gpu_throughput_is_reported() {
     }
 
     // Metrics: table2 on both devices, through the CLI (each device's cells are cached apart).
-    castream_in(root, &["reproduce", "table2", "--profile", "paper"]);
-    castream_in(root, &["reproduce", "table2", "--profile", "paper", "--device", "cuda:0"]);
+    castream_ok(root, &["reproduce", "table2", "--profile", "paper"]);
+    castream_ok(root, &["reproduce", "table2", "--profile", "paper", "--device", "cuda:0"]);
     let cpu_values = csv_numbers(&root.join("results/paper/table2/table2.csv"));
     let gpu_values = csv_numbers(&root.join("results/paper/table2@device=cuda:0/table2.csv"));
     assert_eq!(cpu_values.len(), gpu_values.len());

@@ -2,11 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::provenance::assert_provenance;
 use castream_experiments::runner::{reproduce, Mode, Options};
 use castream_experiments::spec::Profile;
-use provenance::assert_provenance;
 
-mod provenance;
 use polars::prelude::*;
 
 fn experiments_dir() -> PathBuf {

@@ -5,8 +5,7 @@ use std::process::Command;
 
 use sha2::Digest;
 
-mod common;
-use common::{castream_in, quick_project, repository, BRIEF_STREAM};
+use crate::common::{castream_in, quick_project, repository, BRIEF_STREAM};
 
 fn castream(args: &[&str]) -> (bool, String) {
     castream_in(&repository(), args)

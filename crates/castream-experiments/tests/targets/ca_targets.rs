@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::provenance::assert_provenance;
 use candle_core::Device;
 use castream_backbones::model::sidecar_path;
 use castream_backbones::{Arch, BackboneConfig, CheckpointMeta, Model, Stem};
@@ -11,10 +12,7 @@ use castream_experiments::runner::{reproduce, Mode, Options};
 use castream_experiments::spec::Profile;
 use castream_zoo::quick::{load_recipe, ManifestEntry};
 use polars::prelude::*;
-use provenance::assert_provenance;
 use sha2::{Digest, Sha256};
-
-mod provenance;
 
 const RECIPE: &str = r#"
 [data]
