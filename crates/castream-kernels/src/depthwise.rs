@@ -6,10 +6,10 @@
 //! `row += w * shifted_row` passes per output row. Forward and input gradient are parallel over
 //! (image, channel) planes, the weight gradient over channels (no reduction across threads).
 
-use crate::conv::{fused_backward, Geom};
+use crate::conv::{fused_backward, ChannelSum, Geom};
 use crate::cpu::{f32_slice, simd_dispatch};
 use crate::Conv2dParams;
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// True for the convolutions this module handles.
@@ -169,21 +169,32 @@ simd_dispatch! {
     }
 }
 
-/// Forward depthwise convolution; `bwd` returns both gradients from one [`DepthwiseBackward`].
+/// Forward depthwise convolution `(x, w, bias)`, the bias added to each plane while it is in
+/// cache (a separate broadcast add was one more pass forward and a strided sum backward); `bwd`
+/// returns the input and weight gradients from one [`DepthwiseBackward`].
 pub(crate) struct DepthwiseConv2d(pub Conv2dParams);
 
-impl CustomOp2 for DepthwiseConv2d {
+impl CustomOp3 for DepthwiseConv2d {
     fn name(&self) -> &'static str {
         "castream-depthwise-conv2d"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = Geom::new(xl.dims(), wl.dims(), self.0)?;
-        if !is_depthwise(xl.dims(), wl.dims(), g.groups) {
-            bail!("{}: not a depthwise convolution: {:?} with {:?}", self.name(), xl.dims(), wl.dims())
+        if !is_depthwise(xl.dims(), wl.dims(), g.groups) || bl.dims() != [g.co] {
+            bail!("{}: bad shapes {:?}, {:?}, bias {:?}", self.name(), xl.dims(), wl.dims(), bl.dims())
         }
         let x = f32_slice(xs, xl, self.name())?;
         let w = f32_slice(ws, wl, self.name())?;
+        let bias = f32_slice(bs, bl, self.name())?;
         let (plane_in, kk) = (g.h * g.w, g.kh * g.kw);
         let mut y = vec![0f32; g.b * g.y_len()];
         y.par_chunks_mut(g.npix()).enumerate().for_each_init(
@@ -191,13 +202,24 @@ impl CustomOp2 for DepthwiseConv2d {
             |pad, (i, yp)| {
                 pad_plane(&x[i * plane_in..][..plane_in], &g, pad);
                 forward_plane(pad, &w[(i % g.ci) * kk..][..kk], &g, yp);
+                let b = bias[i % g.ci];
+                yp.iter_mut().for_each(|v| *v += b);
             },
         );
         Ok((CpuStorage::F32(y), g.out_shape()))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        fused_backward(x, w, grad, |need_x, need_w| DepthwiseBackward { p: self.0, need_x, need_w })
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (gx, gw) = fused_backward(x, w, grad, |need_x, need_w| DepthwiseBackward { p: self.0, need_x, need_w })?;
+        let gb = if bias.track_op() { Some(grad.contiguous()?.apply_op1_no_bwd(&ChannelSum)?) } else { None };
+        Ok((gx, gw, gb))
     }
 }
 

@@ -69,7 +69,8 @@ impl Default for Conv2dParams {
 
 /// 2-d convolution of `x` `(B, C_in, H, W)` with `w` `(C_out, C_in / groups, kh, kw)`, plus an
 /// optional bias `(C_out,)`. Dilation is always 1. Depthwise convolutions (`groups == C_in ==
-/// C_out`) take a direct kernel, all others im2col + GEMM with the bias in the GEMM's epilogue.
+/// C_out`) take a direct kernel, all others im2col + GEMM; both add the bias as they write the
+/// output and sum its gradient in their backward.
 pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, k: Kernels) -> Result<Tensor> {
     conv2d_act(x, w, bias, p, false, k)
 }
@@ -89,18 +90,24 @@ fn conv2d_act(
 ) -> Result<Tensor> {
     let c_out = w.dim(0)?;
     let fast = k.fast_for(&[x, w]) && bias.is_none_or(|b| k.fast_for(&[b]));
-    let y = if fast && !depthwise::is_depthwise(x.dims(), w.dims(), p.groups) {
+    let y = if fast {
         let bias = match bias {
             Some(b) => b.contiguous()?,
             None => Tensor::zeros(c_out, DType::F32, x.device())?,
         };
-        x.contiguous()?.apply_op3(&w.contiguous()?, &bias, conv::Conv2d { p, relu })?
-    } else {
-        let y = if fast {
-            x.contiguous()?.apply_op2(&w.contiguous()?, depthwise::DepthwiseConv2d(p))?
+        let (x, w) = (x.contiguous()?, w.contiguous()?);
+        if depthwise::is_depthwise(x.dims(), w.dims(), p.groups) {
+            let y = x.apply_op3(&w, &bias, depthwise::DepthwiseConv2d(p))?;
+            if relu {
+                self::relu(&y, k)?
+            } else {
+                y
+            }
         } else {
-            x.conv2d(w, p.padding, p.stride, 1, p.groups)?
-        };
+            x.apply_op3(&w, &bias, conv::Conv2d { p, relu })?
+        }
+    } else {
+        let y = x.conv2d(w, p.padding, p.stride, 1, p.groups)?;
         let y = match bias {
             Some(b) => y.broadcast_add(&b.reshape((1, b.dims1()?, 1, 1))?)?,
             None => y,

@@ -8,12 +8,15 @@ use castream_kernels::{add_relu, conv2d, conv2d_relu, relu, Conv2dParams, Kernel
 /// (batch, c_in, h, w, c_out, kernel, stride, padding, groups).
 type Case = (usize, usize, usize, usize, usize, usize, usize, usize, usize);
 
-/// 3x3, strided, pointwise, grouped.
+/// 3x3, strided, pointwise, grouped; depthwise 7x7 (ConvNeXt) and strided depthwise, whose op
+/// adds the bias too.
 const CASES: &[Case] = &[
     (2, 3, 7, 9, 5, 3, 1, 1, 1),
     (3, 4, 11, 11, 6, 3, 2, 1, 1),
     (2, 6, 9, 9, 4, 1, 1, 0, 1),
     (2, 4, 10, 9, 6, 3, 1, 1, 2),
+    (2, 6, 9, 11, 6, 7, 1, 3, 6),
+    (3, 4, 9, 11, 4, 3, 2, 1, 4),
 ];
 
 /// `(y, dx, dw, db)` of `Σ act(conv(x, w) + b) · r`.
