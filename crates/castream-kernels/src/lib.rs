@@ -90,34 +90,26 @@ fn conv2d_act(
 ) -> Result<Tensor> {
     let c_out = w.dim(0)?;
     let fast = k.fast_for(&[x, w]) && bias.is_none_or(|b| k.fast_for(&[b]));
-    let y = if fast {
+    // The GEMM path fuses the ReLU into its epilogue; the others apply it after.
+    let (y, relu_applied) = if fast {
         let bias = match bias {
             Some(b) => b.contiguous()?,
             None => Tensor::zeros(c_out, DType::F32, x.device())?,
         };
         let (x, w) = (x.contiguous()?, w.contiguous()?);
         if depthwise::is_depthwise(x.dims(), w.dims(), p.groups) {
-            let y = x.apply_op3(&w, &bias, depthwise::DepthwiseConv2d(p))?;
-            if relu {
-                self::relu(&y, k)?
-            } else {
-                y
-            }
+            (x.apply_op3(&w, &bias, depthwise::DepthwiseConv2d(p))?, false)
         } else {
-            x.apply_op3(&w, &bias, conv::Conv2d { p, relu })?
+            (x.apply_op3(&w, &bias, conv::Conv2d { p, relu })?, relu)
         }
     } else {
         let y = x.conv2d(w, p.padding, p.stride, 1, p.groups)?;
-        let y = match bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.dims1()?, 1, 1))?)?,
-            None => y,
-        };
-        if relu {
-            self::relu(&y, k)?
-        } else {
-            y
+        match bias {
+            Some(b) => (y.broadcast_add(&b.reshape((1, b.dims1()?, 1, 1))?)?, false),
+            None => (y, false),
         }
     };
+    let y = if relu && !relu_applied { self::relu(&y, k)? } else { y };
     count_conv(&y, w)?;
     Ok(y)
 }
