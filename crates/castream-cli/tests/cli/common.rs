@@ -9,20 +9,24 @@ pub fn repository() -> PathBuf {
 
 /// Runs the binary in `dir` (the project root it works on): whether it succeeded, and its output.
 pub fn castream_in(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_castream")).args(args).current_dir(dir).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    outcome(Command::new(env!("CARGO_BIN_EXE_castream")).args(args).current_dir(dir))
 }
 
-/// Runs the binary in `dir` with the paper fixture's offline hub cache (`dir/hf-cache`).
+/// [`castream_in`] with the paper fixture's offline hub cache (`dir/hf-cache`).
 pub fn castream_offline(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_castream"))
-        .args(args)
-        .current_dir(dir)
-        .env("HF_HUB_CACHE", dir.join("hf-cache"))
-        .env("HF_HUB_OFFLINE", "1")
-        .env_remove("HF_HOME")
-        .output()
-        .unwrap();
+    outcome(
+        Command::new(env!("CARGO_BIN_EXE_castream"))
+            .args(args)
+            .current_dir(dir)
+            .env("HF_HUB_CACHE", dir.join("hf-cache"))
+            .env("HF_HUB_OFFLINE", "1")
+            .env_remove("HF_HOME"),
+    )
+}
+
+/// Whether `command` succeeded, and its output (stdout, then stderr).
+fn outcome(command: &mut Command) -> (bool, String) {
+    let out = command.output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
 }
 
